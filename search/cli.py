@@ -1,0 +1,80 @@
+"""The ``mcaas-search`` command: parses arguments, builds a config, calls the library.
+
+Bad input ends in one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from objectives import ObjectiveError
+from search.errors import UserError
+from stages.errors import ConfigError, StageError
+
+# name -> (module under search.commands, one-line help); imported lazily so `--help` stays fast.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("run", "search the compression pipeline (default when no command is given)"),
+    "train": ("train", "train a teacher model and save its checkpoint"),
+    "try": ("try_config", "run one pipeline config and print its metrics"),
+    "report": ("report", "write the HTML report and trials.csv of a study"),
+    "show": ("show", "show one trial of a study"),
+    "export": ("export", "export a trial's model with a JSON sidecar"),
+    "list": ("list_studies", "list the studies in a storage"),
+}
+
+USER_ERRORS = (UserError, ConfigError, StageError, ObjectiveError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its usage errors are one line and exit 2 like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported and given its flags (keeps start-up fast)."""
+    parser = _Parser(
+        prog="mcaas-search",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="With no COMMAND, `run` is meant: `mcaas-search --target size --max-drop 1` searches the "
+        "built-in demo.\n`mcaas-search COMMAND --help` describes every flag of COMMAND with its default.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        if name == command:
+            handler = importlib.import_module(f"search.commands.{module}")
+            handler.add_arguments(p)
+            p.set_defaults(handler=handler.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    # `mcaas-search --target size ...` means `mcaas-search run --target size ...`.
+    if not args_list or (args_list[0] not in COMMANDS and args_list[0] not in ("-h", "--help")):
+        args_list.insert(0, "run")
+    parser = build_parser(args_list[0])
+    args = parser.parse_args(args_list)
+    try:
+        return int(args.handler(args) or 0)
+    except USER_ERRORS as exc:
+        print(f"mcaas-search: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mcaas-search: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

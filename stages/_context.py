@@ -1,0 +1,87 @@
+"""What every stage receives: the task's data held as tensors, the teacher, and where to write."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One data split held in memory: ``x`` float32 N x C x H x W (normalised), ``y`` int64 N."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(x, y)`` slices in order (no shuffling, no copies)."""
+        for start in range(0, len(self), batch_size):
+            yield self.x[start : start + batch_size], self.y[start : start + batch_size]
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskData:
+    """Train / validation / test splits of a classification task.
+
+    The validation split is carved from the training data; the test split is for reporting only.
+    ``preprocessing`` says how raw inputs become ``x`` (recorded in export sidecars).
+    ``augment`` is an optional batch-level tensor augmentation used when training teachers.
+    """
+
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    preprocessing: dict[str, Any] = dataclasses.field(default_factory=dict)
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input, C x H x W."""
+        return tuple(self.train.x.shape[1:])
+
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        return self.train.x[:batch].clone()
+
+
+# Called while a stage trains: (stage name, fraction of its budget done, validation accuracy in %).
+# The search passes one that raises to stop a hopeless trial early.
+ProgressCallback = Callable[[str, float, float], None]
+
+
+@dataclasses.dataclass
+class Context:
+    """Everything a stage may use besides the model it transforms.
+
+    ``teacher`` is never modified. ``teacher_logits`` are the teacher's outputs on ``data.train``
+    computed once per workload and shared by every trial (see ``stages.teacher_logits``).
+    ``baseline_onnx`` is the teacher's exported fp32 artifact; latency ratios are measured against
+    it, interleaved, in the same process. ``threads`` is the ONNX Runtime / torch thread count.
+    """
+
+    data: TaskData
+    teacher: nn.Module
+    workdir: Path
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    threads: int = 1
+    seed: int = 0
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    teacher_logits: torch.Tensor | None = None
+    baseline_onnx: Path | None = None
+    on_progress: ProgressCallback | None = None
+    latency_runs: int = 100
+    latency_budget_s: float = 3.0
+
+    def report(self, stage: str, fraction: float, val_acc: float) -> None:
+        if self.on_progress is not None:
+            self.on_progress(stage, fraction, val_acc)
+

@@ -1,0 +1,183 @@
+"""Frozen, validated settings of every stage, and the flat ``stage.key=value`` form used by the
+CLI (``--set prune.ratio=0.5``), the search spaces and the study storage."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+from stages.errors import ConfigError
+
+PRUNE_CRITERIA = ("l1", "l2", "random", "bn-scale", "lamp", "taylor", "fpgm")
+PRUNE_METHODS = ("structured", "unstructured")
+PRUNE_SCOPES = ("global", "uniform")
+QUANT_MODES = ("none", "fp16", "int8-dynamic", "int8-static", "int8-qat")
+INT8_FORMATS = ("qdq", "qoperator")
+EXPORT_FORMATS = ("onnx", "torchscript")
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, but got {value!r}.")
+
+
+def _check_range(key: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{key} must lie in [{low}, {high}], but got {value}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneConfig:
+    """Structured pruning (channels physically removed) or unstructured magnitude sparsity.
+
+    ``ratio`` is the fraction of channels (structured) or weights (unstructured) removed;
+    ``scope`` global ranks all layers together, uniform prunes every layer by ``ratio``;
+    ``steps`` prunes iteratively; ``round_to`` keeps channel counts multiples of it (int8 kernels
+    like multiples of 8).
+    """
+
+    ratio: float = 0.0
+    criterion: str = "l2"
+    method: str = "structured"
+    scope: str = "global"
+    steps: int = 1
+    round_to: int = 1
+
+    def __post_init__(self) -> None:
+        _check_range("prune.ratio", self.ratio, 0.0, 0.95)
+        _check_choice("prune.criterion", self.criterion, PRUNE_CRITERIA)
+        _check_choice("prune.method", self.method, PRUNE_METHODS)
+        _check_choice("prune.scope", self.scope, PRUNE_SCOPES)
+        _check_range("prune.steps", self.steps, 1, 100)
+        _check_range("prune.round_to", self.round_to, 1, 256)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """Fine-tuning with knowledge distillation.
+
+    loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE. ``alpha`` 0 is plain
+    fine-tuning, 1 uses no labels. ``epochs`` is the budget (fractions allowed; 0 skips the stage).
+    """
+
+    epochs: float = 1.0
+    temperature: float = 4.0
+    alpha: float = 0.7
+    lr: float = 0.01
+
+    def __post_init__(self) -> None:
+        _check_range("distill.epochs", self.epochs, 0.0, 1000.0)
+        _check_range("distill.temperature", self.temperature, 1.0, 20.0)
+        _check_range("distill.alpha", self.alpha, 0.0, 1.0)
+        _check_range("distill.lr", self.lr, 1e-6, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    """Per-layer k-means weight sharing with ``k`` centroids; 0 turns the stage off."""
+
+    k: int = 0
+
+    def __post_init__(self) -> None:
+        if self.k != 0:
+            _check_range("cluster.k", self.k, 2, 256)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeConfig:
+    """How the exported model is quantized. ``int8-qat`` fake-quantizes during distillation."""
+
+    mode: str = "none"
+    format: str = "qdq"
+    calibration_samples: int = 256
+
+    def __post_init__(self) -> None:
+        _check_choice("quantize.mode", self.mode, QUANT_MODES)
+        _check_choice("quantize.format", self.format, INT8_FORMATS)
+        _check_range("quantize.calibration_samples", self.calibration_samples, 1, 100_000)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """Deployable artifact: ONNX (run in ONNX Runtime, where every number is measured)."""
+
+    opset: int = 18
+
+    def __post_init__(self) -> None:
+        _check_range("export.opset", self.opset, 17, 23)
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """One trial: the settings of every stage."""
+
+    prune: PruneConfig = dataclasses.field(default_factory=PruneConfig)
+    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
+    cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
+    quantize: QuantizeConfig = dataclasses.field(default_factory=QuantizeConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+
+    def __post_init__(self) -> None:
+        if self.quantize.mode == "int8-qat" and self.distill.epochs <= 0:
+            raise ConfigError(
+                "quantize.mode=int8-qat fake-quantizes during distillation, so distill.epochs "
+                f"must be > 0, but got {self.distill.epochs}."
+            )
+
+    def to_flat(self) -> dict[str, Any]:
+        """``{"prune.ratio": 0.5, ...}`` for every setting."""
+        return {
+            f"{section.name}.{f.name}": getattr(getattr(self, section.name), f.name)
+            for section in dataclasses.fields(self)
+            for f in dataclasses.fields(getattr(self, section.name))
+        }
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any], base: PipelineConfig | None = None) -> PipelineConfig:
+        """Build a config from ``{"stage.key": value}``, unspecified keys taken from ``base``.
+
+        Values may be strings (as typed on the command line); they are converted to the field's
+        type. Unknown keys raise ``ConfigError`` listing the valid ones.
+        """
+        base = base or cls()
+        sections: dict[str, dict[str, Any]] = {f.name: {} for f in dataclasses.fields(cls)}
+        valid = valid_keys()
+        for key, raw in values.items():
+            if key not in valid:
+                raise ConfigError(f"unknown setting {key!r}; valid settings: {', '.join(valid)}.")
+            section, name = key.split(".", 1)
+            sections[section][name] = _convert(key, raw, valid[key])
+        try:
+            return cls(
+                **{s: dataclasses.replace(getattr(base, s), **kw) for s, kw in sections.items()}
+            )
+        except TypeError as exc:  # pragma: no cover - guarded by valid_keys
+            raise ConfigError(str(exc)) from None
+
+
+def valid_keys() -> dict[str, type]:
+    """Every flat setting name and its Python type."""
+    keys: dict[str, type] = {}
+    for section in dataclasses.fields(PipelineConfig):
+        section_type = typing.get_type_hints(PipelineConfig)[section.name]
+        hints = typing.get_type_hints(section_type)
+        for f in dataclasses.fields(section_type):
+            keys[f"{section.name}.{f.name}"] = hints[f.name]
+    return keys
+
+
+def _convert(key: str, raw: Any, kind: type) -> Any:
+    if isinstance(raw, kind) and not (kind is int and isinstance(raw, bool)):
+        return raw
+    try:
+        if kind is int:
+            as_float = float(raw)
+            if as_float != int(as_float):
+                raise ValueError
+            return int(as_float)
+        if kind is float:
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be {kind.__name__}, but got {raw!r}.") from None

@@ -1,0 +1,17 @@
+"""Names of the metrics recorded for a model (final and per stage).
+
+Accuracies are in percent. ``bytes`` is the artifact file size, ``gzip_bytes`` its gzip size
+(what clustering and unstructured sparsity improve). ``latency_ms`` is the median batch-1 latency
+in ONNX Runtime and ``teacher_latency_ms`` the teacher's, measured interleaved in the same run.
+"""
+
+VAL_ACC = "val_acc"
+TEST_ACC = "test_acc"
+BYTES = "bytes"
+GZIP_BYTES = "gzip_bytes"
+PARAMS = "params"
+MACS = "macs"
+LATENCY_MS = "latency_ms"
+TEACHER_LATENCY_MS = "teacher_latency_ms"
+N_VAL = "n_val"
+N_TEST = "n_test"
