@@ -1,0 +1,33 @@
+"""Scoring of compression trials: ratios against the teacher, constraints, Pareto front,
+hypervolume, the recommended trial and early stopping. Pure Python (no torch, no Optuna)."""
+
+from objectives._constraints import (
+    DROP_TYPES,
+    Constraint,
+    closest_infeasible,
+    drop_points,
+    format_violations,
+)
+from objectives._early_stop import EarlyStop, dominated_before_training
+from objectives._errors import ObjectiveError
+from objectives._pareto import Point, hypervolume, pareto_front, recommend
+from objectives._targets import TARGET_METRIC, TARGETS, ratio, ratios
+
+__all__ = [
+    "DROP_TYPES",
+    "TARGETS",
+    "TARGET_METRIC",
+    "Constraint",
+    "EarlyStop",
+    "ObjectiveError",
+    "Point",
+    "closest_infeasible",
+    "dominated_before_training",
+    "drop_points",
+    "format_violations",
+    "hypervolume",
+    "pareto_front",
+    "ratio",
+    "ratios",
+    "recommend",
+]

@@ -1,0 +1,81 @@
+"""Compression ratios against the teacher."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from objectives import TARGET_METRIC, TARGETS, ObjectiveError, ratio, ratios
+
+BASELINE = {"bytes": 4_000_000.0, "latency_ms": 2.4, "macs": 33e6, "params": 11.2e6}
+
+positive = st.floats(min_value=1e-3, max_value=1e9, allow_nan=False, allow_infinity=False)
+
+
+def test_every_target_has_a_metric() -> None:
+    assert set(TARGETS) == set(TARGET_METRIC)
+    assert TARGET_METRIC["size"] == "bytes"
+    assert TARGET_METRIC["latency"] == "latency_ms"
+
+
+def test_ratio_is_teacher_over_trial() -> None:
+    metrics = {"bytes": 1_000_000.0, "macs": 11e6, "params": 2.8e6, "latency_ms": 0.6}
+    assert ratio("size", BASELINE, metrics) == pytest.approx(4.0)
+    assert ratio("macs", BASELINE, metrics) == pytest.approx(3.0)
+    assert ratio("params", BASELINE, metrics) == pytest.approx(4.0)
+    assert ratio("latency", BASELINE, metrics) == pytest.approx(4.0)
+
+
+def test_latency_prefers_the_teacher_timed_in_the_same_run() -> None:
+    metrics = {"latency_ms": 0.5, "teacher_latency_ms": 3.0}
+    assert ratio("latency", BASELINE, metrics) == pytest.approx(6.0)
+    # Works even when the baseline was never timed.
+    assert ratio("latency", {}, metrics) == pytest.approx(6.0)
+
+
+def test_teacher_latency_does_not_leak_into_other_targets() -> None:
+    metrics = {"bytes": 2_000_000.0, "teacher_latency_ms": 100.0}
+    assert ratio("size", BASELINE, metrics) == pytest.approx(2.0)
+
+
+def test_unknown_target_lists_the_choices() -> None:
+    with pytest.raises(ObjectiveError, match="size, latency, macs, params.*'energy'"):
+        ratio("energy", BASELINE, {"bytes": 1.0})
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_non_positive_trial_metric_is_rejected(bad: float) -> None:
+    with pytest.raises(ObjectiveError, match="bytes"):
+        ratio("size", BASELINE, {"bytes": bad})
+
+
+def test_non_positive_baseline_is_rejected() -> None:
+    with pytest.raises(ObjectiveError, match="baseline"):
+        ratio("size", {"bytes": 0.0}, {"bytes": 1.0})
+
+
+def test_missing_metric_names_the_key() -> None:
+    with pytest.raises(ObjectiveError, match="'macs'"):
+        ratio("macs", BASELINE, {"bytes": 1.0})
+    with pytest.raises(ObjectiveError, match="baseline lacks 'macs'"):
+        ratio("macs", {}, {"macs": 1.0})
+
+
+def test_ratios_covers_the_targets_present() -> None:
+    out = ratios(BASELINE, {"bytes": 2_000_000.0, "params": 5.6e6})
+    assert out == {"size": pytest.approx(2.0), "params": pytest.approx(2.0)}
+
+
+def test_ratios_uses_interleaved_latency_without_baseline() -> None:
+    out = ratios({"bytes": 10.0}, {"bytes": 5.0, "latency_ms": 1.0, "teacher_latency_ms": 2.0})
+    assert out == {"size": pytest.approx(2.0), "latency": pytest.approx(2.0)}
+
+
+@given(teacher=positive, trial=positive)
+def test_ratio_property(teacher: float, trial: float) -> None:
+    r = ratio("size", {"bytes": teacher}, {"bytes": trial})
+    assert r > 0
+    assert r * trial == pytest.approx(teacher, rel=1e-9)
+    # A smaller trial never has a smaller ratio.
+    assert ratio("size", {"bytes": teacher}, {"bytes": trial / 2}) >= r
