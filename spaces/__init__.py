@@ -1,0 +1,30 @@
+"""Search-space declarations: dimensions, the default space, the MCaaS profiles, space files.
+
+``SearchSpace.suggest(trial)`` is the one define-by-run function both backends call (Optuna's
+``Trial``; Ray Tune's ``OptunaSearch`` hands over the same), and ``config_from_params`` rebuilds a
+finished trial's ``PipelineConfig`` from its params.
+"""
+
+from spaces._dimensions import Choice, Dimension, Fixed, FloatRange, IntRange, SpaceError, TrialLike
+from spaces._file import DEMO_SPACE, demo_space, load_space
+from spaces._profiles import PROFILES, profile_config, profile_params
+from spaces._space import CLUSTER_ON, SearchSpace, default_space
+
+__all__ = [
+    "CLUSTER_ON",
+    "PROFILES",
+    "Choice",
+    "Dimension",
+    "Fixed",
+    "FloatRange",
+    "IntRange",
+    "SearchSpace",
+    "SpaceError",
+    "TrialLike",
+    "DEMO_SPACE",
+    "default_space",
+    "demo_space",
+    "load_space",
+    "profile_config",
+    "profile_params",
+]

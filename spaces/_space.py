@@ -1,0 +1,356 @@
+"""The search space: which pipeline settings a study searches, over which values, and when.
+
+A space maps flat setting keys (``"prune.ratio"``) to dimensions; settings it does not hold keep
+their ``PipelineConfig`` default. One define-by-run walk, in dependency order, serves three uses:
+asking a trial for values (``suggest``), rebuilding a config from recorded params
+(``config_from_params``), and the reverse (``params_from_config``). Sharing the walk is what keeps
+the three in step when a conditional rule changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from spaces._dimensions import (
+    DIMENSION_TYPES,
+    Choice,
+    Dimension,
+    Fixed,
+    FloatRange,
+    IntRange,
+    Scalar,
+    SpaceError,
+    TrialLike,
+    _is_number,
+    _same,
+)
+from spaces._profiles import profile_config
+from stages.config import (
+    PRUNE_CRITERIA,
+    PRUNE_METHODS,
+    PRUNE_SCOPES,
+    QUANT_MODES,
+    PipelineConfig,
+    valid_keys,
+)
+from stages.errors import ConfigError
+
+CLUSTER_ON = "cluster.on"
+"""The parameter that switches clustering on before ``cluster.k`` is asked (when k is a range)."""
+
+_CLUSTER_SWITCH = Choice((False, True))
+_KEYS: dict[str, type] = valid_keys()
+_DEFAULTS: dict[str, Any] = PipelineConfig().to_flat()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Condition:
+    """When a setting matters: ``text`` for people, ``holds`` on the settings decided so far."""
+
+    text: str
+    holds: Callable[[Mapping[str, Any]], bool]
+
+
+_PRUNING = _Condition("prune.ratio > 0", lambda v: v["prune.ratio"] > 0)
+# Unstructured pruning is magnitude sparsity: it has a scope but no criterion, steps or round_to.
+_STRUCTURED = _Condition(
+    "prune.ratio > 0, structured",
+    lambda v: v["prune.ratio"] > 0 and v["prune.method"] == "structured",
+)
+_DISTILLING = _Condition("distill.epochs > 0", lambda v: v["distill.epochs"] > 0)
+# alpha 0 is plain fine-tuning: the temperature only scales soft targets, so it would be noise.
+_SOFT_TARGETS = _Condition(
+    "distill.epochs > 0, distill.alpha > 0",
+    lambda v: v["distill.epochs"] > 0 and v["distill.alpha"] > 0,
+)
+
+_CONDITIONS: dict[str, _Condition] = {
+    "prune.method": _PRUNING,
+    "prune.criterion": _STRUCTURED,
+    "prune.scope": _PRUNING,
+    "prune.steps": _STRUCTURED,
+    "prune.round_to": _STRUCTURED,
+    "distill.alpha": _DISTILLING,
+    "distill.temperature": _SOFT_TARGETS,
+    "distill.lr": _DISTILLING,
+}
+
+# Every setting after the ones its condition reads; the rest keep valid_keys() order.
+_HEAD = (
+    "prune.ratio",
+    "prune.method",
+    "prune.criterion",
+    "prune.scope",
+    "prune.steps",
+    "prune.round_to",
+    "distill.epochs",
+    "distill.alpha",
+    "distill.temperature",
+    "distill.lr",
+)
+_ORDER: tuple[str, ...] = _HEAD + tuple(key for key in _KEYS if key not in _HEAD)
+
+_KIND_WORDS = {float: "a number", int: "an integer", str: "a string"}
+_DIMENSIONS_FOR_KIND: dict[type, tuple[type, ...]] = {
+    float: (FloatRange, Choice, Fixed),
+    int: (IntRange, Choice, Fixed),
+    str: (Choice, Fixed),
+}
+
+
+def _fits(value: object, kind: type) -> bool:
+    if kind is float:
+        return _is_number(value)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, str)
+
+
+def _check_dimension(key: str, dim: object) -> None:
+    """Raise ``SpaceError`` unless ``dim`` suits ``key`` and every value it yields is valid."""
+    if key not in _KEYS:
+        raise SpaceError(
+            f"unknown setting {key!r} in the search space; valid settings: {', '.join(_KEYS)}."
+        )
+    if not isinstance(dim, DIMENSION_TYPES):
+        raise SpaceError(f"{key}: expected FloatRange, IntRange, Choice or Fixed, but got {dim!r}.")
+    kind = _KEYS[key]
+    allowed = _DIMENSIONS_FOR_KIND[kind]
+    if not isinstance(dim, allowed):
+        raise SpaceError(
+            f"{key} holds {_KIND_WORDS[kind]}: it takes "
+            f"{', '.join(t.__name__ for t in allowed)}, but got {type(dim).__name__}."
+        )
+    for value in dim.extremes():
+        if not _fits(value, kind):
+            raise SpaceError(
+                f"{key} holds {_KIND_WORDS[kind]}, but {dim.describe()!r} includes {value!r}."
+            )
+        try:
+            PipelineConfig.from_flat({key: value})
+        except ConfigError as exc:
+            shown = repr(dim.value) if isinstance(dim, Fixed) else dim.describe()
+            raise SpaceError(
+                f"{key}: {shown} is outside what the pipeline accepts: {exc}"
+            ) from None
+    if key == "cluster.k" and isinstance(dim, IntRange) and dim.low < 2:
+        raise SpaceError(
+            "cluster.k as a range means 'off, or k in low..high' with k >= 2, "
+            f"but got low={dim.low}; "
+            "to list k values with 0 (off) among them, give choices such as [0, 16, 64]."
+        )
+
+
+def _possible(dims: Mapping[str, Dimension], key: str) -> tuple[Any, ...]:
+    """Values bounding what ``key`` can take in a trial (its default when not in the space)."""
+    dim = dims.get(key)
+    return (_DEFAULTS[key],) if dim is None else tuple(dim.extremes())
+
+
+def _check_qat_has_distillation(dims: Mapping[str, Dimension]) -> None:
+    can_qat = any(_same(mode, "int8-qat") for mode in _possible(dims, "quantize.mode"))
+    can_skip = min(_possible(dims, "distill.epochs")) <= 0
+    if can_qat and can_skip:
+        epochs = dims.get("distill.epochs")
+        shown = epochs.describe() if epochs is not None else _DEFAULTS["distill.epochs"]
+        raise SpaceError(
+            "int8-qat needs distillation: quantize.mode can be int8-qat while distill.epochs "
+            f"({shown}) can be 0; keep distill.epochs above 0 "
+            "or remove int8-qat from quantize.mode."
+        )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SearchSpace(Mapping[str, Dimension]):
+    """Flat setting key -> dimension; validated on construction.
+
+    ``profile_epochs`` is the distillation budget of the fixed MCaaS profiles (see
+    ``spaces.profile_config``), so they train as long as the study's trials typically do.
+    """
+
+    dimensions: Mapping[str, Dimension] = dataclasses.field(default_factory=dict)
+    profile_epochs: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dimensions, Mapping):
+            raise SpaceError(
+                f"a search space maps setting keys to dimensions, but got {self.dimensions!r}."
+            )
+        dims = dict(self.dimensions)
+        for key, dim in dims.items():
+            _check_dimension(key, dim)
+        _check_qat_has_distillation(dims)
+        if not _is_number(self.profile_epochs) or self.profile_epochs <= 0:
+            raise SpaceError(
+                f"profile_epochs must be a number > 0, but got {self.profile_epochs!r}."
+            )
+        try:
+            PipelineConfig.from_flat({"distill.epochs": self.profile_epochs})
+        except ConfigError as exc:
+            raise SpaceError(f"profile_epochs is not a valid budget: {exc}") from None
+        object.__setattr__(self, "profile_epochs", float(self.profile_epochs))
+        # Stored in walk order, read-only: a frozen space must not change under a running study.
+        object.__setattr__(
+            self, "dimensions", MappingProxyType({k: dims[k] for k in _ORDER if k in dims})
+        )
+
+    def __getitem__(self, key: str) -> Dimension:
+        return self.dimensions[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.dimensions)
+
+    def __len__(self) -> int:
+        return len(self.dimensions)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SearchSpace):
+            return NotImplemented
+        return (
+            dict(self.dimensions) == dict(other.dimensions)
+            and self.profile_epochs == other.profile_epochs
+        )
+
+    def __hash__(self) -> int:
+        return hash((frozenset(self.dimensions.items()), self.profile_epochs))
+
+    def __repr__(self) -> str:
+        return f"SearchSpace({dict(self.dimensions)!r}, profile_epochs={self.profile_epochs!r})"
+
+    def fixed_values(self) -> dict[str, Scalar]:
+        """The settings this space holds at one value."""
+        return {key: dim.value for key, dim in self.dimensions.items() if isinstance(dim, Fixed)}
+
+    def param_dimension(self, name: str) -> Dimension:
+        """The dimension a trial is asked for under parameter ``name`` (``cluster.on`` too)."""
+        if name == CLUSTER_ON and isinstance(self.dimensions.get("cluster.k"), IntRange):
+            return _CLUSTER_SWITCH
+        dim = self.dimensions.get(name)
+        if dim is None or isinstance(dim, Fixed):
+            raise SpaceError(
+                f"{name!r} is not a parameter of this space; "
+                f"its parameters: {', '.join(self._param_names())}."
+            )
+        return dim
+
+    def suggest(self, trial: TrialLike) -> PipelineConfig:
+        """Ask ``trial`` for every active setting and return the trial's config.
+
+        Parameter names are the flat keys (plus ``cluster.on``). A trial whose
+        ``user_attrs["profile"]`` names a profile gets exactly that profile's config, whatever
+        the sampler chose for parameters the profile could not pin (see ``profile_params``).
+        """
+        decided = self._walk(lambda name, dim: dim.suggest(trial, name))  # type: ignore[union-attr]
+        profile = (getattr(trial, "user_attrs", None) or {}).get("profile")
+        if profile is not None:
+            return profile_config(profile, self)
+        return PipelineConfig.from_flat(decided)
+
+    def config_from_params(
+        self, params: Mapping[str, Any], *, profile: str | None = None
+    ) -> PipelineConfig:
+        """Rebuild a finished trial's config from its params (those ``suggest`` recorded).
+
+        Fixed settings are applied; settings whose condition does not hold keep their defaults
+        (clustering off without ``cluster.on``). Pass the trial's ``user_attrs["profile"]`` as
+        ``profile`` to get a profile trial's config. Params that do not match this space (one
+        missing, or one it does not search) raise ``SpaceError``: the trial came from another space.
+        """
+        if profile is not None:
+            return profile_config(profile, self)
+        searched = set(self._param_names())
+        extra = sorted(name for name in params if name not in searched)
+        if extra:
+            raise SpaceError(
+                f"this space does not search {', '.join(map(repr, extra))}; it searches "
+                f"{', '.join(sorted(searched))}. Was the trial run with another space file?"
+            )
+
+        def pick(name: str, dim: Dimension) -> Any:
+            if name not in params:
+                raise SpaceError(
+                    f"the trial has no parameter {name!r}, which this space searches "
+                    f"({dim.describe()}). Was the trial run with another space file?"
+                )
+            return params[name]
+
+        return PipelineConfig.from_flat(self._walk(pick))
+
+    def params_from_config(self, config: PipelineConfig) -> dict[str, Any]:
+        """The params ``suggest`` records for a trial that ends in ``config`` (values as in
+        ``config``, whether or not they lie inside their dimension)."""
+        flat = config.to_flat()
+        params: dict[str, Any] = {}
+
+        def pick(name: str, dim: Dimension) -> Any:
+            value = flat["cluster.k"] != 0 if name == CLUSTER_ON else flat[name]
+            params[name] = value
+            return value
+
+        self._walk(pick)
+        return params
+
+    def describe(self) -> list[tuple[str, str]]:
+        """``(key, "0.0 .. 0.95")`` rows in walk order, with the condition each is asked under."""
+        rows = []
+        for key, dim in self.dimensions.items():
+            text = dim.describe()
+            if key == "cluster.k" and isinstance(dim, IntRange):
+                text = f"off | {text}"
+            condition = _CONDITIONS.get(key)
+            if condition is not None and not isinstance(dim, Fixed):
+                text += f"  (if {condition.text})"
+            rows.append((key, text))
+        return rows
+
+    def _param_names(self) -> list[str]:
+        names = []
+        for key, dim in self.dimensions.items():
+            if key == "cluster.k" and isinstance(dim, IntRange):
+                names.append(CLUSTER_ON)
+            if not isinstance(dim, Fixed):
+                names.append(key)
+        return names
+
+    def _walk(self, pick: Callable[[str, Dimension], Any]) -> dict[str, Any]:
+        """Decide the settings this space holds, parents first; ``pick(name, dim)`` gives the
+        value of each searched setting whose condition holds. Returns the decided settings."""
+        current = dict(_DEFAULTS)
+        decided: dict[str, Any] = {}
+        for key, dim in self.dimensions.items():
+            if isinstance(dim, Fixed):
+                value = dim.value
+            else:
+                condition = _CONDITIONS.get(key)
+                if condition is not None and not condition.holds(current):
+                    continue
+                if key == "cluster.k" and isinstance(dim, IntRange):
+                    value = pick(key, dim) if pick(CLUSTER_ON, _CLUSTER_SWITCH) else 0
+                else:
+                    value = pick(key, dim)
+            current[key] = decided[key] = value
+        return decided
+
+
+def default_space() -> SearchSpace:
+    """Every stage searched over the ranges of the design table; quantize.format,
+    calibration_samples and export.opset stay at their defaults."""
+    return SearchSpace(
+        {
+            "prune.ratio": FloatRange(0.0, 0.95),
+            "prune.criterion": Choice(PRUNE_CRITERIA),
+            "prune.method": Choice(PRUNE_METHODS),
+            "prune.scope": Choice(PRUNE_SCOPES),
+            "prune.steps": IntRange(1, 5),
+            "prune.round_to": Choice((1, 8)),
+            "distill.epochs": FloatRange(0.5, 3.0, step=0.5),
+            "distill.temperature": FloatRange(1.0, 20.0, log=True),
+            "distill.alpha": FloatRange(0.0, 1.0, step=0.1),
+            "distill.lr": FloatRange(1e-3, 0.1, log=True),
+            "cluster.k": IntRange(16, 256, log=True),
+            "quantize.mode": Choice(QUANT_MODES),
+        }
+    )
