@@ -14,7 +14,7 @@ PRUNE_METHODS = ("structured", "unstructured")
 PRUNE_SCOPES = ("global", "uniform")
 QUANT_MODES = ("none", "fp16", "int8-dynamic", "int8-static", "int8-qat")
 INT8_FORMATS = ("qdq", "qoperator")
-EXPORT_FORMATS = ("onnx", "torchscript")
+EXPORT_FORMATS = ("onnx", "pt2")
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

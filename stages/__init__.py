@@ -1,0 +1,49 @@
+"""Compression stages: prune -> distill (+QAT) -> cluster -> export -> quantize, and measuring.
+
+Each stage is a small class holding its frozen config with ``run(model, ctx) -> model``;
+``run_pipeline`` runs a whole ``PipelineConfig``. Nothing here knows of Optuna or Ray.
+"""
+
+from stages._base import Model, OnnxFile, PipelineResult, Stage, StageRecord
+from stages._context import Context, Split, TaskData
+from stages.cluster import Cluster
+from stages.config import (
+    ClusterConfig,
+    DistillConfig,
+    ExportConfig,
+    PipelineConfig,
+    PruneConfig,
+    QuantizeConfig,
+)
+from stages.distill import Distill
+from stages.errors import ConfigError, StageError
+from stages.export import Export
+from stages.pipeline import measure_baseline, run_pipeline
+from stages.prune import Prune
+from stages.quantize import Quantize
+
+__all__ = [
+    "Cluster",
+    "ClusterConfig",
+    "ConfigError",
+    "Context",
+    "Distill",
+    "DistillConfig",
+    "Export",
+    "ExportConfig",
+    "Model",
+    "OnnxFile",
+    "PipelineConfig",
+    "PipelineResult",
+    "Prune",
+    "PruneConfig",
+    "Quantize",
+    "QuantizeConfig",
+    "Split",
+    "Stage",
+    "StageError",
+    "StageRecord",
+    "TaskData",
+    "measure_baseline",
+    "run_pipeline",
+]

@@ -1,0 +1,117 @@
+"""Finding layers in an arbitrary model: the weight layers stages compress, the classifier head
+that must keep its width, the layer a broken forward fails in, and the params/MACs counter."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from stages.errors import StageError
+
+# The layers whose weights prune (unstructured) and cluster rewrite.
+WEIGHT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every Conv/Linear layer with a weight tensor, as ``(qualified name, module)`` in
+    registration order."""
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, WEIGHT_LAYER_TYPES) and isinstance(module.weight, torch.Tensor)
+    ]
+
+
+def _out_width(module: nn.Module) -> int:
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return module.out_channels
+    return module.out_channels  # type: ignore[return-value]
+
+
+def head_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
+    """Every Conv/Linear whose output width is ``num_classes``: the classifier and any auxiliary
+    head. Their outputs are the model's logits, so structured pruning must leave them whole.
+
+    Matching by width may also catch a hidden layer that happens to be ``num_classes`` wide;
+    leaving that one unpruned costs a little compression and never breaks the model.
+    """
+    return [m for _, m in weight_layers(model) if _out_width(m) == num_classes]
+
+
+def find_classifier(model: nn.Module, num_classes: int) -> nn.Module:
+    """The classifier head: the last registered Conv/Linear whose output width is
+    ``num_classes``. Raises ``StageError`` when the model has none."""
+    heads = head_layers(model, num_classes)
+    if not heads:
+        widths = sorted({_out_width(m) for _, m in weight_layers(model)})
+        raise StageError(
+            f"found no classifier: no Conv/Linear layer has {num_classes} outputs "
+            f"(the task's number of classes); output widths present: {widths}."
+        )
+    return heads[-1]
+
+
+def module_name(model: nn.Module, module: nn.Module) -> str:
+    """Qualified name of ``module`` inside ``model`` (``"<root>"`` for the model itself)."""
+    for name, candidate in model.named_modules():
+        if candidate is module:
+            return name or "<root>"
+    return type(module).__name__
+
+
+def check_forward(
+    model: nn.Module, example_input: torch.Tensor, num_classes: int, stage: str
+) -> None:
+    """Run one forward pass and raise ``StageError`` naming the failing layer if the model no
+    longer runs or no longer produces ``num_classes`` finite logits: a stage must never hand on
+    a silently broken model."""
+    entered: list[str] = []
+    handles = []
+
+    def enter(name: str):  # noqa: ANN202 - hook factory
+        return lambda module, args: entered.append(name)
+
+    def leave(module: nn.Module, args: object, output: object) -> None:
+        entered.pop()
+
+    for name, module in model.named_modules():
+        if name and not any(True for _ in module.children()):
+            handles.append(module.register_forward_pre_hook(enter(name)))
+            handles.append(module.register_forward_hook(leave))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(example_input)
+    except Exception as exc:  # any failure inside the user's forward means a broken model
+        where = entered[-1] if entered else "the model's forward (outside any layer)"
+        raise StageError(
+            f"{stage}: the model no longer runs after {stage}; it fails in layer {where!r}: {exc}"
+        ) from exc
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[1] != num_classes:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise StageError(
+            f"{stage}: the model must output N x {num_classes} logits after {stage}, but it "
+            f"outputs {shape}."
+        )
+    if not torch.isfinite(output).all():
+        raise StageError(f"{stage}: the model outputs non-finite logits after {stage}.")
+
+
+def count_params_macs(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
+    """``(params, MACs)`` of one forward pass on ``example_input``, as torch-pruning counts them
+    (its "ops" are multiply-accumulates). The model is not changed (the counter works on a copy)."""
+    # The counter prints notes about unknown modules to stdout; keep them from the user.
+    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        macs, params = tp.utils.count_ops_and_params(model, example_input)
+    return int(params), int(macs)

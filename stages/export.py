@@ -1,0 +1,179 @@
+"""Export: a torch module becomes the deployable artifact, an fp32 ONNX file with a dynamic batch
+axis (input ``input``, output ``logits``). Every number of a trial is measured on this file or
+on its quantized successor, never on the torch object."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import ClassVar
+
+import onnx
+import torch
+from torch import nn
+
+from stages._base import OnnxFile
+from stages._context import Context
+from stages.config import ExportConfig
+from stages.errors import StageError
+
+__all__ = ["EXPORTERS", "FP32_ONNX_NAME", "Export", "export_onnx", "export_pt2"]
+
+FP32_ONNX_NAME = "model.fp32.onnx"
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+@dataclasses.dataclass(frozen=True)
+class Export:
+    """Write ``ctx.workdir / "model.fp32.onnx"`` from the module (exported on the CPU, in eval
+    mode; the module's device and mode are restored afterwards)."""
+
+    config: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    name: ClassVar[str] = "export"
+
+    def run(self, model: nn.Module, ctx: Context) -> OnnxFile:
+        path = ctx.workdir / FP32_ONNX_NAME
+        export_onnx(model, ctx.data.example_input(), path, opset=self.config.opset)
+        return OnnxFile(path)
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int = 18) -> Path:
+    """Export ``model`` to an fp32 ONNX file at ``path`` (atomically) and check it.
+
+    Uses the dynamo exporter (the TorchScript-based one is deprecated). The debug metadata it
+    records (Python stack traces, module paths, the torch.export graph signature) is dropped:
+    it is no part of the model, leaks local file paths and, on a small compressed model, would
+    be a sizeable share of the bytes the size ratio is computed from.
+    """
+    path = Path(path)
+    with _on_cpu_in_eval(model):
+        try:
+            program = torch.onnx.export(
+                model,
+                (_batch_of_two(example),),
+                None,
+                dynamo=True,
+                external_data=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                verbose=False,
+            )
+        except Exception as exc:
+            raise StageError(
+                f"export: torch.onnx.export failed for {type(model).__name__}: {_root_cause(exc)}"
+            ) from exc
+    proto = program.model_proto
+    _strip_debug_metadata(proto.graph)
+    for function in proto.functions:
+        _strip_debug_metadata(function)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise StageError(
+            f"export: the ONNX graph of {type(model).__name__} fails onnx.checker: "
+            f"{_root_cause(exc)}"
+        ) from exc
+    _atomic_write(path, proto.SerializeToString())
+    return path
+
+
+def export_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
+    """Save ``model`` as a ``torch.export`` program (``.pt2``, load with ``torch.export.load``).
+
+    This is the PyTorch-native artifact; ``torch.jit.trace``/``torch.jit.save`` would be the
+    TorchScript one, but torch 2.14 deprecates them with a ``FutureWarning``.
+    """
+    path = Path(path)
+    with _on_cpu_in_eval(model):
+        try:
+            program = torch.export.export(
+                model,
+                (_batch_of_two(example),),
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+            )
+        except Exception as exc:
+            raise StageError(
+                f"export: torch.export.export failed for {type(model).__name__}: "
+                f"{_root_cause(exc)}"
+            ) from exc
+        tmp = _temp_name(path)
+        try:
+            torch.export.save(program, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path
+
+
+# Artifact format -> writer ``(model, example input, path) -> path``.
+EXPORTERS: dict[str, Callable[[nn.Module, torch.Tensor, Path], Path]] = {
+    "onnx": export_onnx,
+    "pt2": export_pt2,
+}
+
+
+def _batch_of_two(example: torch.Tensor) -> torch.Tensor:
+    # torch.export specialises a size-1 dimension to the constant 1, so a batch-1 example cannot
+    # produce a dynamic batch axis; two rows can.
+    example = example.detach().cpu()
+    if example.shape[0] >= 2:
+        return example
+    return example[:1].repeat(2, *([1] * (example.dim() - 1)))
+
+
+@contextmanager
+def _on_cpu_in_eval(model: nn.Module) -> Iterator[None]:
+    """Export on the CPU in eval mode, then put the module back where and how it was."""
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    training = model.training
+    model.cpu().eval()
+    try:
+        yield
+    finally:
+        model.to(device).train(training)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost cause in one line (the exporter wraps it in a page of advice)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
+def _strip_debug_metadata(graph: onnx.GraphProto | onnx.FunctionProto) -> None:
+    """Drop the exporter's notes (graph signature, per-node stack traces, module paths)."""
+    del graph.metadata_props[:]
+    for node in graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                _strip_debug_metadata(attribute.g)
+            for subgraph in attribute.graphs:
+                _strip_debug_metadata(subgraph)
+
+
+def _temp_name(path: Path) -> Path:
+    """A hidden name beside ``path``, unique per thread, keeping the suffix (torch.export.save
+    checks it)."""
+    return path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp{path.suffix}")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary name beside ``path`` and rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

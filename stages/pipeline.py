@@ -1,0 +1,108 @@
+"""Run one config through prune -> distill (+QAT) -> cluster -> export -> quantize -> measure.
+
+Quantization runs on the exported ONNX graph (ONNX Runtime's quantizer), so it comes after export:
+the int8 model is the one that ships, and ``torch.ao.quantization`` (deprecated) is never used.
+Every final number is measured on the file written to ``ctx.workdir / "model.onnx"``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from torch import nn
+
+from stages._base import OnnxFile, PipelineResult, StageRecord
+from stages._context import Context
+from stages.cluster import Cluster
+from stages.config import PipelineConfig
+from stages.distill import Distill
+from stages.export import Export, export_pt2
+from stages.measure import measure_onnx, measure_torch
+from stages.prune import Prune
+from stages.quantize import Quantize
+from stages.teacher import teacher_logits
+
+# Called after pruning with the pruned model's torch metrics (params, macs, ...), before any
+# training; the search raises from it to skip a config that is already dominated.
+AfterPrune = Callable[[dict[str, float]], None]
+
+FINAL_ARTIFACT = "model.onnx"
+TORCH_ARTIFACT = "model.pt2"
+
+
+def run_pipeline(
+    config: PipelineConfig,
+    ctx: Context,
+    *,
+    after_prune: AfterPrune | None = None,
+    torch_artifact: bool = True,
+) -> PipelineResult:
+    """Compress a copy of ``ctx.teacher`` as ``config`` says and measure the exported artifact.
+
+    Returns the final metrics (ONNX Runtime, on the artifact) and a record after each stage that
+    ran: torch metrics after prune/distill/cluster, ONNX Runtime metrics after export and quantize.
+    """
+    ctx.workdir.mkdir(parents=True, exist_ok=True)
+    records: list[StageRecord] = []
+    model: nn.Module = copy.deepcopy(ctx.teacher).to(ctx.device).eval()
+
+    def timed(fn: Callable[[], object]) -> tuple[object, float]:
+        start = time.perf_counter()
+        out = fn()
+        return out, time.perf_counter() - start
+
+    qat = config.quantize.mode == "int8-qat"
+    torch_stages = [
+        (Prune(config.prune), config.prune.ratio > 0),
+        (Distill(config.distill, qat=qat), config.distill.epochs > 0),
+        (Cluster(config.cluster), config.cluster.k > 0),
+    ]
+    for stage, enabled in torch_stages:
+        if not enabled:
+            continue
+        if stage.name == "distill" and config.distill.alpha > 0 and ctx.teacher_logits is None:
+            ctx.teacher_logits = teacher_logits(
+                ctx.teacher, ctx.data.train, device=ctx.device, batch_size=ctx.eval_batch_size
+            )
+        model, seconds = timed(lambda s=stage: s.run(model, ctx))  # type: ignore[misc]
+        stage_metrics = measure_torch(model, ctx)
+        records.append(StageRecord(stage.name, seconds, stage_metrics))
+        if stage.name == "prune" and after_prune is not None:
+            after_prune(stage_metrics)
+    if after_prune is not None and config.prune.ratio == 0:
+        after_prune(measure_torch(model, ctx, accuracy=False))
+
+    model = model.cpu().eval()
+    exported, export_s = timed(lambda: Export(config.export).run(model, ctx))
+    assert isinstance(exported, OnnxFile)
+    if config.quantize.mode != "none":
+        records.append(
+            StageRecord("export", export_s, measure_onnx(exported.path, ctx, torch_model=model))
+        )
+    final, quant_s = timed(lambda: Quantize(config.quantize).run(exported, ctx))
+    assert isinstance(final, OnnxFile)
+    final_metrics, measure_s = timed(lambda: measure_onnx(final.path, ctx, torch_model=model))
+    assert isinstance(final_metrics, dict)
+    last = "quantize" if config.quantize.mode != "none" else "export"
+    records.append(StageRecord(last, quant_s + (0 if last == "quantize" else export_s), final_metrics))
+    records.append(StageRecord("measure", measure_s, {}))
+    if torch_artifact and config.quantize.mode == "none":
+        export_pt2(model, ctx.data.example_input(), ctx.workdir / TORCH_ARTIFACT)
+    return PipelineResult(config=config, metrics=final_metrics, stages=records, artifact=final.path)
+
+
+def measure_baseline(ctx: Context, workdir: Path) -> tuple[Path, dict[str, float]]:
+    """Export the teacher as fp32 ONNX once and measure it: the reference of every ratio."""
+    teacher_ctx = copy.copy(ctx)
+    teacher_ctx.workdir = workdir
+    teacher_ctx.baseline_onnx = None
+    workdir.mkdir(parents=True, exist_ok=True)
+    teacher = ctx.teacher.cpu().eval()
+    exported = Export(PipelineConfig().export).run(teacher, teacher_ctx)
+    metrics = measure_onnx(exported.path, teacher_ctx, torch_model=teacher)
+    ctx.teacher.to(ctx.device)
+    return exported.path, metrics
+

@@ -1,0 +1,288 @@
+"""Pruning: structured (channels physically removed through torch-pruning's dependency graph, so
+the model gets smaller and faster) or unstructured (magnitude sparsity: the weights become
+zeros, the shape stays, and only compressed bytes shrink)."""
+
+from __future__ import annotations
+
+import dataclasses
+import traceback
+import warnings
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch_pruning.dependency.node import Node
+
+from stages._context import Context
+from stages._graph import (
+    check_forward,
+    count_params_macs,
+    find_classifier,
+    head_layers,
+    module_name,
+    weight_layers,
+)
+from stages.config import PruneConfig
+from stages.errors import StageError
+
+__all__ = ["CRITERIA", "Prune", "count_params_macs", "find_classifier"]
+
+# Criterion name -> importance factory (a fresh scorer per run: some keep state).
+CRITERIA: dict[str, Callable[[], tp.importance.Importance]] = {
+    "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
+    "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+    "random": lambda: tp.importance.RandomImportance(),
+    "bn-scale": lambda: tp.importance.BNScaleImportance(),
+    "lamp": lambda: tp.importance.LAMPImportance(p=2),
+    "taylor": lambda: tp.importance.GroupTaylorImportance(),
+    "fpgm": lambda: tp.importance.FPGMImportance(),
+}
+
+# Criteria that score channels by loss gradients, computed before each pruning step.
+GRADIENT_CRITERIA = frozenset({"taylor"})
+
+# Over iterative steps, torch-pruning stops pruning a layer that has lost this fraction of its
+# initial channels (checked before each step), so global ranking cannot hollow one layer out.
+MAX_LAYER_RATIO = 0.95
+
+# What torch-pruning raises on graphs it cannot handle (it has no error type of its own):
+# index mapping failures, shape mismatches, asserts, divisions by zero in reshape tracking.
+_PRUNER_FAILURES = (
+    ArithmeticError,
+    AssertionError,
+    AttributeError,
+    LookupError,
+    RuntimeError,
+    TypeError,
+    ValueError,
+)
+
+# Training batches whose loss gradients feed gradient-based criteria.
+GRADIENT_BATCHES = 4
+
+# Above any real importance, finite so thresholds that reach it still compare sanely.
+_PROTECTED_SCORE = 1e300
+
+
+class _RankableImportance(tp.importance.Importance):
+    """Wraps a criterion so ranking behaves: ties are broken by a tiny seeded jitter, and the
+    best channel of every layer in a group ranks above every other score.
+
+    torch-pruning's global step prunes every channel scoring at or below a threshold and skips
+    (silently, without pruning) any group in which some layer would lose all its channels. Tied
+    scores (fresh batch-norm scales are all 1) would then prune all or nothing, and a group
+    spanning a concatenation could lose one whole branch. Protecting each layer's best channel
+    keeps every layer at least one channel wide instead.
+    """
+
+    def __init__(self, inner: tp.importance.Importance, generator: torch.Generator) -> None:
+        self.inner = inner
+        self.generator = generator
+
+    def __call__(self, group: tp.Group) -> torch.Tensor | None:
+        imp = self.inner(group)
+        if imp is None:
+            return None
+        imp = torch.nan_to_num(imp.detach().double().cpu(), nan=0.0, posinf=0.0, neginf=0.0)
+        scale = float(imp.abs().max()) or 1.0
+        imp = imp + 1e-9 * scale * torch.rand(imp.shape, generator=self.generator, dtype=imp.dtype)
+        protected = {int(imp.argmax())}
+        for item in group.items:
+            # root_idxs: the positions in ``imp`` this layer's channels map to.
+            positions = sorted({r for r in item.root_idxs if r is not None and 0 <= r < len(imp)})
+            if positions and len(positions) < len(imp):
+                segment = torch.tensor(positions)
+                protected.add(int(segment[imp[segment].argmax()]))
+        imp[list(protected)] = _PROTECTED_SCORE
+        return imp
+
+
+@dataclasses.dataclass(frozen=True)
+class Prune:
+    """Remove ``config.ratio`` of the channels (structured) or weights (unstructured).
+
+    The classifier head keeps its output width. Raises ``StageError`` naming the layer when the
+    model's graph cannot be pruned (the model may then be half-pruned: discard it); a returned
+    model always runs and is in eval mode.
+    """
+
+    config: PruneConfig = dataclasses.field(default_factory=PruneConfig)
+    name: ClassVar[str] = "prune"
+
+    def run(self, model: nn.Module, ctx: Context) -> nn.Module:
+        if self.config.ratio == 0:
+            return model
+        model.to(ctx.device)
+        example = ctx.data.example_input().to(ctx.device)
+        num_classes = ctx.data.num_classes
+        find_classifier(model, num_classes)  # fail early and clearly when there is no head
+        if self.config.method == "structured":
+            self._prune_structured(model, ctx, example)
+        else:
+            prune_unstructured(model, self.config.ratio, self.config.scope, num_classes)
+        model.eval()
+        check_forward(model, example, num_classes, self.name)
+        return model
+
+    def _prune_structured(self, model: nn.Module, ctx: Context, example: torch.Tensor) -> None:
+        config = self.config
+        model.eval()  # tracing must not update batch-norm statistics
+        # torch-pruning warns about choices it makes on its own (e.g. the pruning dimension of
+        # bare nn.Parameters); they are not the user's to act on.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module="torch_pruning")
+            pruner = _build_pruner(model, config, ctx, example)
+            # The random criterion draws from torch's global generator: seed a fork of it so
+            # trials repeat without disturbing the caller's random stream.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(ctx.seed)
+                for _ in range(config.steps):
+                    if config.criterion in GRADIENT_CRITERIA:
+                        _accumulate_gradients(model, ctx)
+                    _step(pruner, model)
+        if config.criterion in GRADIENT_CRITERIA:
+            model.zero_grad(set_to_none=True)
+
+
+def _build_pruner(
+    model: nn.Module, config: PruneConfig, ctx: Context, example: torch.Tensor
+) -> tp.pruner.MetaPruner:
+    """torch-pruning's pruner over the model's dependency graph, classifier heads left whole."""
+    try:
+        return tp.pruner.MetaPruner(
+            model,
+            example,
+            importance=_RankableImportance(
+                CRITERIA[config.criterion](), torch.Generator().manual_seed(ctx.seed)
+            ),
+            global_pruning=config.scope == "global",
+            pruning_ratio=config.ratio,
+            max_pruning_ratio=MAX_LAYER_RATIO,
+            iterative_steps=config.steps,
+            round_to=config.round_to if config.round_to > 1 else None,
+            ignored_layers=head_layers(model, ctx.data.num_classes),
+        )
+    except _PRUNER_FAILURES as exc:
+        site = _failure_site(exc, model)
+        where = "" if site is None else f" at {site}"
+        raise StageError(
+            f"prune: torch-pruning cannot trace this model's dependency graph{where} "
+            f"({type(exc).__name__}: {exc}); prune.method=unstructured still applies."
+        ) from exc
+
+
+def _step(pruner: tp.pruner.MetaPruner, model: nn.Module) -> None:
+    """One pruning step; a failure names the layer torch-pruning was working on."""
+    group = None
+    try:
+        for group in pruner.step(interactive=True):
+            group.prune()
+    except _PRUNER_FAILURES as exc:
+        site = _failure_site(exc, model)
+        if site is None and group is not None:
+            site = f"layer {module_name(model, group[0].dep.target.module)!r}"
+        where = site or "a layer"
+        raise StageError(
+            f"prune: torch-pruning cannot prune {where} in this graph "
+            f"({type(exc).__name__}: {exc}); prune.method=unstructured still applies."
+        ) from exc
+
+
+def _failure_site(exc: BaseException, model: nn.Module) -> str | None:
+    """Where in ``model`` torch-pruning failed: its errors do not say, but the innermost frames
+    of the traceback hold the layer (or graph node) they were working on."""
+    names = {id(m): name for name, m in model.named_modules() if name}
+    site = None
+    for frame, _ in traceback.walk_tb(exc.__traceback__):  # outermost frame first
+        layers, operations = [], []
+        for value in frame.f_locals.values():
+            if isinstance(value, Node):
+                node, value = value, value.module
+                if id(value) not in names:  # a functional op (view, cat, ...) in forward
+                    operation = f"operation {type(value).__name__.strip('_')!r}"
+                    upstream = _upstream_layer(node, names)
+                    if upstream is not None:
+                        operation += f" after layer {upstream!r}"
+                    operations.append(operation)
+                    continue
+            if isinstance(value, nn.Module) and id(value) in names:
+                layers.append(f"layer {names[id(value)]!r}")
+        site = (layers or operations or [site])[0]
+    return site
+
+
+def _upstream_layer(node: Node, names: dict[int, str]) -> str | None:
+    """Name of the nearest model layer feeding graph node ``node`` (breadth first)."""
+    queue, seen = list(node.inputs), {id(node)}
+    while queue:
+        current = queue.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if id(current.module) in names:
+            return names[id(current.module)]
+        queue.extend(current.inputs)
+    return None
+
+
+def _accumulate_gradients(model: nn.Module, ctx: Context) -> None:
+    """Cross-entropy gradients of a few training batches, for gradient-based criteria.
+
+    The model runs in train mode (as when it learns) but its buffers (batch-norm statistics)
+    are restored afterwards: scoring channels must not change the model it scores.
+    """
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:  # frozen layers are still pruned, so they need scores too
+        p.requires_grad_(True)
+    model.zero_grad(set_to_none=True)
+    model.train()
+    try:
+        for i, (x, y) in enumerate(ctx.data.train.batches(ctx.batch_size)):
+            if i == GRADIENT_BATCHES:
+                break
+            logits = model(x.to(ctx.device))
+            if isinstance(logits, (tuple, list)):  # e.g. main and auxiliary logits in train mode
+                logits = logits[0]
+            nn.functional.cross_entropy(logits, y.to(ctx.device)).backward()
+    finally:
+        model.eval()
+        for p in frozen:
+            p.requires_grad_(False)
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
+
+
+@torch.no_grad()
+def prune_unstructured(model: nn.Module, ratio: float, scope: str, num_classes: int) -> None:
+    """Zero the ``ratio`` smallest-magnitude weights of every Conv/Linear but the classifier.
+
+    ``scope`` "global" ranks all layers together (layers with small weights lose more);
+    "uniform" zeroes ``ratio`` of each layer. Plain tensor writes: no masks or hooks stay behind.
+    """
+    heads = {id(m) for m in head_layers(model, num_classes)}
+    weights = [m.weight for _, m in weight_layers(model) if id(m) not in heads]
+    if not weights:
+        return
+    if scope == "global":
+        magnitudes = torch.cat([w.detach().abs().flatten().float() for w in weights])
+        threshold = _kth_smallest(magnitudes, ratio)
+        if threshold is not None:
+            for w in weights:
+                w.masked_fill_(w.abs() <= threshold, 0)
+        return
+    for w in weights:
+        threshold = _kth_smallest(w.detach().abs().flatten().float(), ratio)
+        if threshold is not None:
+            w.masked_fill_(w.abs() <= threshold, 0)
+
+
+def _kth_smallest(values: torch.Tensor, ratio: float) -> torch.Tensor | None:
+    """The magnitude at or below which ``ratio`` of ``values`` lie; None when that is none."""
+    k = int(ratio * values.numel())
+    if k == 0:
+        return None
+    return torch.kthvalue(values, k).values

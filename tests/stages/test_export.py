@@ -1,0 +1,156 @@
+"""Export stage: a checked fp32 ONNX file with a dynamic batch axis whose predictions are the
+PyTorch model's, written atomically and quietly; the PyTorch-native ``.pt2`` format."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from stages._base import OnnxFile
+from stages._context import Context, TaskData
+from stages.config import ExportConfig
+from stages.errors import StageError
+from stages.export import EXPORTERS, FP32_ONNX_NAME, Export, export_onnx, export_pt2
+from stages.measure import OnnxRunner, onnx_accuracy, torch_accuracy
+from tests.tiny_models import TINY_MODELS, make_tiny_cnn, tiny_task_data
+
+torch.set_num_threads(1)
+
+
+@contextmanager
+def no_warnings() -> Iterator[None]:
+    """Fail if anything inside warns (every category, every time)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    assert not caught, [f"{w.category.__name__}: {w.message}" for w in caught]
+
+
+@pytest.fixture(autouse=True)
+def _fail_on_any_warning() -> Iterator[None]:
+    """No test here may warn: users must see no deprecation or user warnings from torch.onnx,
+    torch.export or ONNX Runtime."""
+    with no_warnings():
+        yield
+
+
+def train(model: nn.Module, data: TaskData, steps: int = 60) -> nn.Module:
+    """A few SGD steps: enough for a confident, well-above-chance tiny model."""
+    generator = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(data.train), (64,), generator=generator)
+        loss = nn.functional.cross_entropy(model(data.train.x[idx]), data.train.y[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def data() -> TaskData:
+    return tiny_task_data(n_train=256, n_val=64, n_test=64)
+
+
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
+def test_export_writes_a_checked_onnx_file_that_matches_torch_at_any_batch(
+    name: str, data: TaskData, tmp_path: Path
+) -> None:
+    model = TINY_MODELS[name]()
+    ctx = Context(data=data, teacher=model, workdir=tmp_path)
+    exported = Export(ExportConfig(opset=18)).run(model, ctx)
+
+    assert exported == OnnxFile(tmp_path / FP32_ONNX_NAME)
+    proto = onnx.load(exported.path)
+    onnx.checker.check_model(proto, full_check=True)
+    assert [i.name for i in proto.graph.input] == ["input"]
+    assert [o.name for o in proto.graph.output] == ["logits"]
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
+    assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {18}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FP32_ONNX_NAME]  # no temp files left
+
+    runner = OnnxRunner(exported.path, threads=1)
+    for batch in (1, 5):
+        x = data.val.x[:batch]
+        with torch.inference_mode():
+            expected = model(x).numpy()
+        np.testing.assert_allclose(runner.predict(x.numpy()), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_export_drops_debug_metadata_but_keeps_the_model(data: TaskData, tmp_path: Path) -> None:
+    path = export_onnx(make_tiny_cnn(), data.example_input(), tmp_path / "m.onnx")
+    proto = onnx.load(path)
+    assert not proto.graph.metadata_props
+    assert all(not node.metadata_props for node in proto.graph.node)
+    raw = path.read_bytes()
+    # Stack traces would carry this test's file path into the deployable artifact.
+    assert b"tiny_models.py" not in raw and b"stack_trace" not in raw
+    weights = sum(p.numel() for p in make_tiny_cnn().parameters()) * 4
+    assert weights < len(raw) < 1.15 * weights  # the file is the weights plus a small graph
+
+
+def test_exported_fp32_accuracy_equals_torch_accuracy(data: TaskData, tmp_path: Path) -> None:
+    model = train(make_tiny_cnn(), data)
+    path = export_onnx(model, data.example_input(), tmp_path / "m.onnx")
+    runner = OnnxRunner(path, threads=1)
+    for split in (data.val, data.test):
+        in_torch = torch_accuracy(model, split, device=torch.device("cpu"), batch_size=32)
+        in_ort = onnx_accuracy(runner, split, batch_size=32)
+        assert in_torch > 50  # trained: far above the 10 % of chance
+        assert abs(in_ort - in_torch) <= 100 / len(split) + 1e-9  # within one sample
+
+
+def test_export_restores_mode_and_leaves_weights_alone(data: TaskData, tmp_path: Path) -> None:
+    model = make_tiny_cnn().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    export_onnx(model, data.example_input(), tmp_path / "m.onnx")
+    assert model.training
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+class Broken(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("this layer cannot be traced")
+
+
+def test_failed_export_raises_stage_error_and_keeps_the_old_file(
+    data: TaskData, tmp_path: Path
+) -> None:
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"previous artifact")
+    with pytest.raises(StageError, match="export: .*Broken.*cannot be traced"):
+        export_onnx(Broken(), data.example_input(), target)
+    with pytest.raises(StageError, match="export: .*Broken: RuntimeError: this layer cannot"):
+        export_pt2(Broken(), data.example_input(), tmp_path / "m.pt2")
+    assert target.read_bytes() == b"previous artifact"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_pt2_export_round_trips_with_a_dynamic_batch(data: TaskData, tmp_path: Path) -> None:
+    model = make_tiny_cnn()
+    path = export_pt2(model, data.example_input(), tmp_path / "model.pt2")
+    loaded = torch.export.load(path).module()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt2"]
+    x = data.val.x[:3]
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_torchscript_is_deprecated_which_is_why_pt2_is_offered(data: TaskData) -> None:
+    with pytest.warns(FutureWarning, match="deprecated"):
+        torch.jit.trace(make_tiny_cnn(), (data.example_input(),))
+    assert set(EXPORTERS) == {"onnx", "pt2"}
