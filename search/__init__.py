@@ -1,0 +1,6 @@
+"""mcaas-search: search the compression pipeline (prune, distill, cluster, quantize) of a PyTorch
+classifier for the Pareto front of accuracy against size or latency, under an accuracy-drop limit.
+
+The ``mcaas-search`` command lives in ``search.cli``; workloads (teacher model, data, metric) in
+``search.workload``; teacher training in ``search.train``.
+"""

@@ -1,0 +1,139 @@
+"""``mcaas-search train``: train a teacher model on a dataset and save its state_dict checkpoint.
+
+With no ``--model`` it trains the demo CNN on digits into the cache the search itself uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from search.datasets import check_dataset_name
+from search.errors import UserError
+from search.models import check_model_name
+from search.train import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EPOCHS,
+    DEFAULT_LABEL_SMOOTHING,
+    OPTIMIZERS,
+    available_cores,
+    metrics_path,
+    save_checkpoint,
+    train_teacher,
+)
+from search.workload import (
+    DEMO_DATASET,
+    DEMO_EPOCHS,
+    DEMO_MODEL,
+    add_workload_arguments,
+    build_for_data,
+    checkpoint_info,
+    demo_cache_path,
+    load_task_data,
+    pick_device,
+    spec_from_args,
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_workload_arguments(
+        parser,
+        weights_help="optional initial weights (a state_dict checkpoint) to continue training from",
+    )
+    group = parser.add_argument_group("training")
+    group.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write the checkpoint (its folder must exist); metrics go to the same path "
+        "with a .json suffix. Without --model: the demo teacher cache under --studies-dir/.cache",
+    )
+    group.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"training epochs; none means {DEFAULT_EPOCHS}, or {DEMO_EPOCHS} for the demo CNN",
+    )
+    group.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate; none means 0.1 (sgd) or 0.002 (adamw), scaled by batch size / 128",
+    )
+    group.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="batch size")
+    group.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default="sgd",
+        help="sgd: Nesterov momentum with a one-cycle schedule; adamw: AdamW with cosine decay",
+    )
+    group.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=DEFAULT_LABEL_SMOOTHING,
+        help="label smoothing of the cross-entropy loss",
+    )
+    group.add_argument(
+        "--studies-dir",
+        type=Path,
+        default=Path("studies"),
+        help="where the demo teacher is cached (in .cache/), as the search expects it",
+    )
+    group.add_argument(
+        "--no-progress", action="store_true", help="print nothing while training"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = spec_from_args(args)
+    device = pick_device(args.device)
+    # Cheap checks first, before any data is loaded.
+    check_model_name(spec.model_name)
+    check_dataset_name(spec.dataset_name)
+    demo = spec.model_name == DEMO_MODEL and spec.dataset_name == DEMO_DATASET
+    if args.out is not None:
+        out: Path = args.out
+        if out.suffix == ".json":
+            raise UserError(f"--out {out} ends in .json, which is where the metrics go; use .pt.")
+        if not out.parent.is_dir():
+            raise UserError(f"output folder {out.parent} does not exist; create it first (--out {out}).")
+    elif demo:
+        out = demo_cache_path(args.studies_dir, spec)
+        out.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        raise UserError(f"--out is required to say where to write the {spec.model_name} checkpoint.")
+    data = load_task_data(spec)
+    model = build_for_data(spec, data, weights=spec.weights)
+    epochs = args.epochs if args.epochs is not None else (DEMO_EPOCHS if demo else DEFAULT_EPOCHS)
+    progress = not args.no_progress
+    if progress:
+        print(
+            f"training {spec.model_name} on {spec.dataset_name} ({len(data.train)} train / "
+            f"{len(data.val)} val / {len(data.test)} test) for {_epochs(epochs)} on {device}",
+            flush=True,
+        )
+    metrics = train_teacher(
+        model,
+        data,
+        epochs=epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        label_smoothing=args.label_smoothing,
+        device=device,
+        progress=progress,
+        seed=spec.seed,
+        # The demo CNN on 8x8 digits is too small to gain from more than one thread.
+        threads=(1 if demo else available_cores()) if device.type == "cpu" else None,
+    )
+    save_checkpoint(model, out, checkpoint_info(spec, data, metrics))
+    print(
+        f"val {metrics['val_acc']:.2f} %  test {metrics['test_acc']:.2f} %  "
+        f"({_epochs(epochs)}, {metrics['seconds']:.0f} s) -> {out} (metrics: {metrics_path(out)})",
+        flush=True,
+    )
+    return 0
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"

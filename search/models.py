@@ -1,0 +1,382 @@
+"""Teacher architectures by name, checkpoint loading, and the checks that a model fits a dataset.
+
+A model name is ``demo`` (a small CNN for the built-in digits workload), any torchvision
+classification model (``resnet18``, ``mobilenet_v2``, ...; built with ``weights=None`` and adapted
+to the dataset's channels and classes), or ``path/to/file.py:factory`` (the user's own code,
+imported from that explicit path: this executes it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import pickle
+import sys
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from search.errors import UserError
+
+# Shown in error messages; any name from ``torchvision_models()`` works.
+TORCHVISION_EXAMPLES = ("resnet18", "resnet50", "mobilenet_v2", "vgg11_bn", "efficientnet_b0")
+# Tried in order when a model rejects the dataset's input size, to tell the user what works.
+PROBE_SIZES = (32, 64, 96, 128, 160, 224, 299)
+# Constructor arguments some torchvision builders need to return plain logits without warnings.
+TORCHVISION_KWARGS: dict[str, dict[str, Any]] = {
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "inception_v3": {"aux_logits": False, "init_weights": True},
+}
+
+
+class DemoCNN(nn.Module):
+    """Three conv-BN-ReLU blocks, global average pooling and a linear classifier (~24k params).
+
+    Small enough to train on digits in seconds, and a plain chain that torch-pruning's dependency
+    graph prunes structurally. Global pooling makes it work at any input size >= 2 px.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 3, padding=1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(16, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.classifier = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _build_demo(*, in_channels: int, num_classes: int) -> nn.Module:
+    return DemoCNN(in_channels=in_channels, num_classes=num_classes)
+
+
+# Built-in architectures besides torchvision's; keyword-only (in_channels, num_classes) factories.
+BUILTIN_MODELS: dict[str, Callable[..., nn.Module]] = {"demo": _build_demo}
+
+
+def torchvision_models() -> list[str]:
+    """Names of torchvision's classification models (not detection, video, quantized...)."""
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def is_user_model(name: str) -> bool:
+    """``path/to/file.py:factory`` names the user's own factory function."""
+    path, sep, factory = name.rpartition(":")
+    return bool(sep) and path.endswith(".py") and bool(factory)
+
+
+def known_models_text() -> str:
+    return (
+        f"{', '.join(BUILTIN_MODELS)}, any torchvision classification model "
+        f"(e.g. {', '.join(TORCHVISION_EXAMPLES)}, ...), or path/to/file.py:factory"
+    )
+
+
+def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    """The first ``Conv2d`` in registration order: the stem that sees the input channels."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return name, module
+    return None
+
+
+def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
+    """Swap the stem conv for one taking ``in_channels`` (same kernel, stride, padding, bias)."""
+    found = first_conv(model)
+    if found is None or found[1].in_channels == in_channels:
+        return
+    name, old = found
+    if old.groups != 1:
+        raise UserError(
+            f"cannot adapt the first conv {name!r} (groups={old.groups}) to {in_channels} "
+            "input channels; expected a plain conv stem."
+        )
+    new = nn.Conv2d(
+        in_channels,
+        old.out_channels,
+        kernel_size=old.kernel_size,
+        stride=old.stride,
+        padding=old.padding,
+        dilation=old.dilation,
+        bias=old.bias is not None,
+        padding_mode=old.padding_mode,
+    )
+    # torchvision's CNNs initialise convs this way; the default init would differ from the rest.
+    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+    if new.bias is not None:
+        nn.init.zeros_(new.bias)
+    model.set_submodule(name, new)
+
+
+def _build_torchvision(name: str, *, in_channels: int, num_classes: int) -> nn.Module:
+    import torchvision
+
+    kwargs = {"weights": None, "num_classes": num_classes, **TORCHVISION_KWARGS.get(name, {})}
+    with warnings.catch_warnings():
+        # weights=None is deliberate: checkpoints come from --weights, never from the network.
+        warnings.simplefilter("ignore", UserWarning)
+        model = torchvision.models.get_model(name, **kwargs)
+    _replace_first_conv(model, in_channels)
+    return model
+
+
+def _import_user_file(path: Path) -> Any:
+    """Import ``path`` as a module (from that path only; nothing is added to ``sys.path``)."""
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    module_name = f"mcaas_user_model_{path.stem}_{digest}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise UserError(f"cannot import {path}: not a Python file.")
+    module = importlib.util.module_from_spec(spec)
+    # Registered so that models defined there can be pickled and deep-copied by reference.
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the user's code: report it in one line, whatever it raised
+        del sys.modules[module_name]
+        raise UserError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
+    return module
+
+
+def _build_user(name: str, *, in_channels: int, num_classes: int) -> nn.Module:
+    file_part, _, factory_name = name.rpartition(":")
+    path = Path(file_part).expanduser().resolve()
+    module = _import_user_file(path)
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        raise UserError(
+            f"{path} has no callable {factory_name!r}; callables there: "
+            f"{', '.join(names) or 'none'}."
+        )
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    offered = {"num_classes": num_classes, "in_channels": in_channels}
+    kwargs = {k: v for k, v in offered.items() if takes_any or k in params}
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:  # the user's code
+        raise UserError(f"{name} failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"{name} returned {type(model).__name__}; expected a torch.nn.Module.")
+    return model
+
+
+def check_model_name(name: str) -> None:
+    """Raise a one-line ``UserError`` unless ``name`` is built in, torchvision's, or an existing
+    ``file.py:factory`` (cheap: builds nothing, imports no user code)."""
+    if name in BUILTIN_MODELS:
+        return
+    if is_user_model(name):
+        path = Path(name.rpartition(":")[0]).expanduser().resolve()
+        if not path.is_file():
+            raise UserError(f"model file {path} does not exist (from --model {name}).")
+        return
+    if name not in torchvision_models():
+        raise UserError(f"unknown model {name!r}; expected {known_models_text()}.")
+
+
+def build_model(name: str, *, in_channels: int, num_classes: int) -> nn.Module:
+    """A freshly initialised model ``name`` for inputs with ``in_channels`` and ``num_classes``."""
+    check_model_name(name)
+    if name in BUILTIN_MODELS:
+        return BUILTIN_MODELS[name](in_channels=in_channels, num_classes=num_classes)
+    if is_user_model(name):
+        return _build_user(name, in_channels=in_channels, num_classes=num_classes)
+    return _build_torchvision(name, in_channels=in_channels, num_classes=num_classes)
+
+
+def model_file_sha256(name: str) -> str | None:
+    """sha256 of a user model's source file (part of the workload fingerprint), else None."""
+    if not is_user_model(name):
+        return None
+    path = Path(name.rpartition(":")[0]).expanduser().resolve()
+    return file_sha256(path) if path.is_file() else None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def read_checkpoint(path: Path, *, allow_pickle: bool = False) -> Mapping[str, torch.Tensor] | nn.Module:
+    """A state_dict (plain, or under ``state_dict`` / ``model``), or with ``allow_pickle`` a
+    whole pickled module. Anything else, or an unreadable file, is a one-line ``UserError``."""
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if allow_pickle:
+            obj = _load_pickled(path)
+        elif "Unsupported global" in str(exc):
+            # weights_only refuses anything but tensors and plain containers: a pickled module.
+            raise UserError(
+                f"checkpoint {path} holds more than tensors (e.g. a pickled module), which "
+                "torch.load(weights_only=True) refuses; pass --allow-pickle if you trust the file."
+            ) from None
+        else:
+            raise UserError(f"cannot read checkpoint {path}: {_unpickler_reason(exc)}") from None
+    except Exception as exc:  # zip/EOF/format errors all mean "not a torch checkpoint"
+        raise UserError(f"cannot read checkpoint {path}: {_one_line(exc)}") from None
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if key in obj and isinstance(obj[key], (Mapping, nn.Module)):
+                obj = obj[key]
+                break
+    if isinstance(obj, nn.Module):
+        return obj
+    if not isinstance(obj, Mapping) or not obj:
+        raise UserError(
+            f"checkpoint {path} is not a state_dict (found {type(obj).__name__}); expected a dict "
+            "of tensors, optionally under 'state_dict' or 'model'."
+        )
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise UserError(
+            f"checkpoint {path} is not a state_dict: {len(bad)} entries are not tensors "
+            f"(e.g. {', '.join(map(str, bad[:3]))})."
+        )
+    # Checkpoints saved from DataParallel / DDP prefix every key with "module.".
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return obj
+
+
+def _load_pickled(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # the pickle may need classes that are not importable here
+        raise UserError(f"cannot unpickle checkpoint {path}: {_one_line(exc)}") from None
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    """The one informative line of torch's long weights-only error message."""
+    for line in str(exc).splitlines():
+        if "WeightsUnpickler error:" in line:
+            detail = line.split("WeightsUnpickler error:", 1)[1].strip()
+            if detail:
+                return f"not a torch checkpoint ({detail})"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = next((line for line in lines if not line.startswith(("Weights only", "Please", "Check"))), "")
+    return f"not a torch checkpoint ({reason[:200]})" if reason else "not a torch checkpoint"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """Load ``state`` into ``model`` strictly; a misfit names missing, unexpected and mis-shaped
+    keys (a few of each) in one line."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+            if keys:
+                more = f", ... ({len(keys)} in all)" if len(keys) > 3 else ""
+                parts.append(f"{label}: {', '.join(keys[:3])}{more}")
+        raise UserError(f"checkpoint {source} does not fit the model: {'; '.join(parts)}.")
+    model.load_state_dict(state, strict=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fit checks
+
+
+def check_fits(
+    model: nn.Module,
+    example: torch.Tensor,
+    num_classes: int,
+    *,
+    model_name: str,
+    dataset: str,
+) -> None:
+    """Check the model takes the dataset's inputs and returns one logit per class.
+
+    ``example`` is a 1 x C x H x W input. The model is run once in eval mode on CPU.
+    """
+    in_channels = int(example.shape[1])
+    stem = first_conv(model)
+    if stem is not None and stem[1].in_channels != in_channels:
+        raise UserError(
+            f"model {model_name} expects {stem[1].in_channels}-channel inputs (first conv "
+            f"{stem[0]!r}) but dataset {dataset} has {in_channels} channel(s)."
+        )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            try:
+                out = model(example)
+            except Exception as exc:  # any failure here means: cannot take this input size
+                raise UserError(_size_message(model, example, model_name, dataset, exc)) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        kind = type(out).__name__ if not isinstance(out, torch.Tensor) else f"shape {tuple(out.shape)}"
+        raise UserError(
+            f"model {model_name} returned {kind}; expected logits of shape batch x {num_classes}."
+        )
+    if out.shape[1] != num_classes:
+        raise UserError(
+            f"model {model_name} outputs {out.shape[1]} classes but dataset {dataset} has "
+            f"{num_classes}."
+        )
+
+
+def _size_message(
+    model: nn.Module, example: torch.Tensor, model_name: str, dataset: str, exc: Exception
+) -> str:
+    c, h, w = example.shape[1:]
+    for size in PROBE_SIZES:
+        if size <= min(h, w):
+            continue
+        try:
+            model(example.new_zeros((1, c, size, size)))
+        except Exception:  # noqa: S112 - probing: a failure just means "try the next size"
+            continue
+        return (
+            f"model {model_name} cannot take {dataset}'s {c}x{h}x{w} inputs (the smallest size "
+            f"that works is {size}x{size}); pass --image-size {size}."
+        )
+    return f"model {model_name} failed on {dataset}'s {c}x{h}x{w} inputs: {_one_line(exc)}"

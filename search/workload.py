@@ -1,0 +1,369 @@
+"""A workload: the teacher model, its train / validation / test data, the metric (top-1 accuracy)
+and an example input. Built from command-line flags; with none given, the demo workload (a small
+CNN on scikit-learn's digits, trained once and cached under ``studies/.cache``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from search.datasets import DATASETS, DatasetRequest, check_dataset_name, load_dataset
+from search.errors import UserError
+from search.models import (
+    build_model,
+    check_fits,
+    check_model_name,
+    file_sha256,
+    is_user_model,
+    load_state,
+    model_file_sha256,
+    read_checkpoint,
+)
+from search.train import evaluate_accuracy, save_checkpoint, train_teacher
+from stages._context import TaskData
+
+DEMO_MODEL = "demo"
+DEMO_DATASET = "digits"
+# Well under a minute on one CPU core, and 97-99 % test accuracy on digits.
+DEMO_EPOCHS = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkloadSpec:
+    """What the user asked for; ``None`` model and dataset mean the demo workload."""
+
+    model: str | None = None
+    weights: Path | None = None
+    dataset: str | None = None
+    data_root: Path | None = None
+    image_size: int | None = None
+    download: bool = False
+    allow_pickle: bool = False
+    seed: int = 0
+    val_fraction: float = 0.1
+
+    @property
+    def model_name(self) -> str:
+        return self.model or DEMO_MODEL
+
+    @property
+    def dataset_name(self) -> str:
+        """The dataset, defaulting to digits only for the demo model."""
+        if self.dataset is not None:
+            return self.dataset
+        if self.model_name == DEMO_MODEL:
+            return DEMO_DATASET
+        raise UserError(
+            f"--dataset is required for model {self.model_name}; "
+            f"valid datasets: {', '.join(DATASETS)}."
+        )
+
+    @property
+    def is_demo(self) -> bool:
+        """The built-in demo: demo CNN on digits with a cached teacher (no --weights)."""
+        return (
+            self.model_name == DEMO_MODEL
+            and self.dataset_name == DEMO_DATASET
+            and self.weights is None
+        )
+
+    def dataset_request(self) -> DatasetRequest:
+        return DatasetRequest(
+            data_root=self.data_root,
+            image_size=self.image_size,
+            download=self.download,
+            seed=self.seed,
+            val_fraction=self.val_fraction,
+        )
+
+
+@dataclasses.dataclass
+class Workload:
+    """The teacher (eval mode, on ``device``), its data, a display name and a fingerprint.
+
+    ``fingerprint`` is a JSON-able dict identifying the workload; a study refuses to resume
+    with a different one.
+    """
+
+    spec: WorkloadSpec
+    teacher: nn.Module
+    data: TaskData
+    name: str
+    fingerprint: dict[str, Any]
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def example_input(self) -> torch.Tensor:
+        """One input, 1 x C x H x W, on CPU (for export and shape checks)."""
+        return self.data.example_input(1)
+
+    def evaluate(self, model: nn.Module) -> tuple[float, float]:
+        """Top-1 accuracy in percent on (validation, test), on the model's own device."""
+        return evaluate_accuracy(model, self.data.val), evaluate_accuracy(model, self.data.test)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` is CUDA when available, else CPU; an explicit device must exist here."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name} requested but CUDA is not available here; use cpu.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(
+                f"device {name} does not exist; this machine has {torch.cuda.device_count()} GPU(s)."
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {name} requested but MPS is not available here; use cpu.")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unsupported device {name!r}; expected auto, cpu, cuda or cuda:N.")
+    return device
+
+
+def add_workload_arguments(
+    parser: argparse.ArgumentParser, *, weights_help: str | None = None
+) -> None:
+    """Add the flags that choose the teacher model, its weights, the dataset and the device."""
+    group = parser.add_argument_group("workload")
+    group.add_argument(
+        "--model",
+        default=None,
+        help="teacher architecture: demo, any torchvision classification model (resnet18, "
+        "mobilenet_v2, vgg11_bn, efficientnet_b0, ...), or path/to/file.py:factory (imports "
+        "that file, which executes its code); none means the demo CNN on digits",
+    )
+    group.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help=weights_help
+        or "teacher checkpoint: a state_dict (plain or under 'state_dict'/'model'); "
+        "required for every model except the demo",
+    )
+    group.add_argument(
+        "--dataset",
+        default=None,
+        help=f"dataset: {', '.join(DATASETS)}; none means digits with the demo model",
+    )
+    group.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="dataset folder: fashion-mnist IDX files (e.g. /usr/share/datasets/fashion-mnist "
+        "or torchvision's ROOT/FashionMNIST/raw), ROOT/cifar-10-batches-py, or an image folder",
+    )
+    group.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="resize inputs to this many pixels square (image folders: 32 when not given)",
+    )
+    group.add_argument(
+        "--download",
+        action="store_true",
+        help="let torchvision download fashion-mnist or cifar10 into --data-root if missing",
+    )
+    group.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="accept a checkpoint holding a whole pickled module (runs code from that file: "
+        "only for files you trust)",
+    )
+    group.add_argument(
+        "--seed", type=int, default=0, help="seed of the validation split and of training"
+    )
+    group.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="fraction of the training data held out for validation (the accuracy constraint)",
+    )
+    group.add_argument(
+        "--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda:N"
+    )
+
+
+def spec_from_args(args: argparse.Namespace) -> WorkloadSpec:
+    """The workload flags of parsed ``args`` as a ``WorkloadSpec``."""
+    return WorkloadSpec(
+        model=args.model,
+        weights=args.weights,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        image_size=args.image_size,
+        download=args.download,
+        allow_pickle=args.allow_pickle,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+    )
+
+
+def load_task_data(spec: WorkloadSpec) -> TaskData:
+    """The dataset of ``spec`` with its seeded validation split."""
+    return load_dataset(spec.dataset_name, spec.dataset_request())
+
+
+def build_for_data(spec: WorkloadSpec, data: TaskData, *, weights: Path | None) -> nn.Module:
+    """``spec``'s architecture for ``data``, with ``weights`` loaded, checked to fit (on CPU).
+
+    A checkpoint holding a whole pickled module (only with ``allow_pickle``) is used as it is.
+    """
+    loaded = read_checkpoint(weights, allow_pickle=spec.allow_pickle) if weights else None
+    if isinstance(loaded, nn.Module):
+        model = loaded
+    else:
+        model = build_model(
+            spec.model_name, in_channels=data.input_shape[0], num_classes=data.num_classes
+        )
+        if loaded is not None:
+            load_state(model, loaded, source=str(weights))
+    check_fits(
+        model,
+        data.example_input(1),
+        data.num_classes,
+        model_name=spec.model_name,
+        dataset=spec.dataset_name,
+    )
+    return model
+
+
+def demo_cache_path(studies_dir: Path, spec: WorkloadSpec) -> Path:
+    """Where the demo teacher is cached: one file per split (seed, fraction) and input size, so a
+    teacher is never evaluated on a test split it was trained on."""
+    parts = [f"{DEMO_MODEL}-{DEMO_DATASET}"]
+    if spec.seed != 0:
+        parts.append(f"seed{spec.seed}")
+    if spec.val_fraction != 0.1:
+        parts.append(f"val{spec.val_fraction:g}")
+    if spec.image_size is not None:
+        parts.append(f"{spec.image_size}px")
+    return studies_dir / ".cache" / ("-".join(parts) + ".pt")
+
+
+def checkpoint_info(spec: WorkloadSpec, data: TaskData, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The JSON written beside a trained checkpoint: its metrics and how to reproduce them."""
+    return {
+        **metrics,
+        "model": spec.model_name,
+        "dataset": spec.dataset_name,
+        "data_root": str(spec.data_root.resolve()) if spec.data_root is not None else None,
+        "image_size": spec.image_size,
+        "seed": spec.seed,
+        "val_fraction": spec.val_fraction,
+        "preprocessing": data.preprocessing,
+        "torch": torch.__version__,
+    }
+
+
+def _demo_teacher(
+    spec: WorkloadSpec, data: TaskData, *, device: torch.device, studies_dir: Path, progress: bool
+) -> tuple[nn.Module, Path]:
+    """The cached demo teacher, trained and cached first if the cache is missing or unreadable."""
+    path = demo_cache_path(studies_dir, spec)
+    if path.is_file():
+        try:
+            return build_for_data(spec, data, weights=path), path
+        except UserError as exc:
+            if progress:
+                print(f"cached demo teacher unusable ({exc}); retraining it", flush=True)
+    if progress:
+        print(
+            f"training the demo teacher (demo CNN on digits, {DEMO_EPOCHS} epochs, a few "
+            f"seconds) and caching it at {path}",
+            flush=True,
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = build_for_data(spec, data, weights=None)
+    # One thread is the fastest way to train a model this small on a CPU.
+    metrics = train_teacher(
+        model,
+        data,
+        epochs=DEMO_EPOCHS,
+        device=device,
+        progress=False,
+        seed=spec.seed,
+        threads=1 if device.type == "cpu" else None,
+    )
+    save_checkpoint(model, path, checkpoint_info(spec, data, metrics))
+    return model.cpu(), path
+
+
+def workload_fingerprint(spec: WorkloadSpec, data: TaskData, weights: Path | None) -> dict[str, Any]:
+    """JSON-able identity of the workload: model, data, split and the teacher weights' hash."""
+    model = spec.model_name
+    if is_user_model(model):
+        file_part, _, factory = model.rpartition(":")
+        model = f"{Path(file_part).expanduser().resolve()}:{factory}"
+    return {
+        "model": model,
+        "model_file_sha256": model_file_sha256(spec.model_name),
+        "dataset": spec.dataset_name,
+        "data_root": str(spec.data_root.resolve()) if spec.data_root is not None else None,
+        "image_size": spec.image_size,
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+        "seed": spec.seed,
+        "val_fraction": spec.val_fraction,
+        "weights_sha256": file_sha256(weights) if weights is not None else None,
+    }
+
+
+def _display_name(spec: WorkloadSpec) -> str:
+    if spec.is_demo:
+        return "demo"
+    model = spec.model_name
+    if is_user_model(model):
+        file_part, _, factory = model.rpartition(":")
+        model = f"{Path(file_part).stem}.{factory}"
+    return f"{model}-{spec.dataset_name}"
+
+
+def load_workload(
+    spec: WorkloadSpec,
+    *,
+    device: torch.device,
+    studies_dir: Path = Path("studies"),
+    progress: bool = True,
+) -> Workload:
+    """Load the data and the teacher of ``spec`` (training the demo teacher on first use).
+
+    Every model except the demo needs ``spec.weights``: the search compresses a trained teacher.
+    """
+    check_model_name(spec.model_name)
+    check_dataset_name(spec.dataset_name)
+    if spec.weights is not None and not spec.weights.is_file():
+        raise UserError(f"checkpoint {spec.weights} does not exist (from --weights).")
+    if spec.weights is None and not spec.is_demo:
+        raise UserError(
+            f"--weights is required for model {spec.model_name} on {spec.dataset_name}; train one "
+            f"with `mcaas-search train --model {spec.model_name} --dataset {spec.dataset_name} "
+            "--out CHECKPOINT.pt`."
+        )
+    data = load_task_data(spec)
+    if spec.is_demo:
+        teacher, weights = _demo_teacher(
+            spec, data, device=device, studies_dir=studies_dir, progress=progress
+        )
+    else:
+        assert spec.weights is not None
+        weights = spec.weights
+        teacher = build_for_data(spec, data, weights=weights)
+    teacher.to(device).eval()
+    return Workload(
+        spec=spec,
+        teacher=teacher,
+        data=data,
+        name=_display_name(spec),
+        fingerprint=workload_fingerprint(spec, data, weights),
+        device=device,
+    )
+
