@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -31,20 +32,24 @@ USER_ERRORS = (UserError, ConfigError, StageError, ObjectiveError)
 class _Parser(argparse.ArgumentParser):
     """argparse, but its usage errors are one line and exit 2 like every other bad input."""
 
+    commands: dict[str, argparse.ArgumentParser]
+
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> _Parser:
     """The parser; only ``command``'s module is imported and given its flags (keeps start-up fast)."""
     parser = _Parser(
         prog="mcaas-search",
-        description=__doc__.splitlines()[0] if __doc__ else None,
+        description="Search the compression of a trained PyTorch model (prune, distill, cluster, "
+        "quantize) for the Pareto front under an accuracy-drop limit.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="With no COMMAND, `run` is meant: `mcaas-search --target size --max-drop 1` searches the "
         "built-in demo.\n`mcaas-search COMMAND --help` describes every flag of COMMAND with its default.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser.commands = {}
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(
             name,
@@ -52,6 +57,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             description=help_text,
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
+        parser.commands[name] = p
         if name == command:
             handler = importlib.import_module(f"search.commands.{module}")
             handler.add_arguments(p)
@@ -61,9 +67,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list in (["-h"], ["--help"]):
+        # The commands, then every flag of the default command with its default.
+        print(build_parser().format_help())
+        print(build_parser("run").commands["run"].format_help())
+        return 0
     # `mcaas-search --target size ...` means `mcaas-search run --target size ...`.
-    if not args_list or (args_list[0] not in COMMANDS and args_list[0] not in ("-h", "--help")):
+    if not args_list or args_list[0] not in COMMANDS:
         args_list.insert(0, "run")
+    # Optuna logs every trial at INFO; our progress display says what matters.
+    logging.getLogger("optuna").setLevel(logging.WARNING)
     parser = build_parser(args_list[0])
     args = parser.parse_args(args_list)
     try:

@@ -1,0 +1,242 @@
+"""``mcaas-search [run]``: search the compression pipeline for the Pareto front under an
+accuracy-drop limit. With no model it searches the built-in demo workload."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from objectives import TARGETS, Constraint
+from search.engine import baseline, default_threads, make_context
+from search.errors import UserError
+from search.optuna_driver import SAMPLERS, SearchSettings, create_or_resume, run_worker, run_workers
+from search.progress import LiveProgress
+from search.study import STUDIES_DIR, StudyInfo, storage_url, trial_records
+from search.workload import Workload, add_workload_arguments, load_workload, pick_device, spec_from_args
+from spaces import SearchSpace, default_space, demo_space, load_space
+
+BACKENDS = ("optuna", "ray")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+
+
+def duration(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``2h``, ``1d`` -> seconds."""
+    match = _DURATION.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive duration like 90s, 30m or 2h, got {text!r}")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def drop_points(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of points, got {text!r}") from None
+    if not 0 <= value < 100:
+        raise argparse.ArgumentTypeError(f"must be >= 0 and < 100, got {text!r}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_workload_arguments(parser)
+    goal = parser.add_argument_group("goal")
+    goal.add_argument("--target", choices=TARGETS, default="size", help="what to compress: the ratio maximised")
+    goal.add_argument(
+        "--max-drop", type=drop_points, default=1.0, help="largest accuracy drop allowed (validation split)"
+    )
+    goal.add_argument(
+        "--drop-type",
+        choices=("absolute", "relative"),
+        default="absolute",
+        help="absolute: --max-drop in percentage points; relative: in percent of the teacher's accuracy",
+    )
+    goal.add_argument("--max-size", type=float, default=None, metavar="BYTES", help="largest file size allowed")
+    goal.add_argument("--max-latency", type=float, default=None, metavar="MS", help="largest batch-1 latency allowed")
+    search = parser.add_argument_group("search")
+    search.add_argument(
+        "--trials", type=positive_int, default=24, help="the study's total trials, fixed profiles included"
+    )
+    search.add_argument("--timeout", type=duration, default=None, help="stop starting trials after this (90s, 30m, 2h)")
+    search.add_argument("--jobs", type=positive_int, default=1, help="trials run in parallel (threads split between them)")
+    search.add_argument("--backend", choices=BACKENDS, default="optuna", help="optuna: local processes; ray: Ray Tune")
+    search.add_argument("--study", default=None, help="study name (default: from workload and target)")
+    search.add_argument(
+        "--storage",
+        default=None,
+        help=f"study storage: a journal file or an RDB URL such as sqlite:///x.db (default: {STUDIES_DIR}/mcaas.journal)",
+    )
+    search.add_argument("--space", type=Path, default=None, help="TOML file fixing, narrowing or dropping dimensions")
+    search.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler")
+    search.add_argument("--no-profiles", action="store_true", help="do not run the three MCaaS fixed profiles first")
+    search.add_argument("--no-early-stop", action="store_true", help="run every trial to the end")
+    search.add_argument("--threads", type=positive_int, default=None, help="threads per trial (default: cores / jobs)")
+    ray = parser.add_argument_group("ray backend")
+    ray.add_argument("--address", default=None, help="join this Ray cluster (default: start Ray locally)")
+    ray.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs Ray reserves per trial")
+    ray.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs Ray reserves per trial")
+
+
+def study_name(workload: Workload, target: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{workload.name}-{target}").strip("-")
+
+
+def pick_space(args: argparse.Namespace, workload: Workload) -> SearchSpace:
+    base = demo_space() if workload.name == "demo" else default_space()
+    return load_space(args.space, base=base) if args.space else base
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    out = Console()
+    constraint = Constraint(
+        max_drop=args.max_drop, drop_type=args.drop_type, max_size=args.max_size, max_latency=args.max_latency
+    )
+    if args.space is not None and not args.space.is_file():
+        raise UserError(f"space file {str(args.space)!r} does not exist")
+    jobs = args.jobs
+    threads = args.threads or default_threads(jobs)
+    torch.set_num_threads(threads)
+    spec = spec_from_args(args)
+    workload = load_workload(spec, device=pick_device(args.device))
+    space = pick_space(args, workload)
+    name = args.study or study_name(workload, args.target)
+    artifacts = STUDIES_DIR / name
+    settings = SearchSettings(
+        study=name,
+        storage=args.storage,
+        trials=args.trials,
+        space=space,
+        sampler=args.sampler,
+        seed=args.seed,
+        timeout_s=args.timeout,
+        jobs=jobs,
+        threads=threads,
+        profiles=not args.no_profiles,
+        early_stop=not args.no_early_stop,
+        device=args.device,
+    )
+    ctx = make_context(workload, artifacts / "trials", threads=threads, seed=args.seed)
+    info = _study_info(settings, workload, args.target, constraint, space, ctx, artifacts, console)
+    study = create_or_resume(settings, info)
+    info = StudyInfo.load(study)
+    console.print(
+        f"study [bold]{name}[/] in {storage_url(args.storage)}: {workload.name}, target {args.target}, "
+        f"{constraint.describe()}; teacher {info.teacher_acc:.2f} % val, "
+        f"{info.baseline['bytes'] / 1e6:.2f} MB, {info.baseline['latency_ms']:.3f} ms"
+    )
+    deadline = time.time() + args.timeout if args.timeout else None
+    started = time.time()
+    interrupted = False
+    try:
+        with LiveProgress(study, info, total=args.trials, jobs=jobs, console=console):
+            if args.backend == "ray":
+                from search import ray_driver  # the only module importing ray
+
+                ray_driver.run(
+                    settings,
+                    spec,
+                    address=args.address,
+                    cpus_per_trial=args.cpus_per_trial,
+                    gpus_per_trial=args.gpus_per_trial,
+                    deadline=deadline,
+                )
+            elif jobs == 1:
+                run_worker(settings, workload, deadline=deadline)
+            else:
+                procs = run_workers(settings, spec, deadline)
+                try:
+                    for p in procs:
+                        p.join()
+                except KeyboardInterrupt:
+                    for p in procs:
+                        p.join(timeout=30)
+                    raise
+    except KeyboardInterrupt:
+        interrupted = True
+    _finish(out, console, study, info, name, args, time.time() - started, interrupted)
+    return 130 if interrupted else 0
+
+
+def _study_info(
+    settings: SearchSettings,
+    workload: Workload,
+    target: str,
+    constraint: Constraint,
+    space: SearchSpace,
+    ctx: object,
+    artifacts: Path,
+    console: Console,
+) -> StudyInfo:
+    """The study's record; the teacher's baseline is measured only for a new study."""
+    from search.study import load_study, open_storage
+
+    try:
+        existing = StudyInfo.load(load_study(settings.study, open_storage(settings.storage, create=True)))
+    except UserError:
+        existing = None
+    if existing is not None:
+        return StudyInfo(
+            workload=workload.fingerprint,
+            target=target,
+            constraint=constraint,
+            baseline=existing.baseline,
+            baseline_onnx=existing.baseline_onnx,
+            artifacts_dir=existing.artifacts_dir,
+            space=existing.space,
+        )
+    with console.status("measuring the teacher's exported fp32 artifact (the baseline)"):
+        path, metrics = baseline(ctx, artifacts / "baseline")  # type: ignore[arg-type]
+    return StudyInfo(
+        workload=workload.fingerprint,
+        target=target,
+        constraint=constraint,
+        baseline=metrics,
+        baseline_onnx=str(path.resolve()),
+        artifacts_dir=str(artifacts.resolve()),
+        space=[list(row) for row in space.describe()],
+    )
+
+
+def _finish(
+    out: Console,
+    console: Console,
+    study: object,
+    info: StudyInfo,
+    name: str,
+    args: argparse.Namespace,
+    seconds: float,
+    interrupted: bool,
+) -> None:
+    from search.report import write_report
+    from search.tables import print_front
+
+    records = trial_records(study)  # type: ignore[arg-type]
+    print_front(out, info, records, study_name=name, storage=args.storage)
+    saved = sum(float(t.user_attrs.get("saved_s", 0.0)) for t in study.get_trials(deepcopy=False))  # type: ignore[attr-defined]
+    pruned = sum(r.state == "pruned" for r in records)
+    if pruned:
+        out.print(f"early stopping: {pruned} trials stopped, about {saved / 60:.1f} min of training saved")
+    report = write_report(study, info)  # type: ignore[arg-type]
+    out.print(f"report: {report}")
+    out.print(f"wall time: {seconds / 60:.1f} min")
+    if interrupted:
+        command = "mcaas-search " + shlex.join(sys.argv[1:])
+        done = sum(r.state in ("complete", "pruned") for r in records)
+        console.print(f"interrupted with {done} trials done; rerun the same command to resume:\n  {command}")

@@ -1,0 +1,138 @@
+"""``mcaas-search try``: run one pipeline config on a workload and print its measured metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from objectives import ratios
+from search.engine import baseline, default_threads, make_context
+from search.errors import UserError
+from search.workload import add_workload_arguments, load_workload, pick_device, spec_from_args
+from stages.config import PipelineConfig, valid_keys
+from stages.pipeline import run_pipeline
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_workload_arguments(parser)
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="STAGE.KEY=VALUE",
+        help="a pipeline setting, repeatable; valid keys: " + ", ".join(valid_keys()),
+    )
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("studies") / "try",
+        help="folder for the artifacts of this run (model.onnx, baseline/)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch / ONNX Runtime threads (default: all cores)"
+    )
+
+
+def parse_settings(items: list[str]) -> PipelineConfig:
+    """``["prune.ratio=0.5", ...]`` -> a validated config (ConfigError on bad keys or values)."""
+    values: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise UserError(f"--set expects STAGE.KEY=VALUE, but got {item!r}")
+        values[key.strip()] = value.strip()
+    return PipelineConfig.from_flat(values)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = parse_settings(args.settings)
+    threads = args.threads or default_threads()
+    if threads < 1:
+        raise UserError(f"--threads must be >= 1, but got {threads}")
+    torch.set_num_threads(threads)
+    console = Console(stderr=True)
+    workload = load_workload(spec_from_args(args), device=pick_device(args.device))
+    ctx = make_context(
+        workload,
+        args.workdir,
+        threads=threads,
+        seed=args.seed,
+        need_logits=config.distill.epochs > 0 and config.distill.alpha > 0,
+    )
+    with console.status("measuring the teacher's exported fp32 artifact"):
+        _, teacher = baseline(ctx, args.workdir / "baseline")
+    with console.status("running " + " ".join(f"{k}={v}" for k, v in sorted(config.to_flat().items()))):
+        result = run_pipeline(config, ctx)
+    summary = {
+        "config": config.to_flat(),
+        "metrics": result.metrics,
+        "teacher": teacher,
+        "ratios": ratios(teacher, result.metrics),
+        "stages": [r.to_dict() for r in result.stages],
+        "artifact": str(result.artifact),
+    }
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print_try_result(Console(), summary)
+    return 0
+
+
+_FINAL_ROWS = (
+    ("validation accuracy %", "val_acc", "{:.2f}"),
+    ("test accuracy %", "test_acc", "{:.2f}"),
+    ("file bytes", "bytes", "{:,.0f}"),
+    ("gzip bytes", "gzip_bytes", "{:,.0f}"),
+    ("params", "params", "{:,.0f}"),
+    ("MACs", "macs", "{:,.0f}"),
+    ("latency ms (batch 1, ORT)", "latency_ms", "{:.3f}"),
+)
+
+
+def print_try_result(console: Console, summary: dict) -> None:
+    """The final metrics beside the teacher's, the ratios, and the per-stage records."""
+    metrics, teacher = summary["metrics"], summary["teacher"]
+    final = Table(title="model vs teacher (measured on the exported artifacts in ONNX Runtime)")
+    for col in ("metric", "model", "teacher"):
+        final.add_column(col, justify="left" if col == "metric" else "right")
+    for label, key, fmt in _FINAL_ROWS:
+        # The teacher's latency is the one measured interleaved with the model in the same run.
+        ref = metrics.get("teacher_latency_ms", teacher[key]) if key == "latency_ms" else teacher[key]
+        final.add_row(label, fmt.format(metrics[key]), fmt.format(ref))
+    console.print(final)
+    console.print(
+        "ratios vs teacher: "
+        + ", ".join(f"{k} {v:.2f}x" for k, v in summary["ratios"].items())
+        + f"; accuracy drop {teacher['val_acc'] - metrics['val_acc']:+.2f} pt (val), "
+        + f"{teacher['test_acc'] - metrics['test_acc']:+.2f} pt (test)"
+    )
+    per_stage = Table(title="after each stage (prune/distill/cluster: PyTorch; export/quantize: ONNX Runtime)")
+    for col in ("stage", "seconds", "val acc %", "bytes", "gzip bytes", "params", "latency ms"):
+        per_stage.add_column(col, justify="left" if col == "stage" else "right")
+    for record in summary["stages"]:
+        m = record["metrics"]
+        per_stage.add_row(
+            record["stage"],
+            f"{record['seconds']:.1f}",
+            *(
+                fmt.format(m[key]) if key in m else "-"
+                for key, fmt in (
+                    ("val_acc", "{:.2f}"),
+                    ("bytes", "{:,.0f}"),
+                    ("gzip_bytes", "{:,.0f}"),
+                    ("params", "{:,.0f}"),
+                    ("latency_ms", "{:.3f}"),
+                )
+            ),
+        )
+    console.print(per_stage)
+    console.print(f"artifact: {summary['artifact']}")

@@ -1,0 +1,79 @@
+"""Builds the stage Context of a workload once: teacher outputs and the baseline are computed a
+single time per workload / study and reused by every trial (and every worker process)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from search.workload import Workload
+from stages._context import Context
+from stages.pipeline import measure_baseline
+from stages.teacher import load_logits, save_logits, teacher_logits
+
+CACHE_DIR = Path("studies") / ".cache"
+
+
+def fingerprint_hash(fingerprint: dict) -> str:
+    """Short stable hash of a workload fingerprint (names cache files)."""
+    blob = json.dumps(fingerprint, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def default_threads(jobs: int = 1) -> int:
+    """Torch / ONNX Runtime threads per worker: the machine's cores split between ``jobs``."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // max(1, jobs))
+
+
+def make_context(
+    workload: Workload,
+    workdir: Path,
+    *,
+    threads: int,
+    seed: int = 0,
+    cache_dir: Path = CACHE_DIR,
+    need_logits: bool = True,
+) -> Context:
+    """A Context for ``workload`` with the teacher's train-split logits loaded from (or written to)
+    ``cache_dir``, so no trial and no worker computes them again."""
+    ctx = Context(
+        data=workload.data,
+        teacher=workload.teacher,
+        workdir=workdir,
+        device=next(workload.teacher.parameters()).device,
+        threads=threads,
+        seed=seed,
+    )
+    if need_logits:
+        ctx.teacher_logits = cached_teacher_logits(workload, ctx, cache_dir)
+    return ctx
+
+
+def cached_teacher_logits(workload: Workload, ctx: Context, cache_dir: Path) -> torch.Tensor:
+    path = cache_dir / f"logits-{fingerprint_hash(workload.fingerprint)}.pt"
+    logits = load_logits(path, expected_rows=len(workload.data.train))
+    if logits is None:
+        logits = teacher_logits(
+            workload.teacher, workload.data.train, device=ctx.device, batch_size=ctx.eval_batch_size
+        )
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        save_logits(path, logits)
+    return logits
+
+
+def baseline(ctx: Context, workdir: Path) -> tuple[Path, dict[str, float]]:
+    """The teacher's exported fp32 artifact and its metrics; sets ``ctx.baseline_onnx``."""
+    path, metrics = measure_baseline(ctx, workdir)
+    ctx.baseline_onnx = path
+    return path, metrics
+
+
+def trial_context(base: Context, workdir: Path, **changes: object) -> Context:
+    """A per-trial copy of ``base`` (shares the data, teacher and logits; no tensor is copied)."""
+    return dataclasses.replace(base, workdir=workdir, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,301 @@
+"""The Optuna backend: a persistent, resumable, constrained multi-objective study.
+
+Trials are asked and told explicitly (not ``study.optimize``) so that ``--trials N`` is the study's
+total across reruns and workers: the count and the ask happen under a file lock, interrupted trials
+(their worker died) are marked failed and replaced, and the fixed profiles are re-queued until each
+has run once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import multiprocessing
+import os
+import socket
+import statistics
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from objectives import EarlyStop, Point, pareto_front
+from search.engine import baseline, make_context, trial_context
+from search.errors import UserError
+from search.study import StudyInfo, open_storage, trial_record
+from search.trial import Scoring, TrialStopped, run_trial
+from search.workload import Workload, WorkloadSpec, load_workload, pick_device
+from spaces import PROFILES, SearchSpace, profile_params
+from stages.config import PipelineConfig
+
+INTERRUPTED = "interrupted"
+# Accuracy after pruning recovers mostly late in a cosine schedule: give a trial half its
+# distillation budget, then stop it only when it is far (20 pt, shrinking to 0) below the bound.
+EARLY_STOP = EarlyStop(grace=0.5, slack_points=20.0)
+
+
+def _samplers(seed: int | None, trials: int) -> dict[str, Callable[[], optuna.samplers.BaseSampler]]:
+    startup = max(4, min(10, trials // 3))
+    return {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(
+            seed=seed, population_size=max(4, min(50, trials // 3))
+        ),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+    }
+
+
+SAMPLERS = tuple(_samplers(0, 10))
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSettings:
+    """Everything a worker needs to run trials of one study (picklable for worker processes)."""
+
+    study: str
+    storage: str | None
+    trials: int
+    space: SearchSpace
+    sampler: str = "tpe"
+    seed: int | None = 0
+    timeout_s: float | None = None
+    jobs: int = 1
+    threads: int = 1
+    profiles: bool = True
+    early_stop: bool = True
+    skip_dominated: bool = True
+    device: str = "auto"
+
+    def make_sampler(self, worker: int = 0) -> optuna.samplers.BaseSampler:
+        seed = None if self.seed is None else self.seed + worker
+        try:
+            return _samplers(seed, self.trials)[self.sampler]()
+        except KeyError:
+            raise UserError(
+                f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}"
+            ) from None
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def create_or_resume(settings: SearchSettings, info: StudyInfo) -> optuna.Study:
+    """Open the study (checking it was run for the same workload, target and constraint), mark
+    trials whose worker died as failed, and queue the fixed profiles that have not run yet."""
+    storage = open_storage(settings.storage, create=True)
+    study = optuna.create_study(
+        study_name=settings.study,
+        storage=storage,
+        directions=["maximize", "maximize"],
+        sampler=settings.make_sampler(),
+        load_if_exists=True,
+    )
+    if "baseline" in study.user_attrs:
+        stored = StudyInfo.load(study)
+        why = stored.mismatch(info.workload, info.target, info.constraint)
+        if why:
+            raise UserError(
+                f"study {settings.study!r} was run for other settings ({why}); "
+                "use another --study name, or the same settings to resume it"
+            )
+    else:
+        info.save(study)
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, still the way to name them
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["val_acc", f"{info.target}_ratio"])
+    fail_interrupted(study)
+    if settings.profiles:
+        queue_profiles(study, settings.space)
+    return study
+
+
+def fail_interrupted(study: optuna.Study) -> list[int]:
+    """Mark RUNNING trials whose worker process on this host is gone (kill -9, crash) as failed."""
+    host = socket.gethostname()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.user_attrs.get("worker", "")
+        owner_host, _, pid = owner.rpartition(":")
+        if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+            study._storage.set_trial_user_attr(t._trial_id, "reason", f"{INTERRUPTED} (worker {owner} is gone)")
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            failed.append(t.number)
+    return failed
+
+
+def _was_interrupted(t: optuna.trial.FrozenTrial) -> bool:
+    return t.state == TrialState.FAIL and str(t.user_attrs.get("reason", "")).startswith(INTERRUPTED)
+
+
+def queue_profiles(study: optuna.Study, space: SearchSpace) -> None:
+    """Queue each MCaaS profile that has neither run nor is waiting (an interrupted one runs again)."""
+    present = {
+        t.user_attrs.get("profile")
+        for t in study.get_trials(deepcopy=False)
+        if not _was_interrupted(t)
+    }
+    for name in PROFILES:
+        if name not in present:
+            study.enqueue_trial(profile_params(name, space), user_attrs={"profile": name})
+
+
+def counted(study: optuna.Study) -> int:
+    """Trials that count towards ``--trials``: done or running; interrupted ones are replaced."""
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False)
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        or (t.state == TrialState.FAIL and not _was_interrupted(t))
+    )
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class _StudyView:
+    """The live study as a running trial sees it (see search.trial.StudyView)."""
+
+    def __init__(self, study: optuna.Study, info: StudyInfo) -> None:
+        self.study, self.info = study, info
+
+    def _complete(self) -> list[optuna.trial.FrozenTrial]:
+        return self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+    def feasible_front(self) -> list[Point]:
+        points = []
+        for t in self._complete():
+            r = trial_record(t)
+            if self.info.target in r.ratios:
+                points.append(Point(t.number, r.metrics["val_acc"], r.ratios[self.info.target], r.feasible))
+        return pareto_front(points)
+
+    def median_trial_seconds(self) -> float:
+        secs = [t.user_attrs["seconds"] for t in self._complete() if "seconds" in t.user_attrs]
+        return statistics.median(secs) if secs else 0.0
+
+
+def run_worker(
+    settings: SearchSettings,
+    workload: Workload,
+    *,
+    worker: int = 0,
+    deadline: float | None = None,
+) -> None:
+    """Ask, run and tell trials until the study holds ``settings.trials`` counted trials."""
+    study = optuna.load_study(
+        study_name=settings.study,
+        storage=open_storage(settings.storage, create=False),
+        sampler=settings.make_sampler(worker),
+    )
+    info = StudyInfo.load(study)
+    artifacts = Path(info.artifacts_dir)
+    base = make_context(workload, artifacts / "trials", threads=settings.threads, seed=settings.seed or 0)
+    base.baseline_onnx = Path(info.baseline_onnx)
+    if not base.baseline_onnx.exists():
+        baseline(base, artifacts / "baseline")
+    scoring = Scoring(
+        target=info.target,
+        constraint=info.constraint,
+        baseline=info.baseline,
+        early_stop=EARLY_STOP if settings.early_stop else None,
+        skip_dominated=settings.skip_dominated,
+    )
+    view = _StudyView(study, info)
+    while deadline is None or time.time() < deadline:
+        with _locked(artifacts / ".ask.lock"):
+            if counted(study) >= settings.trials:
+                return
+            trial = study.ask()
+            trial.set_user_attr("worker", worker_id())
+        _run_one(study, trial, settings.space, base, scoring, view, artifacts)
+
+
+def _run_one(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    space: SearchSpace,
+    base: Any,
+    scoring: Scoring,
+    view: _StudyView,
+    artifacts: Path,
+) -> None:
+    try:
+        config: PipelineConfig = space.suggest(trial)
+        trial.set_user_attr("config", config.to_flat())
+        ctx = trial_context(base, artifacts / "trials" / str(trial.number))
+        profile = trial.user_attrs.get("profile")
+        outcome = run_trial(config, ctx, scoring, view, stop_early=profile is None)
+    except TrialStopped as stop:
+        trial.set_user_attr("reason", str(stop))
+        trial.set_user_attr("saved_s", stop.saved_s)
+        study.tell(trial, state=TrialState.PRUNED)
+        return
+    except KeyboardInterrupt:
+        trial.set_user_attr("reason", f"{INTERRUPTED} (Ctrl-C)")
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    except Exception as exc:  # a failing trial is recorded with its reason; the study goes on
+        trial.set_user_attr("reason", _reason(exc))
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    for key, value in outcome.constraints.items():
+        trial.set_constraint(key, value)
+    for key, value in outcome.attrs.items():
+        trial.set_user_attr(key, value)
+    study.tell(trial, list(outcome.values))
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return f"out of memory: {exc}"
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    place = f" (at {Path(where.filename).name}:{where.lineno})" if where else ""
+    return f"{type(exc).__name__}: {exc}{place}"
+
+
+def _worker_process(settings: SearchSettings, spec: WorkloadSpec, worker: int, deadline: float | None) -> None:
+    import torch
+
+    torch.set_num_threads(settings.threads)
+    workload = load_workload(spec, device=pick_device(settings.device), progress=False)
+    try:
+        run_worker(settings, workload, worker=worker, deadline=deadline)
+    except KeyboardInterrupt:
+        pass
+
+
+def run_workers(settings: SearchSettings, spec: WorkloadSpec, deadline: float | None) -> list[multiprocessing.Process]:
+    """Start ``settings.jobs`` worker processes (spawned: torch threads split between them)."""
+    mp = multiprocessing.get_context("spawn")
+    procs = [
+        mp.Process(target=_worker_process, args=(settings, spec, i, deadline), daemon=False)
+        for i in range(settings.jobs)
+    ]
+    for p in procs:
+        p.start()
+    return procs

@@ -1,0 +1,145 @@
+"""One search trial: config -> pipeline -> scored, constrained record. Shared by both backends.
+
+Early stopping lives here because Optuna's pruners are single-objective and know nothing of the
+accuracy bound: a trial stops (state pruned) when its validation accuracy during distillation can
+no longer plausibly reach the bound, or before any training when its pruned size/MACs are already
+dominated by a feasible trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from objectives import Constraint, EarlyStop, Point, dominated_before_training, ratio, ratios
+from stages._context import Context
+from stages.config import PipelineConfig
+from stages.pipeline import TORCH_ARTIFACT, run_pipeline
+
+# Bytes per weight of the exported model by quantization mode: estimates the size ratio of a
+# config right after pruning, before any training, for the dominance check.
+_BYTES_PER_PARAM = {"none": 4.0, "fp16": 2.0, "int8-dynamic": 1.0, "int8-static": 1.0, "int8-qat": 1.0}
+
+
+class TrialStopped(Exception):
+    """A trial stopped early on purpose; ``saved_s`` estimates the time this saved."""
+
+    def __init__(self, reason: str, saved_s: float) -> None:
+        super().__init__(reason)
+        self.saved_s = saved_s
+
+
+@dataclasses.dataclass(frozen=True)
+class Scoring:
+    """What a trial is scored against: the target, the constraint and the teacher's metrics."""
+
+    target: str
+    constraint: Constraint
+    baseline: dict[str, float]
+    early_stop: EarlyStop | None = EarlyStop()
+    skip_dominated: bool = True
+
+    @property
+    def required_accuracy(self) -> float:
+        return self.constraint.required_accuracy(self.baseline["val_acc"])
+
+
+class StudyView(Protocol):
+    """What a running trial may read of its study (other workers may add trials meanwhile)."""
+
+    def feasible_front(self) -> Sequence[Point]: ...
+
+    def median_trial_seconds(self) -> float: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialOutcome:
+    """A finished trial's objective values, constraint values and the attributes to store."""
+
+    values: tuple[float, float]
+    constraints: dict[str, float]
+    attrs: dict[str, Any]
+
+
+def estimated_ratio(target: str, baseline: dict[str, float], pruned: dict[str, float], mode: str) -> float | None:
+    """The target ratio a config can reach at best, known right after pruning (None: unknown)."""
+    if target in ("macs", "params"):
+        return baseline[target] / max(pruned[target], 1.0)
+    if target == "size":
+        return baseline["bytes"] / max(pruned["params"] * _BYTES_PER_PARAM[mode], 1.0)
+    return None  # latency depends on the runtime's kernels: only measuring tells
+
+
+def run_trial(
+    config: PipelineConfig,
+    ctx: Context,
+    scoring: Scoring,
+    study: StudyView,
+    *,
+    stop_early: bool = True,
+) -> TrialOutcome:
+    """Run the pipeline for ``config`` with both early stops armed, and score the result.
+
+    Raises TrialStopped when a stop fires. ``stop_early=False`` (the fixed profiles, which every
+    study shows complete as reference points) disarms both stops.
+    """
+    started = time.perf_counter()
+    distill_started: list[float] = []
+
+    def after_prune(pruned: dict[str, float]) -> None:
+        if not (stop_early and scoring.skip_dominated):
+            return
+        est = estimated_ratio(scoring.target, scoring.baseline, pruned, config.quantize.mode)
+        points = list(study.feasible_front())
+        if est is None or not points:
+            return
+        ceiling = max([scoring.baseline["val_acc"], *(p.accuracy for p in points)])
+        if dominated_before_training(est, points, ceiling):
+            typical = study.median_trial_seconds()
+            raise TrialStopped(
+                f"skipped before training: at best {est:.1f}x {scoring.target}, already reached "
+                f"by a feasible trial at >= {ceiling:.2f} % accuracy",
+                saved_s=max(typical - (time.perf_counter() - started), 0.0),
+            )
+
+    def on_progress(stage: str, fraction: float, val_acc: float) -> None:
+        # At the end of its budget a trial is measured, feasible or not: it is data for the front.
+        if stage != "distill" or scoring.early_stop is None or not stop_early or fraction >= 1.0:
+            return
+        if not distill_started:
+            distill_started.append(time.perf_counter())
+        if scoring.early_stop.should_stop(fraction, val_acc, scoring.required_accuracy):
+            spent = time.perf_counter() - distill_started[0]
+            saved = spent / max(fraction, 1e-6) * (1 - fraction)
+            raise TrialStopped(
+                f"stopped at {fraction:.0%} of distillation: validation accuracy {val_acc:.2f} % "
+                f"cannot plausibly reach the required {scoring.required_accuracy:.2f} %",
+                saved_s=saved,
+            )
+
+    ctx.on_progress = on_progress
+    result = run_pipeline(config, ctx, after_prune=after_prune)
+    metrics = result.metrics
+    teacher_acc = scoring.baseline["val_acc"]
+    violations = scoring.constraint.violations(teacher_acc, metrics)
+    value = ratio(scoring.target, scoring.baseline, metrics)
+    attrs: dict[str, Any] = {
+        "metrics": metrics,
+        "ratios": ratios(scoring.baseline, metrics),
+        "drop": teacher_acc - metrics["val_acc"],
+        "test_drop": scoring.baseline["test_acc"] - metrics["test_acc"],
+        "violations": violations,
+        "stages": [r.to_dict() for r in result.stages],
+        "artifact": str(result.artifact.resolve()),
+        "seconds": result.seconds,
+    }
+    torch_artifact = result.artifact.parent / TORCH_ARTIFACT
+    if torch_artifact.exists():
+        attrs["torch_artifact"] = str(torch_artifact.resolve())
+    if not all(math.isfinite(v) for v in (metrics["val_acc"], value)):
+        raise ValueError(f"non-finite objective values: accuracy {metrics['val_acc']}, ratio {value}")
+    return TrialOutcome(values=(metrics["val_acc"], value), constraints=violations, attrs=attrs)
+

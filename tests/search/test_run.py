@@ -1,0 +1,186 @@
+"""The search command end to end on the demo workload: profiles, persistence and resume,
+refusing a mismatched study, interrupted and failing trials, --jobs 2, early stopping."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from objectives import Constraint, EarlyStop, Point
+from search.study import open_storage, trial_records
+from search.trial import Scoring, TrialStopped, run_trial
+from spaces import PROFILES
+from stages.config import PipelineConfig
+
+# Small budgets: the point is the search machinery, not the compression.
+TINY_SPACE = """
+"distill.epochs" = 3
+"prune.steps" = 1
+"quantize.mode" = ["none", "int8-static"]
+drop = ["cluster.k"]
+profile_epochs = 3
+"""
+
+RunCli = Callable[[list[str]], tuple[int, str, str]]
+
+
+@pytest.fixture(scope="session")
+def _demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo teacher, trained once for the whole session (as the first search would)."""
+    import torch
+
+    from search.workload import WorkloadSpec, load_workload
+
+    studies = tmp_path_factory.mktemp("demo") / "studies"
+    load_workload(WorkloadSpec(), device=torch.device("cpu"), studies_dir=studies, progress=False)
+    return studies / ".cache"
+
+
+@pytest.fixture
+def demo_dir(tmp_path: Path, _demo_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working folder holding the cached demo teacher and a tiny space file."""
+    shutil.copytree(_demo_cache, tmp_path / "studies" / ".cache")
+    (tmp_path / "tiny.toml").write_text(TINY_SPACE)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _study(name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(None, create=False))
+
+
+def _search(run_cli: RunCli, *extra: str) -> tuple[int, str, str]:
+    return run_cli(["--space", "tiny.toml", "--study", "s", *extra])
+
+
+@pytest.mark.slow
+def test_search_runs_profiles_first_and_prints_the_front(demo_dir: Path, run_cli: RunCli) -> None:
+    code, out, err = _search(run_cli, "--trials", "4")
+    assert code == 0, err
+    trials = _study("s").trials
+    assert len(trials) == 4
+    assert [t.user_attrs.get("profile") for t in trials[:3]] == list(PROFILES)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert complete, [t.user_attrs.get("reason") for t in trials]
+    for t in complete:
+        assert Path(t.user_attrs["artifact"]).is_file()
+        assert t.user_attrs["metrics"]["bytes"] > 0
+        assert set(t.constraints) == {"accuracy_drop"}
+        assert {r["stage"] for r in t.user_attrs["stages"]} >= {"export", "measure"}
+    assert "report:" in out and (demo_dir / "studies" / "s" / "report.html").is_file()
+    assert "export" in out
+
+
+@pytest.mark.slow
+def test_rerun_resumes_without_repeating_or_losing_trials(demo_dir: Path, run_cli: RunCli) -> None:
+    assert _search(run_cli, "--trials", "3")[0] == 0
+    first = {t.number: t.user_attrs.get("config") for t in _study("s").trials}
+    assert _search(run_cli, "--trials", "5")[0] == 0
+    trials = _study("s").trials
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4]
+    assert {t.number: t.user_attrs.get("config") for t in trials[:3]} == first
+    profiles = [t.user_attrs.get("profile") for t in trials if t.user_attrs.get("profile")]
+    assert sorted(profiles) == sorted(PROFILES)  # each exactly once
+    # A third run with the same total has nothing left to do.
+    assert _search(run_cli, "--trials", "5")[0] == 0
+    assert len(_study("s").trials) == 5
+
+
+@pytest.mark.slow
+def test_rerun_with_other_settings_is_refused(demo_dir: Path, run_cli: RunCli) -> None:
+    assert _search(run_cli, "--trials", "1", "--no-profiles")[0] == 0
+    code, _, err = _search(run_cli, "--trials", "2", "--target", "latency")
+    assert code == 2
+    assert "was run for other settings" in err and "target" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    code, _, err = _search(run_cli, "--trials", "2", "--max-drop", "2")
+    assert code == 2 and "constraint" in err
+    assert len(_study("s").trials) == 1  # nothing was run or lost
+
+
+@pytest.mark.slow
+def test_interrupted_trial_is_marked_failed_and_replaced(demo_dir: Path, run_cli: RunCli) -> None:
+    assert _search(run_cli, "--trials", "1", "--no-profiles")[0] == 0
+    study = _study("s")
+    ghost = study.ask()  # a trial whose worker was killed: RUNNING forever, pid gone
+    ghost.set_user_attr("worker", f"{__import__('socket').gethostname()}:999999999")
+    assert _search(run_cli, "--trials", "2", "--no-profiles")[0] == 0
+    trials = _study("s").trials
+    assert trials[ghost.number].state == TrialState.FAIL
+    assert trials[ghost.number].user_attrs["reason"].startswith("interrupted")
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 2  # the interrupted trial does not count towards --trials
+
+
+@pytest.mark.slow
+def test_failing_trial_is_recorded_and_the_study_goes_on(
+    demo_dir: Path, run_cli: RunCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stages.distill import Distill
+
+    calls = {"n": 0}
+    original = Distill.run
+
+    def flaky(self: Distill, model: object, ctx: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected failure")
+        return original(self, model, ctx)
+
+    monkeypatch.setattr(Distill, "run", flaky)
+    code, _, err = _search(run_cli, "--trials", "2", "--no-profiles")
+    assert code == 0, err
+    records = trial_records(_study("s"))
+    assert records[0].state == "failed" and "injected failure" in (records[0].reason or "")
+    assert records[1].state in ("complete", "pruned")
+
+
+@pytest.mark.slow
+def test_two_jobs_run_trials_in_two_processes(demo_dir: Path, run_cli: RunCli) -> None:
+    code, _, err = _search(run_cli, "--trials", "4", "--jobs", "2", "--no-profiles")
+    assert code == 0, err
+    trials = _study("s").trials
+    assert len(trials) == 4 and all(t.state != TrialState.RUNNING for t in trials)
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert len(workers) == 2
+
+
+class _View:
+    def __init__(self, front: list[Point]) -> None:
+        self.front = front
+
+    def feasible_front(self) -> list[Point]:
+        return self.front
+
+    def median_trial_seconds(self) -> float:
+        return 10.0
+
+
+def _scoring(baseline: dict[str, float], **kw: object) -> Scoring:
+    return Scoring(target="size", constraint=Constraint(max_drop=0.0), baseline=baseline, **kw)  # type: ignore[arg-type]
+
+
+def test_hopeless_trial_stops_during_distillation(tiny_context, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    baseline = {"val_acc": 100.0, "test_acc": 100.0, "bytes": 1e6, "params": 1e5}
+    config = PipelineConfig.from_flat({"prune.ratio": 0.5, "distill.epochs": 1.0})
+    stop = EarlyStop(grace=0.25, slack_points=0.0)
+    with pytest.raises(TrialStopped, match="cannot plausibly reach") as info:
+        run_trial(config, tiny_context, _scoring(baseline, early_stop=stop), _View([]))
+    assert info.value.saved_s > 0
+    assert not (tiny_context.workdir / "model.onnx").exists()  # stopped before export
+
+
+def test_dominated_config_is_skipped_before_training(tiny_context) -> None:  # type: ignore[no-untyped-def]
+    baseline = {"val_acc": 90.0, "test_acc": 90.0, "bytes": 1e6, "params": 1e5}
+    config = PipelineConfig.from_flat({"prune.ratio": 0.3, "distill.epochs": 1.0})
+    front = [Point(0, accuracy=100.0, ratio=1e6)]
+    with pytest.raises(TrialStopped, match="skipped before training"):
+        run_trial(config, tiny_context, _scoring(baseline), _View(front))
+    # A profile (stop_early=False) runs to the end however it compares.
+    outcome = run_trial(config, tiny_context, _scoring(baseline), _View(front), stop_early=False)
+    assert outcome.values[1] > 0
