@@ -29,6 +29,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 USER_ERRORS = (UserError, ConfigError, StageError, ObjectiveError)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except ``None`` (no default) and flags' ``False``."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but its usage errors are one line and exit 2 like every other bad input."""
 
@@ -55,7 +64,7 @@ def build_parser(command: str | None = None) -> _Parser:
             name,
             help=help_text,
             description=help_text,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=_HelpFormatter,
         )
         parser.commands[name] = p
         if name == command:

@@ -11,7 +11,6 @@ import math
 import os
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch import nn
 
 from search.errors import UserError
 from stages._context import Split, TaskData
+from stages.files import atomic_path, write_atomic
 
 OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_EPOCHS = 5
@@ -240,23 +240,10 @@ def metrics_path(checkpoint: Path) -> Path:
     return checkpoint.with_suffix(".json")
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write via a temp file in the same folder and ``os.replace``, so readers (a parallel search
-    loading the cached teacher) never see a half-written file."""
-    # open(..., "xb") rather than mkstemp: the file gets the usual umask permissions, not 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(model: nn.Module, path: Path, info: dict[str, Any]) -> None:
     """Write ``model``'s state_dict (on CPU) to ``path`` and ``info`` as JSON beside it, atomically."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(path, lambda f: torch.save(state, f))
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     text = json.dumps(info, indent=2, sort_keys=True) + "\n"
-    _atomic_write(metrics_path(path), lambda f: f.write(text.encode()))
+    write_atomic(metrics_path(path), text)

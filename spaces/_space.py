@@ -197,6 +197,10 @@ class SearchSpace(Mapping[str, Dimension]):
             self, "dimensions", MappingProxyType({k: dims[k] for k in _ORDER if k in dims})
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Worker processes (--jobs, Ray) receive the space by pickling; a mappingproxy can't be.
+        return (SearchSpace, (dict(self.dimensions), self.profile_epochs))
+
     def __getitem__(self, key: str) -> Dimension:
         return self.dimensions[key]
 

@@ -5,8 +5,6 @@ on its quantized successor, never on the torch object."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +18,7 @@ from stages._base import OnnxFile
 from stages._context import Context
 from stages.config import ExportConfig
 from stages.errors import StageError
+from stages.files import atomic_path, write_atomic
 
 __all__ = ["EXPORTERS", "FP32_ONNX_NAME", "Export", "export_onnx", "export_pt2"]
 
@@ -80,7 +79,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int 
             f"export: the ONNX graph of {type(model).__name__} fails onnx.checker: "
             f"{_root_cause(exc)}"
         ) from exc
-    _atomic_write(path, proto.SerializeToString())
+    write_atomic(path, proto.SerializeToString())
     return path
 
 
@@ -103,12 +102,8 @@ def export_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
                 f"export: torch.export.export failed for {type(model).__name__}: "
                 f"{_root_cause(exc)}"
             ) from exc
-        tmp = _temp_name(path)
-        try:
+        with atomic_path(path) as tmp:
             torch.export.save(program, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -162,18 +157,3 @@ def _strip_debug_metadata(graph: onnx.GraphProto | onnx.FunctionProto) -> None:
                 _strip_debug_metadata(subgraph)
 
 
-def _temp_name(path: Path) -> Path:
-    """A hidden name beside ``path``, unique per thread, keeping the suffix (torch.export.save
-    checks it)."""
-    return path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp{path.suffix}")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary name beside ``path`` and rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from stages._context import Split
+from stages.files import atomic_path
 
 
 def teacher_logits(
@@ -48,9 +49,8 @@ def save_logits(path: str | os.PathLike[str], logits: torch.Tensor) -> None:
     cache never sees a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(logits.detach().float().cpu().contiguous(), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(logits.detach().float().cpu().contiguous(), tmp)
 
 
 def load_logits(path: str | os.PathLike[str], expected_rows: int) -> torch.Tensor | None:

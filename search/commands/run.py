@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     search.add_argument(
         "--storage",
         default=None,
-        help=f"study storage: a journal file or an RDB URL such as sqlite:///x.db (default: {STUDIES_DIR}/mcaas.journal)",
+        help=f"study storage: a journal file or an RDB URL such as sqlite:///x.db; none means {STUDIES_DIR}/mcaas.journal",
     )
     search.add_argument("--space", type=Path, default=None, help="TOML file fixing, narrowing or dropping dimensions")
     search.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler")
@@ -233,7 +233,7 @@ def _finish(
     pruned = sum(r.state == "pruned" for r in records)
     if pruned:
         out.print(f"early stopping: {pruned} trials stopped, about {saved / 60:.1f} min of training saved")
-    report = write_report(study, info)  # type: ignore[arg-type]
+    report = write_report(study, info, storage=args.storage)  # type: ignore[arg-type]
     out.print(f"report: {report}")
     out.print(f"wall time: {seconds / 60:.1f} min")
     if interrupted:

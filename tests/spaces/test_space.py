@@ -388,3 +388,10 @@ class TestSearchSpace:
         }
         fixed = SearchSpace({"cluster.k": Fixed(64)})
         assert fixed.config_from_params({}).cluster.k == 64
+
+
+def test_space_survives_pickling_for_worker_processes() -> None:
+    import pickle
+
+    space = default_space()
+    assert pickle.loads(pickle.dumps(space)) == space

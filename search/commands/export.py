@@ -1,0 +1,82 @@
+"""``mcaas-search export``: write a trial's model (its stored artifact, no re-training) with a
+JSON sidecar, verified by re-measuring its test accuracy in ONNX Runtime."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from objectives import format_violations
+from search.exporting import FORMATS, check_out_path, export_trial, select_trial, torch_artifact_of
+from search.report import format_bytes
+from search.study import StudyInfo, load_study, open_storage, storage_url, trial_records
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--study", required=True, help="name of the study")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=int, metavar="N", help="export trial N")
+    which.add_argument(
+        "--best",
+        action="store_true",
+        help="export the recommended trial: the most compressed feasible trial on the Pareto front",
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="PATH", help="model file to write (its folder must exist)"
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="onnx",
+        help="onnx: the measured artifact; pt2: the unquantized PyTorch model as a torch.export "
+        "program (TorchScript is deprecated in torch 2.14), when the "
+        "trial saved one",
+    )
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help=f"study storage: journal file or RDB URL (default: {storage_url(None)})",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    study = load_study(args.study, open_storage(args.storage, create=False))
+    info = StudyInfo.load(study)
+    check_out_path(args.out)
+    selection = select_trial(
+        info, trial_records(study), study_name=args.study, trial=args.trial, best=args.best
+    )
+    record = selection.record
+    torch_artifact = None
+    if args.format == "pt2":
+        torch_artifact = torch_artifact_of(study, record.number)
+    result = export_trial(
+        info,
+        selection,
+        study_name=args.study,
+        out=args.out,
+        fmt=args.format,
+        torch_artifact=torch_artifact,
+    )
+    console = Console()
+    console.print(
+        f"exported trial {record.number} ({selection.why}) as {result.fmt} to {result.path} "
+        f"({format_bytes(result.bytes)})",
+        highlight=False, markup=False, soft_wrap=True,
+    )
+    console.print(f"  sidecar: {result.sidecar}", highlight=False, markup=False, soft_wrap=True)
+    runtime = "ONNX Runtime" if result.fmt == "onnx" else "torch"
+    console.print(
+        f"  verified: test accuracy re-measured in {runtime} {result.measured_test_acc:.2f} % "
+        f"matches the stored {result.stored_test_acc:.2f} % ({result.n_test} test samples)",
+        highlight=False, markup=False,
+    )
+    broken = {k: v for k, v in record.violations.items() if v > 0}
+    if broken:
+        console.print(
+            f"  note: trial {record.number} is infeasible: it broke {format_violations(broken)}",
+            highlight=False, markup=False,
+        )
+    return 0

@@ -1,0 +1,38 @@
+"""``mcaas-search list``: the studies in a storage with trial counts, target, constraint and the
+best feasible ratio."""
+
+from __future__ import annotations
+
+import argparse
+
+import optuna
+from rich.console import Console
+
+from search.errors import UserError
+from search.study import StudyInfo, open_storage, storage_url, trial_records
+from search.tables import StudyRow, print_studies, study_row
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help=f"study storage: journal file or RDB URL (default: {storage_url(None)})",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    storage = open_storage(args.storage, create=False)
+    rows: list[StudyRow] = []
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    for summary in sorted(summaries, key=lambda s: s.study_name):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        records = trial_records(study)
+        try:
+            info: StudyInfo | None = StudyInfo.load(study)
+            note = ""
+        except (UserError, KeyError, TypeError, ValueError):
+            info, note = None, "not an mcaas-search study"
+        rows.append(study_row(summary.study_name, info, records, note))
+    print_studies(Console(), rows, storage=storage_url(args.storage))
+    return 0

@@ -1,0 +1,399 @@
+"""Export a finished trial: copy its stored artifact (no re-training), write a JSON sidecar, and
+verify the copy by loading it back and re-measuring test accuracy on the workload's test split.
+
+Both files are written under temporary names beside ``--out`` and renamed only after the model
+passed verification, so a failed export leaves nothing half-written behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from objectives import format_violations
+from search.errors import UserError
+from search.report import closest_records, recommended_record
+from search.study import StudyInfo, TrialRecord
+from search.workload import WorkloadSpec, load_task_data
+from stages._context import Split, TaskData
+from stages.files import temp_beside
+
+FORMATS = ("onnx", "pt2")
+SIDECAR_SUFFIX = ".json"
+EVAL_BATCH_SIZE = 512  # the batch size trials are measured with (Context.eval_batch_size)
+VERSIONED_PACKAGES = ("mcaas-search", "torch", "onnx", "onnxruntime", "optuna")
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The trial to export and why it was chosen (shown to the user and kept in the sidecar)."""
+
+    record: TrialRecord
+    why: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """What ``export_trial`` wrote and what verification measured."""
+
+    path: Path
+    sidecar: Path
+    fmt: str
+    bytes: int
+    stored_test_acc: float
+    measured_test_acc: float
+    n_test: int
+
+
+def select_trial(
+    info: StudyInfo,
+    records: Sequence[TrialRecord],
+    *,
+    study_name: str,
+    trial: int | None,
+    best: bool,
+) -> Selection:
+    """The trial ``--trial N`` or ``--best`` names, refusing any that has no model to export.
+
+    ``--best`` is ``objectives.recommend`` over the feasible trials: the most compressed trial
+    on the feasible Pareto front.
+    """
+    if best:
+        pick = recommended_record(info, records)
+        if pick is None:
+            closest = closest_records(info, records, 1)
+            hint = (
+                f"closest: trial {closest[0][0].number}, which broke "
+                f"{format_violations(closest[0][1])}"
+                if closest
+                else "no trial has completed yet"
+            )
+            raise UserError(
+                f"--best: no trial of study {study_name!r} is feasible "
+                f"({info.constraint.describe()}); {hint}; export one explicitly with --trial N"
+            )
+        record, why = pick, "--best: the most compressed feasible trial on the Pareto front"
+    else:
+        if trial is None:
+            raise UserError("name the trial to export with --trial N, or pass --best")
+        by_number = {r.number: r for r in records}
+        if trial not in by_number:
+            known = f"trials are numbered 0..{max(by_number)}" if by_number else "it has no trials"
+            raise UserError(f"study {study_name!r} has no trial {trial}; {known}")
+        record, why = by_number[trial], f"--trial {trial}"
+    _check_exportable(record)
+    return Selection(record, why)
+
+
+def _check_exportable(record: TrialRecord) -> None:
+    reason = f": {record.reason}" if record.reason else ""
+    if record.state == "failed":
+        raise UserError(f"trial {record.number} failed, so it has no model to export{reason}")
+    if record.state == "pruned":
+        raise UserError(
+            f"trial {record.number} was stopped early (pruned), so it has no model to export{reason}"
+        )
+    if record.state != "complete":
+        raise UserError(f"trial {record.number} is still {record.state}; wait for it to finish")
+    if not record.artifact:
+        raise UserError(f"trial {record.number} recorded no artifact path; nothing to export")
+
+
+def source_file(record: TrialRecord, fmt: str, torch_artifact: str | None) -> Path:
+    """The stored file to export in ``fmt``, or a UserError saying why it is not available."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        path = Path(record.artifact or "")
+    else:
+        if not torch_artifact:
+            mode = record.config.get("quantize.mode", "none")
+            why = (
+                f"it is quantized ({mode}), and quantized models ship as ONNX only"
+                if mode not in ("none", None)
+                else "the search saved no torch.export file for it"
+            )
+            raise UserError(
+                f"format pt2 is not available for trial {record.number}: {why}; "
+                "use --format onnx"
+            )
+        path = Path(torch_artifact)
+    if not path.is_file():
+        raise UserError(
+            f"trial {record.number}'s {fmt} artifact {str(path)!r} is missing "
+            "(moved or deleted since the search?)"
+        )
+    return path
+
+
+def torch_artifact_of(study: optuna.Study, number: int) -> str | None:
+    """The trial's optional torch.export (.pt2) file (``torch_artifact`` user attribute)."""
+    for trial in study.get_trials(deepcopy=False):
+        if trial.number == number:
+            value = trial.user_attrs.get("torch_artifact")
+            return str(value) if value else None
+    return None
+
+
+def check_out_path(out: Path) -> None:
+    """Refuse an ``--out`` that is a folder or whose folder does not exist."""
+    if out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a folder; expected a file path such as {out / 'model.onnx'}")
+    if not out.parent.is_dir():
+        raise UserError(f"--out folder {str(out.parent)!r} does not exist; create it first")
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification
+
+
+def workload_data(info: StudyInfo) -> TaskData:
+    """The study's dataset, split exactly as the search split it (seed, validation fraction and
+    image size come from the stored workload). The one place that turns a stored workload dict
+    back into data; read defensively, since older studies may lack keys."""
+    w = info.workload
+    data_root = w.get("data_root")
+    spec = WorkloadSpec(
+        model=w.get("model"),
+        dataset=w.get("dataset"),
+        data_root=Path(data_root) if data_root else None,
+        image_size=w.get("image_size"),
+        seed=int(w.get("seed", 0)),
+        val_fraction=float(w.get("val_fraction", 0.1)),
+    )
+    try:
+        return load_task_data(spec)
+    except UserError as exc:
+        raise UserError(f"cannot load the study's test split to verify the export: {exc}") from None
+
+
+def measure_accuracy(path: Path, fmt: str, split: Split) -> float:
+    """Top-1 test accuracy in percent of the file at ``path``, measured the way the search
+    measured it: ONNX Runtime on the CPU (``stages.measure``), or the torch.export program."""
+    from stages.measure import OnnxRunner, onnx_accuracy, torch_accuracy
+
+    if fmt == "onnx":
+        try:
+            runner = OnnxRunner(path, threads=_threads())
+        except Exception as exc:  # ONNX Runtime raises its own exception types for bad models
+            raise UserError(f"ONNX Runtime cannot load {str(path)!r}: {str(exc).splitlines()[0]}") from None
+        return onnx_accuracy(runner, split, EVAL_BATCH_SIZE)
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:
+        raise UserError(f"torch cannot load {str(path)!r}: {str(exc).splitlines()[0]}") from None
+    return torch_accuracy(
+        _ExportedModule(program.module()), split, device=torch.device("cpu"), batch_size=EVAL_BATCH_SIZE
+    )
+
+
+class _ExportedModule(torch.nn.Module):
+    """A loaded torch.export program as a module: its train/eval mode was fixed at export, and
+    the program refuses ``eval()``, so switching modes is a no-op here."""
+
+    def __init__(self, program_module: torch.nn.Module) -> None:
+        super().__init__()
+        self.program = program_module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)
+
+    def train(self, mode: bool = True) -> _ExportedModule:
+        return self
+
+
+def _threads() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, cores or 1))
+
+
+def verify_test_accuracy(
+    path: Path, info: StudyInfo, *, fmt: str = "onnx", data: TaskData | None = None
+) -> float:
+    """Load the model at ``path`` back and re-measure its test accuracy (percent) on the study's
+    test split (``data``, loaded from the stored workload when not given)."""
+    data = data if data is not None else workload_data(info)
+    return measure_accuracy(path, fmt, data.test)
+
+
+def check_accuracy(record: TrialRecord, measured: float, n_test: int) -> float:
+    """The stored test accuracy, if ``measured`` matches it; a UserError otherwise.
+
+    Matching means within one test sample: float summation order may differ with the thread
+    count the search ran with, which can flip an arg-max tie, but nothing more.
+    """
+    stored = record.metrics.get("test_acc")
+    if stored is None or not math.isfinite(float(stored)):
+        raise UserError(f"trial {record.number} has no stored test accuracy to verify against")
+    stored_n = record.metrics.get("n_test")
+    if stored_n is not None and int(stored_n) != n_test:
+        raise UserError(
+            f"the study's test split now has {n_test} samples but trial {record.number} was "
+            f"measured on {int(stored_n)}: the data changed since the search"
+        )
+    one_sample = 100.0 / max(n_test, 1)
+    if abs(measured - float(stored)) > one_sample + 1e-9:
+        raise UserError(
+            f"verification failed: the exported model scores {measured:.2f} % test accuracy, "
+            f"but trial {record.number} stored {float(stored):.2f} % ({n_test} test samples); "
+            "the artifact or the data changed since the search"
+        )
+    return float(stored)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sidecar
+
+
+def library_versions(packages: Sequence[str] = VERSIONED_PACKAGES) -> dict[str, str]:
+    """Installed versions of the packages an exported model depends on."""
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def input_description(path: Path, fmt: str, data: TaskData) -> dict[str, Any]:
+    """Input name, shape and dtype the model expects, and how raw inputs become that tensor."""
+    description: dict[str, Any] = {
+        "shape": [1, *data.input_shape],
+        "dtype": "float32",
+        "layout": "NCHW",
+        "batch": "dynamic (first axis)",
+        "preprocessing": data.preprocessing,
+        "num_classes": data.num_classes,
+    }
+    if fmt == "onnx":
+        import onnx
+
+        graph = onnx.load(str(path), load_external_data=False).graph
+        initialisers = {i.name for i in graph.initializer}
+        inputs = [i for i in graph.input if i.name not in initialisers]
+        if inputs:
+            description["name"] = inputs[0].name
+            dims = inputs[0].type.tensor_type.shape.dim
+            description["onnx_shape"] = [d.dim_param or d.dim_value for d in dims]
+        outputs = [o.name for o in graph.output]
+        if outputs:
+            description["output"] = outputs[0]
+    return description
+
+
+def sidecar(
+    info: StudyInfo,
+    selection: Selection,
+    *,
+    study_name: str,
+    fmt: str,
+    model_name: str,
+    input_info: dict[str, Any],
+    n_test: int,
+    measured_test_acc: float,
+    sha256: str,
+    size: int,
+) -> dict[str, Any]:
+    """The JSON written beside the model: what it is, how good, how to feed it, what made it."""
+    r = selection.record
+    broken = {k: v for k, v in r.violations.items() if v > 0}
+    return {
+        "model": model_name,
+        "format": fmt,
+        "bytes": size,
+        "sha256": sha256,
+        "study": study_name,
+        "trial": r.number,
+        "selected_by": selection.why,
+        "profile": r.profile,
+        "feasible": r.feasible,
+        "broken_bounds": broken,
+        "target": info.target,
+        "constraint": {**info.constraint.to_dict(), "text": info.constraint.describe()},
+        "settings": r.config,
+        "metrics": r.metrics,
+        "ratios": r.ratios,
+        "constraint_values": r.violations,
+        "stages": r.stages,
+        "teacher": info.baseline,
+        "workload": info.workload,
+        "input": input_info,
+        "verification": {
+            "test_acc_stored": r.metrics.get("test_acc"),
+            "test_acc_measured": measured_test_acc,
+            "n_test": n_test,
+            "runtime": "onnxruntime (CPUExecutionProvider)" if fmt == "onnx" else "torch (CPU)",
+        },
+        "source_artifact": r.artifact if fmt == "onnx" else None,
+        "versions": library_versions(),
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The export itself
+
+
+def export_trial(
+    info: StudyInfo,
+    selection: Selection,
+    *,
+    study_name: str,
+    out: Path,
+    fmt: str = "onnx",
+    torch_artifact: str | None = None,
+    load_data: Callable[[StudyInfo], TaskData] = workload_data,
+) -> ExportResult:
+    """Copy the selected trial's stored artifact to ``out`` and its sidecar to ``out + .json``,
+    after checking the copy scores the stored test accuracy."""
+    check_out_path(out)
+    source = source_file(selection.record, fmt, torch_artifact)
+    data = load_data(info)
+    payload = source.read_bytes()
+    model_tmp = temp_beside(out)
+    sidecar_path = out.with_name(out.name + SIDECAR_SUFFIX)
+    sidecar_tmp = temp_beside(sidecar_path)
+    try:
+        model_tmp.write_bytes(payload)
+        measured = verify_test_accuracy(model_tmp, info, fmt=fmt, data=data)
+        stored = check_accuracy(selection.record, measured, len(data.test))
+        digest = hashlib.sha256(payload).hexdigest()
+        meta = sidecar(
+            info,
+            selection,
+            study_name=study_name,
+            fmt=fmt,
+            model_name=out.name,
+            input_info=input_description(model_tmp, fmt, data),
+            n_test=len(data.test),
+            measured_test_acc=measured,
+            sha256=digest,
+            size=len(payload),
+        )
+        sidecar_tmp.write_text(json.dumps(meta, indent=2, sort_keys=False, default=str) + "\n")
+        os.replace(model_tmp, out)
+        os.replace(sidecar_tmp, sidecar_path)
+    finally:
+        model_tmp.unlink(missing_ok=True)
+        sidecar_tmp.unlink(missing_ok=True)
+    return ExportResult(
+        path=out,
+        sidecar=sidecar_path,
+        fmt=fmt,
+        bytes=len(payload),
+        stored_test_acc=stored,
+        measured_test_acc=measured,
+        n_test=len(data.test),
+    )

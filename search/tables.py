@@ -1,0 +1,366 @@
+"""Terminal tables (rich): the Pareto front with the recommended trial and how to export it, the
+"no feasible trial" message with the closest trials, one trial in detail, and the studies of a
+storage. The search prints the same front table when it ends as ``report`` does."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from objectives import format_violations
+from search.report import (
+    accuracy_drop,
+    closest_records,
+    describe_counts,
+    export_command,
+    format_bytes,
+    front_records,
+    objectives_of,
+    recommended_record,
+    settings_summary,
+    state_counts,
+)
+from search.study import StudyInfo, TrialRecord
+
+# Metrics shown per stage and in a trial's detail, in this order: key -> (label, formatter).
+_METRIC_COLUMNS: dict[str, tuple[str, Any]] = {
+    "val_acc": ("val acc %", lambda v: f"{v:.2f}"),
+    "test_acc": ("test acc %", lambda v: f"{v:.2f}"),
+    "bytes": ("size", format_bytes),
+    "gzip_bytes": ("gzip", format_bytes),
+    "latency_ms": ("latency ms", lambda v: f"{v:.3g}"),
+    "params": ("params", lambda v: f"{v:,.0f}"),
+    "macs": ("MACs", lambda v: f"{v:,.0f}"),
+}
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "-"
+    return format(value, spec)
+
+
+def _ratio_text(record: TrialRecord, target: str) -> str:
+    value = record.ratio(target)
+    return "-" if not math.isfinite(value) else f"{value:.2f}x"
+
+
+def print_front(
+    console: Console,
+    info: StudyInfo,
+    records: Sequence[TrialRecord],
+    *,
+    study_name: str,
+    storage: str | None,
+) -> TrialRecord | None:
+    """Print the feasible Pareto front (plus the MCaaS profile trials beside it), the recommended
+    trial and the command that exports it; or, when no trial is feasible, the closest trials and
+    the bound each broke. Returns the recommended trial (None when none is feasible)."""
+    counts = state_counts(records)
+    required = info.constraint.required_accuracy(info.teacher_acc)
+    console.print(
+        f"[bold]{escape(study_name)}[/]: {escape(describe_counts(counts))}; "
+        f"target {escape(info.target)}, {escape(info.constraint.describe())} "
+        f"(teacher {info.teacher_acc:.2f} % -> at least {required:.2f} % validation accuracy)",
+        highlight=False,
+    )
+    front = front_records(info, records)
+    pick = recommended_record(info, records)
+    if not front:
+        _print_no_feasible(console, info, records, study_name=study_name, storage=storage)
+        return None
+    on_front = {r.number for r in front}
+    profiles = [r for r in records if r.profile and r.number not in on_front and r.state == "complete"]
+    table = Table(
+        title=f"Pareto front: {info.target} ratio vs validation accuracy (feasible trials)",
+        title_justify="left",
+        header_style="bold",
+    )
+    for name, justify in (
+        ("trial", "right"), ("profile", "left"), ("val acc %", "right"), ("drop pt", "right"),
+        ("test acc %", "right"), (f"{info.target} ratio", "right"), ("size", "right"),
+        ("latency ms", "right"), ("settings", "left"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    rows = sorted(front, key=lambda r: -r.ratio(info.target))
+    for record in rows:
+        is_pick = pick is not None and record.number == pick.number
+        table.add_row(*_front_cells(info, record, mark="*" if is_pick else ""),
+                      style="bold" if is_pick else None)
+    if profiles:
+        table.add_section()
+        for record in sorted(profiles, key=lambda r: r.number):
+            note = "" if record.feasible else " (infeasible)"
+            table.add_row(*_front_cells(info, record, mark="", note=note), style="dim")
+    console.print(table)
+    if profiles:
+        console.print("[dim]dimmed: MCaaS profile trials not on the front[/]")
+    assert pick is not None
+    drop = accuracy_drop(info, pick)
+    console.print(
+        f"recommended (*): trial {pick.number}"
+        + (f" (profile {escape(pick.profile)})" if pick.profile else "")
+        + f": {_ratio_text(pick, info.target)} {escape(info.target)} at {_fmt(drop, '.2f')} pt "
+        f"validation drop, test accuracy {_fmt(pick.metrics.get('test_acc'), '.2f')} % "
+        "(the most compressed feasible trial)",
+        highlight=False,
+    )
+    console.print("export it:", highlight=False)
+    console.print("  " + export_command(study_name, storage), markup=False, highlight=False,
+                  soft_wrap=True)
+    return pick
+
+
+def _front_cells(info: StudyInfo, record: TrialRecord, *, mark: str, note: str = "") -> list[str]:
+    m = record.metrics
+    return [
+        f"{record.number}{mark}",
+        escape((record.profile or "") + note),
+        _fmt(m.get("val_acc"), ".2f"),
+        _fmt(accuracy_drop(info, record), ".2f"),
+        _fmt(m.get("test_acc"), ".2f"),
+        _ratio_text(record, info.target),
+        format_bytes(m.get("bytes")),
+        _fmt(m.get("latency_ms"), ".3g"),
+        escape(settings_summary(record.config)),
+    ]
+
+
+def _print_no_feasible(
+    console: Console,
+    info: StudyInfo,
+    records: Sequence[TrialRecord],
+    *,
+    study_name: str,
+    storage: str | None,
+) -> None:
+    closest = closest_records(info, records)
+    console.print(
+        f"[bold red]No feasible trial[/]: none meets {escape(info.constraint.describe())}.",
+        highlight=False,
+    )
+    if not closest:
+        console.print("No trial has completed yet, so there is nothing to compare.")
+        return
+    table = Table(title="Closest trials and the bound each broke", title_justify="left",
+                  header_style="bold")
+    for name, justify in (
+        ("trial", "right"), ("profile", "left"), ("val acc %", "right"), ("drop pt", "right"),
+        (f"{info.target} ratio", "right"), ("size", "right"), ("broke", "left"),
+        ("settings", "left"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for record, broken in closest:
+        table.add_row(
+            str(record.number),
+            escape(record.profile or ""),
+            _fmt(record.metrics.get("val_acc"), ".2f"),
+            _fmt(accuracy_drop(info, record), ".2f"),
+            _ratio_text(record, info.target),
+            format_bytes(record.metrics.get("bytes")),
+            escape(format_violations(broken)),
+            escape(settings_summary(record.config)),
+        )
+    console.print(table)
+    console.print(
+        "More trials, a longer distillation budget or a looser --max-drop may reach the bound. "
+        "To export the closest trial anyway:",
+        highlight=False,
+    )
+    console.print(
+        "  " + export_command(study_name, storage, trial=closest[0][0].number),
+        markup=False, highlight=False, soft_wrap=True,
+    )
+
+
+def print_trial(
+    console: Console,
+    info: StudyInfo,
+    record: TrialRecord,
+    records: Sequence[TrialRecord],
+    *,
+    study_name: str,
+    storage: str | None,
+    torch_artifact: str | None = None,
+) -> None:
+    """One trial in detail: state (and why it failed or stopped), settings, per-stage metrics,
+    final metrics against the teacher, constraint values, where its artifact is and how to
+    export it."""
+    pick = recommended_record(info, records)
+    on_front = {r.number for r in front_records(info, records)}
+    status = record.state
+    if record.state == "complete":
+        status += ", feasible" if record.feasible else ", infeasible"
+        if record.number in on_front:
+            status += ", on the Pareto front"
+        if pick is not None and pick.number == record.number:
+            status += ", recommended"
+    title = f"[bold]trial {record.number}[/] of study {escape(study_name)}: {escape(status)}"
+    if record.profile:
+        title += f" (MCaaS profile {escape(record.profile)})"
+    console.print(title, highlight=False)
+    if record.seconds is not None:
+        console.print(f"wall time: {record.seconds:.1f} s", highlight=False)
+    if record.reason:
+        label = {"failed": "failure reason", "pruned": "stopped because"}.get(record.state, "note")
+        console.print(f"{label}: {escape(record.reason)}", highlight=False)
+
+    if record.config:
+        settings = Table(title="settings", title_justify="left", header_style="bold")
+        settings.add_column("setting")
+        settings.add_column("value")
+        for key, value in sorted(record.config.items()):
+            settings.add_row(escape(key), escape(str(value)))
+        console.print(settings)
+
+    if record.stages:
+        console.print(_stage_table(info, record.stages))
+
+    if record.metrics:
+        console.print(_final_table(info, record))
+
+    if record.violations:
+        parts = []
+        for key, value in record.violations.items():
+            ok = "ok" if value <= 0 else "BROKEN"
+            parts.append(f"{key} {value:+.4g} ({ok})")
+        console.print("constraint values (<= 0 satisfied): " + escape(", ".join(parts)),
+                      highlight=False)
+
+    if record.state in ("failed", "pruned", "running", "waiting"):
+        why = {"failed": "failed", "pruned": "was stopped early (pruned)"}.get(
+            record.state, f"is still {record.state}"
+        )
+        console.print(f"no model to export: the trial {why}.", highlight=False)
+        return
+    console.print(f"artifact: {escape(_file_note(record.artifact))}", highlight=False)
+    if torch_artifact:
+        console.print(f"pt2 artifact: {escape(_file_note(torch_artifact))}", highlight=False)
+    console.print("export it:", highlight=False)
+    console.print("  " + export_command(study_name, storage, trial=record.number),
+                  markup=False, highlight=False, soft_wrap=True)
+
+
+def _file_note(path: str | None) -> str:
+    if not path:
+        return "none recorded"
+    p = Path(path)
+    if not p.is_file():
+        return f"{path} (MISSING: moved or deleted since the search)"
+    return f"{path} ({format_bytes(p.stat().st_size)})"
+
+
+def _stage_table(info: StudyInfo, stages: Sequence[Mapping[str, Any]]) -> Table:
+    keys = [k for k in _METRIC_COLUMNS if any(k in (s.get("metrics") or {}) for s in stages)]
+    table = Table(title="after each stage (torch numbers before export, ONNX Runtime after)",
+                  title_justify="left", header_style="bold")
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    for key in keys:
+        table.add_column(_METRIC_COLUMNS[key][0], justify="right")
+    teacher = [
+        _METRIC_COLUMNS[k][1](info.baseline[k]) if k in info.baseline else "-" for k in keys
+    ]
+    table.add_row("teacher", "-", *teacher, style="dim")
+    for stage in stages:
+        metrics = stage.get("metrics") or {}
+        cells = [_METRIC_COLUMNS[k][1](metrics[k]) if k in metrics else "-" for k in keys]
+        table.add_row(escape(str(stage.get("stage", "?"))), _fmt(stage.get("seconds"), ".2f"), *cells)
+    return table
+
+
+def _final_table(info: StudyInfo, record: TrialRecord) -> Table:
+    table = Table(title="final metrics (ONNX Runtime, on the artifact)", title_justify="left",
+                  header_style="bold")
+    for name in ("metric", "trial", "teacher", "ratio / change"):
+        table.add_column(name, justify="left" if name == "metric" else "right")
+    # metric -> (the ratio it is scored by, how to say the ratio); other sizes compare directly
+    ratio_of = {
+        "bytes": ("size", "smaller"),
+        "latency_ms": ("latency", "faster"),
+        "macs": ("macs", "fewer"),
+        "params": ("params", "fewer"),
+    }
+    for key, (label, fmt) in _METRIC_COLUMNS.items():
+        if key not in record.metrics:
+            continue
+        value = record.metrics[key]
+        teacher = info.baseline.get(key)
+        change = ""
+        if key in ("val_acc", "test_acc"):
+            if teacher is not None:
+                change = f"{value - teacher:+.2f} pt"
+        elif key in ratio_of and ratio_of[key][0] in record.ratios:
+            change = f"{record.ratios[ratio_of[key][0]]:.2f}x {ratio_of[key][1]}"
+        elif teacher is not None and value > 0:
+            change = f"{teacher / value:.2f}x smaller"
+        table.add_row(label, fmt(value), fmt(teacher) if teacher is not None else "-", change)
+    return table
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyRow:
+    """One study of a storage, as ``list`` prints it."""
+
+    name: str
+    counts: dict[str, int]
+    target: str | None
+    constraint: str | None
+    best_ratio: float | None
+    best_trial: int | None
+    note: str = ""
+
+
+def study_row(name: str, info: StudyInfo | None, records: Sequence[TrialRecord], note: str = "") -> StudyRow:
+    """Counts, target, constraint and the recommended trial's ratio of one study."""
+    counts = state_counts(records)
+    if info is None:
+        return StudyRow(name, counts, None, None, None, None, note)
+    pick = recommended_record(info, records)
+    scored = objectives_of(info, pick) if pick is not None else None
+    return StudyRow(
+        name,
+        counts,
+        info.target,
+        info.constraint.describe(),
+        scored[1] if scored else None,
+        pick.number if pick else None,
+        note,
+    )
+
+
+def print_studies(console: Console, rows: Sequence[StudyRow], *, storage: str) -> None:
+    """The studies of a storage with trial counts, target, constraint and best feasible ratio."""
+    if not rows:
+        console.print(f"no studies in {escape(storage)}", highlight=False)
+        return
+    table = Table(title=f"studies in {escape(storage)}", title_justify="left", header_style="bold")
+    for name, justify in (
+        ("study", "left"), ("trials", "right"), ("complete", "right"), ("feasible", "right"),
+        ("pruned", "right"), ("failed", "right"), ("target", "left"), ("constraint", "left"),
+        ("best feasible ratio", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for row in rows:
+        c = row.counts
+        feasible = str(c["feasible"]) if row.target is not None else "-"
+        best = "-" if row.best_ratio is None else f"{row.best_ratio:.2f}x (trial {row.best_trial})"
+        table.add_row(
+            escape(row.name),
+            str(sum(c.values())),
+            str(c["feasible"] + c["infeasible"]),
+            feasible,
+            str(c["pruned"]),
+            str(c["failed"]),
+            escape(row.target or "-"),
+            escape(row.constraint or row.note or "-"),
+            best,
+        )
+    console.print(table)

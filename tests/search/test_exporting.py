@@ -1,0 +1,144 @@
+"""``mcaas-search export``: the stored artifact copied byte for byte with a JSON sidecar, verified
+by re-measuring test accuracy; every refusal is one line and exit code 2.
+
+(Named test_exporting.py, after search/exporting.py: tests/stages/test_export.py already holds
+the basename test_export, and pytest's default import mode needs unique basenames.)"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from search.exporting import library_versions
+from tests.search.study_fixtures import (
+    BASELINE,
+    HandMadeStudy,
+    assert_refused,
+    hand_made_storage,
+    make_study,
+    run_cli,
+    tiny_artifacts,
+)
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory: pytest.TempPathFactory) -> tuple[HandMadeStudy, HandMadeStudy]:
+    return hand_made_storage(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def hand(studies: tuple[HandMadeStudy, HandMadeStudy]) -> HandMadeStudy:
+    return studies[0]
+
+
+def export(capsys: pytest.CaptureFixture[str], study: HandMadeStudy, *args: str) -> str:
+    code, out, err = run_cli(capsys, "export", "--study", study.name, "--storage", study.storage, *args)
+    assert code == 0, err
+    return out
+
+
+def test_export_round_trip(hand: HandMadeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_path = tmp_path / "model.onnx"
+    out = export(capsys, hand, "--trial", "3", "--out", str(out_path))
+    artifact = hand.artifacts_dir / "trials" / "3" / "model.onnx"
+    assert out_path.read_bytes() == artifact.read_bytes()
+    meta = json.loads((tmp_path / "model.onnx.json").read_text())
+    assert meta["trial"] == 3 and meta["study"] == "hand" and meta["format"] == "onnx"
+    assert meta["sha256"] == hashlib.sha256(artifact.read_bytes()).hexdigest()
+    assert meta["settings"]["prune.ratio"] == 0.75 and meta["settings"]["quantize.mode"] == "none"
+    assert meta["metrics"]["val_acc"] == pytest.approx(95.1)
+    assert meta["teacher"] == BASELINE
+    assert meta["feasible"] is True and meta["broken_bounds"] == {}
+    assert meta["input"]["shape"] == [1, 1, 8, 8] and meta["input"]["name"] == "input"
+    assert meta["input"]["onnx_shape"][1:] == [1, 8, 8]
+    assert meta["input"]["preprocessing"]["dataset"] == "digits"
+    assert set(meta["versions"]) == {"torch", "onnx", "onnxruntime", "optuna", "mcaas-search"}
+    assert meta["versions"]["torch"] == library_versions(["torch"])["torch"]
+    check = meta["verification"]
+    assert check["n_test"] == 360
+    assert check["test_acc_measured"] == pytest.approx(check["test_acc_stored"], abs=1e-9)
+    assert "verified: test accuracy re-measured in ONNX Runtime" in out
+    assert not list(tmp_path.glob(".*"))  # no temporary files left
+
+
+def test_export_best_is_the_recommended_trial(hand: HandMadeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = export(capsys, hand, "--best", "--out", str(tmp_path / "best.onnx"))
+    assert "exported trial 3 (--best: the most compressed feasible trial on the Pareto front)" in out
+    meta = json.loads((tmp_path / "best.onnx.json").read_text())
+    assert meta["trial"] == 3 and meta["selected_by"].startswith("--best")
+
+
+def test_export_infeasible_trial_says_so(hand: HandMadeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = export(capsys, hand, "--trial", "4", "--out", str(tmp_path / "t4.onnx"))
+    assert "note: trial 4 is infeasible: it broke accuracy_drop by 0.4 pt" in out
+    meta = json.loads((tmp_path / "t4.onnx.json").read_text())
+    assert meta["feasible"] is False and meta["broken_bounds"]["accuracy_drop"] == pytest.approx(0.4)
+
+
+def test_export_pt2(hand: HandMadeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_path = tmp_path / "model.pt2"
+    out = export(capsys, hand, "--trial", "3", "--format", "pt2", "--out", str(out_path))
+    assert out_path.read_bytes() == (hand.artifacts_dir / "trials" / "3" / "model.pt2").read_bytes()
+    meta = json.loads((tmp_path / "model.pt2.json").read_text())
+    assert meta["format"] == "pt2"
+    assert abs(meta["verification"]["test_acc_measured"] - meta["verification"]["test_acc_stored"]) <= 100 / 360
+    assert "re-measured in torch" in out
+
+
+def test_export_refusals(
+    studies: tuple[HandMadeStudy, HandMadeStudy], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hand, hopeless = studies
+    out = str(tmp_path / "m.onnx")
+    base = ("export", "--study", "hand", "--storage", hand.storage)
+    assert_refused(capsys, *base, "--trial", "99", "--out", out, says="study 'hand' has no trial 99; trials are numbered 0..7")
+    assert_refused(capsys, *base, "--trial", "6", "--out", out,
+                   says="trial 6 failed, so it has no model to export: StageError: prune")
+    assert_refused(capsys, *base, "--trial", "5", "--out", out,
+                   says="trial 5 was stopped early (pruned), so it has no model to export: stopped at 40%")
+    assert_refused(capsys, "export", "--study", "hopeless", "--storage", hopeless.storage, "--best", "--out", out,
+                   says="no trial of study 'hopeless' is feasible (accuracy drop <= 1 pt); closest: trial 0, "
+                   "which broke accuracy_drop by 0.7 pt")
+    assert_refused(capsys, *base, "--trial", "3", "--out", str(tmp_path / "no" / "m.onnx"),
+                   says="--out folder")
+    assert_refused(capsys, *base, "--trial", "3", "--out", str(tmp_path), says="is a folder")
+    assert_refused(capsys, *base, "--trial", "1", "--format", "pt2", "--out", out,
+                   says="format pt2 is not available for trial 1: it is quantized (int8-static), "
+                   "and quantized models ship as ONNX only")
+    assert_refused(capsys, "export", "--study", "nope", "--storage", hand.storage, "--best", "--out", out,
+                   says="no study named 'nope'")
+    assert_refused(capsys, "export", "--study", "hand", "--storage", str(tmp_path / "x.journal"), "--best",
+                   "--out", out, says="no study storage at")
+    assert list(tmp_path.iterdir()) == []  # nothing written by any refusal
+
+
+def test_export_refuses_when_the_artifact_is_gone(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = make_study(tmp_path, tiny_artifacts(tmp_path_factory), name="moved")
+    shutil.rmtree(study.artifacts_dir / "trials" / "3")
+    assert_refused(capsys, "export", "--study", "moved", "--storage", study.storage, "--best",
+                   "--out", str(tmp_path / "m.onnx"), says="artifact")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_refuses_a_model_that_does_not_score_the_stored_accuracy(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real = tiny_artifacts(tmp_path_factory)
+    wrong = dataclasses.replace(real, good_test_acc=real.good_test_acc - 5.0)
+    study = make_study(tmp_path, wrong, name="tampered")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    err = assert_refused(capsys, "export", "--study", "tampered", "--storage", study.storage, "--trial", "3",
+                         "--out", str(out_dir / "m.onnx"), says="verification failed")
+    assert f"{real.good_test_acc:.2f} %" in err
+    assert list(out_dir.iterdir()) == []  # neither the model, the sidecar nor a temporary file
