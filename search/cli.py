@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -29,6 +28,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 USER_ERRORS = (UserError, ConfigError, StageError, ObjectiveError)
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line (it may echo user input holding line breaks)."""
+    return " ".join(message.splitlines())
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults, except ``None`` (no default) and flags' ``False``."""
 
@@ -44,7 +48,7 @@ class _Parser(argparse.ArgumentParser):
     commands: dict[str, argparse.ArgumentParser]
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
 def build_parser(command: str | None = None) -> _Parser:
@@ -84,14 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `mcaas-search --target size ...` means `mcaas-search run --target size ...`.
     if not args_list or args_list[0] not in COMMANDS:
         args_list.insert(0, "run")
-    # Optuna logs every trial at INFO; our progress display says what matters.
-    logging.getLogger("optuna").setLevel(logging.WARNING)
     parser = build_parser(args_list[0])
     args = parser.parse_args(args_list)
     try:
         return int(args.handler(args) or 0)
     except USER_ERRORS as exc:
-        print(f"mcaas-search: error: {exc}", file=sys.stderr)
+        print(f"mcaas-search: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mcaas-search: interrupted", file=sys.stderr)

@@ -580,6 +580,13 @@ def load_dataset(name: str, request: DatasetRequest | None = None) -> TaskData:
         )
     if request.image_size is not None and not 4 <= request.image_size <= 1024:
         raise UserError(f"--image-size must lie in [4, 1024], but got {request.image_size}.")
+    if not 0 <= request.seed < 2**32:  # what numpy and scikit-learn accept as a seed
+        raise UserError(f"--seed must lie in [0, 4294967295], but got {request.seed}.")
+    if name == "digits" and request.data_root is not None:
+        raise UserError(
+            f"dataset digits is bundled with scikit-learn and takes no --data-root "
+            f"(got {request.data_root})."
+        )
     if (
         name != "digits"
         and request.data_root is not None

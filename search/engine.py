@@ -31,6 +31,12 @@ def default_threads(jobs: int = 1) -> int:
     return max(1, (cores or 1) // max(1, jobs))
 
 
+def trial_threads(workload: Workload, jobs: int) -> int:
+    """Threads per trial: the cores split between the jobs, but one for the demo CNN, whose
+    8x8 convolutions are too small for intra-op threads to pay (measured: 2 threads were slower)."""
+    return 1 if workload.name == "demo" else default_threads(jobs)
+
+
 def make_context(
     workload: Workload,
     workdir: Path,

@@ -13,25 +13,27 @@ import dataclasses
 import fcntl
 import multiprocessing
 import os
+import signal
 import socket
 import statistics
+import threading
 import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from objectives import EarlyStop, Point, pareto_front
-from search.engine import baseline, make_context, trial_context
+from search.engine import CACHE_DIR, baseline, make_context, trial_context
 from search.errors import UserError
 from search.study import StudyInfo, open_storage, trial_record
-from search.trial import Scoring, TrialStopped, run_trial
+from search.trial import Scoring, TrialOutcome, TrialStopped, run_trial
 from search.workload import Workload, WorkloadSpec, load_workload, pick_device
 from spaces import PROFILES, SearchSpace, profile_params
+from stages._context import Context
 from stages.config import PipelineConfig
 
 INTERRUPTED = "interrupted"
@@ -93,7 +95,43 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A killed worker that its parent has not reaped yet (a zombie) is gone all the same.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends, then raise it as the SIGINT handler would have. Keeps a
+    trial from being created without the worker that owns it recorded."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives signals
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and callable(previous):
+        previous(signal.SIGINT, None)
+
+
+def _interrupt_once(signum: int, frame: object) -> None:
+    """A worker process's SIGINT handler: the first Ctrl-C stops it, later ones (the terminal's
+    and the parent's forwarded one) cannot interrupt it while it records its trial."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _fail_if_running(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    storage = study._storage
+    if storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+        storage.set_trial_user_attr(trial._trial_id, "reason", reason)
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
 
 
 def create_or_resume(settings: SearchSettings, info: StudyInfo) -> optuna.Study:
@@ -177,7 +215,7 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-class _StudyView:
+class LiveStudyView:
     """The live study as a running trial sees it (see search.trial.StudyView)."""
 
     def __init__(self, study: optuna.Study, info: StudyInfo) -> None:
@@ -199,22 +237,31 @@ class _StudyView:
         return statistics.median(secs) if secs else 0.0
 
 
-def run_worker(
+@dataclasses.dataclass
+class WorkerSetup:
+    """What a worker (a process here, or a Ray actor) needs to run trials of a study."""
+
+    study: optuna.Study
+    info: StudyInfo
+    base: Context
+    scoring: Scoring
+    view: LiveStudyView
+    artifacts: Path
+
+
+def worker_setup(
     settings: SearchSettings,
     workload: Workload,
+    study: optuna.Study,
     *,
-    worker: int = 0,
-    deadline: float | None = None,
-) -> None:
-    """Ask, run and tell trials until the study holds ``settings.trials`` counted trials."""
-    study = optuna.load_study(
-        study_name=settings.study,
-        storage=open_storage(settings.storage, create=False),
-        sampler=settings.make_sampler(worker),
-    )
+    cache_dir: Path = CACHE_DIR,
+) -> WorkerSetup:
+    """Build a worker's context (teacher logits from the shared cache), scoring and study view."""
     info = StudyInfo.load(study)
     artifacts = Path(info.artifacts_dir)
-    base = make_context(workload, artifacts / "trials", threads=settings.threads, seed=settings.seed or 0)
+    base = make_context(
+        workload, artifacts / "trials", threads=settings.threads, seed=settings.seed or 0, cache_dir=cache_dir
+    )
     base.baseline_onnx = Path(info.baseline_onnx)
     if not base.baseline_onnx.exists():
         baseline(base, artifacts / "baseline")
@@ -225,52 +272,83 @@ def run_worker(
         early_stop=EARLY_STOP if settings.early_stop else None,
         skip_dominated=settings.skip_dominated,
     )
-    view = _StudyView(study, info)
-    while deadline is None or time.time() < deadline:
-        with _locked(artifacts / ".ask.lock"):
-            if counted(study) >= settings.trials:
-                return
-            trial = study.ask()
-            trial.set_user_attr("worker", worker_id())
-        _run_one(study, trial, settings.space, base, scoring, view, artifacts)
+    return WorkerSetup(study, info, base, scoring, LiveStudyView(study, info), artifacts)
 
 
-def _run_one(
-    study: optuna.Study,
-    trial: optuna.Trial,
-    space: SearchSpace,
-    base: Any,
-    scoring: Scoring,
-    view: _StudyView,
-    artifacts: Path,
+def run_worker(
+    settings: SearchSettings,
+    workload: Workload,
+    *,
+    worker: int = 0,
+    deadline: float | None = None,
 ) -> None:
+    """Ask, run and tell trials until the study holds ``settings.trials`` counted trials."""
+    study = optuna.load_study(study_name=settings.study, storage=open_storage(settings.storage, create=False))
+    # Seeded by worker and by the trials already there, so a resumed search does not re-draw
+    # the values it drew before the interruption.
+    study.sampler = settings.make_sampler(worker + len(study.trials))
+    setup = worker_setup(settings, workload, study)
+    while deadline is None or time.time() < deadline:
+        trial = None
+        try:
+            with _sigint_deferred(), _locked(setup.artifacts / ".ask.lock"):
+                if counted(study) >= settings.trials:
+                    return
+                trial = study.ask()
+                trial.set_user_attr("worker", worker_id())
+            _run_one(trial, settings.space, setup)
+        except KeyboardInterrupt:
+            if trial is not None:  # Ctrl-C outside the trial's own handler (claiming, telling)
+                _fail_if_running(study, trial, f"{INTERRUPTED} (Ctrl-C)")
+            raise
+
+
+def _run_one(trial: optuna.Trial, space: SearchSpace, setup: WorkerSetup) -> None:
+    run_and_record(trial, setup, lambda: space.suggest(trial), profile=trial.user_attrs.get("profile"))
+
+
+def run_and_record(
+    trial: optuna.Trial,
+    setup: WorkerSetup,
+    make_config: Callable[[], PipelineConfig],
+    *,
+    profile: str | None,
+) -> tuple[str, TrialOutcome | None]:
+    """Run one trial and record it in the study: complete with its constraints and attributes,
+    pruned (stopped early) with the reason and time saved, or failed with the reason.
+
+    Shared by both backends. Returns the state name and, for a complete trial, its outcome.
+    Ctrl-C marks the trial failed as interrupted (it is replaced on resume) and propagates.
+    """
+    study = setup.study
     try:
-        config: PipelineConfig = space.suggest(trial)
+        config = make_config()
         trial.set_user_attr("config", config.to_flat())
-        ctx = trial_context(base, artifacts / "trials" / str(trial.number))
-        profile = trial.user_attrs.get("profile")
-        outcome = run_trial(config, ctx, scoring, view, stop_early=profile is None)
+        ctx = trial_context(setup.base, setup.artifacts / "trials" / str(trial.number))
+        outcome = run_trial(config, ctx, setup.scoring, setup.view, stop_early=profile is None)
     except TrialStopped as stop:
         trial.set_user_attr("reason", str(stop))
         trial.set_user_attr("saved_s", stop.saved_s)
         study.tell(trial, state=TrialState.PRUNED)
-        return
+        return "pruned", None
     except KeyboardInterrupt:
         trial.set_user_attr("reason", f"{INTERRUPTED} (Ctrl-C)")
         study.tell(trial, state=TrialState.FAIL)
         raise
     except Exception as exc:  # a failing trial is recorded with its reason; the study goes on
-        trial.set_user_attr("reason", _reason(exc))
+        trial.set_user_attr("reason", failure_reason(exc))
         study.tell(trial, state=TrialState.FAIL)
-        return
+        return "failed", None
     for key, value in outcome.constraints.items():
         trial.set_constraint(key, value)
     for key, value in outcome.attrs.items():
         trial.set_user_attr(key, value)
     study.tell(trial, list(outcome.values))
+    return "complete", outcome
 
 
-def _reason(exc: BaseException) -> str:
+def failure_reason(exc: BaseException) -> str:
+    """One line saying why a trial failed, with where it was raised."""
     if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
         return f"out of memory: {exc}"
     where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
@@ -279,11 +357,12 @@ def _reason(exc: BaseException) -> str:
 
 
 def _worker_process(settings: SearchSettings, spec: WorkloadSpec, worker: int, deadline: float | None) -> None:
-    import torch
-
-    torch.set_num_threads(settings.threads)
-    workload = load_workload(spec, device=pick_device(settings.device), progress=False)
+    signal.signal(signal.SIGINT, _interrupt_once)
     try:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+        workload = load_workload(spec, device=pick_device(settings.device), progress=False)
         run_worker(settings, workload, worker=worker, deadline=deadline)
     except KeyboardInterrupt:
         pass
@@ -299,3 +378,21 @@ def run_workers(settings: SearchSettings, spec: WorkloadSpec, deadline: float | 
     for p in procs:
         p.start()
     return procs
+
+
+def stop_workers(procs: list[multiprocessing.Process], grace_s: float = 60.0) -> None:
+    """After Ctrl-C: let each worker record its running trial as interrupted and exit. A terminal's
+    Ctrl-C reaches the workers too; a SIGINT sent to this process alone is passed on to them."""
+    try:
+        for p in procs:
+            p.join(timeout=2.0)
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGINT)
+        for p in procs:
+            p.join(timeout=grace_s)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5.0)

@@ -6,11 +6,9 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import threading
-import time
 from collections.abc import Callable
 
 import optuna
-from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -46,7 +44,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def snapshot(study: optuna.Study, info: StudyInfo, total: int, jobs: int, started: float) -> Snapshot:
+def snapshot(study: optuna.Study, info: StudyInfo, total: int, jobs: int) -> Snapshot:
     records = trial_records(study)
     finished = [r for r in records if r.state in ("complete", "pruned", "failed")]
     feasible = [r for r in records if r.feasible and info.target in r.ratios]
@@ -80,9 +78,8 @@ class LiveProgress:
         console: Console,
         interval: float = 2.0,
     ) -> None:
-        self._snap: Callable[[], Snapshot] = lambda: snapshot(study, info, total, jobs, self._started)
+        self._snap: Callable[[], Snapshot] = lambda: snapshot(study, info, total, jobs)
         self._target = info.target
-        self._started = time.time()
         self._interval = interval
         self._stop = threading.Event()
         self._progress = Progress(
@@ -93,11 +90,16 @@ class LiveProgress:
             transient=False,
         )
         self._task = self._progress.add_task("starting", total=total)
+        self._console, self._total, self._last_done = console, total, -1
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _refresh(self) -> None:
         snap = self._snap()
-        self._progress.update(self._task, completed=snap.done, description=snap.describe(self._target))
+        if self._console.is_terminal:
+            self._progress.update(self._task, completed=snap.done, description=snap.describe(self._target))
+        elif snap.done != self._last_done:  # a log file: one line per finished trial
+            self._console.print(f"{snap.done}/{self._total} trials · {snap.describe(self._target)}")
+        self._last_done = snap.done
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
@@ -107,7 +109,8 @@ class LiveProgress:
                 continue
 
     def __enter__(self) -> LiveProgress:
-        self._progress.start()
+        if self._console.is_terminal:
+            self._progress.start()
         self._refresh()
         self._thread.start()
         return self
@@ -119,12 +122,3 @@ class LiveProgress:
             self._refresh()
         finally:
             self._progress.stop()
-
-
-def count_states(study: optuna.Study) -> dict[str, int]:
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    return {
-        "complete": states.count(TrialState.COMPLETE),
-        "pruned": states.count(TrialState.PRUNED),
-        "failed": states.count(TrialState.FAIL),
-    }

@@ -29,6 +29,7 @@ from optuna.distributions import (
     CategoricalDistribution,
     FloatDistribution,
     IntDistribution,
+    check_distribution_compatibility,
 )
 from optuna.storages import BaseStorage, InMemoryStorage
 from optuna.trial import FrozenTrial, TrialState
@@ -36,15 +37,21 @@ from ray import tune
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from objectives import EarlyStop
-from search.engine import baseline, default_threads, make_context, trial_context
+from search.engine import default_threads
 from search.errors import UserError
-from search.optuna_driver import INTERRUPTED, SearchSettings, _reason, _StudyView, counted, worker_id
+from search.optuna_driver import (
+    INTERRUPTED,
+    SearchSettings,
+    WorkerSetup,
+    counted,
+    run_and_record,
+    worker_id,
+    worker_setup,
+)
 from search.study import STUDIES_DIR, StudyInfo, open_storage, storage_url
-from search.trial import Scoring, TrialStopped, run_trial
 from search.workload import Workload, WorkloadSpec, load_workload, pick_device
 from spaces import PROFILES, SearchSpace, SpaceError, profile_params
-from stages._context import Context
+from stages.config import PipelineConfig
 
 METRICS = ("val_acc", "ratio")
 OUTCOME = "outcome"
@@ -81,7 +88,9 @@ class RecordingTrial:
 
     def _answer(self, name: str, distribution: BaseDistribution) -> Any:
         if name not in self.params:
-            raise SpaceError(f"the trial has no parameter {name!r}; its params: {', '.join(self.params) or 'none'}.")
+            raise SpaceError(
+                f"the trial has no parameter {name!r}; its params: {', '.join(self.params) or 'none'}."
+            )
         self.distributions[name] = distribution
         return self.params[name]
 
@@ -122,15 +131,6 @@ class DefineByRun:
         profile = trial.user_attrs.get(PROFILE_KEY)
         return {PROFILE_KEY: profile} if profile else None
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Tune pickles the searcher (with this) to checkpoint the experiment; a SearchSpace holds
-        # a read-only mapping that plain pickle refuses, so it travels as its parts.
-        return (_define_by_run, (dict(self.space.dimensions), self.space.profile_epochs))
-
-
-def _define_by_run(dimensions: dict[str, Any], profile_epochs: float) -> DefineByRun:
-    return DefineByRun(SearchSpace(dimensions, profile_epochs=profile_epochs))
-
 
 class StudySearch(OptunaSearch):
     """``OptunaSearch`` that starts no trial after ``deadline`` (epoch seconds; running ones
@@ -147,7 +147,9 @@ class StudySearch(OptunaSearch):
             return Searcher.FINISHED
         return super().suggest(trial_id)
 
-    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
         outcome = (result or {}).get(OUTCOME)
         if outcome in ("pruned", "failed"):
             result, error = None, error or outcome == "failed"
@@ -193,7 +195,9 @@ def run(
         )
     settings = dataclasses.replace(settings, storage=absolute_storage(settings.storage))
     storage = open_storage(settings.storage, create=False)
-    study = optuna.load_study(study_name=settings.study, storage=storage, sampler=optuna.samplers.RandomSampler())
+    study = optuna.load_study(
+        study_name=settings.study, storage=storage, sampler=optuna.samplers.RandomSampler()
+    )
     info = StudyInfo.load(study)
     remaining = settings.trials - counted(study)
     if remaining <= 0 or (deadline is not None and time.time() >= deadline):
@@ -325,16 +329,36 @@ def searcher_storage(study: optuna.Study, space: SearchSpace, profiles: Sequence
 
     Profiles are queued here rather than through ``points_to_evaluate`` because the name must
     reach ``space.suggest`` (a profile's config is exact even where its params are partial).
+    Trials run with a space file whose dimensions clash with ``space`` are left out: Optuna
+    would refuse to sample ``space`` beside them.
     """
     storage = InMemoryStorage()
     with _optuna_quiet():
         searcher = optuna.create_study(
             storage=storage, study_name=_SEARCHER_STUDY, directions=["maximize", "maximize"]
         )
-    searcher.add_trials(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    searcher.add_trials([t for t in finished if fits_space(t, space)])
     for name in profiles:
         searcher.enqueue_trial(profile_params(name, space), user_attrs={PROFILE_KEY: name})
     return storage
+
+
+def fits_space(trial: FrozenTrial, space: SearchSpace) -> bool:
+    """Whether every param of ``trial`` is one ``space`` asks, with a distribution Optuna takes
+    as the same dimension (ranges may differ; choices and kinds may not)."""
+    for name, recorded in trial.distributions.items():
+        try:
+            dimension = space.param_dimension(name)
+        except SpaceError:
+            return False
+        recorder = RecordingTrial({name: trial.params[name]})
+        dimension.suggest(recorder, name)
+        try:
+            check_distribution_compatibility(recorded, recorder.distributions[name])
+        except ValueError:
+            return False
+    return True
 
 
 @contextlib.contextmanager
@@ -375,7 +399,7 @@ def _connected(address: str | None) -> Iterator[None]:
         "log_to_driver": False,
         "configure_logging": True,
         "logging_level": logging.ERROR,
-        "runtime_env": {"env_vars": _worker_env()},
+        "runtime_env": worker_runtime_env(),
     }
     if address is None:
         ray.init(num_cpus=default_threads(1), include_dashboard=False, **options)
@@ -391,15 +415,12 @@ def _connected(address: str | None) -> Iterator[None]:
         ray.shutdown()
 
 
-def _worker_env() -> dict[str, str]:
-    """Environment of the Ray workers: the quiet settings, and a PYTHONPATH that finds this
-    package when it runs from a source checkout (relative entries made absolute)."""
+def worker_runtime_env() -> dict[str, Any]:
+    """Ray's ``runtime_env`` for the workers: a PYTHONPATH that finds this package when it runs
+    from a source checkout (relative entries made absolute: workers run in other directories)."""
     root = str(Path(__file__).resolve().parent.parent)
     entries = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    return {
-        **{key: os.environ[key] for key in QUIET_ENV if key in os.environ},
-        "PYTHONPATH": os.pathsep.join(dict.fromkeys([root, *entries])),
-    }
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys([root, *entries]))}}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -454,7 +475,9 @@ def _fail_unfinished(study: optuna.Study, storage: BaseStorage, run_id: str) -> 
         if t.user_attrs.get(RUN_ATTR) != run_id:
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-        storage.set_trial_user_attr(trial_id, "reason", f"{INTERRUPTED} (its Ray trial stopped without a result)")
+        storage.set_trial_user_attr(
+            trial_id, "reason", f"{INTERRUPTED} (its Ray trial stopped without a result)"
+        )
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
 
@@ -467,12 +490,12 @@ class _Worker:
     """What a worker process builds once and reuses for every trial it runs."""
 
     storage: BaseStorage
-    study: optuna.Study
     study_id: int
-    base: Context
-    scoring: Scoring
-    view: _StudyView
-    artifacts: Path
+    setup: WorkerSetup
+
+    @property
+    def study(self) -> optuna.Study:
+        return self.setup.study
 
 
 _WORKLOADS: dict[tuple[WorkloadSpec, str], Workload] = {}
@@ -500,34 +523,13 @@ def _worker(job: _Job) -> _Worker:
             job.spec, device=pick_device(device), studies_dir=job.studies_dir, progress=False
         )
     storage = open_storage(settings.storage, create=False)
-    study = optuna.load_study(study_name=settings.study, storage=storage, sampler=optuna.samplers.RandomSampler())
-    info = StudyInfo.load(study)
-    artifacts = Path(info.artifacts_dir)
-    base = make_context(
-        _WORKLOADS[key],
-        artifacts / "trials",
-        threads=settings.threads,
-        seed=settings.seed or 0,
-        cache_dir=job.studies_dir / ".cache",
-    )
-    base.baseline_onnx = Path(info.baseline_onnx)
-    if not base.baseline_onnx.exists():
-        baseline(base, artifacts / "baseline")
-    scoring = Scoring(
-        target=info.target,
-        constraint=info.constraint,
-        baseline=info.baseline,
-        early_stop=EarlyStop() if settings.early_stop else None,
-        skip_dominated=settings.skip_dominated,
+    study = optuna.load_study(
+        study_name=settings.study, storage=storage, sampler=optuna.samplers.RandomSampler()
     )
     worker = _Worker(
         storage=storage,
-        study=study,
         study_id=storage.get_study_id_from_name(settings.study),
-        base=base,
-        scoring=scoring,
-        view=_StudyView(study, info),
-        artifacts=artifacts,
+        setup=worker_setup(settings, _WORKLOADS[key], study, cache_dir=job.studies_dir / ".cache"),
     )
     _WORKERS[job] = worker
     return worker
@@ -543,28 +545,15 @@ def _ray_trial(config: dict[str, Any], job: _Job) -> None:
     trial.set_user_attr("worker", worker_id())
     trial.set_user_attr(RUN_ATTR, job.run_id)
     trial.set_user_attr(RAY_TRIAL_ATTR, tune.get_context().get_trial_id())
-    try:
+
+    def make_config() -> PipelineConfig:
         _set_params(worker, trial, job.settings.space, params)
-        pipeline = job.settings.space.config_from_params(params, profile=profile)
-        trial.set_user_attr("config", pipeline.to_flat())
-        ctx = trial_context(worker.base, worker.artifacts / "trials" / str(trial.number))
-        outcome = run_trial(pipeline, ctx, worker.scoring, worker.view)
-    except TrialStopped as stop:
-        trial.set_user_attr("reason", str(stop))
-        trial.set_user_attr("saved_s", stop.saved_s)
-        worker.study.tell(trial, state=TrialState.PRUNED)
-        tune.report({OUTCOME: "pruned"})
+        return job.settings.space.config_from_params(params, profile=profile)
+
+    state, outcome = run_and_record(trial, worker.setup, make_config, profile=profile)
+    if outcome is None:
+        tune.report({OUTCOME: state})
         return
-    except Exception as exc:  # a failing trial is recorded with its reason; the study goes on
-        trial.set_user_attr("reason", _reason(exc))
-        worker.study.tell(trial, state=TrialState.FAIL)
-        tune.report({OUTCOME: "failed"})
-        return
-    for key, value in outcome.constraints.items():
-        trial.set_constraint(key, value)
-    for key, value in outcome.attrs.items():
-        trial.set_user_attr(key, value)
-    worker.study.tell(trial, list(outcome.values))
     tune.report({OUTCOME: "complete", **dict(zip(METRICS, outcome.values))})
 
 

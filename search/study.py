@@ -10,22 +10,29 @@ so ``report``, ``show`` and ``export`` work whichever ran the trials.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
 
 from objectives import Constraint
 from search.errors import UserError
 
+# Optuna logs every trial at INFO; the progress display says what matters.
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
 STUDIES_DIR = Path("studies")
 DEFAULT_STORAGE = STUDIES_DIR / "mcaas.journal"
 _RDB_SCHEMES = ("sqlite:", "postgresql:", "postgresql+", "mysql:", "mysql+")
+# Seconds to wait for a database server before giving up (an unreachable host must not hang).
+CONNECT_TIMEOUT_S = 10
 
 # Keys of the study's user attributes.
 WORKLOAD, TARGET, CONSTRAINT, BASELINE, BASELINE_ONNX, ARTIFACTS, SPACE = (
@@ -55,7 +62,7 @@ def open_storage(url: str | None, *, create: bool) -> BaseStorage:
         if url.startswith("sqlite:///") and not create:
             _require_file(Path(url.removeprefix("sqlite:///")), url)
         try:
-            return RDBStorage(url, engine_kwargs=_sqlite_kwargs(url))
+            return RDBStorage(url, engine_kwargs=rdb_engine_kwargs(url))
         except Exception as exc:  # SQLAlchemy raises many kinds for an unreachable database
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"cannot open storage {url!r}: {first}") from None
@@ -71,10 +78,96 @@ def open_storage(url: str | None, *, create: bool) -> BaseStorage:
         path.parent.mkdir(parents=True, exist_ok=True)
     elif not path.parent.is_dir():
         raise UserError(f"storage folder {str(path.parent)!r} does not exist")
+    if path.is_dir():
+        raise UserError(f"storage {url!r} is a folder; expected a journal file such as {path / 'mcaas.journal'}")
+    lock = FlockJournalLock(str(path))
     try:
-        return JournalStorage(JournalFileBackend(str(path)))
+        if path.is_file() and path.stat().st_size and not _starts_as_journal(path):
+            raise ValueError("not a journal")  # never append logs to someone else's file
+        repair_journal_tail(path, lock)
+        return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
     except OSError as exc:
         raise UserError(f"cannot open storage {url!r}: {exc.strerror or exc}") from None
+    except (ValueError, KeyError, TypeError):  # a line that is not one of Optuna's journal logs
+        raise UserError(f"storage {url!r} is not an Optuna journal file (or it is damaged)") from None
+
+
+def check_storage(url: str | None) -> None:
+    """Fail fast on a storage that cannot be opened, before any work: a journal whose folder is
+    missing, an unreachable database. Writes nothing to a journal (a database is connected to)."""
+    url = storage_url(url)
+    if url.startswith(_RDB_SCHEMES) or "://" in url:
+        open_storage(url, create=True)
+        return
+    path = Path(url.removeprefix("journal:"))
+    if path.is_dir():
+        raise UserError(f"storage {url!r} is a folder; expected a journal file such as {path / 'mcaas.journal'}")
+    if path.exists():
+        open_storage(url, create=False)
+    elif path != DEFAULT_STORAGE and not path.parent.is_dir():
+        raise UserError(f"storage folder {str(path.parent)!r} does not exist")
+
+
+class FlockJournalLock(JournalFileOpenLock):
+    """The journal's write lock as an ``flock`` on a side file. Optuna's own locks are files that
+    a killed writer leaves behind, so the next run would wait 30 s and warn; the kernel drops an
+    flock when its holder dies. (Optuna's lock base class is private: this subclasses a public one
+    and replaces all of it.)"""
+
+    def __init__(self, journal: str) -> None:
+        super().__init__(journal, grace_period=None)
+        self._path = journal + ".flock"
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+_JOURNAL_LOG = b'{"op_code":'
+
+
+def _starts_as_journal(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(_JOURNAL_LOG)) == _JOURNAL_LOG
+
+
+def repair_journal_tail(path: Path, lock: FlockJournalLock) -> bool:
+    """Cut a last log that a writer killed mid-append left without its newline; returns whether
+    it did. Optuna would glue the next log onto it and then refuse the whole file. Only a file
+    that is a journal is touched: any other file given as ``--storage`` stays as it is."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    if not _starts_as_journal(path):
+        return False
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return False
+    lock.acquire()
+    try:
+        with open(path, "rb+") as f:
+            data = f.read()
+            end = data.rfind(b"\n") + 1
+            # Another writer may have finished the line meanwhile; a cut log starts as every log.
+            if data.endswith(b"\n") or end == 0 or not data[end:].startswith(b"{"):
+                return False
+            f.truncate(end)
+            return True
+    finally:
+        lock.release()
 
 
 def _require_file(path: Path, url: str) -> None:
@@ -82,9 +175,12 @@ def _require_file(path: Path, url: str) -> None:
         raise UserError(f"no study storage at {url!r} (run a search first, or pass --storage)")
 
 
-def _sqlite_kwargs(url: str) -> dict[str, Any]:
-    # Several worker processes write one SQLite file: wait for the lock instead of failing at once.
-    return {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
+def rdb_engine_kwargs(url: str) -> dict[str, Any]:
+    """SQLAlchemy engine arguments: SQLite waits for a lock held by a parallel worker instead of
+    failing at once; a database server must answer within ``CONNECT_TIMEOUT_S``."""
+    if url.startswith("sqlite:"):
+        return {"connect_args": {"timeout": 60}}
+    return {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
 
 
 def load_study(name: str, storage: BaseStorage) -> optuna.Study:
@@ -113,13 +209,15 @@ class StudyInfo:
         return float(self.baseline["val_acc"])
 
     def save(self, study: optuna.Study) -> None:
+        # The baseline goes last: it marks the record complete (a run killed halfway through
+        # saving leaves a study that the next run saves again, not one missing attributes).
         study.set_user_attr(WORKLOAD, self.workload)
         study.set_user_attr(TARGET, self.target)
         study.set_user_attr(CONSTRAINT, self.constraint.to_dict())
-        study.set_user_attr(BASELINE, self.baseline)
         study.set_user_attr(BASELINE_ONNX, self.baseline_onnx)
         study.set_user_attr(ARTIFACTS, self.artifacts_dir)
         study.set_user_attr(SPACE, self.space)
+        study.set_user_attr(BASELINE, self.baseline)
 
     @classmethod
     def load(cls, study: optuna.Study) -> StudyInfo:

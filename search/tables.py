@@ -118,6 +118,19 @@ def print_front(
     return pick
 
 
+def print_failures(console: Console, records: Sequence[TrialRecord]) -> None:
+    """The failed trials, each with its reason (the study went on without them)."""
+    failed = [r for r in records if r.state == "failed"]
+    if not failed:
+        return
+    console.print(f"failed trials ({len(failed)}):", highlight=False)
+    for record in failed:
+        console.print(
+            f"  trial {record.number}: {record.reason or 'no reason recorded'}",
+            markup=False, highlight=False, soft_wrap=True,
+        )
+
+
 def _front_cells(info: StudyInfo, record: TrialRecord, *, mark: str, note: str = "") -> list[str]:
     m = record.metrics
     return [

@@ -341,7 +341,8 @@ def load_workload(
     check_model_name(spec.model_name)
     check_dataset_name(spec.dataset_name)
     if spec.weights is not None and not spec.weights.is_file():
-        raise UserError(f"checkpoint {spec.weights} does not exist (from --weights).")
+        what = "is a folder, not a file" if spec.weights.is_dir() else "does not exist"
+        raise UserError(f"checkpoint {spec.weights} {what} (from --weights).")
     if spec.weights is None and not spec.is_demo:
         raise UserError(
             f"--weights is required for model {spec.model_name} on {spec.dataset_name}; train one "

@@ -11,7 +11,7 @@ from rich.console import Console
 from search.errors import UserError
 from search.report import TRIALS_CSV, find_chromium, read_reference, take_screenshot, write_report
 from search.study import StudyInfo, load_study, open_storage, storage_url, trial_records
-from search.tables import print_front
+from search.tables import print_failures, print_front
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console()
     print_front(console, info, records, study_name=args.study, storage=args.storage)
+    print_failures(console, records)
     html_path = write_report(study, info, out_dir=out, storage=args.storage, references=references)
     console.print(f"report: {html_path}", highlight=False, soft_wrap=True)
     console.print(f"trials: {out / TRIALS_CSV}", highlight=False, soft_wrap=True)

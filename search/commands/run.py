@@ -4,26 +4,46 @@ accuracy-drop limit. With no model it searches the built-in demo workload."""
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from rich.console import Console
 
 from objectives import TARGETS, Constraint
-from search.engine import baseline, default_threads, make_context
+from search.engine import baseline, make_context, trial_threads
 from search.errors import UserError
-from search.optuna_driver import SAMPLERS, SearchSettings, create_or_resume, run_worker, run_workers
+from search.optuna_driver import (
+    SAMPLERS,
+    SearchSettings,
+    create_or_resume,
+    run_worker,
+    run_workers,
+    stop_workers,
+)
 from search.progress import LiveProgress
-from search.study import STUDIES_DIR, StudyInfo, storage_url, trial_records
-from search.workload import Workload, add_workload_arguments, load_workload, pick_device, spec_from_args
+from search.study import STUDIES_DIR, StudyInfo, check_storage, storage_url, trial_records
+from search.workload import (
+    Workload,
+    WorkloadSpec,
+    add_workload_arguments,
+    load_workload,
+    pick_device,
+    spec_from_args,
+)
 from spaces import SearchSpace, default_space, demo_space, load_space
 
 BACKENDS = ("optuna", "ray")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+# A study name becomes a folder under studies/: no path separators, no hidden names (.cache).
+_STUDY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# Upper bounds that catch typos (and keep --jobs from forking thousands of processes).
+MAX_TRIALS, MAX_JOBS, MAX_THREADS = 100_000, 1024, 1024
 
 
 def duration(text: str) -> float:
@@ -34,14 +54,49 @@ def duration(text: str) -> float:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
-def positive_int(text: str) -> int:
+def positive_int(text: str, high: int | None = None) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value <= 0 or (high is not None and value > high):
+        limit = f" up to {high}" if high is not None else ""
+        raise argparse.ArgumentTypeError(f"expected a positive integer{limit}, got {text!r}")
     return value
+
+
+def _int_up_to(high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        return positive_int(text, high)
+
+    return parse
+
+
+def _cpus(text: str) -> float:
+    return _number(text, low=0.0, low_ok=False)
+
+
+def _gpus(text: str) -> float:
+    return _number(text, low=0.0, low_ok=True)
+
+
+def _number(text: str, *, low: float, low_ok: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and (value >= low if low_ok else value > low)):
+        raise argparse.ArgumentTypeError(f"must be {'>=' if low_ok else '>'} {low:g} and finite, got {text!r}")
+    return value
+
+
+def study_arg(text: str) -> str:
+    if not _STUDY_NAME.match(text):
+        raise argparse.ArgumentTypeError(
+            f"expected a name of letters, digits, '_', '-' and '.' (a folder under {STUDIES_DIR}/, "
+            f"not starting with '.' or '-'), got {text!r}"
+        )
+    return text
 
 
 def drop_points(text: str) -> float:
@@ -71,12 +126,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     goal.add_argument("--max-latency", type=float, default=None, metavar="MS", help="largest batch-1 latency allowed")
     search = parser.add_argument_group("search")
     search.add_argument(
-        "--trials", type=positive_int, default=24, help="the study's total trials, fixed profiles included"
+        "--trials", type=_int_up_to(MAX_TRIALS), default=40, help="the study's total trials, fixed profiles included"
     )
     search.add_argument("--timeout", type=duration, default=None, help="stop starting trials after this (90s, 30m, 2h)")
-    search.add_argument("--jobs", type=positive_int, default=1, help="trials run in parallel (threads split between them)")
+    search.add_argument("--jobs", type=_int_up_to(MAX_JOBS), default=1, help="trials run in parallel (threads split between them)")
     search.add_argument("--backend", choices=BACKENDS, default="optuna", help="optuna: local processes; ray: Ray Tune")
-    search.add_argument("--study", default=None, help="study name (default: from workload and target)")
+    search.add_argument("--study", type=study_arg, default=None, help="study name (default: from workload and target)")
     search.add_argument(
         "--storage",
         default=None,
@@ -86,19 +141,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     search.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler")
     search.add_argument("--no-profiles", action="store_true", help="do not run the three MCaaS fixed profiles first")
     search.add_argument("--no-early-stop", action="store_true", help="run every trial to the end")
-    search.add_argument("--threads", type=positive_int, default=None, help="threads per trial (default: cores / jobs)")
+    search.add_argument("--threads", type=_int_up_to(MAX_THREADS), default=None, help="threads per trial (default: cores / jobs)")
     ray = parser.add_argument_group("ray backend")
     ray.add_argument("--address", default=None, help="join this Ray cluster (default: start Ray locally)")
-    ray.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs Ray reserves per trial")
-    ray.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs Ray reserves per trial")
+    ray.add_argument("--cpus-per-trial", type=_cpus, default=1.0, help="CPUs Ray reserves per trial")
+    ray.add_argument("--gpus-per-trial", type=_gpus, default=0.0, help="GPUs Ray reserves per trial")
 
 
 def study_name(workload: Workload, target: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{workload.name}-{target}").strip("-")
 
 
-def pick_space(args: argparse.Namespace, workload: Workload) -> SearchSpace:
-    base = demo_space() if workload.name == "demo" else default_space()
+def pick_space(args: argparse.Namespace, spec: WorkloadSpec) -> SearchSpace:
+    base = demo_space() if spec.is_demo else default_space()
     return load_space(args.space, base=base) if args.space else base
 
 
@@ -111,11 +166,13 @@ def run(args: argparse.Namespace) -> int:
     if args.space is not None and not args.space.is_file():
         raise UserError(f"space file {str(args.space)!r} does not exist")
     jobs = args.jobs
-    threads = args.threads or default_threads(jobs)
-    torch.set_num_threads(threads)
     spec = spec_from_args(args)
+    # Every check that needs no workload comes first: bad input must fail before any training.
+    space = pick_space(args, spec)
+    check_storage(args.storage)
     workload = load_workload(spec, device=pick_device(args.device))
-    space = pick_space(args, workload)
+    threads = args.threads or trial_threads(workload, jobs)
+    torch.set_num_threads(threads)
     name = args.study or study_name(workload, args.target)
     artifacts = STUDIES_DIR / name
     settings = SearchSettings(
@@ -165,8 +222,7 @@ def run(args: argparse.Namespace) -> int:
                     for p in procs:
                         p.join()
                 except KeyboardInterrupt:
-                    for p in procs:
-                        p.join(timeout=30)
+                    stop_workers(procs)
                     raise
     except KeyboardInterrupt:
         interrupted = True
@@ -225,10 +281,11 @@ def _finish(
     interrupted: bool,
 ) -> None:
     from search.report import write_report
-    from search.tables import print_front
+    from search.tables import print_failures, print_front
 
     records = trial_records(study)  # type: ignore[arg-type]
     print_front(out, info, records, study_name=name, storage=args.storage)
+    print_failures(out, records)
     saved = sum(float(t.user_attrs.get("saved_s", 0.0)) for t in study.get_trials(deepcopy=False))  # type: ignore[attr-defined]
     pruned = sum(r.state == "pruned" for r in records)
     if pruned:
@@ -239,4 +296,5 @@ def _finish(
     if interrupted:
         command = "mcaas-search " + shlex.join(sys.argv[1:])
         done = sum(r.state in ("complete", "pruned") for r in records)
-        console.print(f"interrupted with {done} trials done; rerun the same command to resume:\n  {command}")
+        console.print(f"interrupted with {done} trials done; rerun the same command to resume:")
+        console.print(f"  {command}", markup=False, highlight=False, soft_wrap=True)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from objectives import ratios
-from search.engine import baseline, default_threads, make_context
+from search.engine import baseline, make_context, trial_threads
 from search.errors import UserError
 from search.workload import add_workload_arguments, load_workload, pick_device, spec_from_args
 from stages.config import PipelineConfig, valid_keys
@@ -54,12 +54,12 @@ def parse_settings(items: list[str]) -> PipelineConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = parse_settings(args.settings)
-    threads = args.threads or default_threads()
-    if threads < 1:
-        raise UserError(f"--threads must be >= 1, but got {threads}")
-    torch.set_num_threads(threads)
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be >= 1, but got {args.threads}")
     console = Console(stderr=True)
     workload = load_workload(spec_from_args(args), device=pick_device(args.device))
+    threads = args.threads or trial_threads(workload, jobs=1)
+    torch.set_num_threads(threads)
     ctx = make_context(
         workload,
         args.workdir,

@@ -2,14 +2,15 @@
 
 Fast tests check the pieces that decide the record (params and distributions replayed from a
 Ray config, profiles, storage paths) and the unreachable-address error; one slow test runs a real
-three-trial search on a 2-CPU local Ray through the CLI and reads the study back.
+four-trial search (the three profiles and one sampled) on a 2-CPU local Ray through the CLI and
+reads the study back.
 """
 
 from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
@@ -24,7 +25,16 @@ from search.errors import UserError
 from search.optuna_driver import SearchSettings
 from search.study import StudyInfo, open_storage, trial_records
 from search.workload import WorkloadSpec
-from spaces import PROFILES, Choice, FloatRange, IntRange, SearchSpace, SpaceError, default_space, profile_params
+from spaces import (
+    PROFILES,
+    Choice,
+    FloatRange,
+    IntRange,
+    SearchSpace,
+    SpaceError,
+    default_space,
+    profile_params,
+)
 
 
 def _optuna_record(space: SearchSpace, seed: int) -> optuna.trial.FrozenTrial:
@@ -88,7 +98,7 @@ def test_define_by_run_names_profile_trials_only() -> None:
     assert search_space(study.ask()) is None
 
 
-def test_study_search_tells_outcomes_and_stops_starting_trials_at_the_deadline() -> None:
+def test_study_search_tells_outcomes_and_stops_starting_trials_at_the_deadline(tmp_path: Path) -> None:
     storage = InMemoryStorage()
     search = ray_driver.StudySearch(
         space=ray_driver.DefineByRun(SearchSpace({"prune.ratio": FloatRange(0.0, 0.9)})),
@@ -112,6 +122,7 @@ def test_study_search_tells_outcomes_and_stops_starting_trials_at_the_deadline()
 
     search.deadline = time.time() - 1
     assert search.suggest("d") == ray_driver.Searcher.FINISHED
+    search.save(str(tmp_path / "searcher.pkl"))  # Tune checkpoints the searcher with plain pickle
 
 
 def test_a_trial_must_fit_on_one_node(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -170,7 +181,9 @@ def test_profiles_only_queued_or_interrupted_run_again(tmp_path: Path) -> None:
 
 
 def test_searcher_study_learns_from_finished_trials_and_queues_profiles(tmp_path: Path) -> None:
-    settings, study = _study_with(tmp_path, {"balanced": TrialState.COMPLETE, "high-accuracy": TrialState.WAITING})
+    settings, study = _study_with(
+        tmp_path, {"balanced": TrialState.COMPLETE, "high-accuracy": TrialState.WAITING}
+    )
 
     storage = ray_driver.searcher_storage(study, settings.space, ["high-accuracy"])
 
@@ -179,6 +192,24 @@ def test_searcher_study_learns_from_finished_trials_and_queues_profiles(tmp_path
     waiting = searcher.get_trials(states=(TrialState.WAITING,))
     assert [t.values for t in finished] == [[90.0, 2.0]]
     assert [t.user_attrs["profile"] for t in waiting] == ["high-accuracy"]
+
+
+def test_searcher_skips_trials_whose_dimensions_clash_with_the_space() -> None:
+    space = SearchSpace({"prune.ratio": FloatRange(0.0, 0.9), "quantize.mode": Choice(("none", "fp16"))})
+
+    def trial(distributions: dict, params: dict) -> optuna.trial.FrozenTrial:
+        return optuna.trial.create_trial(params=params, distributions=distributions, values=[1.0, 1.0])
+
+    same = trial({"prune.ratio": FloatDistribution(0.0, 0.9)}, {"prune.ratio": 0.5})
+    narrower = trial({"prune.ratio": FloatDistribution(0.2, 0.5)}, {"prune.ratio": 0.3})
+    other_choices = trial(
+        {"quantize.mode": CategoricalDistribution(("none", "int8-static"))}, {"quantize.mode": "none"}
+    )
+    other_kind = trial({"prune.ratio": CategoricalDistribution((0.0, 0.5))}, {"prune.ratio": 0.5})
+    unknown = trial({"distill.lr": FloatDistribution(0.001, 0.1)}, {"distill.lr": 0.01})
+
+    assert ray_driver.fits_space(same, space) and ray_driver.fits_space(narrower, space)
+    assert not any(ray_driver.fits_space(t, space) for t in (other_choices, other_kind, unknown))
 
 
 def test_relative_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -206,7 +237,9 @@ def test_unreachable_address_is_one_line_user_error(tmp_path: Path) -> None:
     address = f"127.0.0.1:{_closed_port()}"
 
     with pytest.raises(UserError) as caught:
-        ray_driver.run(settings, WorkloadSpec(), address=address, cpus_per_trial=1, gpus_per_trial=0, deadline=None)
+        ray_driver.run(
+            settings, WorkloadSpec(), address=address, cpus_per_trial=1, gpus_per_trial=0, deadline=None
+        )
 
     message = str(caught.value)
     assert address in message and "\n" not in message
@@ -236,21 +269,22 @@ def local_ray() -> Iterator[None]:
     """A 2-CPU local Ray without dashboard for the test, always shut down afterwards."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, **_worker_runtime())
+    # The runtime env lets the workers import this checkout when it is not pip-installed.
+    ray.init(
+        num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=ray_driver.worker_runtime_env()
+    )
     try:
         yield
     finally:
         ray.shutdown()
 
 
-def _worker_runtime() -> dict[str, object]:
-    # Workers import this checkout (not installed in CI's venv maybe) from an absolute path.
-    return {"runtime_env": {"env_vars": ray_driver._worker_env()}}
-
-
 @pytest.mark.slow
 def test_ray_search_writes_the_study_format(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local_ray: None, run_cli
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    local_ray: None,
+    run_cli: Callable[[list[str]], tuple[int, str, str]],
 ) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny.toml").write_text(TINY_SPACE)
@@ -260,10 +294,12 @@ def test_ray_search_writes_the_study_format(
     code, out, err = run_cli([*argv, "--trials", "4"])
 
     assert code == 0, err
+    assert "t: 4 trials" in out and "report:" in out
     storage = open_storage(None, create=False)
     study = optuna.load_study(study_name="t", storage=storage)
     trials = study.get_trials()
     records = trial_records(study)
+    # The profiles queued (WAITING) by create_or_resume became the profile trials: none is left.
     assert len(trials) == 4
     assert {r.state for r in records} <= {"complete", "pruned", "failed"}
     assert sorted(r.profile for r in records if r.profile) == sorted(PROFILES)
@@ -284,7 +320,7 @@ def test_ray_search_writes_the_study_format(
     import ray
 
     ray.shutdown()
-    code, out, err = run_cli([*argv, "--trials", "5", "--address", f"127.0.0.1:{_closed_port()}"])
+    code, _, err = run_cli([*argv, "--trials", "5", "--address", f"127.0.0.1:{_closed_port()}"])
     assert code == 2 and "Traceback" not in err
     assert err.splitlines()[-1].startswith("mcaas-search: error: cannot reach the Ray cluster at '127.0.0.1:")
     assert len(study.get_trials()) == 4
