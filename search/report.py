@@ -131,6 +131,13 @@ def format_bytes(n: float | None) -> str:
     return f"{n:.0f} B"
 
 
+def format_number(value: float | None, spec: str) -> str:
+    """``value`` formatted with ``spec``; ``-`` when unknown or not finite."""
+    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "-"
+    return format(value, spec)
+
+
 def settings_summary(config: Mapping[str, Any]) -> str:
     """The key settings of a pipeline config in one short line, stage by stage (defaults such
     as structured/global pruning left out; ``show`` and trials.csv list every setting)."""
@@ -806,19 +813,15 @@ def _front_table_html(data: ReportData) -> str:
         body.append(
             "<tr>"
             f"<td>{r.number}{mark}</td><td class='l'>{html.escape(r.profile or '')}</td>"
-            f"<td>{_num(m.get('val_acc'), '.2f')}</td><td>{_num(drop, '.2f')}</td>"
-            f"<td>{_num(m.get('test_acc'), '.2f')}</td>"
-            f"<td>{_num(r.ratio(info.target), '.2f')}x</td>"
-            f"<td>{format_bytes(m.get('bytes'))}</td><td>{_num(m.get('latency_ms'), '.3g')}</td>"
+            f"<td>{format_number(m.get('val_acc'), '.2f')}</td>"
+            f"<td>{format_number(drop, '.2f')}</td>"
+            f"<td>{format_number(m.get('test_acc'), '.2f')}</td>"
+            f"<td>{format_number(r.ratio(info.target), '.2f')}x</td>"
+            f"<td>{format_bytes(m.get('bytes'))}</td>"
+            f"<td>{format_number(m.get('latency_ms'), '.3g')}</td>"
             f"<td class='l'>{html.escape(settings)}</td></tr>"
         )
     return f"<p>{caption}</p><table>{head}{''.join(body)}</table>"
-
-
-def _num(value: float | None, spec: str) -> str:
-    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return "-"
-    return format(value, spec)
 
 
 def _summary_html(data: ReportData) -> str:
@@ -832,8 +835,9 @@ def _summary_html(data: ReportData) -> str:
         if w.get(k) is not None
     )
     teacher = (
-        f"teacher: val {_num(b.get('val_acc'), '.2f')} %, test {_num(b.get('test_acc'), '.2f')} %, "
-        f"{format_bytes(b.get('bytes'))}, {_num(b.get('latency_ms'), '.3g')} ms batch 1"
+        f"teacher: val {format_number(b.get('val_acc'), '.2f')} %, "
+        f"test {format_number(b.get('test_acc'), '.2f')} %, "
+        f"{format_bytes(b.get('bytes'))}, {format_number(b.get('latency_ms'), '.3g')} ms batch 1"
     )
     lines = [
         f"<h1>mcaas-search report: {html.escape(data.study_name)}</h1>",
@@ -849,10 +853,10 @@ def _summary_html(data: ReportData) -> str:
         lines.append(
             f"<p><b>Recommended: trial {pick.number}</b>"
             + (f" (profile {html.escape(pick.profile)})" if pick.profile else "")
-            + f": {_num(pick.ratio(info.target), '.2f')}x {html.escape(info.target)} at "
-            f"{_num(drop, '.2f')} pt validation drop, test accuracy "
-            f"{_num(pick.metrics.get('test_acc'), '.2f')} % (the most compressed feasible trial "
-            "on the front).</p>"
+            + f": {format_number(pick.ratio(info.target), '.2f')}x {html.escape(info.target)} at "
+            f"{format_number(drop, '.2f')} pt validation drop, test accuracy "
+            f"{format_number(pick.metrics.get('test_acc'), '.2f')} % "
+            "(the most compressed feasible trial on the front).</p>"
         )
     else:
         closest = (

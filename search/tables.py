@@ -21,6 +21,7 @@ from search.report import (
     describe_counts,
     export_command,
     format_bytes,
+    format_number,
     front_records,
     objectives_of,
     recommended_record,
@@ -39,12 +40,6 @@ _METRIC_COLUMNS: dict[str, tuple[str, Any]] = {
     "params": ("params", lambda v: f"{v:,.0f}"),
     "macs": ("MACs", lambda v: f"{v:,.0f}"),
 }
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return "-"
-    return format(value, spec)
 
 
 def _ratio_text(record: TrialRecord, target: str) -> str:
@@ -107,8 +102,9 @@ def print_front(
     console.print(
         f"recommended (*): trial {pick.number}"
         + (f" (profile {escape(pick.profile)})" if pick.profile else "")
-        + f": {_ratio_text(pick, info.target)} {escape(info.target)} at {_fmt(drop, '.2f')} pt "
-        f"validation drop, test accuracy {_fmt(pick.metrics.get('test_acc'), '.2f')} % "
+        + f": {_ratio_text(pick, info.target)} {escape(info.target)} at "
+        f"{format_number(drop, '.2f')} pt validation drop, test accuracy "
+        f"{format_number(pick.metrics.get('test_acc'), '.2f')} % "
         "(the most compressed feasible trial)",
         highlight=False,
     )
@@ -136,12 +132,12 @@ def _front_cells(info: StudyInfo, record: TrialRecord, *, mark: str, note: str =
     return [
         f"{record.number}{mark}",
         escape((record.profile or "") + note),
-        _fmt(m.get("val_acc"), ".2f"),
-        _fmt(accuracy_drop(info, record), ".2f"),
-        _fmt(m.get("test_acc"), ".2f"),
+        format_number(m.get("val_acc"), ".2f"),
+        format_number(accuracy_drop(info, record), ".2f"),
+        format_number(m.get("test_acc"), ".2f"),
         _ratio_text(record, info.target),
         format_bytes(m.get("bytes")),
-        _fmt(m.get("latency_ms"), ".3g"),
+        format_number(m.get("latency_ms"), ".3g"),
         escape(settings_summary(record.config)),
     ]
 
@@ -174,8 +170,8 @@ def _print_no_feasible(
         table.add_row(
             str(record.number),
             escape(record.profile or ""),
-            _fmt(record.metrics.get("val_acc"), ".2f"),
-            _fmt(accuracy_drop(info, record), ".2f"),
+            format_number(record.metrics.get("val_acc"), ".2f"),
+            format_number(accuracy_drop(info, record), ".2f"),
             _ratio_text(record, info.target),
             format_bytes(record.metrics.get("bytes")),
             escape(format_violations(broken)),
@@ -285,7 +281,8 @@ def _stage_table(info: StudyInfo, stages: Sequence[Mapping[str, Any]]) -> Table:
     for stage in stages:
         metrics = stage.get("metrics") or {}
         cells = [_METRIC_COLUMNS[k][1](metrics[k]) if k in metrics else "-" for k in keys]
-        table.add_row(escape(str(stage.get("stage", "?"))), _fmt(stage.get("seconds"), ".2f"), *cells)
+        seconds = format_number(stage.get("seconds"), ".2f")
+        table.add_row(escape(str(stage.get("stage", "?"))), seconds, *cells)
     return table
 
 

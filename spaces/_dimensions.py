@@ -47,6 +47,16 @@ def _same(a: object, b: object) -> bool:
     return isinstance(a, bool) == isinstance(b, bool) and a == b
 
 
+def _describe_range(low: float, high: float, *, log: bool, step: float | None) -> str:
+    """``low .. high``, then `` log`` and `` step s`` where they apply (``step`` None: no grid)."""
+    text = f"{low} .. {high}"
+    if log:
+        text += " log"
+    if step is not None:
+        text += f" step {step}"
+    return text
+
+
 @dataclasses.dataclass(frozen=True)
 class FloatRange:
     """Floats in ``[low, high]``; ``log`` samples on a log scale, ``step`` on a grid from low."""
@@ -90,7 +100,7 @@ class FloatRange:
 
     def contains(self, value: object) -> bool:
         """Whether a sampler could return ``value`` (on the grid when there is a step)."""
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+        if not _is_number(value):
             return False
         if not self.low <= value <= self.high:
             return False
@@ -107,12 +117,7 @@ class FloatRange:
         return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
 
     def describe(self) -> str:
-        text = f"{self.low} .. {self.high}"
-        if self.log:
-            text += " log"
-        if self.step is not None:
-            text += f" step {self.step}"
-        return text
+        return _describe_range(self.low, self.high, log=self.log, step=self.step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +156,7 @@ class IntRange:
 
     def contains(self, value: object) -> bool:
         """Whether a sampler could return ``value``."""
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+        if not _is_number(value):
             return False
         if not math.isfinite(value) or value != int(value):
             return False
@@ -164,12 +169,9 @@ class IntRange:
         return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
 
     def describe(self) -> str:
-        text = f"{self.low} .. {self.high}"
-        if self.log:
-            text += " log"
-        if self.step != 1:
-            text += f" step {self.step}"
-        return text
+        return _describe_range(
+            self.low, self.high, log=self.log, step=None if self.step == 1 else self.step
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,9 +4,14 @@ The models cover the graph shapes a compression stage must survive: a plain chai
 (``TinyCNN``), a residual add (``TinyResNet``) and a user-style model with a channel
 concatenation, depthwise convolutions and a squeeze-excitation gate (``ConcatDepthwiseSE``).
 All take N x C x 8 x 8 inputs (any spatial size works: they end in global average pooling).
+``no_warnings`` and ``train_briefly`` are the small helpers the stage tests share.
 """
 
 from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -173,3 +178,27 @@ def tiny_task_data(
         num_classes=classes,
         preprocessing={"synthetic": True, "mean": 0.0, "std": 1.0},
     )
+
+
+@contextmanager
+def no_warnings() -> Iterator[None]:
+    """Fail if anything inside warns (every category, every time)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    assert not caught, [f"{w.category.__name__}: {w.message}" for w in caught]
+
+
+def train_briefly(model: nn.Module, data: TaskData, steps: int) -> nn.Module:
+    """``steps`` seeded SGD steps on batches of 64 training samples, then eval mode: enough for
+    a confident, well-above-chance tiny model."""
+    generator = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(data.train), (64,), generator=generator)
+        loss = nn.functional.cross_entropy(model(data.train.x[idx]), data.train.y[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()

@@ -9,9 +9,10 @@ from pathlib import Path
 from rich.console import Console
 
 from objectives import format_violations
+from search.commands import add_storage_argument
 from search.exporting import FORMATS, check_out_path, export_trial, select_trial, torch_artifact_of
 from search.report import format_bytes
-from search.study import StudyInfo, load_study, open_storage, storage_url, trial_records
+from search.study import StudyInfo, load_study, open_storage, trial_records
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,11 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "program (TorchScript is deprecated in torch 2.14), when the "
         "trial saved one",
     )
-    parser.add_argument(
-        "--storage",
-        default=None,
-        help=f"study storage: journal file or RDB URL (default: {storage_url(None)})",
-    )
+    add_storage_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

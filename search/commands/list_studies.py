@@ -8,17 +8,14 @@ import argparse
 import optuna
 from rich.console import Console
 
+from search.commands import add_storage_argument
 from search.errors import UserError
 from search.study import StudyInfo, open_storage, storage_url, trial_records
 from search.tables import StudyRow, print_studies, study_row
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--storage",
-        default=None,
-        help=f"study storage: journal file or RDB URL (default: {storage_url(None)})",
-    )
+    add_storage_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,19 +8,16 @@ from pathlib import Path
 
 from rich.console import Console
 
+from search.commands import add_storage_argument
 from search.errors import UserError
 from search.report import TRIALS_CSV, find_chromium, read_reference, take_screenshot, write_report
-from search.study import StudyInfo, load_study, open_storage, storage_url, trial_records
+from search.study import StudyInfo, load_study, open_storage, trial_records
 from search.tables import print_failures, print_front
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--study", required=True, help="name of the study to report on")
-    parser.add_argument(
-        "--storage",
-        default=None,
-        help=f"study storage: journal file or RDB URL (default: {storage_url(None)})",
-    )
+    add_storage_argument(parser)
     parser.add_argument(
         "--reference",
         type=Path,

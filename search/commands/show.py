@@ -7,20 +7,17 @@ import argparse
 
 from rich.console import Console
 
+from search.commands import add_storage_argument
 from search.errors import UserError
 from search.exporting import torch_artifact_of
-from search.study import StudyInfo, load_study, open_storage, storage_url, trial_records
+from search.study import StudyInfo, load_study, open_storage, trial_records
 from search.tables import print_trial
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--study", required=True, help="name of the study")
     parser.add_argument("--trial", type=int, required=True, metavar="N", help="trial number")
-    parser.add_argument(
-        "--storage",
-        default=None,
-        help=f"study storage: journal file or RDB URL (default: {storage_url(None)})",
-    )
+    add_storage_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

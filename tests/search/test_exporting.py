@@ -20,23 +20,12 @@ from tests.search.study_fixtures import (
     BASELINE,
     HandMadeStudy,
     assert_refused,
-    hand_made_storage,
     make_study,
     run_cli,
     tiny_artifacts,
 )
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def studies(tmp_path_factory: pytest.TempPathFactory) -> tuple[HandMadeStudy, HandMadeStudy]:
-    return hand_made_storage(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def hand(studies: tuple[HandMadeStudy, HandMadeStudy]) -> HandMadeStudy:
-    return studies[0]
 
 
 def export(capsys: pytest.CaptureFixture[str], study: HandMadeStudy, *args: str) -> str:

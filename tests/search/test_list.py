@@ -8,14 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.search.study_fixtures import HandMadeStudy, assert_refused, hand_made_storage, run_cli
+from tests.search.study_fixtures import HandMadeStudy, assert_refused, run_cli
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def hand(tmp_path_factory: pytest.TempPathFactory) -> HandMadeStudy:
-    return hand_made_storage(tmp_path_factory)[0]
 
 
 def test_list_shows_every_study(hand: HandMadeStudy, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,18 +12,12 @@ import torch
 from tests.search.study_fixtures import (
     HandMadeStudy,
     assert_refused,
-    hand_made_storage,
     make_study,
     run_cli,
     tiny_artifacts,
 )
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def hand(tmp_path_factory: pytest.TempPathFactory) -> HandMadeStudy:
-    return hand_made_storage(tmp_path_factory)[0]
 
 
 def show(capsys: pytest.CaptureFixture[str], study: HandMadeStudy, trial: int) -> str:

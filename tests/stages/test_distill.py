@@ -16,7 +16,7 @@ from stages.config import DistillConfig
 from stages.distill import Distill, cosine_lr, distill_loss
 from stages.errors import StageError
 from stages.teacher import load_logits, save_logits, teacher_logits
-from tests.tiny_models import make_tiny_cnn, tiny_task_data
+from tests.tiny_models import make_tiny_cnn
 
 torch.set_num_threads(1)
 
@@ -46,11 +46,6 @@ class CountingModule(nn.Module):
         else:
             self.eval_calls += 1
         return self.inner(x)
-
-
-@pytest.fixture(scope="module")
-def data() -> TaskData:
-    return tiny_task_data(n_train=256, n_val=64, n_test=64)
 
 
 @pytest.fixture(scope="module")

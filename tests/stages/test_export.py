@@ -3,9 +3,6 @@ PyTorch model's, written atomically and quietly; the PyTorch-native ``.pt2`` for
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,45 +17,9 @@ from stages.config import ExportConfig
 from stages.errors import StageError
 from stages.export import EXPORTERS, FP32_ONNX_NAME, Export, export_onnx, export_pt2
 from stages.measure import OnnxRunner, onnx_accuracy, torch_accuracy
-from tests.tiny_models import TINY_MODELS, make_tiny_cnn, tiny_task_data
+from tests.tiny_models import TINY_MODELS, make_tiny_cnn, train_briefly
 
 torch.set_num_threads(1)
-
-
-@contextmanager
-def no_warnings() -> Iterator[None]:
-    """Fail if anything inside warns (every category, every time)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    assert not caught, [f"{w.category.__name__}: {w.message}" for w in caught]
-
-
-@pytest.fixture(autouse=True)
-def _fail_on_any_warning() -> Iterator[None]:
-    """No test here may warn: users must see no deprecation or user warnings from torch.onnx,
-    torch.export or ONNX Runtime."""
-    with no_warnings():
-        yield
-
-
-def train(model: nn.Module, data: TaskData, steps: int = 60) -> nn.Module:
-    """A few SGD steps: enough for a confident, well-above-chance tiny model."""
-    generator = torch.Generator().manual_seed(0)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(data.train), (64,), generator=generator)
-        loss = nn.functional.cross_entropy(model(data.train.x[idx]), data.train.y[idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def data() -> TaskData:
-    return tiny_task_data(n_train=256, n_val=64, n_test=64)
 
 
 @pytest.mark.parametrize("name", sorted(TINY_MODELS))
@@ -99,7 +60,7 @@ def test_export_drops_debug_metadata_but_keeps_the_model(data: TaskData, tmp_pat
 
 
 def test_exported_fp32_accuracy_equals_torch_accuracy(data: TaskData, tmp_path: Path) -> None:
-    model = train(make_tiny_cnn(), data)
+    model = train_briefly(make_tiny_cnn(), data, steps=60)
     path = export_onnx(model, data.example_input(), tmp_path / "m.onnx")
     runner = OnnxRunner(path, threads=1)
     for split in (data.val, data.test):

@@ -7,9 +7,7 @@ from __future__ import annotations
 import gzip
 import io
 import time
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,40 +31,17 @@ from stages.measure import (
     onnx_accuracy,
     torch_accuracy,
 )
-from tests.tiny_models import make_tiny_cnn, make_tiny_resnet, tiny_task_data
+from tests.tiny_models import (
+    make_tiny_cnn,
+    make_tiny_resnet,
+    no_warnings,
+    tiny_task_data,
+    train_briefly,
+)
 
 torch.set_num_threads(1)
 
 CPU = torch.device("cpu")
-
-
-@contextmanager
-def no_warnings() -> Iterator[None]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    assert not caught, [f"{w.category.__name__}: {w.message}" for w in caught]
-
-
-@pytest.fixture(autouse=True)
-def _fail_on_any_warning() -> Iterator[None]:
-    """No test here may warn: users must see no deprecation or user warnings from torch.onnx,
-    torch.export or ONNX Runtime."""
-    with no_warnings():
-        yield
-
-
-def train(model: nn.Module, data: TaskData, steps: int = 40) -> nn.Module:
-    generator = torch.Generator().manual_seed(0)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(data.train), (64,), generator=generator)
-        loss = nn.functional.cross_entropy(model(data.train.x[idx]), data.train.y[idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +52,7 @@ def data() -> TaskData:
 @pytest.fixture(scope="module")
 def student(data: TaskData, tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path]:
     """A trained TinyCNN and its fp32 ONNX export."""
-    model = train(make_tiny_cnn(), data)
+    model = train_briefly(make_tiny_cnn(), data, steps=40)
     with no_warnings():
         path = export_onnx(model, data.example_input(), tmp_path_factory.mktemp("s") / "s.onnx")
     return model, path

@@ -25,14 +25,9 @@ from stages.qat import (
     prepare_qat,
     strip_qat,
 )
-from tests.tiny_models import TINY_MODELS, make_tiny_cnn, tiny_task_data
+from tests.tiny_models import TINY_MODELS, make_tiny_cnn
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def data() -> TaskData:
-    return tiny_task_data(n_train=256, n_val=64, n_test=64)
 
 
 def _count(model: nn.Module, kind: type | tuple[type, ...]) -> int:

@@ -8,8 +8,6 @@ import dataclasses
 import logging
 import shutil
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,7 @@ from stages.errors import StageError
 from stages.export import FP32_ONNX_NAME, export_onnx
 from stages.measure import OnnxRunner, onnx_accuracy
 from stages.quantize import FINAL_ONNX_NAME, QUANTIZERS, Quantize, TrainingCalibration
-from tests.tiny_models import TINY_MODELS, TinyCNN, tiny_task_data
+from tests.tiny_models import TINY_MODELS, TinyCNN, no_warnings, train_briefly
 
 torch.set_num_threads(1)
 
@@ -48,47 +46,13 @@ EXPECTED_OPS = {
 }
 
 
-@contextmanager
-def no_warnings() -> Iterator[None]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    assert not caught, [f"{w.category.__name__}: {w.message}" for w in caught]
-
-
-@pytest.fixture(autouse=True)
-def _fail_on_any_warning() -> Iterator[None]:
-    """No test here may warn: users must see no deprecation or user warnings from torch.onnx,
-    torch.export or ONNX Runtime."""
-    with no_warnings():
-        yield
-
-
-def train(model: nn.Module, data: TaskData, steps: int = 150) -> nn.Module:
-    generator = torch.Generator().manual_seed(0)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(data.train), (64,), generator=generator)
-        loss = nn.functional.cross_entropy(model(data.train.x[idx]), data.train.y[idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def data() -> TaskData:
-    return tiny_task_data(n_train=256, n_val=64, n_test=64)
-
-
 @pytest.fixture(scope="module")
 def exported(data: TaskData, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Each tiny model, trained a little and exported to fp32 ONNX once for the module."""
     root = tmp_path_factory.mktemp("fp32")
     paths = {}
     for name, make in TINY_MODELS.items():
-        model = train(make(), data)
+        model = train_briefly(make(), data, steps=150)
         with no_warnings():
             paths[name] = export_onnx(model, data.example_input(), root / f"{name}.onnx")
     return paths
