@@ -30,7 +30,6 @@ from spaces._dimensions import (
 from spaces._profiles import profile_config
 from stages.config import (
     PRUNE_CRITERIA,
-    PRUNE_METHODS,
     PRUNE_SCOPES,
     QUANT_MODES,
     PipelineConfig,
@@ -341,12 +340,16 @@ class SearchSpace(Mapping[str, Dimension]):
 
 def default_space() -> SearchSpace:
     """Every stage searched over the ranges of the design table; quantize.format,
-    calibration_samples and export.opset stay at their defaults."""
+    calibration_samples and export.opset stay at their defaults.
+
+    ``prune.method`` stays structured: unstructured sparsity keeps every weight in the file, so
+    it improves none of the targets (bytes, latency, MACs, params), only gzip bytes; searching it
+    would spend trials on configs the dominance check then skips. A space file can add it back.
+    """
     return SearchSpace(
         {
             "prune.ratio": FloatRange(0.0, 0.95),
             "prune.criterion": Choice(PRUNE_CRITERIA),
-            "prune.method": Choice(PRUNE_METHODS),
             "prune.scope": Choice(PRUNE_SCOPES),
             "prune.steps": IntRange(1, 5),
             "prune.round_to": Choice((1, 8)),

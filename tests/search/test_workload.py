@@ -124,7 +124,7 @@ def test_demo_cache_is_per_split() -> None:
 def test_checkpoint_round_trip(tmp_path: Path, digits_teacher: nn.Module, digits_data: TaskData) -> None:
     ckpt = tmp_path / "teacher.pt"
     save_checkpoint(digits_teacher, ckpt, {"note": "test"})
-    spec = WorkloadSpec(model="demo", dataset="digits", weights=ckpt)
+    spec = WorkloadSpec(model="demo", dataset="digits", weights=ckpt, val_fraction=0.1)
     workload = load_workload(spec, device=CPU, studies_dir=tmp_path / "studies")
     expected = (
         evaluate_accuracy(digits_teacher, digits_data.val),
@@ -139,7 +139,7 @@ def test_checkpoint_round_trip(tmp_path: Path, digits_teacher: nn.Module, digits
 def test_fingerprint_identifies_split_and_weights(tmp_path: Path, digits_teacher: nn.Module) -> None:
     ckpt = tmp_path / "a.pt"
     save_checkpoint(digits_teacher, ckpt, {})
-    base = WorkloadSpec(model="demo", dataset="digits", weights=ckpt)
+    base = WorkloadSpec(model="demo", dataset="digits", weights=ckpt, val_fraction=0.1)
     fp = load_workload(base, device=CPU).fingerprint
     assert fp["model"] == "demo" and fp["dataset"] == "digits" and fp["seed"] == 0
     assert fp["val_fraction"] == 0.1 and fp["input_shape"] == [1, 8, 8]
@@ -226,3 +226,11 @@ def test_checkpoint_for_another_model_is_refused(tmp_path: Path) -> None:
     spec = WorkloadSpec(model="demo", dataset="digits", weights=tmp_path / "four.pt")
     with pytest.raises(UserError, match=r"shape mismatch: classifier.weight \(4, 64\) vs \(10, 64\)"):
         load_workload(spec, device=CPU)
+
+
+def test_digits_holds_out_a_larger_validation_split_by_default() -> None:
+    # 10 % of digits is 144 images (0.7 points each): too coarse for a 1-point bound.
+    assert WorkloadSpec().val_fraction == 0.25
+    assert WorkloadSpec(model="demo", dataset="digits").val_fraction == 0.25
+    assert WorkloadSpec(model="resnet18", dataset="fashion-mnist").val_fraction == 0.1
+    assert WorkloadSpec(dataset="digits", val_fraction=0.2).val_fraction == 0.2
