@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from objectives import ObjectiveError
 from search.errors import UserError
+from search.interrupts import redeliver_lost_interrupts
 from stages.errors import ConfigError, StageError
 
 # name -> (module under search.commands, one-line help); imported lazily so `--help` stays fast.
@@ -91,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(args_list[0])
     args = parser.parse_args(args_list)
     try:
-        return int(args.handler(args) or 0)
+        with redeliver_lost_interrupts():
+            return int(args.handler(args) or 0)
     except USER_ERRORS as exc:
         print(f"mcaas-search: error: {one_line(str(exc))}", file=sys.stderr)
         return 2

@@ -234,9 +234,12 @@ def read_checkpoint(path: Path, *, allow_pickle: bool = False) -> Mapping[str, t
     """A state_dict (plain, or under ``state_dict`` / ``model``), or with ``allow_pickle`` a
     whole pickled module. Anything else, or an unreadable file, is a one-line ``UserError``."""
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist.")
+        raise UserError(f"checkpoint {path} {'is a folder, not a file' if path.is_dir() else 'does not exist'}.")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # Bytes that are no checkpoint make torch warn about the pickle protocol first.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if allow_pickle:
             obj = _load_pickled(path)

@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import statistics
-import threading
 import time
 import traceback
 import warnings
@@ -29,6 +28,7 @@ from optuna.trial import TrialState
 from objectives import EarlyStop, Point, pareto_front
 from search.engine import CACHE_DIR, baseline, make_context, trial_context
 from search.errors import UserError
+from search.interrupts import redeliver_lost_interrupts, stops_deferred
 from search.study import StudyInfo, open_storage, trial_record
 from search.trial import Scoring, TrialOutcome, TrialStopped, run_trial
 from search.workload import Workload, WorkloadSpec, load_workload, pick_device
@@ -103,35 +103,17 @@ def _pid_alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
-@contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold Ctrl-C until the block ends, then raise it as the SIGINT handler would have. Keeps a
-    trial from being created without the worker that owns it recorded."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread receives signals
-        return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught and callable(previous):
-        previous(signal.SIGINT, None)
-
-
-def _interrupt_once(signum: int, frame: object) -> None:
-    """A worker process's SIGINT handler: the first Ctrl-C stops it, later ones (the terminal's
-    and the parent's forwarded one) cannot interrupt it while it records its trial."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _stop_requested(signum: int, frame: object) -> None:
+    """A worker process's SIGTERM handler: the parent asks it to stop, as Ctrl-C stops a search."""
     raise KeyboardInterrupt
 
 
 def _fail_if_running(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
-    storage = study._storage
-    if storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
-        storage.set_trial_user_attr(trial._trial_id, "reason", reason)
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    with stops_deferred():
+        storage = study._storage
+        if storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+            storage.set_trial_user_attr(trial._trial_id, "reason", reason)
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
 
 
 def create_or_resume(settings: SearchSettings, info: StudyInfo) -> optuna.Study:
@@ -147,34 +129,48 @@ def create_or_resume(settings: SearchSettings, info: StudyInfo) -> optuna.Study:
     )
     if "baseline" in study.user_attrs:
         stored = StudyInfo.load(study)
-        why = stored.mismatch(info.workload, info.target, info.constraint)
-        if why:
-            raise UserError(
-                f"study {settings.study!r} was run for other settings ({why}); "
-                "use another --study name, or the same settings to resume it"
-            )
+        check_resumable(settings.study, stored, info)
     else:
         info.save(study)
         with warnings.catch_warnings():  # experimental since Optuna 3.2, still the way to name them
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(["val_acc", f"{info.target}_ratio"])
-    fail_interrupted(study)
+    # Under the lock that workers create and claim trials with: a trial with no owner is orphaned.
+    with _locked(Path(StudyInfo.load(study).artifacts_dir) / ".ask.lock"):
+        fail_interrupted(study)
     if settings.profiles:
         queue_profiles(study, settings.space)
     return study
 
 
+def check_resumable(name: str, stored: StudyInfo, info: StudyInfo) -> None:
+    """Refuse to continue study ``name`` for another workload, target or constraint."""
+    why = stored.mismatch(info.workload, info.target, info.constraint)
+    if why:
+        raise UserError(
+            f"study {name!r} was run for other settings ({why}); "
+            "use another --study name, or the same settings to resume it"
+        )
+
+
 def fail_interrupted(study: optuna.Study) -> list[int]:
-    """Mark RUNNING trials whose worker process on this host is gone (kill -9, crash) as failed."""
+    """Mark RUNNING trials whose worker process on this host is gone (kill -9, crash) as failed,
+    and those with no worker recorded: killed between creating the trial and claiming it (call
+    this holding the ask lock, so that no live worker is in that step)."""
     host = socket.gethostname()
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = t.user_attrs.get("worker", "")
-        owner_host, _, pid = owner.rpartition(":")
-        if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
-            study._storage.set_trial_user_attr(t._trial_id, "reason", f"{INTERRUPTED} (worker {owner} is gone)")
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            failed.append(t.number)
+        owner = t.user_attrs.get("worker")
+        if owner is None:
+            why = f"{INTERRUPTED} (its worker was stopped before it claimed the trial)"
+        else:
+            owner_host, _, pid = owner.rpartition(":")
+            if owner_host != host or not pid.isdigit() or _pid_alive(int(pid)):
+                continue
+            why = f"{INTERRUPTED} (worker {owner} is gone)"
+        study._storage.set_trial_user_attr(t._trial_id, "reason", why)
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        failed.append(t.number)
     return failed
 
 
@@ -291,7 +287,7 @@ def run_worker(
     while deadline is None or time.time() < deadline:
         trial = None
         try:
-            with _sigint_deferred(), _locked(setup.artifacts / ".ask.lock"):
+            with stops_deferred(), _locked(setup.artifacts / ".ask.lock"):
                 if counted(study) >= settings.trials:
                     return
                 trial = study.ask()
@@ -357,15 +353,18 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def _worker_process(settings: SearchSettings, spec: WorkloadSpec, worker: int, deadline: float | None) -> None:
-    signal.signal(signal.SIGINT, _interrupt_once)
+    # Ctrl-C is ignored here (inherited, see run_workers): the parent alone takes it, then asks
+    # each worker once, with SIGTERM, to stop.
+    signal.signal(signal.SIGTERM, _stop_requested)
     try:
-        import torch
+        with redeliver_lost_interrupts(signal.SIGTERM):
+            import torch
 
-        torch.set_num_threads(settings.threads)
-        workload = load_workload(spec, device=pick_device(settings.device), progress=False)
-        run_worker(settings, workload, worker=worker, deadline=deadline)
+            torch.set_num_threads(settings.threads)
+            workload = load_workload(spec, device=pick_device(settings.device), progress=False)
+            run_worker(settings, workload, worker=worker, deadline=deadline)
     except KeyboardInterrupt:
-        pass
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def run_workers(settings: SearchSettings, spec: WorkloadSpec, deadline: float | None) -> list[multiprocessing.Process]:
@@ -375,24 +374,28 @@ def run_workers(settings: SearchSettings, spec: WorkloadSpec, deadline: float | 
         mp.Process(target=_worker_process, args=(settings, spec, i, deadline), daemon=False)
         for i in range(settings.jobs)
     ]
-    for p in procs:
-        p.start()
+    # Workers inherit an ignored SIGINT (a handler would not survive exec): a terminal's Ctrl-C
+    # reaches the whole process group, and a worker must not stop before the parent says so.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return procs
 
 
 def stop_workers(procs: list[multiprocessing.Process], grace_s: float = 60.0) -> None:
-    """After Ctrl-C: let each worker record its running trial as interrupted and exit. A terminal's
-    Ctrl-C reaches the workers too; a SIGINT sent to this process alone is passed on to them."""
+    """After Ctrl-C: ask each worker once to stop; each records its running trial as interrupted
+    and exits. One that has not after ``grace_s`` is killed (the next run marks its trial)."""
     try:
         for p in procs:
-            p.join(timeout=2.0)
-        for p in procs:
             if p.is_alive() and p.pid is not None:
-                os.kill(p.pid, signal.SIGINT)
+                os.kill(p.pid, signal.SIGTERM)
         for p in procs:
             p.join(timeout=grace_s)
     finally:
         for p in procs:
             if p.is_alive():
-                p.terminate()
+                p.kill()
                 p.join(timeout=5.0)

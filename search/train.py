@@ -128,6 +128,23 @@ class _EpochReporter:
             print(f"{text}  ({seconds:.0f} s)", flush=True)
 
 
+def check_training_settings(
+    *, epochs: int, lr: float | None, batch_size: int, optimizer: str, label_smoothing: float
+) -> None:
+    """A one-line ``UserError`` for a training setting out of range (cheap: the train command
+    checks them before loading any data)."""
+    if epochs < 1:
+        raise UserError(f"--epochs must be >= 1, but got {epochs}.")
+    if batch_size < 2:
+        raise UserError(f"--batch-size must be >= 2, but got {batch_size}.")
+    if optimizer not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer {optimizer!r}; valid optimizers: {', '.join(OPTIMIZERS)}.")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise UserError(f"--label-smoothing must lie in [0, 1), but got {label_smoothing}.")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise UserError(f"--lr must be > 0 and finite, but got {lr}.")
+
+
 def train_teacher(
     model: nn.Module,
     data: TaskData,
@@ -152,16 +169,9 @@ def train_teacher(
 
     Returns ``{"val_acc", "test_acc", "epochs", "seconds", ...}`` (accuracies in percent).
     """
-    if epochs < 1:
-        raise UserError(f"--epochs must be >= 1, but got {epochs}.")
-    if batch_size < 2:
-        raise UserError(f"--batch-size must be >= 2, but got {batch_size}.")
-    if optimizer not in OPTIMIZERS:
-        raise UserError(f"unknown optimizer {optimizer!r}; valid optimizers: {', '.join(OPTIMIZERS)}.")
-    if not 0.0 <= label_smoothing < 1.0:
-        raise UserError(f"--label-smoothing must lie in [0, 1), but got {label_smoothing}.")
-    if lr is not None and not lr > 0:
-        raise UserError(f"--lr must be > 0, but got {lr}.")
+    check_training_settings(
+        epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, label_smoothing=label_smoothing
+    )
     n = len(data.train)
     # A last batch of one sample would break BatchNorm in train mode: it is dropped.
     steps = n // batch_size + (1 if n % batch_size >= 2 else 0)

@@ -21,13 +21,20 @@ from search.errors import UserError
 from search.optuna_driver import (
     SAMPLERS,
     SearchSettings,
+    check_resumable,
     create_or_resume,
     run_worker,
     run_workers,
     stop_workers,
 )
 from search.progress import LiveProgress
-from search.study import STUDIES_DIR, StudyInfo, check_storage, storage_url, trial_records
+from search.study import (
+    STUDIES_DIR,
+    StudyInfo,
+    check_storage,
+    storage_url,
+    trial_records,
+)
 from search.workload import (
     Workload,
     WorkloadSpec,
@@ -164,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
         max_drop=args.max_drop, drop_type=args.drop_type, max_size=args.max_size, max_latency=args.max_latency
     )
     if args.space is not None and not args.space.is_file():
-        raise UserError(f"space file {str(args.space)!r} does not exist")
+        what = "is a folder" if args.space.is_dir() else "does not exist"
+        raise UserError(f"space file {str(args.space)!r} {what}")
     jobs = args.jobs
     spec = spec_from_args(args)
     # Every check that needs no workload comes first: bad input must fail before any training.
@@ -189,8 +197,7 @@ def run(args: argparse.Namespace) -> int:
         early_stop=not args.no_early_stop,
         device=args.device,
     )
-    ctx = make_context(workload, artifacts / "trials", threads=threads, seed=args.seed)
-    info = _study_info(settings, workload, args.target, constraint, space, ctx, artifacts, console)
+    info = _study_info(settings, workload, args.target, constraint, space, artifacts, console)
     study = create_or_resume(settings, info)
     info = StudyInfo.load(study)
     console.print(
@@ -236,11 +243,11 @@ def _study_info(
     target: str,
     constraint: Constraint,
     space: SearchSpace,
-    ctx: object,
     artifacts: Path,
     console: Console,
 ) -> StudyInfo:
-    """The study's record; the teacher's baseline is measured only for a new study."""
+    """The study's record; the teacher's baseline is measured only for a new study, and an
+    existing one is checked to be resumable before any work."""
     from search.study import load_study, open_storage
 
     try:
@@ -248,7 +255,7 @@ def _study_info(
     except UserError:
         existing = None
     if existing is not None:
-        return StudyInfo(
+        info = StudyInfo(
             workload=workload.fingerprint,
             target=target,
             constraint=constraint,
@@ -257,8 +264,12 @@ def _study_info(
             artifacts_dir=existing.artifacts_dir,
             space=existing.space,
         )
+        check_resumable(settings.study, existing, info)
+        return info
+    # Also computes and caches the teacher's logits once, before any worker needs them.
+    ctx = make_context(workload, artifacts / "trials", threads=settings.threads, seed=settings.seed or 0)
     with console.status("measuring the teacher's exported fp32 artifact (the baseline)"):
-        path, metrics = baseline(ctx, artifacts / "baseline")  # type: ignore[arg-type]
+        path, metrics = baseline(ctx, artifacts / "baseline")
     return StudyInfo(
         workload=workload.fingerprint,
         target=target,

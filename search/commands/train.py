@@ -17,6 +17,7 @@ from search.train import (
     DEFAULT_LABEL_SMOOTHING,
     OPTIMIZERS,
     available_cores,
+    check_training_settings,
     metrics_path,
     save_checkpoint,
     train_teacher,
@@ -91,6 +92,14 @@ def run(args: argparse.Namespace) -> int:
     check_model_name(spec.model_name)
     check_dataset_name(spec.dataset_name)
     demo = spec.model_name == DEMO_MODEL and spec.dataset_name == DEMO_DATASET
+    epochs = args.epochs if args.epochs is not None else (DEMO_EPOCHS if demo else DEFAULT_EPOCHS)
+    check_training_settings(
+        epochs=epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        label_smoothing=args.label_smoothing,
+    )
     if args.out is not None:
         out: Path = args.out
         if out.suffix == ".json":
@@ -99,12 +108,11 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"output folder {out.parent} does not exist; create it first (--out {out}).")
     elif demo:
         out = demo_cache_path(args.studies_dir, spec)
-        out.parent.mkdir(parents=True, exist_ok=True)
     else:
         raise UserError(f"--out is required to say where to write the {spec.model_name} checkpoint.")
     data = load_task_data(spec)
     model = build_for_data(spec, data, weights=spec.weights)
-    epochs = args.epochs if args.epochs is not None else (DEMO_EPOCHS if demo else DEFAULT_EPOCHS)
+    out.parent.mkdir(parents=True, exist_ok=True)  # the demo cache folder; only now that all is checked
     progress = not args.no_progress
     if progress:
         print(

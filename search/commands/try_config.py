@@ -14,9 +14,16 @@ from rich.table import Table
 from objectives import ratios
 from search.engine import baseline, make_context, trial_threads
 from search.errors import UserError
-from search.workload import add_workload_arguments, load_workload, pick_device, spec_from_args
+from search.workload import (
+    add_workload_arguments,
+    load_workload,
+    pick_device,
+    spec_from_args,
+)
 from stages.config import PipelineConfig, valid_keys
 from stages.pipeline import run_pipeline
+
+MAX_THREADS = 1024  # more is a typo, and torch would fail only after the workload loaded
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,8 +61,8 @@ def parse_settings(items: list[str]) -> PipelineConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = parse_settings(args.settings)
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be >= 1, but got {args.threads}")
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        raise UserError(f"--threads must lie in [1, {MAX_THREADS}], but got {args.threads}")
     console = Console(stderr=True)
     workload = load_workload(spec_from_args(args), device=pick_device(args.device))
     threads = args.threads or trial_threads(workload, jobs=1)

@@ -35,10 +35,11 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from search.interrupts import redeliver_lost_interrupts, stops_deferred
 from search.optuna_driver import _pid_alive, counted
 from search.study import FlockJournalLock, StudyInfo, open_storage, repair_journal_tail
 from spaces import PROFILES
-from tests.search.study_fixtures import HandMadeStudy, hand_made_storage, run_cli
+from tests.search.study_fixtures import HandMadeStudy, run_cli
 
 torch.set_num_threads(1)
 
@@ -103,8 +104,8 @@ def _start(folder: Path, command: list[str], *, new_session: bool = False) -> su
         command,
         cwd=folder,
         env=_env(),
-        stdout=open(folder / "stdout.txt", "wb"),  # noqa: SIM115 - closed with the process
-        stderr=open(folder / "stderr.txt", "wb"),  # noqa: SIM115
+        stdout=open(folder / "stdout.txt", "wb"),  # the child holds it; closed with the process
+        stderr=open(folder / "stderr.txt", "wb"),
         start_new_session=new_session,
     )
 
@@ -187,7 +188,9 @@ def _assert_rerun_finishes(folder: Path, command: list[str], before: Trials, tri
     cut = _numbers(before, TrialState.RUNNING)
     assert finished and cut, [(t.number, t.state) for t in before]
 
-    done = subprocess.run(command, cwd=folder, env=_env(), capture_output=True, text=True, timeout=RUN_LIMIT_S)
+    done = subprocess.run(
+        command, cwd=folder, env=_env(), capture_output=True, text=True, timeout=RUN_LIMIT_S, check=False
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
 
@@ -267,15 +270,63 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(search_dir: Path) -> None:
 @pytest.mark.parametrize("to_group", [True, False], ids=["terminal-ctrl-c", "parent-only"])
 def test_ctrl_c_with_two_jobs_stops_every_worker(search_dir: Path, to_group: bool) -> None:
     """A terminal's Ctrl-C reaches the workers too; a SIGINT to the parent alone is passed on."""
-    command = _command(6, "--jobs", "2", "--no-profiles")
+    command = _command(6, "--jobs", "2", "--no-early-stop")
     proc = _start(search_dir, command, new_session=True)
     _wait_for(proc, search_dir, _some_done_one_running)
     if to_group:
         os.killpg(proc.pid, signal.SIGINT)
     else:
         proc.send_signal(signal.SIGINT)
-    _assert_ctrl_c_recorded(search_dir, proc, _resume_line(6, "--jobs", "2", "--no-profiles"))
+    _assert_ctrl_c_recorded(search_dir, proc, _resume_line(6, "--jobs", "2", "--no-early-stop"))
     assert _group_gone(proc.pid), "a worker process outlived the search"
+
+
+def test_a_trial_killed_before_its_worker_claimed_it_is_failed_on_resume(tmp_path: Path) -> None:
+    """kill -9 between creating a trial and recording its worker leaves a RUNNING trial that no
+    pid check can clear; the next run fails it, while a live worker's trial stays running."""
+    from objectives import Constraint
+    from search.optuna_driver import SearchSettings, create_or_resume, worker_id
+    from spaces import default_space
+
+    journal = str(tmp_path / "x.journal")
+    info = StudyInfo(workload={"model": "demo"}, target="size", constraint=Constraint(max_drop=1.0),
+                     baseline={"val_acc": 90.0}, baseline_onnx="b.onnx", artifacts_dir=str(tmp_path / "s"))
+    settings = SearchSettings(study="s", storage=journal, trials=3, space=default_space(), profiles=False)
+    study = create_or_resume(settings, info)
+    orphan = study.ask()  # the worker died right here
+    alive = study.ask()
+    alive.set_user_attr("worker", worker_id())  # this very process: alive
+    create_or_resume(settings, info)
+    trials = optuna.load_study(study_name="s", storage=open_storage(journal, create=False)).trials
+    assert trials[orphan.number].state == TrialState.FAIL
+    assert trials[orphan.number].user_attrs["reason"].startswith("interrupted")
+    assert trials[alive.number].state == TrialState.RUNNING
+
+
+def test_a_ctrl_c_that_lands_in_a_finalizer_is_raised_again() -> None:
+    """Python drops a KeyboardInterrupt raised in a finalizer ("Exception ignored in ..."); the
+    search would go on as if never stopped. It is delivered again to the main thread."""
+
+    class Finalizer:
+        def __del__(self) -> None:
+            raise KeyboardInterrupt  # as if Ctrl-C arrived while this ran
+
+    hook = sys.unraisablehook
+    with pytest.raises(KeyboardInterrupt), redeliver_lost_interrupts():
+        Finalizer()  # dropped at once
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert sys.unraisablehook is hook
+
+
+def test_ctrl_c_waits_for_the_end_of_a_deferred_block() -> None:
+    done = []
+    with pytest.raises(KeyboardInterrupt), stops_deferred():
+        signal.raise_signal(signal.SIGINT)
+        done.append("the block ran to its end")
+    assert done == ["the block ran to its end"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_killed_workers_zombie_counts_as_gone() -> None:
@@ -410,11 +461,12 @@ def test_a_file_that_is_not_a_journal_is_refused_and_left_alone(tmp_path: Path) 
 def test_a_writer_killed_while_holding_the_journal_lock_blocks_no_one(tmp_path: Path) -> None:
     journal = tmp_path / "x.journal"
     _small_study(journal)
+    hold_the_lock = (
+        "import sys, time; from search.study import FlockJournalLock; "
+        "FlockJournalLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(600)"
+    )
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from search.study import FlockJournalLock; "
-         "FlockJournalLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(600)",
-         str(journal)],
+        [sys.executable, "-c", hold_the_lock, str(journal)],
         env=_env(), stdout=subprocess.PIPE, text=True,
     )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
@@ -457,11 +509,6 @@ def test_a_study_record_cut_short_is_saved_again_not_half_read(tmp_path: Path) -
 
 # ---------------------------------------------------------------------------------------------
 # 4. Exports and reports are written atomically
-
-
-@pytest.fixture(scope="module")
-def hand(tmp_path_factory: pytest.TempPathFactory) -> HandMadeStudy:
-    return hand_made_storage(tmp_path_factory)[0]
 
 
 def _die_halfway_through_writes(monkeypatch: pytest.MonkeyPatch) -> None:
