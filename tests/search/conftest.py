@@ -1,9 +1,13 @@
-"""Fixtures shared by the report / show / export / list tests: the hand-made study storage,
+"""Fixtures shared by the search tests: the demo teacher trained once per session (for the
+end-to-end searches) and the hand-made study storage of the report / show / export / list tests,
 built once per test module."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
 
 from tests.search.study_fixtures import HandMadeStudy, hand_made_storage
 
@@ -18,3 +22,14 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> tuple[HandMadeStudy, Ha
 def hand(studies: tuple[HandMadeStudy, HandMadeStudy]) -> HandMadeStudy:
     """The study with feasible trials and exportable artifacts."""
     return studies[0]
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo teacher's cache folder, trained once for the whole session (as the first search
+    would); tests copy it to ``<cwd>/studies/.cache``."""
+    from search.workload import WorkloadSpec, load_workload
+
+    studies = tmp_path_factory.mktemp("demo-teacher") / "studies"
+    load_workload(WorkloadSpec(), device=torch.device("cpu"), studies_dir=studies, progress=False)
+    return studies / ".cache"

@@ -29,22 +29,10 @@ profile_epochs = 3
 RunCli = Callable[[list[str]], tuple[int, str, str]]
 
 
-@pytest.fixture(scope="session")
-def _demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo teacher, trained once for the whole session (as the first search would)."""
-    import torch
-
-    from search.workload import WorkloadSpec, load_workload
-
-    studies = tmp_path_factory.mktemp("demo") / "studies"
-    load_workload(WorkloadSpec(), device=torch.device("cpu"), studies_dir=studies, progress=False)
-    return studies / ".cache"
-
-
 @pytest.fixture
-def demo_dir(tmp_path: Path, _demo_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def demo_dir(tmp_path: Path, demo_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working folder holding the cached demo teacher and a tiny space file."""
-    shutil.copytree(_demo_cache, tmp_path / "studies" / ".cache")
+    shutil.copytree(demo_cache, tmp_path / "studies" / ".cache")
     (tmp_path / "tiny.toml").write_text(TINY_SPACE)
     monkeypatch.chdir(tmp_path)
     return tmp_path
