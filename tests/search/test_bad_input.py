@@ -67,8 +67,11 @@ def tripwires(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make every function that starts real work raise ``WorkStarted``."""
     import importlib
 
+    # Import every module first: one that does `from a import f` while `a.f` is already patched
+    # would keep the tripwire for good (monkeypatch restores only what it set).
     for target in TRIPWIRES:
         importlib.import_module(target.rpartition(".")[0])
+    for target in TRIPWIRES:
 
         def tripped(*args: Any, _target: str = target, **kwargs: Any) -> Any:
             raise WorkStarted(_target)

@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import optuna
@@ -88,6 +88,13 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _interruptible() -> None:
+    # A test runner started in the background (nohup, some CI runners) passes SIGINT on ignored,
+    # and Python then installs no KeyboardInterrupt handler; a user's terminal does not. Start
+    # the search as a terminal would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(folder: Path, command: list[str], *, new_session: bool = False) -> subprocess.Popen[bytes]:
     """The search as a child process, its output in files (a full pipe would block it)."""
     return subprocess.Popen(
@@ -97,7 +104,18 @@ def _start(folder: Path, command: list[str], *, new_session: bool = False) -> su
         stdout=open(folder / "stdout.txt", "wb"),  # the child holds it; closed with the process
         stderr=open(folder / "stderr.txt", "wb"),
         start_new_session=new_session,
+        preexec_fn=_interruptible,
     )
+
+
+@pytest.fixture
+def ctrl_c_handler() -> Iterator[None]:
+    """Python's own SIGINT handler in this process, whatever the test runner was started with."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _journal(folder: Path) -> Path:
@@ -293,7 +311,7 @@ def test_a_trial_killed_before_its_worker_claimed_it_is_failed_on_resume(tmp_pat
     assert trials[alive.number].state == TrialState.RUNNING
 
 
-def test_a_ctrl_c_that_lands_in_a_finalizer_is_raised_again() -> None:
+def test_a_ctrl_c_that_lands_in_a_finalizer_is_raised_again(ctrl_c_handler: None) -> None:
     """Python drops a KeyboardInterrupt raised in a finalizer ("Exception ignored in ..."); the
     search would go on as if never stopped. It is delivered again to the main thread."""
 
@@ -310,7 +328,7 @@ def test_a_ctrl_c_that_lands_in_a_finalizer_is_raised_again() -> None:
     assert sys.unraisablehook is hook
 
 
-def test_ctrl_c_waits_for_the_end_of_a_deferred_block() -> None:
+def test_ctrl_c_waits_for_the_end_of_a_deferred_block(ctrl_c_handler: None) -> None:
     done = []
     with pytest.raises(KeyboardInterrupt), stops_deferred():
         signal.raise_signal(signal.SIGINT)
