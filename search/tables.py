@@ -78,23 +78,34 @@ def print_front(
         title_justify="left",
         header_style="bold",
     )
-    for name, justify in (
-        ("trial", "right"), ("profile", "left"), ("val acc %", "right"), ("drop pt", "right"),
-        ("test acc %", "right"), (f"{info.target} ratio", "right"), ("size", "right"),
-        ("latency ms", "right"), ("settings", "left"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    # Numbers never wrap or get cut. On a narrow terminal the profile and settings columns would
+    # be squeezed to nothing, so they are printed under the table instead.
+    wide = console.width >= WIDE_TABLE
+    names = ["trial", "val acc %", "drop pt", "test acc %", f"{info.target} ratio", "size", "latency ms"]
+    for name in names:
+        table.add_column(name, justify="right", no_wrap=True)
+    if wide:
+        table.add_column("profile", justify="left", overflow="fold")
+        table.add_column("settings", justify="left", overflow="fold", ratio=1)
     rows = sorted(front, key=lambda r: -r.ratio(info.target))
+    listed: list[tuple[TrialRecord, str, str]] = []
     for record in rows:
         is_pick = pick is not None and record.number == pick.number
-        table.add_row(*_front_cells(info, record, mark="*" if is_pick else ""),
-                      style="bold" if is_pick else None)
+        cells = _front_cells(info, record, mark="*" if is_pick else "")
+        table.add_row(*(cells if wide else cells[: len(names)]), style="bold" if is_pick else None)
+        listed.append((record, cells[-2], cells[-1]))
     if profiles:
         table.add_section()
         for record in sorted(profiles, key=lambda r: r.number):
             note = "" if record.feasible else " (infeasible)"
-            table.add_row(*_front_cells(info, record, mark="", note=note), style="dim")
+            cells = _front_cells(info, record, mark="", note=note)
+            table.add_row(*(cells if wide else cells[: len(names)]), style="dim")
+            listed.append((record, cells[-2], cells[-1]))
     console.print(table)
+    if not wide:
+        for record, profile, settings in listed:
+            console.print(f"  {record.number}" + (f" {profile}" if profile else "") + f": {settings}",
+                          highlight=False)
     if profiles:
         console.print("[dim]dimmed: MCaaS profile trials not on the front[/]")
     assert pick is not None
@@ -127,17 +138,20 @@ def print_failures(console: Console, records: Sequence[TrialRecord]) -> None:
         )
 
 
+WIDE_TABLE = 140  # columns: below this the front table leaves out the profile and settings
+
+
 def _front_cells(info: StudyInfo, record: TrialRecord, *, mark: str, note: str = "") -> list[str]:
     m = record.metrics
     return [
         f"{record.number}{mark}",
-        escape((record.profile or "") + note),
         format_number(m.get("val_acc"), ".2f"),
         format_number(accuracy_drop(info, record), ".2f"),
         format_number(m.get("test_acc"), ".2f"),
         _ratio_text(record, info.target),
         format_bytes(m.get("bytes")),
         format_number(m.get("latency_ms"), ".3g"),
+        escape((record.profile or "") + note),
         escape(settings_summary(record.config)),
     ]
 

@@ -283,3 +283,21 @@ def test_screenshot_shows_the_pareto_plot(
 
     assert near(report.FEASIBLE_COLOUR) > 100
     assert near(report.INFEASIBLE_COLOUR) > 100
+
+
+@pytest.mark.parametrize("width", [80, 180])
+def test_front_table_never_cuts_numbers_and_always_shows_settings(
+    hand: HandMadeStudy, loaded: tuple[optuna.Study, list], width: int
+) -> None:
+    study, records = loaded
+    console = Console(width=width, record=True, color_system=None)
+    pick = print_front(console, hand.info, records, study_name=hand.name, storage=hand.storage)
+    text = console.export_text()
+    assert pick is not None
+    assert "…" not in text  # no value ellipsized, however narrow the terminal
+    assert f"{pick.ratios[hand.info.target]:.2f}x" in text
+    settings = report.settings_summary(pick.config)
+    if width < 140:  # settings listed under the table, one line per trial
+        assert f"  {pick.number}: {settings}" in text
+    else:  # a settings column in the table
+        assert re.search(r"┃\s*settings\s*┃", text)
