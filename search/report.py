@@ -189,22 +189,21 @@ def export_command(
 
 
 def state_counts(records: Iterable[TrialRecord]) -> dict[str, int]:
-    """Trials by what became of them: feasible, infeasible, pruned, failed, running."""
-    counts = dict.fromkeys(("feasible", "infeasible", "pruned", "failed", "running"), 0)
+    """Trials by what became of them: feasible, infeasible, pruned, failed, running, and waiting
+    (queued, such as a fixed profile an interrupted search has not run yet)."""
+    counts = dict.fromkeys(("feasible", "infeasible", "pruned", "failed", "running", "waiting"), 0)
     for r in records:
         if r.state == "complete":
             counts["feasible" if r.feasible else "infeasible"] += 1
-        elif r.state in ("pruned", "failed"):
-            counts[r.state] += 1
         else:
-            counts["running"] += 1
+            counts[r.state] += 1
     return counts
 
 
 def describe_counts(counts: Mapping[str, int]) -> str:
     """``12 trials: 5 feasible, 3 infeasible, 2 pruned, 2 failed``."""
     total = sum(counts.values())
-    parts = [f"{n} {state}" for state, n in counts.items() if n or state != "running"]
+    parts = [f"{n} {state}" for state, n in counts.items() if n or state not in ("running", "waiting")]
     return f"{total} trial{'s' if total != 1 else ''}: " + ", ".join(parts)
 
 

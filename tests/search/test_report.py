@@ -106,7 +106,7 @@ def test_pareto_record_tells_trials_apart(hand: HandMadeStudy, loaded: tuple[opt
     by_number = {p.number: p for p in data.points}
     assert sorted(by_number) == [0, 1, 2, 3, 4, 7]  # pruned and failed trials have no metrics
     assert data.front == [0, 1, 3] and data.recommended == 3
-    assert data.counts == {"feasible": 4, "infeasible": 2, "pruned": 1, "failed": 1, "running": 0}
+    assert data.counts == {"feasible": 4, "infeasible": 2, "pruned": 1, "failed": 1, "running": 0, "waiting": 0}
     assert data.allowed_drop == 1.0
     assert by_number[4].drop == pytest.approx(1.4) and not by_number[4].feasible
     assert by_number[2].profile == "max-compression" and by_number[2].ratio == pytest.approx(40.0)
@@ -301,3 +301,14 @@ def test_front_table_never_cuts_numbers_and_always_shows_settings(
         assert f"  {pick.number}: {settings}" in text
     else:  # a settings column in the table
         assert re.search(r"┃\s*settings\s*┃", text)
+
+
+def test_a_queued_trial_counts_as_waiting_not_running() -> None:
+    from search.study import TrialRecord
+
+    def record(number: int, state: str) -> TrialRecord:
+        return TrialRecord(number, state, None, {}, {}, {}, {}, [], None, None, None, None)
+
+    counts = report.state_counts([record(0, "running"), record(1, "waiting"), record(2, "waiting")])
+    assert counts["running"] == 1 and counts["waiting"] == 2
+    assert report.describe_counts(counts) == "3 trials: 0 feasible, 0 infeasible, 0 pruned, 0 failed, 1 running, 2 waiting"
