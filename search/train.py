@@ -22,6 +22,7 @@ from torch import nn
 from search.errors import UserError
 from stages._context import Split, TaskData
 from stages.files import atomic_path, write_atomic
+from stages.measure import torch_accuracy
 
 OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_EPOCHS = 5
@@ -46,17 +47,7 @@ def evaluate_accuracy(
         device = first.device if first is not None else torch.device("cpu")
     if len(split) == 0:
         raise UserError("cannot measure accuracy on an empty split.")
-    was_training = model.training
-    model.eval()
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    try:
-        with torch.inference_mode():
-            for x, y in split.batches(batch_size):
-                logits = model(x.to(device, non_blocking=True))
-                correct += (logits.argmax(dim=1) == y.to(device)).sum()
-    finally:
-        model.train(was_training)
-    return 100.0 * int(correct) / len(split)
+    return torch_accuracy(model, split, device=torch.device(device), batch_size=batch_size)
 
 
 @contextmanager

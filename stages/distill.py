@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages._context import Context, Split
+from stages._context import Context
 from stages.config import DistillConfig
 from stages.errors import StageError
+from stages.measure import torch_accuracy
 from stages.qat import prepare_qat, strip_qat
 from stages.teacher import teacher_logits
 
@@ -65,16 +66,6 @@ def cosine_lr(base: float, step: int, total: int) -> float:
     if step < warmup:
         factor *= (step + 1) / warmup
     return base * factor
-
-
-def accuracy(model: nn.Module, split: Split, *, device: torch.device, batch_size: int) -> float:
-    """Top-1 accuracy of ``model`` on ``split`` in percent (the caller sets eval mode)."""
-    correct = 0
-    with torch.inference_mode():
-        for x, y in split.batches(batch_size):
-            pred = model(x.to(device, non_blocking=True)).argmax(dim=1).cpu()
-            correct += int((pred == y).sum())
-    return 100.0 * correct / max(len(split), 1)
 
 
 def _param_groups(model: nn.Module) -> list[dict[str, Any]]:
@@ -164,11 +155,9 @@ class Distill:
             loss.backward()
             optimizer.step()
             if step + 1 in report_at and ctx.on_progress is not None:
-                model.eval()
-                val_acc = accuracy(
+                val_acc = torch_accuracy(
                     model, ctx.data.val, device=ctx.device, batch_size=ctx.eval_batch_size
                 )
-                model.train()
                 ctx.report(self.name, (step + 1) / steps, val_acc)
 
         if self.qat:
