@@ -4,6 +4,8 @@ built once per test module."""
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,19 @@ def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     studies = tmp_path_factory.mktemp("demo-teacher") / "studies"
     load_workload(WorkloadSpec(), device=torch.device("cpu"), studies_dir=studies, progress=False)
     return studies / ".cache"
+
+
+@pytest.fixture
+def search_folder(
+    tmp_path: Path, demo_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[str], Path]:
+    """``search_folder(space_text)``: tmp_path as the cwd, holding the cached demo teacher and
+    ``tiny.toml`` with ``space_text``."""
+
+    def make(space_text: str) -> Path:
+        shutil.copytree(demo_cache, tmp_path / "studies" / ".cache")
+        (tmp_path / "tiny.toml").write_text(space_text)
+        monkeypatch.chdir(tmp_path)
+        return tmp_path
+
+    return make

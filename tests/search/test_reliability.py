@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -63,12 +62,9 @@ Trials = Sequence[FrozenTrial]
 
 
 @pytest.fixture
-def search_dir(tmp_path: Path, demo_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def search_dir(search_folder: Callable[[str], Path]) -> Path:
     """A working folder (also the cwd) holding the cached demo teacher and ``tiny.toml``."""
-    shutil.copytree(demo_cache, tmp_path / "studies" / ".cache")
-    (tmp_path / "tiny.toml").write_text(TINY_SPACE)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+    return search_folder(TINY_SPACE)
 
 
 def _command(trials: int, *extra: str) -> list[str]:

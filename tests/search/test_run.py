@@ -3,7 +3,6 @@ refusing a mismatched study, interrupted and failing trials, --jobs 2, early sto
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,12 +29,9 @@ RunCli = Callable[[list[str]], tuple[int, str, str]]
 
 
 @pytest.fixture
-def demo_dir(tmp_path: Path, demo_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def demo_dir(search_folder: Callable[[str], Path]) -> Path:
     """A working folder holding the cached demo teacher and a tiny space file."""
-    shutil.copytree(demo_cache, tmp_path / "studies" / ".cache")
-    (tmp_path / "tiny.toml").write_text(TINY_SPACE)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+    return search_folder(TINY_SPACE)
 
 
 def _study(name: str) -> optuna.Study:
