@@ -121,6 +121,10 @@ def run_trial(
             )
 
     ctx.on_progress = on_progress
+    # Each report is a pass over the validation split: only those a stop can act on, and the
+    # last (the pipeline keeps it as the stage's accuracy instead of measuring again).
+    grace = scoring.early_stop.grace if scoring.early_stop is not None and stop_early else 1.0
+    ctx.report_fractions = tuple(f for f in ctx.report_fractions if f >= grace) or (1.0,)
     result = run_pipeline(config, ctx, after_prune=after_prune)
     metrics = result.metrics
     teacher_acc = scoring.baseline["val_acc"]

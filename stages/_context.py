@@ -65,6 +65,8 @@ class Context:
     computed once per workload and shared by every trial (see ``stages.teacher_logits``).
     ``baseline_onnx`` is the teacher's exported fp32 artifact; latency ratios are measured against
     it, interleaved, in the same process. ``threads`` is the ONNX Runtime / torch thread count.
+    ``on_progress`` (when set) hears a training stage's validation accuracy at each of
+    ``report_fractions`` of its budget.
     """
 
     data: TaskData
@@ -78,6 +80,9 @@ class Context:
     teacher_logits: torch.Tensor | None = None
     baseline_onnx: Path | None = None
     on_progress: ProgressCallback | None = None
+    # Fractions of its budget at which a training stage reports validation accuracy to
+    # ``on_progress`` (each report is one pass over the validation split).
+    report_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     latency_runs: int = 100
     latency_budget_s: float = 3.0
 

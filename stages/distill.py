@@ -21,8 +21,6 @@ from stages.teacher import teacher_logits
 
 MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
-# Fractions of the budget after which validation accuracy is reported to ``ctx.on_progress``.
-REPORT_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 # Linear warm-up over this fraction of the steps (only when that is at least one step): the
 # student starts from weights the prune stage just disturbed, and QAT from new rounding.
 WARMUP_FRACTION = 0.05
@@ -128,7 +126,7 @@ class Distill:
         optimizer = torch.optim.SGD(
             _param_groups(model), lr=cfg.lr, momentum=MOMENTUM, nesterov=True
         )
-        report_at = {max(1, round(f * steps)) for f in REPORT_FRACTIONS}
+        report_at = {max(1, round(f * steps)) for f in ctx.report_fractions}
         gen = torch.Generator().manual_seed(ctx.seed)
 
         model.train()

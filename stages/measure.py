@@ -33,6 +33,7 @@ __all__ = [
     "measure_onnx",
     "measure_torch",
     "onnx_accuracy",
+    "onnx_sizes",
     "torch_accuracy",
 ]
 
@@ -153,17 +154,13 @@ def measure_onnx(
     ``ctx.baseline_onnx`` is set. The file is measured as given, never re-exported.
     """
     runner = OnnxRunner(path, ctx.threads)
-    size, gzip_size = file_sizes(path)
     result: dict[str, float] = {
         metrics.VAL_ACC: onnx_accuracy(runner, ctx.data.val, ctx.eval_batch_size),
         metrics.TEST_ACC: onnx_accuracy(runner, ctx.data.test, ctx.eval_batch_size),
-        metrics.BYTES: float(size),
-        metrics.GZIP_BYTES: float(gzip_size),
+        **onnx_sizes(path, ctx, torch_model=torch_model),
         metrics.N_VAL: float(len(ctx.data.val)),
         metrics.N_TEST: float(len(ctx.data.test)),
     }
-    if torch_model is not None:
-        result.update(_params_macs(torch_model, ctx))
     teacher = OnnxRunner(ctx.baseline_onnx, ctx.threads) if ctx.baseline_onnx else None
     latency, teacher_latency = interleaved_latency(
         runner,
@@ -175,6 +172,16 @@ def measure_onnx(
     result[metrics.LATENCY_MS] = latency
     if teacher_latency is not None:
         result[metrics.TEACHER_LATENCY_MS] = teacher_latency
+    return result
+
+
+def onnx_sizes(path: Path, ctx: Context, *, torch_model: nn.Module | None = None) -> dict[str, float]:
+    """The size metrics of the ONNX file at ``path`` (bytes, gzip bytes; params and MACs counted
+    on ``torch_model`` when given): what an intermediate file is recorded with, unmeasured."""
+    size, gzip_size = file_sizes(path)
+    result = {metrics.BYTES: float(size), metrics.GZIP_BYTES: float(gzip_size)}
+    if torch_model is not None:
+        result.update(_params_macs(torch_model, ctx))
     return result
 
 

@@ -8,19 +8,21 @@ Every final number is measured on the file written to ``ctx.workdir / "model.onn
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
 
+from stages import metrics
 from stages._base import OnnxFile, PipelineResult, StageRecord
 from stages._context import Context
 from stages.cluster import Cluster
 from stages.config import PipelineConfig
 from stages.distill import Distill
 from stages.export import Export, export_pt2
-from stages.measure import measure_onnx, measure_torch
+from stages.measure import measure_onnx, measure_torch, onnx_sizes
 from stages.prune import Prune
 from stages.quantize import Quantize
 from stages.teacher import teacher_logits
@@ -43,7 +45,8 @@ def run_pipeline(
     """Compress a copy of ``ctx.teacher`` as ``config`` says and measure the exported artifact.
 
     Returns the final metrics (ONNX Runtime, on the artifact) and a record after each stage that
-    ran: torch metrics after prune/distill/cluster, ONNX Runtime metrics after export and quantize.
+    ran: torch metrics after prune/distill/cluster, the exported file's size after export (when
+    quantization follows), ONNX Runtime metrics of the final file.
     """
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     records: list[StageRecord] = []
@@ -55,6 +58,12 @@ def run_pipeline(
         return out, time.perf_counter() - start
 
     qat = config.quantize.mode == "int8-qat"
+    # A watched stage reports validation accuracy at the end of its budget: keep that number
+    # rather than measure the same model again (not after QAT, which reports the accuracy with
+    # fake quantization, before it is stripped).
+    reported: dict[str, float] = {}
+    if ctx.on_progress is not None:
+        ctx = dataclasses.replace(ctx, on_progress=_remember_final(ctx.on_progress, reported))
     torch_stages = [
         (Prune(config.prune), config.prune.ratio > 0),
         (Distill(config.distill, qat=qat), config.distill.epochs > 0),
@@ -68,7 +77,11 @@ def run_pipeline(
                 ctx.teacher, ctx.data.train, device=ctx.device, batch_size=ctx.eval_batch_size
             )
         model, seconds = timed(lambda s=stage: s.run(model, ctx))  # type: ignore[misc]
-        stage_metrics = measure_torch(model, ctx)
+        known = reported.get(stage.name) if not (qat and stage.name == "distill") else None
+        stage_metrics = measure_torch(model, ctx, accuracy=known is None)
+        if known is not None:
+            stage_metrics[metrics.VAL_ACC] = known
+            stage_metrics[metrics.N_VAL] = float(len(ctx.data.val))
         records.append(StageRecord(stage.name, seconds, stage_metrics))
         if stage.name == "prune" and after_prune is not None:
             after_prune(stage_metrics)
@@ -79,9 +92,9 @@ def run_pipeline(
     exported, export_s = timed(lambda: Export(config.export).run(model, ctx))
     assert isinstance(exported, OnnxFile)
     if config.quantize.mode != "none":
-        records.append(
-            StageRecord("export", export_s, measure_onnx(exported.path, ctx, torch_model=model))
-        )
+        # The fp32 file is an intermediate: its accuracy is the module's (measured above) and
+        # only the quantized file is timed, so record its size alone.
+        records.append(StageRecord("export", export_s, onnx_sizes(exported.path, ctx, torch_model=model)))
     final, quant_s = timed(lambda: Quantize(config.quantize).run(exported, ctx))
     assert isinstance(final, OnnxFile)
     final_metrics, measure_s = timed(lambda: measure_onnx(final.path, ctx, torch_model=model))
@@ -92,6 +105,19 @@ def run_pipeline(
     if torch_artifact and config.quantize.mode == "none":
         export_pt2(model, ctx.data.example_input(), ctx.workdir / TORCH_ARTIFACT)
     return PipelineResult(config=config, metrics=final_metrics, stages=records, artifact=final.path)
+
+
+def _remember_final(
+    callback: Callable[[str, float, float], None], final: dict[str, float]
+) -> Callable[[str, float, float], None]:
+    """``callback``, also noting each stage's accuracy at the end of its budget in ``final``."""
+
+    def on_progress(stage: str, fraction: float, val_acc: float) -> None:
+        if fraction >= 1.0:
+            final[stage] = val_acc
+        callback(stage, fraction, val_acc)
+
+    return on_progress
 
 
 def measure_baseline(ctx: Context, workdir: Path) -> tuple[Path, dict[str, float]]:

@@ -1,0 +1,78 @@
+"""The pipeline's records: what each stage is recorded with, and no validation pass twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from stages import measure
+from stages._context import Context, TaskData
+from stages.config import PipelineConfig
+from stages.pipeline import run_pipeline
+from tests.tiny_models import make_tiny_cnn, train_briefly
+
+torch.set_num_threads(1)
+
+CONFIG = {"prune.ratio": 0.3, "distill.epochs": 1.0, "quantize.mode": "int8-dynamic"}
+
+
+@pytest.fixture(scope="module")
+def teacher(data: TaskData) -> torch.nn.Module:
+    return train_briefly(make_tiny_cnn(), data, steps=60)
+
+
+def _context(data: TaskData, teacher: torch.nn.Module, workdir: Path, **kw: object) -> Context:
+    return Context(data=data, teacher=teacher, workdir=workdir, batch_size=32, **kw)  # type: ignore[arg-type]
+
+
+def _count_val_passes(monkeypatch: pytest.MonkeyPatch, data: TaskData) -> list[int]:
+    calls: list[int] = []
+    real = measure.torch_accuracy
+
+    def counting(model, split, **kw):  # type: ignore[no-untyped-def]
+        if split is data.val:
+            calls.append(1)
+        return real(model, split, **kw)
+
+    for module in ("stages.measure", "stages.distill"):
+        monkeypatch.setattr(f"{module}.torch_accuracy", counting)
+    return calls
+
+
+def test_watched_distill_keeps_its_final_report_instead_of_measuring_again(
+    data: TaskData, teacher: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reports: list[tuple[str, float, float]] = []
+    calls = _count_val_passes(monkeypatch, data)
+    ctx = _context(
+        data, teacher, tmp_path, on_progress=lambda *a: reports.append(a), report_fractions=(0.5, 1.0)
+    )
+    result = run_pipeline(PipelineConfig.from_flat(CONFIG), ctx)
+
+    assert [(s, f) for s, f, _ in reports] == [("distill", 0.5), ("distill", 1.0)]
+    distill = next(r for r in result.stages if r.stage == "distill")
+    assert distill.metrics["val_acc"] == reports[-1][2]
+    assert len(calls) == 3  # after prune, and the two reports: none after distill
+    # The kept number is the model's: measuring the distilled model again gives the same.
+    assert result.metrics["val_acc"] == pytest.approx(distill.metrics["val_acc"], abs=2.0)
+
+
+def test_unwatched_pipeline_measures_each_torch_stage(
+    data: TaskData, teacher: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _count_val_passes(monkeypatch, data)
+    result = run_pipeline(PipelineConfig.from_flat(CONFIG), _context(data, teacher, tmp_path))
+    assert len(calls) == 2  # after prune and after distill
+    assert all("val_acc" in r.metrics for r in result.stages if r.stage in ("prune", "distill"))
+
+
+def test_fp32_file_before_quantization_is_recorded_by_size_only(
+    data: TaskData, teacher: torch.nn.Module, tmp_path: Path
+) -> None:
+    result = run_pipeline(PipelineConfig.from_flat(CONFIG), _context(data, teacher, tmp_path))
+    export, quantize = (next(r for r in result.stages if r.stage == s) for s in ("export", "quantize"))
+    assert set(export.metrics) == {"bytes", "gzip_bytes", "params", "macs"}
+    assert export.metrics["bytes"] > 2 * quantize.metrics["bytes"]  # int8 weights
+    assert {"val_acc", "test_acc", "latency_ms"} <= set(quantize.metrics)
