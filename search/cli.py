@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "show": ("show", "show one trial of a study"),
     "export": ("export", "export a trial's model with a JSON sidecar"),
     "list": ("list_studies", "list the studies in a storage"),
+    "bench": ("bench", "benchmark the search against the fixed profiles and random search"),
 }
 
 USER_ERRORS = (UserError, ConfigError, StageError, ObjectiveError)

@@ -7,12 +7,14 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
 
 from search.workload import Workload
 from stages._context import Context
+from stages.files import write_atomic
 from stages.pipeline import measure_baseline
 from stages.teacher import load_logits, save_logits, teacher_logits
 
@@ -61,16 +63,34 @@ def make_context(
     return ctx
 
 
+def logits_cache_path(workload: Workload, cache_dir: Path = CACHE_DIR) -> Path:
+    return cache_dir / f"logits-{fingerprint_hash(workload.fingerprint)}.pt"
+
+
 def cached_teacher_logits(workload: Workload, ctx: Context, cache_dir: Path) -> torch.Tensor:
-    path = cache_dir / f"logits-{fingerprint_hash(workload.fingerprint)}.pt"
+    """The teacher's train-split logits from the cache, computed and cached on a miss (with the
+    seconds they took in a JSON beside them: what every later trial saves)."""
+    path = logits_cache_path(workload, cache_dir)
     logits = load_logits(path, expected_rows=len(workload.data.train))
     if logits is None:
+        started = time.perf_counter()
         logits = teacher_logits(
             workload.teacher, workload.data.train, device=ctx.device, batch_size=ctx.eval_batch_size
         )
+        seconds = time.perf_counter() - started
         cache_dir.mkdir(parents=True, exist_ok=True)
         save_logits(path, logits)
+        info = {"seconds": seconds, "rows": len(workload.data.train), "threads": torch.get_num_threads()}
+        write_atomic(path.with_suffix(".json"), json.dumps(info).encode())
     return logits
+
+
+def teacher_logits_seconds(workload: Workload, cache_dir: Path = CACHE_DIR) -> float | None:
+    """Seconds the cached teacher logits took to compute (None: not cached, or not recorded)."""
+    try:
+        return float(json.loads(logits_cache_path(workload, cache_dir).with_suffix(".json").read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def baseline(ctx: Context, workdir: Path) -> tuple[Path, dict[str, float]]:

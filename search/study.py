@@ -266,6 +266,7 @@ class TrialRecord:
     reason: str | None
     seconds: float | None
     values: tuple[float, ...] | None
+    saved_s: float = 0.0  # a stopped trial: the training time its stop saved (estimated)
 
     @property
     def feasible(self) -> bool:
@@ -304,6 +305,7 @@ def trial_record(trial: FrozenTrial) -> TrialRecord:
         reason=attrs.get("reason"),
         seconds=seconds,
         values=tuple(trial.values) if trial.values else None,
+        saved_s=float(attrs.get("saved_s", 0.0)),
     )
 
 

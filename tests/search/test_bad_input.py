@@ -59,6 +59,8 @@ TRIPWIRES = (
     "search.commands.run.create_or_resume",
     "search.commands.export.export_trial",
     "search.commands.report.write_report",
+    "search.bench.create_or_resume",
+    "search.bench_summary.write_summary",
 )
 
 
@@ -428,7 +430,7 @@ def test_exports_that_cannot_be_made_write_nothing(
 NUMBER_JUNK = ("", "abc", "1..2", "0x", "one", "--", "1,5")  # not numbers
 NOT_FUZZED = {
     # Flags without a value, and values nothing can refuse: any text is a fine folder or address.
-    "--download", "--allow-pickle", "--no-profiles", "--no-early-stop", "--json", "--no-progress", "--best",
+    "--download", "--allow-pickle", "--no-profiles", "--no-early-stop", "--json", "--no-progress", "--best", "--report-only",
     "--address", "--workdir", "--studies-dir",
 }
 
@@ -509,6 +511,18 @@ def _bad_values(inputs: Path, hand: HandMadeStudy) -> dict[str, dict[str, st.Sea
             "--storage": st.sampled_from([missing, str(inputs), UNREACHABLE_DB]),
         },
         "list": {"--storage": st.sampled_from([missing, str(inputs), str(inputs / "garbage.pt"), UNREACHABLE_DB])},
+        "bench": {
+            **workload,
+            "--name": st.sampled_from(["", "../up", ".hidden", "a/b", "sp ace"]),
+            "--targets": choice, "--methods": choice,
+            "--max-drop": floats("-1", "100", "nan", "inf"),
+            "--trials": ints("0") | huge, "--round": ints("0") | huge, "--threads": ints("0") | huge,
+            "--timeout": floats("0", "-5", "5x", "nan"),
+            "--storage": st.sampled_from([missing, str(inputs), str(inputs / "garbage.pt"), UNREACHABLE_DB]),
+            "--space": st.sampled_from([missing, str(inputs), str(inputs / "bad.toml"), str(inputs / "garbage.pt")]),
+            "--out": st.sampled_from([str(inputs), str(inputs / "no-such-folder" / "B.md")]),
+            "--results": st.just(str(inputs / "garbage.pt")),  # a file, not a folder
+        },
     }
 
 
@@ -525,6 +539,8 @@ def _good_values(hand: HandMadeStudy, out: Path) -> dict[str, dict[str, str | No
         "export": {"--study": hand.name, "--trial": "3", "--out": str(out), "--storage": hand.storage,
                    "--format": "onnx"},
         "list": {"--storage": hand.storage},
+        "bench": {"--trials": "2", "--round": "1", "--name": "fuzz", "--targets": "size", "--methods": "random",
+                  "--device": "cpu", "--report-only": None},
     }
 
 

@@ -1,0 +1,201 @@
+"""``mcaas-search bench``: the default search against the three MCaaS fixed profiles and random
+search on one workload, with one trial budget, for one or more targets.
+
+The studies are ordinary studies in the storage (``report``, ``show`` and ``export`` work on them):
+
+- ``NAME-TARGET-search`` per target: the default search (TPE, the three profiles queued first).
+  The profiles row of the benchmark is those three trials.
+- ``NAME-random``: random search, no profiles. Random sampling does not depend on the target, so
+  one study serves every target; it skips no config as dominated (that rule needs a target) but
+  stops distillation that cannot reach the accuracy bound, as the search does.
+
+They run in rounds (every study to ``round_size`` trials, then every study to twice that, ...),
+so an interrupted or time-limited benchmark leaves every method with about the same number of
+trials, and the summary compares them at the count all of them reached. A rerun resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from objectives import Constraint
+from search.engine import baseline, make_context
+from search.errors import UserError
+from search.optuna_driver import SearchSettings, create_or_resume, run_worker
+from search.progress import LiveProgress
+from search.study import STUDIES_DIR, StudyInfo, load_study, open_storage
+from search.workload import Workload
+from spaces import SearchSpace
+from stages.files import write_atomic
+
+METHODS = ("profiles", "random", "search")
+# Method -> what the benchmark calls it.
+METHOD_LABELS = {
+    "profiles": "MCaaS fixed profiles",
+    "random": "random search",
+    "search": "default search (TPE)",
+}
+BASELINE_FILE = "baseline.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchStudy:
+    """One study of the benchmark: ``method`` is "search" or "random"; ``target`` is the
+    study's own target (random search is scored on every target)."""
+
+    name: str
+    method: str
+    target: str
+
+    @property
+    def sampler(self) -> str:
+        return "tpe" if self.method == "search" else "random"
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchPlan:
+    """What one benchmark runs: its name, targets, methods, budget and shared settings."""
+
+    name: str
+    targets: tuple[str, ...]
+    methods: tuple[str, ...]
+    trials: int
+    round_size: int
+    constraint: Constraint
+    space: SearchSpace
+    seed: int = 0
+    threads: int = 1
+    storage: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.targets:
+            raise UserError("bench needs at least one target")
+        unknown = sorted(set(self.methods) - set(METHODS))
+        if unknown or not self.methods:
+            raise UserError(f"unknown bench methods {unknown}; choose from {', '.join(METHODS)}")
+
+    @property
+    def folder(self) -> Path:
+        """Where the benchmark keeps its shared baseline (the studies keep their own folders)."""
+        return STUDIES_DIR / self.name
+
+    def studies(self) -> list[BenchStudy]:
+        """The studies the chosen methods need (the profiles live in the search studies)."""
+        out = []
+        if "search" in self.methods or "profiles" in self.methods:
+            out += [BenchStudy(f"{self.name}-{t}-search", "search", t) for t in self.targets]
+        if "random" in self.methods:
+            out.append(BenchStudy(f"{self.name}-random", "random", self.targets[0]))
+        return out
+
+    def rounds(self) -> list[int]:
+        """The trial count each study is brought to, round after round."""
+        return [*range(self.round_size, self.trials, self.round_size), self.trials]
+
+    def settings(self, study: BenchStudy, upto: int) -> SearchSettings:
+        return SearchSettings(
+            study=study.name,
+            storage=self.storage,
+            trials=upto,
+            space=self.space,
+            sampler=study.sampler,
+            seed=self.seed,
+            threads=self.threads,
+            profiles=study.method == "search",
+            skip_dominated=study.method == "search",
+        )
+
+
+def shared_baseline(plan: BenchPlan, workload: Workload, console: Console) -> tuple[Path, dict[str, float]]:
+    """The teacher's fp32 export and metrics, measured once for every study of the benchmark
+    (so all ratios share one reference); read back on a rerun."""
+    record = plan.folder / BASELINE_FILE
+    if record.is_file():
+        saved = json.loads(record.read_text())
+        path = Path(saved["onnx"])
+        if saved.get("workload") == workload.fingerprint and path.is_file():
+            return path, {k: float(v) for k, v in saved["metrics"].items()}
+    ctx = make_context(workload, plan.folder / "trials", threads=plan.threads, seed=plan.seed)
+    with console.status("measuring the teacher's exported fp32 artifact (the baseline)"):
+        path, metrics = baseline(ctx, plan.folder / "baseline")
+    payload = {"workload": workload.fingerprint, "onnx": str(path.resolve()), "metrics": metrics}
+    write_atomic(record, json.dumps(payload, indent=2, sort_keys=True, default=str))
+    return path.resolve(), metrics
+
+
+def study_info(plan: BenchPlan, study: BenchStudy, workload: Workload, base: tuple[Path, dict[str, float]]) -> StudyInfo:
+    return StudyInfo(
+        workload=workload.fingerprint,
+        target=study.target,
+        constraint=plan.constraint,
+        baseline=base[1],
+        baseline_onnx=str(base[0]),
+        artifacts_dir=str((STUDIES_DIR / study.name).resolve()),
+        space=[list(row) for row in plan.space.describe()],
+    )
+
+
+def check_existing(plan: BenchPlan, workload: Workload) -> None:
+    """Refuse, before any work, to continue a benchmark's studies under other settings."""
+    storage = open_storage(plan.storage, create=True)
+    for study in plan.studies():
+        try:
+            stored = StudyInfo.load(load_study(study.name, storage))
+        except UserError:
+            continue
+        why = stored.mismatch(workload.fingerprint, study.target, plan.constraint)
+        if why:
+            raise UserError(
+                f"bench study {study.name!r} was run for other settings ({why}); "
+                "use another --name, or the same settings to resume it"
+            )
+
+
+def run_bench(
+    plan: BenchPlan,
+    workload: Workload,
+    console: Console,
+    *,
+    deadline: float | None = None,
+    after_round: Callable[[int], None] | None = None,
+) -> bool:
+    """Run every study round by round up to ``plan.trials``; True when all reached it.
+
+    ``after_round(upto)`` is called after each round (the summary is rewritten there). Stops
+    starting rounds at ``deadline``. Ctrl-C propagates after the running trial is recorded as
+    interrupted (a rerun replaces it).
+    """
+    check_existing(plan, workload)
+    base = shared_baseline(plan, workload, console)
+    studies = plan.studies()
+    rounds = plan.rounds()
+    for index, upto in enumerate(rounds, 1):
+        for bench_study in studies:
+            if deadline is not None and time.time() >= deadline:
+                console.print("bench: --timeout reached; rerun the same command to go on")
+                return False
+            settings = plan.settings(bench_study, upto)
+            info = study_info(plan, bench_study, workload, base)
+            study = create_or_resume(settings, info)
+            console.print(
+                f"round {index}/{len(rounds)}: [bold]{bench_study.name}[/] "
+                f"({METHOD_LABELS[bench_study.method]}) to {upto} trials"
+            )
+            with LiveProgress(study, info, total=upto, jobs=1, console=console):
+                run_worker(settings, workload, deadline=deadline)
+        if after_round is not None:
+            after_round(upto)
+    return True
+
+
+def bench_command(argv: Sequence[str]) -> str:
+    """The command line that reproduces a benchmark (``argv`` as given after the program)."""
+    import shlex
+
+    return "mcaas-search " + shlex.join(argv)

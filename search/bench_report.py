@@ -1,0 +1,284 @@
+"""The benchmark's summary: per target and method, the best ratio at the accuracy bound with its
+test drop and a 95 % confidence interval, hypervolume, wall time and trials per hour; the cost of
+a trial; written as a Markdown section, a CSV and plots.
+
+Every method is compared at the same number of trials: the count all of its studies reached.
+A trial counts as feasible at the bound only when it keeps the bound on the validation split
+(what the search saw) and on the test split (never used for a choice).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import io
+import math
+import platform
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from objectives import Point, hypervolume, pareto_front
+from search.bench import METHOD_LABELS, BenchPlan
+from search.optuna_driver import INTERRUPTED
+from search.study import TrialRecord
+from stages._context import Split
+from stages.files import write_atomic
+from stages.measure import OnnxRunner
+
+# 95 % two-sided normal quantile.
+Z95 = 1.959963984540054
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+# Published results of the seed systems (other models, other data): shown for scale only.
+PUBLISHED = (
+    ("MCaaS thesis", "ResNet-18 / CIFAR-10", 2.7, 2.4, 3.0),
+    ("EasyCompress", "ResNet-50 / CIFAR-10", 5.0, 1.9, 1.0),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedDrop:
+    """Test accuracy drop of a trial against the teacher on the same ``n`` images, with the
+    counts of images only the teacher (``lost``) or only the trial (``gained``) got right."""
+
+    n: int
+    lost: int
+    gained: int
+
+    @property
+    def drop(self) -> float:
+        return 100.0 * (self.lost - self.gained) / self.n
+
+    def interval(self) -> tuple[float, float]:
+        """95 % Wald interval of the paired difference of proportions, in points."""
+        diff = (self.lost - self.gained) / self.n
+        var = max((self.lost + self.gained) / self.n - diff * diff, 0.0) / self.n
+        half = Z95 * math.sqrt(var)
+        return 100.0 * (diff - half), 100.0 * (diff + half)
+
+
+def paired_drop(teacher_correct: np.ndarray, student_correct: np.ndarray) -> PairedDrop:
+    if teacher_correct.shape != student_correct.shape or teacher_correct.size == 0:
+        raise ValueError("need per-image results of teacher and student on the same non-empty split")
+    lost = int(np.sum(teacher_correct & ~student_correct))
+    gained = int(np.sum(~teacher_correct & student_correct))
+    return PairedDrop(int(teacher_correct.size), lost, gained)
+
+
+def correct_on(path: Path, split: Split, threads: int, batch_size: int = 512) -> np.ndarray:
+    """Per-image top-1 correctness of the ONNX file at ``path`` on ``split``."""
+    runner = OnnxRunner(path, threads)
+    parts = [runner.predict(x.numpy()).argmax(axis=1) == y.numpy() for x, y in split.batches(batch_size)]
+    return np.concatenate(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodResult:
+    """One method's result on one target, over its first ``trials`` trials."""
+
+    method: str
+    target: str
+    study: str
+    trials: int
+    wall_s: float
+    best: TrialRecord | None
+    hypervolume: float
+    largest: TrialRecord | None  # the most compressed complete trial, at any accuracy
+    paired: PairedDrop | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        return None if self.best is None else self.best.ratio(self.target)
+
+    @property
+    def trials_per_hour(self) -> float:
+        return self.trials / self.wall_s * 3600 if self.wall_s > 0 else math.nan
+
+
+def counted_records(records: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """Trials that count towards a budget, in order: finished, and not interrupted."""
+    done = [
+        r
+        for r in records
+        if r.state in ("complete", "pruned")
+        or (r.state == "failed" and not str(r.reason or "").startswith(INTERRUPTED))
+    ]
+    return sorted(done, key=lambda r: r.number)
+
+
+def test_drop(baseline: Mapping[str, float], record: TrialRecord) -> float:
+    return float(baseline["test_acc"]) - float(record.metrics.get("test_acc", math.nan))
+
+
+def feasible_at_bound(record: TrialRecord, baseline: Mapping[str, float], max_drop: float) -> bool:
+    """Feasible on validation (the study's constraint) and within ``max_drop`` on test."""
+    return record.feasible and test_drop(baseline, record) <= max_drop + 1e-9
+
+
+def summarise(
+    method: str,
+    target: str,
+    study: str,
+    records: Sequence[TrialRecord],
+    baseline: Mapping[str, float],
+    required_accuracy: float,
+    max_drop: float,
+) -> MethodResult:
+    """``method``'s result on ``target`` from ``records`` (already cut to the compared trials)."""
+    complete = [r for r in records if r.state == "complete" and math.isfinite(r.ratio(target))]
+    at_bound = [r for r in complete if feasible_at_bound(r, baseline, max_drop)]
+    best = max(at_bound, key=lambda r: (r.ratio(target), -r.number), default=None)
+    largest = max(complete, key=lambda r: (r.ratio(target), -r.number), default=None)
+    points = [
+        Point(r.number, float(r.metrics["val_acc"]), r.ratio(target), r.feasible)
+        for r in complete
+        if r.ratio(target) > 0
+    ]
+    return MethodResult(
+        method=method,
+        target=target,
+        study=study,
+        trials=len(records),
+        wall_s=sum(r.seconds or 0.0 for r in records),
+        best=best,
+        hypervolume=hypervolume(points, ref_accuracy=required_accuracy),
+        largest=largest,
+    )
+
+
+def history(
+    target: str, records: Sequence[TrialRecord], required_accuracy: float
+) -> list[float]:
+    """Hypervolume after each of ``records`` (in order)."""
+    points: list[Point] = []
+    out = []
+    for r in records:
+        if r.state == "complete" and math.isfinite(r.ratio(target)) and r.ratio(target) > 0:
+            points.append(Point(r.number, float(r.metrics["val_acc"]), r.ratio(target), r.feasible))
+        out.append(hypervolume(points, ref_accuracy=required_accuracy))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost of a trial
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialCost:
+    """Where the time of the benchmark's trials went. Shares are over the completed trials
+    (a stopped trial records no stages: it is counted, with the time its stop saved, apart)."""
+
+    complete: int
+    wall_s: float  # wall time of the completed trials, summed
+    stage_s: dict[str, float]  # seconds per pipeline stage over the completed trials
+    stopped: int
+    stopped_wall_s: float
+    saved_s: float  # training the early stops and skips saved (their own estimates)
+    logits_s: float | None  # one pass of the teacher over the training split
+    logits_saved_s: float | None  # teacher passes the cache saved: one per distillation epoch
+
+    @property
+    def training_s(self) -> float:
+        """The distillation stage (QAT included): where the model trains."""
+        return self.stage_s.get("distill", 0.0)
+
+    @property
+    def other_s(self) -> float:
+        """Trial time outside every stage: accuracy passes between stages, bookkeeping."""
+        return max(self.wall_s - sum(self.stage_s.values()), 0.0)
+
+    @property
+    def outside_share(self) -> float:
+        return 1.0 - self.training_s / self.wall_s if self.wall_s > 0 else math.nan
+
+
+def trial_cost(records: Sequence[TrialRecord], logits_s: float | None) -> TrialCost:
+    """Cost over ``records`` (the compared trials of every study); ``logits_s`` is the time of
+    one teacher pass over the training split."""
+    complete = [r for r in records if r.state == "complete" and r.stages]
+    stage_s: dict[str, float] = {}
+    epochs = 0.0
+    for r in complete:
+        for stage in r.stages:
+            name = str(stage.get("stage"))
+            stage_s[name] = stage_s.get(name, 0.0) + float(stage.get("seconds") or 0.0)
+        if float(r.config.get("distill.alpha", 0.0)) > 0:
+            epochs += float(r.config.get("distill.epochs", 0.0))
+    stopped = [r for r in records if r.state == "pruned"]
+    return TrialCost(
+        complete=len(complete),
+        wall_s=sum(r.seconds or 0.0 for r in complete),
+        stage_s=stage_s,
+        stopped=len(stopped),
+        stopped_wall_s=sum(r.seconds or 0.0 for r in stopped),
+        saved_s=sum(r.saved_s for r in stopped),
+        logits_s=logits_s,
+        logits_saved_s=None if logits_s is None else logits_s * epochs,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Gather from the studies, then write Markdown, CSV and plots
+
+TARGET_GOALS = {"size": 50.0, "latency": 10.0}  # issue targets for the default search
+PROFILE_FACTOR = 3.0  # the default search should beat the best feasible profile by this much
+TARGET_WORDS = {
+    "size": "file bytes of the exported model",
+    "latency": "ONNX Runtime batch-1 latency",
+    "macs": "multiply-accumulates",
+    "params": "parameters",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetResults:
+    target: str
+    compared: int  # trials every method is compared at (profiles: their three)
+    methods: list[MethodResult]
+    histories: dict[str, list[float]]  # method -> hypervolume after each compared trial
+    points: dict[str, list[TrialRecord]]  # method -> compared complete trials
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchSummary:
+    plan: BenchPlan
+    baseline: dict[str, float]
+    targets: list[TargetResults]
+    cost: TrialCost
+    studies: dict[str, int]  # study -> trials done (all, not only the compared ones)
+    notes: list[str]
+
+
+def gather(plan: BenchPlan, baseline: Mapping[str, float], records: Mapping[str, list[TrialRecord]], logits_s: float | None) -> BenchSummary:
+    """The summary from each bench study's trial records (keyed by study name)."""
+    required = float(baseline["val_acc"]) - plan.constraint.max_drop
+    done = {name: counted_records(rs) for name, rs in records.items()}
+    random_name = f"{plan.name}-random"
+    compared_all: dict[str, list[TrialRecord]] = {}
+    targets = []
+    for target in plan.targets:
+        search_name = f"{plan.name}-{target}-search"
+        runs = {m: done[s] for m, s in (("search", search_name), ("random", random_name)) if s in done and m in plan.methods}
+        n = min((len(v) for v in runs.values()), default=0)
+        results, histories, points = [], {}, {}
+        if search_name in done and "profiles" in plan.methods:
+            profiles = [r for r in done[search_name] if r.profile]
+            results.append(summarise("profiles", target, search_name, profiles, baseline, required, plan.constraint.max_drop))
+            points["profiles"] = [r for r in profiles if r.state == "complete"]
+        for method, study in (("random", random_name), ("search", search_name)):
+            if method not in runs:
+                continue
+            cut = runs[method][:n]
+            compared_all[study] = cut if len(cut) >= len(compared_all.get(study, [])) else compared_all[study]
+            results.append(summarise(method, target, study, cut, baseline, required, plan.constraint.max_drop))
+            histories[method] = history(target, cut, required)
+            points[method] = [r for r in cut if r.state == "complete"]
+        targets.append(TargetResults(target, n, results, histories, points))
+    cost = trial_cost([r for rs in compared_all.values() for r in rs], logits_s)
+    return BenchSummary(plan, dict(baseline), targets, cost, {k: len(v) for k, v in done.items()}, [])

@@ -1,0 +1,131 @@
+"""``mcaas-search bench``: the default search against the three MCaaS fixed profiles and random
+search on one workload and trial budget, for each target; writes BENCHMARKS.md, a CSV and plots.
+Resumable: the same command continues where it stopped."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from objectives import TARGETS, Constraint
+from search.bench import METHODS, BenchPlan, bench_command, run_bench
+from search.commands.run import MAX_THREADS, MAX_TRIALS, drop_points, duration, positive_int, study_arg
+from search.engine import trial_threads
+from search.errors import UserError
+from search.study import check_storage
+from search.workload import add_workload_arguments, load_workload, pick_device, spec_from_args
+from spaces import default_space, demo_space, load_space
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_workload_arguments(parser)
+    bench = parser.add_argument_group("benchmark")
+    bench.add_argument("--name", type=study_arg, default=None, help="benchmark name, prefix of its studies (default: bench-WORKLOAD)")
+    bench.add_argument("--targets", nargs="+", choices=TARGETS, default=["size", "latency"], help="targets to benchmark")
+    bench.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods to run and compare")
+    bench.add_argument("--max-drop", type=drop_points, default=1.0, help="largest accuracy drop allowed, in points")
+    bench.add_argument("--trials", type=lambda t: positive_int(t, MAX_TRIALS), default=40, help="trials per study")
+    bench.add_argument("--round", dest="round_size", type=lambda t: positive_int(t, MAX_TRIALS), default=10, help="trials per study per round")
+    bench.add_argument("--space", type=Path, default=None, help="TOML file fixing, narrowing or dropping dimensions")
+    bench.add_argument("--threads", type=lambda t: positive_int(t, MAX_THREADS), default=None, help="torch and ONNX Runtime threads (default: all cores)")
+    bench.add_argument("--timeout", type=duration, default=None, help="start no study round after this (90s, 30m, 2h)")
+    bench.add_argument("--storage", default=None, help="study storage (default: studies/mcaas.journal)")
+    bench.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"), help="Markdown file whose bench section is (re)written")
+    bench.add_argument("--results", type=Path, default=None, help="folder for the CSV and plots (default: studies/benchmarks/NAME)")
+    bench.add_argument("--report-only", action="store_true", help="run no trial: rewrite the summary from the studies")
+
+
+def _argv(args: argparse.Namespace, plan: BenchPlan) -> list[str]:
+    """The flags that reproduce this benchmark (workload, budget, methods), defaults left out."""
+    argv = ["bench"]
+    for flag, value in (
+        ("--model", args.model),
+        ("--weights", args.weights),
+        ("--dataset", args.dataset),
+        ("--data-root", args.data_root),
+        ("--image-size", args.image_size),
+        ("--val-fraction", args.val_fraction),
+        ("--space", args.space),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.seed:
+        argv += ["--seed", str(args.seed)]
+    for flag, on in (("--allow-pickle", args.allow_pickle), ("--download", args.download)):
+        if on:
+            argv.append(flag)
+    argv += ["--name", plan.name, "--targets", *plan.targets]
+    if set(plan.methods) != set(METHODS):
+        argv += ["--methods", *plan.methods]
+    argv += ["--max-drop", f"{args.max_drop:g}", "--trials", str(plan.trials), "--round", str(plan.round_size)]
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
+    return argv
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    if args.space is not None and not args.space.is_file():
+        raise UserError(f"space file {str(args.space)!r} does not exist")
+    if args.out.exists() and not args.out.is_file():
+        raise UserError(f"--out {str(args.out)!r} is not a file; expected the Markdown file to write")
+    if not args.out.parent.is_dir():
+        raise UserError(f"--out folder {str(args.out.parent)!r} does not exist")
+    if args.results is not None and args.results.exists() and not args.results.is_dir():
+        raise UserError(f"--results {str(args.results)!r} is a file; expected a folder for the CSV and plots")
+    check_storage(args.storage)
+    spec = spec_from_args(args)
+    base = demo_space() if spec.is_demo else default_space()
+    space = load_space(args.space, base=base) if args.space else base
+    workload = load_workload(spec, device=pick_device(args.device))
+    threads = args.threads or trial_threads(workload, 1)
+    torch.set_num_threads(threads)
+    name = args.name or f"bench-{workload.name}"
+    targets = tuple(dict.fromkeys(args.targets))
+    plan = BenchPlan(
+        name=name,
+        targets=targets,
+        methods=tuple(dict.fromkeys(args.methods)),
+        trials=args.trials,
+        round_size=min(args.round_size, args.trials),
+        constraint=Constraint(max_drop=args.max_drop),
+        space=space,
+        seed=args.seed,
+        threads=threads,
+        storage=args.storage,
+    )
+    results = args.results or Path("studies") / "benchmarks" / name
+    command = bench_command(_argv(args, plan))
+
+    def summary(_: int | None = None) -> None:
+        from search.bench_summary import write_summary
+
+        written = write_summary(plan, workload, out=args.out, results=results, command=command, console=console)
+        console.print(f"summary: {', '.join(str(p) for p in written)}")
+
+    def after_round(upto: int) -> None:
+        # A summary that cannot be written (a full disk, a file open elsewhere) must not stop
+        # hours of benchmark: say so; the next round or --report-only writes it.
+        try:
+            summary(upto)
+        except (OSError, UserError) as exc:
+            console.print(f"bench: could not write the summary after this round: {exc}")
+
+    if args.report_only:
+        summary()
+        return 0
+    deadline = time.time() + args.timeout if args.timeout else None
+    try:
+        finished = run_bench(plan, workload, console, deadline=deadline, after_round=after_round)
+    except KeyboardInterrupt:
+        console.print("bench interrupted; the summary covers the trials done. Rerun the same command to resume:")
+        console.print(f"  {command}", markup=False, highlight=False, soft_wrap=True)
+        summary()
+        return 130
+    if not finished:
+        summary()
+    return 0

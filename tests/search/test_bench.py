@@ -1,0 +1,208 @@
+"""``mcaas-search bench``: the comparison logic on hand-made records (paired intervals, the
+common trial count, the bound on validation and test, the cost of a trial, the Markdown
+splice) and one small benchmark of the demo end to end, resumed and rewritten."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from objectives import Constraint
+from search.bench import BenchPlan
+from search.bench_report import (
+    BEGIN,
+    END,
+    PairedDrop,
+    counted_records,
+    gather,
+    paired_drop,
+    summarise,
+    trial_cost,
+)
+from search.bench_summary import splice
+from search.study import TrialRecord
+from spaces import demo_space
+
+torch.set_num_threads(1)
+
+BASELINE = {"val_acc": 96.0, "test_acc": 95.0, "bytes": 1000.0, "latency_ms": 1.0}
+
+
+def record(number: int, state: str = "complete", *, val: float = 95.5, test: float = 94.5, size: float = 2.0,
+           latency: float = 1.5, profile: str | None = None, reason: str | None = None, seconds: float = 10.0,
+           stages: list[dict[str, Any]] | None = None, saved: float = 0.0, config: dict | None = None) -> TrialRecord:
+    feasible_violation = (BASELINE["val_acc"] - 1.0) - val  # <= 0: within 1 pt on validation
+    return TrialRecord(
+        number=number, state=state, profile=profile, config=config or {},
+        metrics={"val_acc": val, "test_acc": test} if state == "complete" else {},
+        ratios={"size": size, "latency": latency} if state == "complete" else {},
+        violations={"accuracy": feasible_violation} if state == "complete" else {},
+        stages=stages or [], artifact=None, reason=reason, seconds=seconds, values=None, saved_s=saved,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Paired confidence interval
+
+
+def test_paired_drop_counts_only_the_images_one_model_gets_right() -> None:
+    teacher = np.array([True, True, True, False, False, True])
+    student = np.array([True, False, False, True, False, True])
+    p = paired_drop(teacher, student)
+    assert (p.n, p.lost, p.gained) == (6, 2, 1)
+    assert p.drop == pytest.approx(100 / 6)
+
+
+def test_paired_interval_is_the_wald_interval_of_the_difference() -> None:
+    p = PairedDrop(n=10_000, lost=300, gained=200)
+    low, high = p.interval()
+    diff = 0.01
+    se = math.sqrt((0.05 - diff**2) / 10_000)
+    assert (low + high) / 2 == pytest.approx(1.0)
+    assert high - low == pytest.approx(2 * 1.959963984540054 * se * 100)
+    # Identical predictions: no uncertainty about the difference on these images.
+    assert PairedDrop(n=100, lost=0, gained=0).interval() == (0.0, 0.0)
+    # More disagreement, wider interval at the same drop.
+    wide = PairedDrop(n=10_000, lost=1100, gained=1000).interval()
+    assert wide[1] - wide[0] > high - low
+
+
+def test_paired_drop_needs_the_same_images() -> None:
+    with pytest.raises(ValueError, match="same non-empty split"):
+        paired_drop(np.array([True, False]), np.array([True]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries
+
+
+def test_counted_records_are_the_finished_ones_in_order() -> None:
+    rs = [record(3), record(1, "pruned"), record(2, "failed", reason="interrupted (Ctrl-C)"),
+          record(0, "failed", reason="StageError: x"), record(4, "running")]
+    assert [r.number for r in counted_records(rs)] == [0, 1, 3]
+
+
+def test_best_at_the_bound_keeps_it_on_validation_and_on_test() -> None:
+    rs = [
+        record(0, size=5.0),
+        record(1, size=40.0, val=95.2, test=93.5),  # within on validation, 1.5 pt lost on test
+        record(2, size=30.0, val=94.0),  # 2 pt lost on validation
+        record(3, size=20.0, val=95.1, test=94.2),
+        record(4, "pruned"),
+    ]
+    m = summarise("search", "size", "s", rs, BASELINE, required_accuracy=95.0, max_drop=1.0)
+    assert m.best is not None and m.best.number == 3 and m.ratio == 20.0
+    assert m.largest is not None and m.largest.number == 1
+    assert m.trials == 5 and m.wall_s == 50.0 and m.trials_per_hour == pytest.approx(360.0)
+    assert m.hypervolume > 0
+
+
+def test_no_trial_at_the_bound_gives_no_best_and_zero_hypervolume() -> None:
+    m = summarise("random", "size", "r", [record(0, val=90.0)], BASELINE, 95.0, 1.0)
+    assert m.best is None and m.ratio is None and m.hypervolume == 0.0
+
+
+def _plan(**changes: Any) -> BenchPlan:
+    base = dict(name="b", targets=("size", "latency"), methods=("profiles", "random", "search"), trials=10,
+                round_size=5, constraint=Constraint(max_drop=1.0), space=demo_space())
+    return BenchPlan(**{**base, **changes})
+
+
+def test_methods_are_compared_at_the_trial_count_all_reached() -> None:
+    profiles = [record(i, profile=p, size=s) for i, (p, s) in enumerate([("high-accuracy", 3.0), ("balanced", 6.0),
+                                                                          ("max-compression", 50.0)])]
+    profiles[2] = record(2, profile="max-compression", size=50.0, val=80.0)  # breaks the bound
+    search = [*profiles, *(record(i, size=10.0 + i) for i in range(3, 9))]  # 9 done
+    random = [record(i, size=4.0 + i) for i in range(6)]  # 6 done
+    summary = gather(_plan(targets=("size",)), BASELINE, {"b-size-search": search, "b-random": random}, logits_s=2.0)
+    (block,) = summary.targets
+    assert block.compared == 6
+    by = {m.method: m for m in block.methods}
+    assert by["profiles"].trials == 3 and by["profiles"].ratio == 6.0  # best feasible profile
+    assert by["search"].trials == 6 and by["search"].ratio == 15.0  # trials 0..5 only
+    assert by["random"].trials == 6 and by["random"].ratio == 9.0
+    assert len(block.histories["search"]) == 6
+    assert summary.studies == {"b-size-search": 9, "b-random": 6}
+
+
+def test_plans_name_their_studies_and_rounds() -> None:
+    plan = _plan(trials=12, round_size=5)
+    assert [s.name for s in plan.studies()] == ["b-size-search", "b-latency-search", "b-random"]
+    assert plan.rounds() == [5, 10, 12]
+    assert plan.settings(plan.studies()[2], 5).sampler == "random"
+    assert not plan.settings(plan.studies()[2], 5).profiles
+    assert not plan.settings(plan.studies()[2], 5).skip_dominated  # target-blind: no dominance skip
+    assert [s.name for s in _plan(methods=("random",)).studies()] == ["b-random"]
+
+
+def test_trial_cost_splits_time_by_stage_and_counts_stops_apart() -> None:
+    stages = [{"stage": "prune", "seconds": 1.0}, {"stage": "distill", "seconds": 6.0},
+              {"stage": "export", "seconds": 1.0}, {"stage": "measure", "seconds": 1.0}]
+    rs = [record(0, stages=stages, config={"distill.alpha": 0.5, "distill.epochs": 2.0}),
+          record(1, stages=stages, config={"distill.alpha": 0.0, "distill.epochs": 1.0}),
+          record(2, "pruned", seconds=4.0, saved=12.0)]
+    cost = trial_cost(rs, logits_s=3.0)
+    assert cost.complete == 2 and cost.wall_s == 20.0
+    assert cost.training_s == 12.0 and cost.outside_share == pytest.approx(0.4)
+    assert cost.other_s == pytest.approx(2.0)
+    assert (cost.stopped, cost.stopped_wall_s, cost.saved_s) == (1, 4.0, 12.0)
+    assert cost.logits_saved_s == 6.0  # 2 epochs with a teacher term x 3 s
+
+
+def test_splice_rewrites_only_between_the_markers() -> None:
+    doc = f"# Benchmarks\n\nintro by hand\n\n{BEGIN}\nold table\n{END}\n\n## Analysis\nkept\n"
+    out = splice(doc, "new table\n")
+    assert "old table" not in out and "new table" in out
+    assert out.startswith("# Benchmarks\n\nintro by hand\n\n") and out.endswith("## Analysis\nkept\n")
+    assert splice("", "t").startswith("# Benchmarks\n\n" + BEGIN)
+    assert splice("notes\n", "t") == f"notes\n\n{BEGIN}\nt\n{END}\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end on the demo
+
+
+BENCH = ["bench", "--trials", "4", "--round", "2", "--targets", "size", "--name", "tb",
+         "--out", "B.md", "--results", "res", "--device", "cpu"]
+
+
+@pytest.mark.slow
+def test_demo_bench_writes_the_summary_and_resumes(
+    search_folder: Callable[[str], Path], run_cli: Callable[[list[str]], tuple[int, str, str]]
+) -> None:
+    folder = search_folder('[space]\n"distill.epochs" = { low = 1, high = 2, step = 1 }\nprofile_epochs = 1\n')
+    code, out, err = run_cli([*BENCH, "--space", "tiny.toml"])
+    assert code == 0, err
+    assert "round 2/2: tb-random" in err
+    text = (folder / "B.md").read_text()
+    assert text.count(BEGIN) == 1 and text.count(END) == 1
+    assert "mcaas-search bench --space tiny.toml --name tb --targets size --max-drop 1 --trials 4 --round 2" in text
+    assert "| MCaaS fixed profiles | 3 |" in text
+    assert "| random search | 4 |" in text and "| default search (TPE) | 4 |" in text
+    with open(folder / "res" / "summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["method"], r["trials"]) for r in rows] == [("profiles", "3"), ("random", "4"), ("search", "4")]
+    for row in rows:
+        if row["best_ratio"]:  # a best trial has a paired interval around its test drop
+            assert float(row["test_drop_ci_low"]) <= float(row["test_drop"]) <= float(row["test_drop_ci_high"])
+    assert (folder / "res" / "bench.html").is_file()
+
+    # Text written around the section by hand survives; a rerun resumes with nothing left to do.
+    (folder / "B.md").write_text("# Mine\n\n" + text + "\n## Analysis\nby hand\n")
+    code, out, err = run_cli([*BENCH, "--space", "tiny.toml"])
+    assert code == 0, err
+    again = (folder / "B.md").read_text()
+    assert again.startswith("# Mine\n") and again.endswith("## Analysis\nby hand\n")
+    assert "| random search | 4 |" in again and "round" in err
+    assert "0/4" not in err  # resumed, not restarted
+
+    # The same name with another bound is another benchmark: refused before any work.
+    code, out, err = run_cli([*BENCH, "--space", "tiny.toml", "--max-drop", "2"])
+    assert code == 2 and "use another --name" in err and err.count("\n") == 1
