@@ -42,6 +42,7 @@ METHOD_LABELS = {
     "search": "default search (TPE)",
 }
 BASELINE_FILE = "baseline.json"
+RANDOM_STUDY_TARGET = "size"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +92,9 @@ class BenchPlan:
         if "search" in self.methods or "profiles" in self.methods:
             out += [BenchStudy(f"{self.name}-{t}-search", "search", t) for t in self.targets]
         if "random" in self.methods:
-            out.append(BenchStudy(f"{self.name}-random", "random", self.targets[0]))
+            # Its target only names the study's second objective (random sampling ignores it):
+            # fixed, so any --targets resumes the same study.
+            out.append(BenchStudy(f"{self.name}-random", "random", RANDOM_STUDY_TARGET))
         return out
 
     def rounds(self) -> list[int]:

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import onnxruntime
@@ -111,7 +111,14 @@ def add_paired(summary: BenchSummary, workload: Workload, teacher_onnx: Path, re
 
 
 def write_summary(
-    plan: BenchPlan, workload: Workload, *, out: Path, results: Path, command: str, console: Console
+    plan: BenchPlan,
+    workload: Workload,
+    *,
+    out: Path,
+    results: Path,
+    command: str,
+    method_command: Callable[[str, str], str],
+    console: Console,
 ) -> list[Path]:
     """Gather the studies and write the Markdown section, the CSVs and the plots."""
     teacher_onnx, baseline = _baseline(plan)
@@ -126,7 +133,7 @@ def write_summary(
             png = take_screenshot(html, results / PLOT_PNG, size=(1300, 520 * len(summary.targets) + 80))
         except UserError as exc:
             console.print(f"bench: no PNG of the plots: {exc}")
-    section = markdown(summary, command=command, results=results, png=png, html=html)
+    section = markdown(summary, command=command, method_command=method_command, results=results, png=png, html=html)
     write_atomic(out, splice(out.read_text() if out.is_file() else "", section))
     return [out, *written, png or html]
 
@@ -289,7 +296,15 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def markdown(summary: BenchSummary, *, command: str, results: Path, png: Path | None, html: Path) -> str:
+def markdown(
+    summary: BenchSummary,
+    *,
+    command: str,
+    method_command: Callable[[str, str], str],
+    results: Path,
+    png: Path | None,
+    html: Path,
+) -> str:
     plan, base = summary.plan, summary.baseline
     lines = [
         f"## `{plan.name}`",
@@ -317,18 +332,19 @@ def markdown(summary: BenchSummary, *, command: str, results: Path, png: Path | 
         lines += [
             f"Compared at **{block.compared} trials** per method (the fixed profiles: their three trials).",
             "",
-            "| method | trials | best at bound | trial | val drop (pt) | test drop (pt) [95 % CI] | hypervolume | wall time | trials / h | reproduce |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| method | trials | best at bound | trial | val drop (pt) | test drop (pt) [95 % CI] | hypervolume | wall time | trials / h |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for m in block.methods:
             ratio = f"**{m.ratio:.1f}x**" if m.ratio else "none"
             val = _val_drop(summary, m.best)
-            reproduce = f"`--methods {'search' if m.method == 'profiles' else m.method} --targets {block.target}`"
             lines.append(
                 f"| {METHOD_LABELS[m.method]} | {m.trials} | {ratio} | {m.best.number if m.best else '-'} | "
                 f"{'-' if val is None else f'{val:+.2f}'} | {_drop_cell(summary, m)} | {m.hypervolume:.3f} | "
-                f"{_minutes(m.wall_s)} | {m.trials_per_hour:.0f} | {reproduce} |"
+                f"{_minutes(m.wall_s)} | {m.trials_per_hour:.0f} |"
             )
+        lines += ["", "Each row on its own (the same studies; the profiles are the search's first three trials):", ""]
+        lines += [f"- {METHOD_LABELS[m.method]}: `{method_command(block.target, m.method)}`" for m in block.methods]
         lines += ["", *_verdicts(summary, block.target, block.methods)]
         largest = {m.method: m.largest for m in block.methods}
         far = [

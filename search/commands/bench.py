@@ -39,8 +39,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bench.add_argument("--report-only", action="store_true", help="run no trial: rewrite the summary from the studies")
 
 
-def _argv(args: argparse.Namespace, plan: BenchPlan) -> list[str]:
-    """The flags that reproduce this benchmark (workload, budget, methods), defaults left out."""
+def _argv(
+    args: argparse.Namespace,
+    plan: BenchPlan,
+    targets: tuple[str, ...] | None = None,
+    methods: tuple[str, ...] | None = None,
+) -> list[str]:
+    """The flags that reproduce this benchmark (workload, budget, methods), defaults left out;
+    ``targets`` / ``methods`` narrow it to part of the benchmark (the same studies)."""
+    targets = targets or plan.targets
+    methods = methods or plan.methods
     argv = ["bench"]
     for flag, value in (
         ("--model", args.model),
@@ -58,9 +66,9 @@ def _argv(args: argparse.Namespace, plan: BenchPlan) -> list[str]:
     for flag, on in (("--allow-pickle", args.allow_pickle), ("--download", args.download)):
         if on:
             argv.append(flag)
-    argv += ["--name", plan.name, "--targets", *plan.targets]
-    if set(plan.methods) != set(METHODS):
-        argv += ["--methods", *plan.methods]
+    argv += ["--name", plan.name, "--targets", *targets]
+    if set(methods) != set(METHODS):
+        argv += ["--methods", *methods]
     argv += ["--max-drop", f"{args.max_drop:g}", "--trials", str(plan.trials), "--round", str(plan.round_size)]
     if args.threads:
         argv += ["--threads", str(args.threads)]
@@ -101,10 +109,13 @@ def run(args: argparse.Namespace) -> int:
     results = args.results or Path("studies") / "benchmarks" / name
     command = bench_command(_argv(args, plan))
 
+    def method_command(target: str, method: str) -> str:
+        return bench_command(_argv(args, plan, (target,), ("search",) if method == "profiles" else (method,)))
+
     def summary(_: int | None = None) -> None:
         from search.bench_summary import write_summary
 
-        written = write_summary(plan, workload, out=args.out, results=results, command=command, console=console)
+        written = write_summary(plan, workload, out=args.out, results=results, command=command, method_command=method_command, console=console)
         console.print(f"summary: {', '.join(str(p) for p in written)}")
 
     def after_round(upto: int) -> None:

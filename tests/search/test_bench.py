@@ -140,6 +140,8 @@ def test_plans_name_their_studies_and_rounds() -> None:
     assert not plan.settings(plan.studies()[2], 5).profiles
     assert not plan.settings(plan.studies()[2], 5).skip_dominated  # target-blind: no dominance skip
     assert [s.name for s in _plan(methods=("random",)).studies()] == ["b-random"]
+    # One random study for every target: its stored target does not depend on --targets.
+    assert _plan(targets=("latency",), methods=("random",)).studies()[0].target == "size"
 
 
 def test_trial_cost_splits_time_by_stage_and_counts_stops_apart() -> None:
@@ -186,6 +188,7 @@ def test_demo_bench_writes_the_summary_and_resumes(
     assert "mcaas-search bench --space tiny.toml --name tb --targets size --max-drop 1 --trials 4 --round 2" in text
     assert "| MCaaS fixed profiles | 3 |" in text
     assert "| random search | 4 |" in text and "| default search (TPE) | 4 |" in text
+    assert "- random search: `mcaas-search bench --space tiny.toml --name tb --targets size --methods random" in text
     with open(folder / "res" / "summary.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["method"], r["trials"]) for r in rows] == [("profiles", "3"), ("random", "4"), ("search", "4")]
