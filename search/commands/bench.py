@@ -119,12 +119,13 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"summary: {', '.join(str(p) for p in written)}")
 
     def after_round(upto: int) -> None:
-        # A summary that cannot be written (a full disk, a file open elsewhere) must not stop
-        # hours of benchmark: say so; the next round or --report-only writes it.
+        # The summary between rounds is a convenience: whatever goes wrong writing it (a full
+        # disk, a file open elsewhere, a bug) must not stop hours of benchmark. Say so and go
+        # on; the next round or --report-only writes it.
         try:
             summary(upto)
-        except (OSError, UserError) as exc:
-            console.print(f"bench: could not write the summary after this round: {exc}")
+        except Exception as exc:  # noqa: BLE001 - see above
+            console.print(f"bench: could not write the summary after round {upto}: {type(exc).__name__}: {exc}")
 
     if args.report_only:
         summary()

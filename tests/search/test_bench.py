@@ -209,3 +209,24 @@ def test_demo_bench_writes_the_summary_and_resumes(
     # The same name with another bound is another benchmark: refused before any work.
     code, out, err = run_cli([*BENCH, "--space", "tiny.toml", "--max-drop", "2"])
     assert code == 2 and "use another --name" in err and err.count("\n") == 1
+
+
+def test_a_failing_summary_between_rounds_does_not_stop_the_benchmark(
+    search_folder: Callable[[str], Path],
+    run_cli: Callable[[list[str]], tuple[int, str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    folder = search_folder('[space]\n"distill.epochs" = { low = 1, high = 1, step = 1 }\nprofile_epochs = 1\n')
+    calls: list[int] = []
+
+    def broken(*args: Any, **kwargs: Any) -> list[Path]:
+        calls.append(1)
+        raise TypeError("a bug in the summary")
+
+    monkeypatch.setattr("search.bench_summary.write_summary", broken)
+    code, out, err = run_cli(["bench", "--trials", "2", "--round", "1", "--targets", "size", "--methods", "random",
+                              "--name", "tf", "--out", "B.md", "--space", "tiny.toml", "--device", "cpu"])
+    assert code == 0, err
+    assert len(calls) == 2 and "could not write the summary after round 1: TypeError" in err
+    assert "round 2/2: tf-random" in err  # the second round ran all the same
+    assert not (folder / "B.md").exists()
