@@ -230,3 +230,21 @@ def test_a_failing_summary_between_rounds_does_not_stop_the_benchmark(
     assert len(calls) == 2 and "could not write the summary after round 1: TypeError" in err
     assert "round 2/2: tf-random" in err  # the second round ran all the same
     assert not (folder / "B.md").exists()
+
+
+def test_teacher_pass_is_timed_when_the_cache_did_not_record_it(
+    tiny_data: Any, tiny_cnn: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from search import bench_summary
+
+    workload = SimpleNamespace(teacher=tiny_cnn, data=tiny_data)
+    monkeypatch.setattr(bench_summary, "teacher_logits_seconds", lambda w: 12.5)
+    assert bench_summary.teacher_pass_seconds(workload) == 12.5  # type: ignore[arg-type]
+    passes: list[int] = []
+    real = bench_summary.teacher_logits
+    monkeypatch.setattr(bench_summary, "teacher_logits_seconds", lambda w: None)
+    monkeypatch.setattr(bench_summary, "teacher_logits", lambda *a, **k: passes.append(1) or real(*a, **k))
+    assert 0 < bench_summary.teacher_pass_seconds(workload) < 12.5  # type: ignore[arg-type]
+    assert passes == [1]
