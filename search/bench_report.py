@@ -9,26 +9,18 @@ A trial counts as feasible at the bound only when it keeps the bound on the vali
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import datetime
-import io
 import math
-import platform
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
-from objectives import Point, hypervolume, pareto_front
-from search.bench import METHOD_LABELS, BenchPlan
+from objectives import Point, hypervolume
+from search.bench import BenchPlan
 from search.optuna_driver import INTERRUPTED
 from search.study import TrialRecord
 from stages._context import Split
-from stages.files import write_atomic
 from stages.measure import OnnxRunner
 
 # 95 % two-sided normal quantile.

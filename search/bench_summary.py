@@ -331,7 +331,7 @@ def markdown(
         f"({base.get('n_test', 0):.0f} images), {base['bytes'] / 1e6:.1f} MB, {base['latency_ms']:.3f} ms batch 1.",
         f"- **Budget:** {plan.trials} trials per study, rounds of {plan.round_size}; bound: at most "
         f"{plan.constraint.max_drop:g} point of accuracy lost, on validation (what the search sees) and on test.",
-        f"- **Studies:** " + ", ".join(f"`{k}` {v} trials" for k, v in summary.studies.items()) + ".",
+        "- **Studies:** " + ", ".join(f"`{k}` {v} trials" for k, v in summary.studies.items()) + ".",
         f"- **Reproduce:** `{command}` (resumes where it stopped; add `--report-only` to rewrite this section).",
         "",
         "Ratios are measured on the exported ONNX file in ONNX Runtime against the teacher's fp32 export "

@@ -13,11 +13,23 @@ from rich.console import Console
 
 from objectives import TARGETS, Constraint
 from search.bench import METHODS, BenchPlan, bench_command, run_bench
-from search.commands.run import MAX_THREADS, MAX_TRIALS, drop_points, duration, positive_int, study_arg
+from search.commands.run import (
+    MAX_THREADS,
+    MAX_TRIALS,
+    drop_points,
+    duration,
+    positive_int,
+    study_arg,
+)
 from search.engine import trial_threads
 from search.errors import UserError
 from search.study import check_storage
-from search.workload import add_workload_arguments, load_workload, pick_device, spec_from_args
+from search.workload import (
+    add_workload_arguments,
+    load_workload,
+    pick_device,
+    spec_from_args,
+)
 from spaces import default_space, demo_space, load_space
 
 

@@ -110,8 +110,8 @@ def test_no_trial_at_the_bound_gives_no_best_and_zero_hypervolume() -> None:
 
 
 def _plan(**changes: Any) -> BenchPlan:
-    base = dict(name="b", targets=("size", "latency"), methods=("profiles", "random", "search"), trials=10,
-                round_size=5, constraint=Constraint(max_drop=1.0), space=demo_space())
+    base = {"name": "b", "targets": ("size", "latency"), "methods": ("profiles", "random", "search"),
+            "trials": 10, "round_size": 5, "constraint": Constraint(max_drop=1.0), "space": demo_space()}
     return BenchPlan(**{**base, **changes})
 
 
@@ -180,7 +180,7 @@ def test_demo_bench_writes_the_summary_and_resumes(
     search_folder: Callable[[str], Path], run_cli: Callable[[list[str]], tuple[int, str, str]]
 ) -> None:
     folder = search_folder('[space]\n"distill.epochs" = { low = 1, high = 2, step = 1 }\nprofile_epochs = 1\n')
-    code, out, err = run_cli([*BENCH, "--space", "tiny.toml"])
+    code, _, err = run_cli([*BENCH, "--space", "tiny.toml"])
     assert code == 0, err
     assert "round 2/2: tb-random" in err
     text = (folder / "B.md").read_text()
@@ -199,7 +199,7 @@ def test_demo_bench_writes_the_summary_and_resumes(
 
     # Text written around the section by hand survives; a rerun resumes with nothing left to do.
     (folder / "B.md").write_text("# Mine\n\n" + text + "\n## Analysis\nby hand\n")
-    code, out, err = run_cli([*BENCH, "--space", "tiny.toml"])
+    code, _, err = run_cli([*BENCH, "--space", "tiny.toml"])
     assert code == 0, err
     again = (folder / "B.md").read_text()
     assert again.startswith("# Mine\n") and again.endswith("## Analysis\nby hand\n")
@@ -207,7 +207,7 @@ def test_demo_bench_writes_the_summary_and_resumes(
     assert "0/4" not in err  # resumed, not restarted
 
     # The same name with another bound is another benchmark: refused before any work.
-    code, out, err = run_cli([*BENCH, "--space", "tiny.toml", "--max-drop", "2"])
+    code, _, err = run_cli([*BENCH, "--space", "tiny.toml", "--max-drop", "2"])
     assert code == 2 and "use another --name" in err and err.count("\n") == 1
 
 
@@ -224,7 +224,7 @@ def test_a_failing_summary_between_rounds_does_not_stop_the_benchmark(
         raise TypeError("a bug in the summary")
 
     monkeypatch.setattr("search.bench_summary.write_summary", broken)
-    code, out, err = run_cli(["bench", "--trials", "2", "--round", "1", "--targets", "size", "--methods", "random",
+    code, _, err = run_cli(["bench", "--trials", "2", "--round", "1", "--targets", "size", "--methods", "random",
                               "--name", "tf", "--out", "B.md", "--space", "tiny.toml", "--device", "cpu"])
     assert code == 0, err
     assert len(calls) == 2 and "could not write the summary after round 1: TypeError" in err
