@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -199,6 +200,4 @@ def run_bench(
 
 def bench_command(argv: Sequence[str]) -> str:
     """The command line that reproduces a benchmark (``argv`` as given after the program)."""
-    import shlex
-
     return "mcaas-search " + shlex.join(argv)

@@ -12,16 +12,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
 from objectives import Point, hypervolume
 from search.bench import BenchPlan
-from search.optuna_driver import INTERRUPTED
+from search.optuna_driver import interrupted
 from search.study import TrialRecord
-from stages._context import Split
-from stages.measure import OnnxRunner
 
 # 95 % two-sided normal quantile.
 Z95 = 1.959963984540054
@@ -63,13 +60,6 @@ def paired_drop(teacher_correct: np.ndarray, student_correct: np.ndarray) -> Pai
     return PairedDrop(int(teacher_correct.size), lost, gained)
 
 
-def correct_on(path: Path, split: Split, threads: int, batch_size: int = 512) -> np.ndarray:
-    """Per-image top-1 correctness of the ONNX file at ``path`` on ``split``."""
-    runner = OnnxRunner(path, threads)
-    parts = [runner.predict(x.numpy()).argmax(axis=1) == y.numpy() for x, y in split.batches(batch_size)]
-    return np.concatenate(parts)
-
-
 @dataclasses.dataclass(frozen=True)
 class MethodResult:
     """One method's result on one target, over its first ``trials`` trials."""
@@ -99,7 +89,7 @@ def counted_records(records: Sequence[TrialRecord]) -> list[TrialRecord]:
         r
         for r in records
         if r.state in ("complete", "pruned")
-        or (r.state == "failed" and not str(r.reason or "").startswith(INTERRUPTED))
+        or (r.state == "failed" and not interrupted(r.reason))
     ]
     return sorted(done, key=lambda r: r.number)
 
@@ -127,11 +117,6 @@ def summarise(
     at_bound = [r for r in complete if feasible_at_bound(r, baseline, max_drop)]
     best = max(at_bound, key=lambda r: (r.ratio(target), -r.number), default=None)
     largest = max(complete, key=lambda r: (r.ratio(target), -r.number), default=None)
-    points = [
-        Point(r.number, float(r.metrics["val_acc"]), r.ratio(target), r.feasible)
-        for r in complete
-        if r.ratio(target) > 0
-    ]
     return MethodResult(
         method=method,
         target=target,
@@ -139,7 +124,7 @@ def summarise(
         trials=len(records),
         wall_s=sum(r.seconds or 0.0 for r in records),
         best=best,
-        hypervolume=hypervolume(points, ref_accuracy=required_accuracy),
+        hypervolume=hypervolume(_points(target, complete), ref_accuracy=required_accuracy),
         largest=largest,
     )
 
@@ -148,13 +133,16 @@ def history(
     target: str, records: Sequence[TrialRecord], required_accuracy: float
 ) -> list[float]:
     """Hypervolume after each of ``records`` (in order)."""
-    points: list[Point] = []
-    out = []
-    for r in records:
-        if r.state == "complete" and math.isfinite(r.ratio(target)) and r.ratio(target) > 0:
-            points.append(Point(r.number, float(r.metrics["val_acc"]), r.ratio(target), r.feasible))
-        out.append(hypervolume(points, ref_accuracy=required_accuracy))
-    return out
+    return [hypervolume(_points(target, records[: i + 1]), ref_accuracy=required_accuracy) for i in range(len(records))]
+
+
+def _points(target: str, records: Sequence[TrialRecord]) -> list[Point]:
+    """The objective points (validation accuracy, ratio on ``target``) of the completed trials."""
+    return [
+        Point(r.number, float(r.metrics["val_acc"]), r.ratio(target), r.feasible)
+        for r in records
+        if r.state == "complete" and math.isfinite(r.ratio(target)) and r.ratio(target) > 0
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,7 +255,8 @@ def gather(plan: BenchPlan, baseline: Mapping[str, float], records: Mapping[str,
             if method not in runs:
                 continue
             cut = runs[method][:n]
-            compared_all[study] = cut if len(cut) >= len(compared_all.get(study, [])) else compared_all[study]
+            # The random study serves every target: cost counts its longest compared cut once.
+            compared_all[study] = max(compared_all.get(study, []), cut, key=len)
             results.append(summarise(method, target, study, cut, baseline, required, plan.constraint.max_drop))
             histories[method] = history(target, cut, required)
             points[method] = [r for r in cut if r.state == "complete"]

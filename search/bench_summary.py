@@ -16,10 +16,10 @@ import json
 import math
 import os
 import platform
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import onnxruntime
 import plotly.graph_objects as go
 import torch
@@ -37,18 +37,17 @@ from search.bench_report import (
     BenchSummary,
     MethodResult,
     PairedDrop,
-    correct_on,
     gather,
     paired_drop,
     test_drop,
 )
-from search.engine import teacher_logits_seconds
+from search.engine import teacher_pass_seconds
 from search.errors import UserError
 from search.report import find_chromium, take_screenshot
 from search.study import TrialRecord, load_study, open_storage, trial_records
 from search.workload import Workload
 from stages.files import write_atomic
-from stages.teacher import teacher_logits
+from stages.measure import OnnxRunner, onnx_correct
 
 PLOT_HTML, PLOT_PNG = "bench.html", "bench.png"
 SUMMARY_CSV, TRIALS_CSV, PAIRED_JSON = "summary.csv", "trials.csv", "paired.json"
@@ -74,15 +73,9 @@ def _baseline(plan: BenchPlan) -> tuple[Path, dict[str, float]]:
     return Path(saved["onnx"]), {k: float(v) for k, v in saved["metrics"].items()}
 
 
-def teacher_pass_seconds(workload: Workload) -> float:
-    """Seconds of one teacher pass over the training split: as the logits cache recorded it, or
-    timed now (a cache written before it recorded the time)."""
-    seconds = teacher_logits_seconds(workload)
-    if seconds is None:
-        started = time.perf_counter()
-        teacher_logits(workload.teacher, workload.data.train, device=next(workload.teacher.parameters()).device)
-        seconds = time.perf_counter() - started
-    return seconds
+def _correct(path: Path, workload: Workload, threads: int) -> np.ndarray:
+    """Per-image correctness of the ONNX file at ``path`` on the test split."""
+    return onnx_correct(OnnxRunner(path, threads), workload.data.test, batch_size=512)
 
 
 def add_paired(summary: BenchSummary, workload: Workload, teacher_onnx: Path, results: Path) -> BenchSummary:
@@ -105,8 +98,8 @@ def add_paired(summary: BenchSummary, workload: Workload, teacher_onnx: Path, re
             key = f"{art}:{art.stat().st_mtime_ns}"
             if key not in cache:
                 if teacher is None:
-                    teacher = correct_on(teacher_onnx, workload.data.test, summary.plan.threads)
-                student = correct_on(art, workload.data.test, summary.plan.threads)
+                    teacher = _correct(teacher_onnx, workload, summary.plan.threads)
+                student = _correct(art, workload, summary.plan.threads)
                 p = paired_drop(teacher, student)
                 cache[key] = {"n": p.n, "lost": p.lost, "gained": p.gained}
             p = PairedDrop(**cache[key])

@@ -73,24 +73,37 @@ def cached_teacher_logits(workload: Workload, ctx: Context, cache_dir: Path) -> 
     path = logits_cache_path(workload, cache_dir)
     logits = load_logits(path, expected_rows=len(workload.data.train))
     if logits is None:
-        started = time.perf_counter()
-        logits = teacher_logits(
-            workload.teacher, workload.data.train, device=ctx.device, batch_size=ctx.eval_batch_size
-        )
-        seconds = time.perf_counter() - started
+        logits, seconds = _timed_teacher_pass(workload, ctx.device, ctx.eval_batch_size)
         cache_dir.mkdir(parents=True, exist_ok=True)
         save_logits(path, logits)
-        info = {"seconds": seconds, "rows": len(workload.data.train), "threads": torch.get_num_threads()}
-        write_atomic(path.with_suffix(".json"), json.dumps(info).encode())
+        _record_pass_seconds(path, seconds, workload)
     return logits
 
 
-def teacher_logits_seconds(workload: Workload, cache_dir: Path = CACHE_DIR) -> float | None:
-    """Seconds the cached teacher logits took to compute (None: not cached, or not recorded)."""
+def teacher_pass_seconds(workload: Workload, cache_dir: Path = CACHE_DIR) -> float:
+    """Seconds of one teacher pass over the training split: as the logits cache recorded it, or
+    timed now (and recorded beside the cache) when the cache predates recording it."""
+    path = logits_cache_path(workload, cache_dir)
     try:
-        return float(json.loads(logits_cache_path(workload, cache_dir).with_suffix(".json").read_text())["seconds"])
+        return float(json.loads(path.with_suffix(".json").read_text())["seconds"])
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        pass
+    device = next(workload.teacher.parameters()).device
+    _, seconds = _timed_teacher_pass(workload, device, Context.eval_batch_size)
+    if path.is_file():
+        _record_pass_seconds(path, seconds, workload)
+    return seconds
+
+
+def _timed_teacher_pass(workload: Workload, device: torch.device, batch_size: int) -> tuple[torch.Tensor, float]:
+    started = time.perf_counter()
+    logits = teacher_logits(workload.teacher, workload.data.train, device=device, batch_size=batch_size)
+    return logits, time.perf_counter() - started
+
+
+def _record_pass_seconds(cache: Path, seconds: float, workload: Workload) -> None:
+    info = {"seconds": seconds, "rows": len(workload.data.train), "threads": torch.get_num_threads()}
+    write_atomic(cache.with_suffix(".json"), json.dumps(info))
 
 
 def baseline(ctx: Context, workdir: Path) -> tuple[Path, dict[str, float]]:

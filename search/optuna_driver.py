@@ -174,8 +174,13 @@ def fail_interrupted(study: optuna.Study) -> list[int]:
     return failed
 
 
-def _was_interrupted(t: optuna.trial.FrozenTrial) -> bool:
-    return t.state == TrialState.FAIL and str(t.user_attrs.get("reason", "")).startswith(INTERRUPTED)
+def interrupted(reason: str | None) -> bool:
+    """Whether a failed trial's ``reason`` says it was interrupted (it is replaced on resume)."""
+    return str(reason or "").startswith(INTERRUPTED)
+
+
+def was_interrupted(t: optuna.trial.FrozenTrial) -> bool:
+    return t.state == TrialState.FAIL and interrupted(t.user_attrs.get("reason"))
 
 
 def queue_profiles(study: optuna.Study, space: SearchSpace) -> None:
@@ -183,7 +188,7 @@ def queue_profiles(study: optuna.Study, space: SearchSpace) -> None:
     present = {
         t.user_attrs.get("profile")
         for t in study.get_trials(deepcopy=False)
-        if not _was_interrupted(t)
+        if not was_interrupted(t)
     }
     for name in PROFILES:
         if name not in present:
@@ -196,7 +201,7 @@ def counted(study: optuna.Study) -> int:
         1
         for t in study.get_trials(deepcopy=False)
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        or (t.state == TrialState.FAIL and not _was_interrupted(t))
+        or (t.state == TrialState.FAIL and not was_interrupted(t))
     )
 
 

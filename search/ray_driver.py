@@ -45,6 +45,7 @@ from search.optuna_driver import (
     WorkerSetup,
     counted,
     run_and_record,
+    was_interrupted,
     worker_id,
     worker_setup,
 )
@@ -305,17 +306,13 @@ def absolute_spec(spec: WorkloadSpec) -> WorkloadSpec:
     )
 
 
-def _was_interrupted(t: FrozenTrial) -> bool:
-    return t.state == TrialState.FAIL and str(t.user_attrs.get("reason", "")).startswith(INTERRUPTED)
-
-
 def pending_profiles(study: optuna.Study) -> list[str]:
     """The profiles this run must evaluate: those without a trial that ran or runs (a profile
     only queued, WAITING, still needs running; an interrupted one runs again)."""
     present = {
         t.user_attrs.get(PROFILE_KEY)
         for t in study.get_trials(deepcopy=False)
-        if t.state != TrialState.WAITING and not _was_interrupted(t)
+        if t.state != TrialState.WAITING and not was_interrupted(t)
     }
     return [name for name in PROFILES if name not in present]
 

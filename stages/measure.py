@@ -33,6 +33,7 @@ __all__ = [
     "measure_onnx",
     "measure_torch",
     "onnx_accuracy",
+    "onnx_correct",
     "onnx_sizes",
     "torch_accuracy",
 ]
@@ -79,15 +80,19 @@ class OnnxRunner:
         return self.session.run([self.output_name], feed)[0]
 
 
-def onnx_accuracy(runner: Predictor, split: Split, batch_size: int) -> float:
-    """Top-1 accuracy in percent of ``runner`` on ``split``, run in batches of ``batch_size``."""
+def onnx_correct(runner: Predictor, split: Split, batch_size: int) -> np.ndarray:
+    """Per-sample top-1 correctness (bool, in split order) of ``runner`` on ``split``, run in
+    batches of ``batch_size``."""
     if len(split) == 0:
         raise ValueError("cannot measure accuracy on an empty split; expected at least 1 sample.")
-    correct = 0
-    for x, y in split.batches(batch_size):
-        logits = runner.predict(x.numpy())
-        correct += int((logits.argmax(axis=1) == y.numpy()).sum())
-    return 100.0 * correct / len(split)
+    parts = [runner.predict(x.numpy()).argmax(axis=1) == y.numpy() for x, y in split.batches(batch_size)]
+    return np.concatenate(parts)
+
+
+def onnx_accuracy(runner: Predictor, split: Split, batch_size: int) -> float:
+    """Top-1 accuracy in percent of ``runner`` on ``split``, run in batches of ``batch_size``."""
+    correct = onnx_correct(runner, split, batch_size)
+    return 100.0 * int(correct.sum()) / len(split)
 
 
 def file_sizes(path: Path) -> tuple[int, int]:

@@ -18,6 +18,7 @@ from search.commands.run import (
     MAX_TRIALS,
     drop_points,
     duration,
+    pick_space,
     positive_int,
     study_arg,
 )
@@ -30,7 +31,6 @@ from search.workload import (
     pick_device,
     spec_from_args,
 )
-from spaces import default_space, demo_space, load_space
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,8 +89,6 @@ def _argv(
 
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
-    if args.space is not None and not args.space.is_file():
-        raise UserError(f"space file {str(args.space)!r} does not exist")
     if args.out.exists() and not args.out.is_file():
         raise UserError(f"--out {str(args.out)!r} is not a file; expected the Markdown file to write")
     if not args.out.parent.is_dir():
@@ -99,8 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--results {str(args.results)!r} is a file; expected a folder for the CSV and plots")
     check_storage(args.storage)
     spec = spec_from_args(args)
-    base = demo_space() if spec.is_demo else default_space()
-    space = load_space(args.space, base=base) if args.space else base
+    space = pick_space(args, spec)
     workload = load_workload(spec, device=pick_device(args.device))
     threads = args.threads or trial_threads(workload, 1)
     torch.set_num_threads(threads)

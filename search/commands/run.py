@@ -160,6 +160,10 @@ def study_name(workload: Workload, target: str) -> str:
 
 
 def pick_space(args: argparse.Namespace, spec: WorkloadSpec) -> SearchSpace:
+    """The workload's base space, narrowed by ``--space`` (refused when that is no file)."""
+    if args.space is not None and not args.space.is_file():
+        what = "is a folder" if args.space.is_dir() else "does not exist"
+        raise UserError(f"space file {str(args.space)!r} {what}")
     base = demo_space() if spec.is_demo else default_space()
     return load_space(args.space, base=base) if args.space else base
 
@@ -170,9 +174,6 @@ def run(args: argparse.Namespace) -> int:
     constraint = Constraint(
         max_drop=args.max_drop, drop_type=args.drop_type, max_size=args.max_size, max_latency=args.max_latency
     )
-    if args.space is not None and not args.space.is_file():
-        what = "is a folder" if args.space.is_dir() else "does not exist"
-        raise UserError(f"space file {str(args.space)!r} {what}")
     jobs = args.jobs
     spec = spec_from_args(args)
     # Every check that needs no workload comes first: bad input must fail before any training.

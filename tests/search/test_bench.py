@@ -232,19 +232,23 @@ def test_a_failing_summary_between_rounds_does_not_stop_the_benchmark(
     assert not (folder / "B.md").exists()
 
 
-def test_teacher_pass_is_timed_when_the_cache_did_not_record_it(
-    tiny_data: Any, tiny_cnn: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+def test_teacher_pass_is_timed_once_when_the_cache_did_not_record_it(
+    tiny_data: Any, tiny_cnn: torch.nn.Module, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from types import SimpleNamespace
 
-    from search import bench_summary
+    from search import engine
 
-    workload = SimpleNamespace(teacher=tiny_cnn, data=tiny_data)
-    monkeypatch.setattr(bench_summary, "teacher_logits_seconds", lambda w: 12.5)
-    assert bench_summary.teacher_pass_seconds(workload) == 12.5  # type: ignore[arg-type]
+    workload = SimpleNamespace(teacher=tiny_cnn, data=tiny_data, fingerprint={"model": "tiny"})
+    cache = engine.logits_cache_path(workload, tmp_path)  # type: ignore[arg-type]
+    cache.write_bytes(b"logits written before the time was recorded")
     passes: list[int] = []
-    real = bench_summary.teacher_logits
-    monkeypatch.setattr(bench_summary, "teacher_logits_seconds", lambda w: None)
-    monkeypatch.setattr(bench_summary, "teacher_logits", lambda *a, **k: passes.append(1) or real(*a, **k))
-    assert 0 < bench_summary.teacher_pass_seconds(workload) < 12.5  # type: ignore[arg-type]
+    real = engine.teacher_logits
+    monkeypatch.setattr(engine, "teacher_logits", lambda *a, **k: passes.append(1) or real(*a, **k))
+    timed = engine.teacher_pass_seconds(workload, tmp_path)  # type: ignore[arg-type]
+    assert timed > 0 and passes == [1]
+    # Recorded beside the cache: the next summary reads it instead of timing the pass again.
+    assert engine.teacher_pass_seconds(workload, tmp_path) == timed  # type: ignore[arg-type]
     assert passes == [1]
+    cache.with_suffix(".json").write_text('{"seconds": 12.5}')
+    assert engine.teacher_pass_seconds(workload, tmp_path) == 12.5  # type: ignore[arg-type]
