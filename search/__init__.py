@@ -2,5 +2,5 @@
 classifier for the Pareto front of accuracy against size or latency, under an accuracy-drop limit.
 
 The ``mcaas-search`` command lives in ``search.cli``; workloads (teacher model, data, metric) in
-``search.workload``; teacher training in ``search.train``.
+``search.workloads.workload``; teacher training in ``search.workloads.training``.
 """

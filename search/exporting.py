@@ -23,9 +23,9 @@ import torch
 
 from objectives import format_violations
 from search.errors import UserError
-from search.report import closest_records, recommended_record
-from search.study import StudyInfo, TrialRecord
-from search.workload import WorkloadSpec, load_task_data
+from search.reporting.report import closest_records, recommended_record
+from search.study.storage import StudyInfo, TrialRecord
+from search.workloads.workload import WorkloadSpec, load_task_data
 from stages._context import Split, TaskData
 from stages.files import temp_beside
 

@@ -12,7 +12,7 @@ import torch
 from rich.console import Console
 
 from objectives import TARGETS, Constraint
-from search.bench import METHODS, BenchPlan, bench_command, run_bench
+from search.bench.plan import METHODS, BenchPlan, bench_command, run_bench
 from search.commands.run import (
     MAX_THREADS,
     MAX_TRIALS,
@@ -22,10 +22,10 @@ from search.commands.run import (
     positive_int,
     study_arg,
 )
-from search.engine import trial_threads
+from search.trials.context import trial_threads
 from search.errors import UserError
-from search.study import check_storage
-from search.workload import (
+from search.study.storage import check_storage
+from search.workloads.workload import (
     add_workload_arguments,
     load_workload,
     pick_device,
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         return bench_command(_argv(args, plan, (target,), ("search",) if method == "profiles" else (method,)))
 
     def summary(_: int | None = None) -> None:
-        from search.bench_summary import write_summary
+        from search.bench.summary import write_summary
 
         written = write_summary(plan, workload, out=args.out, results=results, command=command, method_command=method_command, console=console)
         console.print(f"summary: {', '.join(str(p) for p in written)}")

@@ -16,9 +16,9 @@ import torch
 from rich.console import Console
 
 from objectives import TARGETS, Constraint
-from search.engine import baseline, make_context, trial_threads
+from search.trials.context import baseline, make_context, trial_threads
 from search.errors import UserError
-from search.optuna_driver import (
+from search.backends.local import (
     SAMPLERS,
     SearchSettings,
     check_resumable,
@@ -27,15 +27,15 @@ from search.optuna_driver import (
     run_workers,
     stop_workers,
 )
-from search.progress import LiveProgress
-from search.study import (
+from search.reporting.progress import LiveProgress
+from search.study.storage import (
     STUDIES_DIR,
     StudyInfo,
     check_storage,
     storage_url,
     trial_records,
 )
-from search.workload import (
+from search.workloads.workload import (
     Workload,
     WorkloadSpec,
     add_workload_arguments,
@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with LiveProgress(study, info, total=args.trials, jobs=jobs, console=console):
             if args.backend == "ray":
-                from search import ray_driver  # the only module importing ray
+                from search.backends import ray_tune as ray_driver  # the only module importing ray
 
                 ray_driver.run(
                     settings,
@@ -249,7 +249,7 @@ def _study_info(
 ) -> StudyInfo:
     """The study's record; the teacher's baseline is measured only for a new study, and an
     existing one is checked to be resumable before any work."""
-    from search.study import load_study, open_storage
+    from search.study.storage import load_study, open_storage
 
     try:
         existing = StudyInfo.load(load_study(settings.study, open_storage(settings.storage, create=True)))
@@ -292,8 +292,8 @@ def _finish(
     seconds: float,
     interrupted: bool,
 ) -> None:
-    from search.report import write_report
-    from search.tables import print_failures, print_front
+    from search.reporting.report import write_report
+    from search.reporting.tables import print_failures, print_front
 
     records = trial_records(study)  # type: ignore[arg-type]
     print_front(out, info, records, study_name=name, storage=args.storage)

@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from search.datasets import check_dataset_name
+from search.workloads.datasets import check_dataset_name
 from search.errors import UserError
-from search.models import check_model_name
-from search.train import (
+from search.workloads.models import check_model_name
+from search.workloads.training import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
     DEFAULT_LABEL_SMOOTHING,
@@ -22,7 +22,7 @@ from search.train import (
     save_checkpoint,
     train_teacher,
 )
-from search.workload import (
+from search.workloads.workload import (
     DEMO_DATASET,
     DEMO_EPOCHS,
     DEMO_MODEL,

@@ -12,9 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from objectives import ratios
-from search.engine import baseline, make_context, trial_threads
+from search.trials.context import baseline, make_context, trial_threads
 from search.errors import UserError
-from search.workload import (
+from search.workloads.workload import (
     add_workload_arguments,
     load_workload,
     pick_device,

@@ -30,9 +30,9 @@ from hypothesis import strategies as st
 
 from objectives import Constraint
 from search.cli import COMMANDS, build_parser, main
-from search.models import DemoCNN
-from search.study import CONNECT_TIMEOUT_S, StudyInfo, open_storage, rdb_engine_kwargs
-from search.workload import WorkloadSpec, load_workload
+from search.workloads.models import DemoCNN
+from search.study.storage import CONNECT_TIMEOUT_S, StudyInfo, open_storage, rdb_engine_kwargs
+from search.workloads.workload import WorkloadSpec, load_workload
 from tests.search.study_fixtures import HandMadeStudy
 from tests.tiny_models import TinyCNN
 
@@ -49,18 +49,18 @@ class WorkStarted(BaseException):
 
 # Where real work starts, as the modules that start it name it.
 TRIPWIRES = (
-    "search.workload.train_teacher",
+    "search.workloads.workload.train_teacher",
     "search.commands.train.train_teacher",
-    "search.engine.teacher_logits",
-    "search.engine.measure_baseline",
-    "search.trial.run_pipeline",
+    "search.trials.context.teacher_logits",
+    "search.trials.context.measure_baseline",
+    "search.trials.trial.run_pipeline",
     "search.commands.try_config.run_pipeline",
-    "search.optuna_driver.create_or_resume",
+    "search.backends.local.create_or_resume",
     "search.commands.run.create_or_resume",
     "search.commands.export.export_trial",
     "search.commands.report.write_report",
     "search.bench.create_or_resume",
-    "search.bench_summary.write_summary",
+    "search.bench.summary.write_summary",
 )
 
 
@@ -180,7 +180,7 @@ def test_bad_checkpoints_are_refused_before_any_work(
 def test_checkpoints_are_read_weights_only_and_a_module_needs_allow_pickle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from search.models import read_checkpoint
+    from search.workloads.models import read_checkpoint
 
     marker = tmp_path / "pwned"
     files = _checkpoints(tmp_path, marker)
@@ -216,7 +216,7 @@ def test_a_user_model_file_runs_only_when_named_by_its_path(
     marker = tmp_path / "ran"
     (workdir / "evil.py").write_text(
         f"open({str(marker)!r}, 'w').write('imported')\n"
-        "from search.models import DemoCNN\n"
+        "from search.workloads.models import DemoCNN\n"
         "def make(in_channels=1, num_classes=10):\n"
         "    return DemoCNN(in_channels, num_classes)\n"
     )

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from objectives import Constraint
-from search.bench import BenchPlan
-from search.bench_report import (
+from search.bench.plan import BenchPlan
+from search.bench.results import (
     BEGIN,
     END,
     PairedDrop,
@@ -26,8 +26,8 @@ from search.bench_report import (
     summarise,
     trial_cost,
 )
-from search.bench_summary import splice
-from search.study import TrialRecord
+from search.bench.summary import splice
+from search.study.storage import TrialRecord
 from spaces import demo_space
 
 torch.set_num_threads(1)
@@ -223,7 +223,7 @@ def test_a_failing_summary_between_rounds_does_not_stop_the_benchmark(
         calls.append(1)
         raise TypeError("a bug in the summary")
 
-    monkeypatch.setattr("search.bench_summary.write_summary", broken)
+    monkeypatch.setattr("search.bench.summary.write_summary", broken)
     code, _, err = run_cli(["bench", "--trials", "2", "--round", "1", "--targets", "size", "--methods", "random",
                               "--name", "tf", "--out", "B.md", "--space", "tiny.toml", "--device", "cpu"])
     assert code == 0, err
@@ -237,7 +237,7 @@ def test_teacher_pass_is_timed_once_when_the_cache_did_not_record_it(
 ) -> None:
     from types import SimpleNamespace
 
-    from search import engine
+    from search.trials import context as engine
 
     workload = SimpleNamespace(teacher=tiny_cnn, data=tiny_data, fingerprint={"model": "tiny"})
     cache = engine.logits_cache_path(workload, tmp_path)  # type: ignore[arg-type]

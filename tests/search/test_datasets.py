@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from search.datasets import (
+from search.workloads.datasets import (
     DATASETS,
     DatasetRequest,
     RandomCropFlip,

@@ -11,7 +11,7 @@ import torch_pruning as tp
 from torch import nn
 
 from search.errors import UserError
-from search.models import (
+from search.workloads.models import (
     DemoCNN,
     build_model,
     check_fits,

@@ -20,11 +20,11 @@ from optuna.storages import InMemoryStorage
 from optuna.trial import TrialState
 
 from objectives import Constraint
-from search import ray_driver
+from search.backends import ray_tune as ray_driver
 from search.errors import UserError
-from search.optuna_driver import SearchSettings
-from search.study import StudyInfo, open_storage, trial_records
-from search.workload import WorkloadSpec
+from search.backends.local import SearchSettings
+from search.study.storage import StudyInfo, open_storage, trial_records
+from search.workloads.workload import WorkloadSpec
 from spaces import (
     PROFILES,
     Choice,

@@ -35,8 +35,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from search.interrupts import redeliver_lost_interrupts, stops_deferred
-from search.optuna_driver import _pid_alive, counted
-from search.study import FlockJournalLock, StudyInfo, open_storage, repair_journal_tail
+from search.backends.local import _pid_alive, counted
+from search.study.storage import FlockJournalLock, StudyInfo, open_storage, repair_journal_tail
 from spaces import PROFILES
 from tests.search.study_fixtures import HandMadeStudy, run_cli
 
@@ -289,7 +289,7 @@ def test_a_trial_killed_before_its_worker_claimed_it_is_failed_on_resume(tmp_pat
     """kill -9 between creating a trial and recording its worker leaves a RUNNING trial that no
     pid check can clear; the next run fails it, while a live worker's trial stays running."""
     from objectives import Constraint
-    from search.optuna_driver import SearchSettings, create_or_resume, worker_id
+    from search.backends.local import SearchSettings, create_or_resume, worker_id
     from spaces import default_space
 
     journal = str(tmp_path / "x.journal")
@@ -466,7 +466,7 @@ def test_a_writer_killed_while_holding_the_journal_lock_blocks_no_one(tmp_path: 
     journal = tmp_path / "x.journal"
     _small_study(journal)
     hold_the_lock = (
-        "import sys, time; from search.study import FlockJournalLock; "
+        "import sys, time; from search.study.storage import FlockJournalLock; "
         "FlockJournalLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(600)"
     )
     holder = subprocess.Popen(

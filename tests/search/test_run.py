@@ -11,8 +11,8 @@ import pytest
 from optuna.trial import TrialState
 
 from objectives import Constraint, EarlyStop, Point
-from search.study import open_storage, trial_records
-from search.trial import Scoring, TrialStopped, run_trial
+from search.study.storage import open_storage, trial_records
+from search.trials.trial import Scoring, TrialStopped, run_trial
 from spaces import PROFILES
 from stages.config import PipelineConfig
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from search.errors import UserError
-from search.models import DemoCNN
-from search.train import evaluate_accuracy, train_teacher
-from search.workload import WorkloadSpec, load_workload
+from search.workloads.models import DemoCNN
+from search.workloads.training import evaluate_accuracy, train_teacher
+from search.workloads.workload import WorkloadSpec, load_workload
 from stages._context import TaskData
 
 RunCli = Callable[[list[str]], tuple[int, str, str]]

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from search import workload as workload_module
+from search.workloads import workload as workload_module
 from search.errors import UserError
-from search.models import DemoCNN
-from search.train import evaluate_accuracy, metrics_path, save_checkpoint
-from search.workload import (
+from search.workloads.models import DemoCNN
+from search.workloads.training import evaluate_accuracy, metrics_path, save_checkpoint
+from search.workloads.workload import (
     WorkloadSpec,
     add_workload_arguments,
     demo_cache_path,

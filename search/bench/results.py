@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from objectives import Point, hypervolume
-from search.bench import BenchPlan
-from search.optuna_driver import interrupted
-from search.study import TrialRecord
+from search.bench.plan import BenchPlan
+from search.backends.local import interrupted
+from search.study.storage import TrialRecord
 
 # 95 % two-sided normal quantile.
 Z95 = 1.959963984540054

@@ -37,9 +37,9 @@ from ray import tune
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from search.engine import default_threads
+from search.trials.context import default_threads
 from search.errors import UserError
-from search.optuna_driver import (
+from search.backends.local import (
     INTERRUPTED,
     SearchSettings,
     WorkerSetup,
@@ -49,8 +49,8 @@ from search.optuna_driver import (
     worker_id,
     worker_setup,
 )
-from search.study import STUDIES_DIR, StudyInfo, open_storage, storage_url
-from search.workload import Workload, WorkloadSpec, load_workload, pick_device
+from search.study.storage import STUDIES_DIR, StudyInfo, open_storage, storage_url
+from search.workloads.workload import Workload, WorkloadSpec, load_workload, pick_device
 from spaces import PROFILES, SearchSpace, SpaceError, profile_params
 from stages.config import PipelineConfig
 

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from objectives import format_violations
-from search.report import (
+from search.reporting.report import (
     accuracy_drop,
     closest_records,
     describe_counts,
@@ -28,7 +28,7 @@ from search.report import (
     settings_summary,
     state_counts,
 )
-from search.study import StudyInfo, TrialRecord
+from search.study.storage import StudyInfo, TrialRecord
 
 # Metrics shown per stage and in a trial's detail, in this order: key -> (label, formatter).
 _METRIC_COLUMNS: dict[str, tuple[str, Any]] = {

@@ -26,12 +26,12 @@ import optuna
 from optuna.trial import TrialState
 
 from objectives import EarlyStop, Point, pareto_front
-from search.engine import CACHE_DIR, baseline, make_context, trial_context
+from search.trials.context import CACHE_DIR, baseline, make_context, trial_context
 from search.errors import UserError
 from search.interrupts import redeliver_lost_interrupts, stops_deferred
-from search.study import StudyInfo, open_storage, trial_record
-from search.trial import Scoring, TrialOutcome, TrialStopped, run_trial
-from search.workload import Workload, WorkloadSpec, load_workload, pick_device
+from search.study.storage import StudyInfo, open_storage, trial_record
+from search.trials.trial import Scoring, TrialOutcome, TrialStopped, run_trial
+from search.workloads.workload import Workload, WorkloadSpec, load_workload, pick_device
 from spaces import PROFILES, SearchSpace, profile_params
 from stages._context import Context
 from stages.config import PipelineConfig
@@ -217,7 +217,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 class LiveStudyView:
-    """The live study as a running trial sees it (see search.trial.StudyView)."""
+    """The live study as a running trial sees it (see search.trials.trial.StudyView)."""
 
     def __init__(self, study: optuna.Study, info: StudyInfo) -> None:
         self.study, self.info = study, info

@@ -26,8 +26,8 @@ import torch
 from plotly.subplots import make_subplots
 from rich.console import Console
 
-from search.bench import BASELINE_FILE, METHOD_LABELS, BenchPlan
-from search.bench_report import (
+from search.bench.plan import BASELINE_FILE, METHOD_LABELS, BenchPlan
+from search.bench.results import (
     BEGIN,
     END,
     PROFILE_FACTOR,
@@ -41,11 +41,11 @@ from search.bench_report import (
     paired_drop,
     test_drop,
 )
-from search.engine import teacher_pass_seconds
+from search.trials.context import teacher_pass_seconds
 from search.errors import UserError
-from search.report import find_chromium, take_screenshot
-from search.study import TrialRecord, load_study, open_storage, trial_records
-from search.workload import Workload
+from search.reporting.report import find_chromium, take_screenshot
+from search.study.storage import TrialRecord, load_study, open_storage, trial_records
+from search.workloads.workload import Workload
 from stages.files import write_atomic
 from stages.measure import OnnxRunner, onnx_correct
 

@@ -26,12 +26,12 @@ from pathlib import Path
 from rich.console import Console
 
 from objectives import Constraint
-from search.engine import baseline, make_context
+from search.trials.context import baseline, make_context
 from search.errors import UserError
-from search.optuna_driver import SearchSettings, create_or_resume, run_worker
-from search.progress import LiveProgress
-from search.study import STUDIES_DIR, StudyInfo, load_study, open_storage
-from search.workload import Workload
+from search.backends.local import SearchSettings, create_or_resume, run_worker
+from search.reporting.progress import LiveProgress
+from search.study.storage import STUDIES_DIR, StudyInfo, load_study, open_storage
+from search.workloads.workload import Workload
 from spaces import SearchSpace
 from stages.files import write_atomic
 

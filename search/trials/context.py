@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from search.workload import Workload
+from search.workloads.workload import Workload
 from stages._context import Context
 from stages.files import write_atomic
 from stages.pipeline import measure_baseline

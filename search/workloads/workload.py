@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from search.datasets import DATASETS, DatasetRequest, check_dataset_name, load_dataset
+from search.workloads.datasets import DATASETS, DatasetRequest, check_dataset_name, load_dataset
 from search.errors import UserError
-from search.models import (
+from search.workloads.models import (
     build_model,
     check_fits,
     check_model_name,
@@ -24,7 +24,7 @@ from search.models import (
     model_file_sha256,
     read_checkpoint,
 )
-from search.train import evaluate_accuracy, save_checkpoint, train_teacher
+from search.workloads.training import evaluate_accuracy, save_checkpoint, train_teacher
 from stages._context import TaskData
 
 DEMO_MODEL = "demo"
