@@ -8,7 +8,7 @@ from objectives._errors import ObjectiveError, check_positive
 
 TARGETS: tuple[str, ...] = ("size", "latency", "macs", "params")
 
-# target -> the metric key (see stages/metrics.py) it is measured by.
+# target -> the metric key (see objectives/metrics.py) it is measured by.
 TARGET_METRIC: dict[str, str] = {
     "size": "bytes",
     "latency": "latency_ms",

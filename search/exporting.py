@@ -26,7 +26,7 @@ from search.errors import UserError
 from search.reporting.report import closest_records, recommended_record
 from search.study.storage import StudyInfo, TrialRecord
 from search.workloads.workload import WorkloadSpec, load_task_data
-from stages._context import Split, TaskData
+from stages import Split, TaskData
 from stages.files import temp_beside
 
 FORMATS = ("onnx", "pt2")

@@ -21,7 +21,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from stages import metrics
+from objectives import metrics
 from stages._context import Context, Split
 from stages._graph import count_params_macs
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
-from stages import metrics
+from objectives import metrics
 from stages._base import OnnxFile, PipelineResult, StageRecord
 from stages._context import Context
 from stages.cluster import Cluster

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from stages._context import Context, TaskData
+from stages import Context, TaskData
 from tests.data_files import write_cifar10, write_fashion_mnist, write_image_folder
 from tests.tiny_models import make_tiny_cnn, tiny_task_data
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from stages._context import Split, TaskData
+from stages import Split, TaskData
 
 
 def _conv_bn_relu(c_in: int, c_out: int, *, groups: int = 1, kernel: int = 3) -> nn.Sequential:

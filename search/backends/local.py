@@ -33,7 +33,7 @@ from search.study.storage import StudyInfo, open_storage, trial_record
 from search.trials.trial import Scoring, TrialOutcome, TrialStopped, run_trial
 from search.workloads.workload import Workload, WorkloadSpec, load_workload, pick_device
 from spaces import PROFILES, SearchSpace, profile_params
-from stages._context import Context
+from stages import Context
 from stages.config import PipelineConfig
 
 INTERRUPTED = "interrupted"

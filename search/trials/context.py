@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from search.workloads.workload import Workload
-from stages._context import Context
+from stages import Context
 from stages.files import write_atomic
 from stages.pipeline import measure_baseline
 from stages.teacher import load_logits, save_logits, teacher_logits

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from objectives import Constraint, EarlyStop, Point, dominated_before_training, ratio, ratios
-from stages._context import Context
+from stages import Context
 from stages.config import PipelineConfig
 from stages.pipeline import TORCH_ARTIFACT, run_pipeline
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from search.errors import UserError
-from stages._context import Split, TaskData
+from stages import Split, TaskData
 
 # Debian's `dataset-fashion-mnist` package installs the gz IDX files here.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from search.errors import UserError
-from stages._context import Split, TaskData
+from stages import Split, TaskData
 from stages.files import atomic_path, write_atomic
 from stages.measure import torch_accuracy
 

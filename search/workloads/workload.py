@@ -25,7 +25,7 @@ from search.workloads.models import (
     read_checkpoint,
 )
 from search.workloads.training import evaluate_accuracy, save_checkpoint, train_teacher
-from stages._context import TaskData
+from stages import TaskData
 
 DEMO_MODEL = "demo"
 DEMO_DATASET = "digits"

@@ -20,7 +20,7 @@ from search.workloads.datasets import (
     read_idx,
 )
 from search.errors import UserError
-from stages._context import Split, TaskData
+from stages import Split, TaskData
 from tests.data_files import write_idx, write_image_folder
 
 

@@ -15,7 +15,7 @@ from search.errors import UserError
 from search.workloads.models import DemoCNN
 from search.workloads.training import evaluate_accuracy, train_teacher
 from search.workloads.workload import WorkloadSpec, load_workload
-from stages._context import TaskData
+from stages import TaskData
 
 RunCli = Callable[[list[str]], tuple[int, str, str]]
 

@@ -23,7 +23,7 @@ from search.workloads.workload import (
     pick_device,
     spec_from_args,
 )
-from stages._context import TaskData
+from stages import TaskData
 
 CPU = torch.device("cpu")
 
