@@ -24,7 +24,7 @@ import torch
 from objectives import format_violations
 from search.errors import UserError
 from search.reporting.report import closest_records, recommended_record
-from search.study.storage import StudyInfo, TrialRecord
+from search.study import StudyInfo, TrialRecord
 from search.workloads.workload import WorkloadSpec, load_task_data
 from stages import Split, TaskData
 from stages.files import temp_beside

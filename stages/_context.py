@@ -57,9 +57,10 @@ class TaskData:
 ProgressCallback = Callable[[str, float, float], None]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Context:
-    """Everything a stage may use besides the model it transforms.
+    """Everything a stage may use besides the model it transforms (frozen: a stage or a trial that
+    needs other settings makes a copy with ``dataclasses.replace``, which copies no tensor).
 
     ``teacher`` is never modified. ``teacher_logits`` are the teacher's outputs on ``data.train``
     computed once per workload and shared by every trial (see ``stages.teacher_logits``).

@@ -164,15 +164,16 @@ class Distill:
 
     @staticmethod
     def _teacher_logits(ctx: Context, n: int) -> torch.Tensor:
-        """``ctx.teacher_logits`` on ``ctx.device``, computed and stored in ``ctx`` first if no
-        earlier run did (every later trial then reuses them)."""
-        if ctx.teacher_logits is None:
-            ctx.teacher_logits = teacher_logits(
+        """``ctx.teacher_logits`` on ``ctx.device``, computed here when the context holds none
+        (the pipeline and the search fill them once, so every trial reuses them)."""
+        logits = ctx.teacher_logits
+        if logits is None:
+            logits = teacher_logits(
                 ctx.teacher, ctx.data.train, device=ctx.device, batch_size=ctx.eval_batch_size
             )
-        if ctx.teacher_logits.shape[0] != n:
+        if logits.shape[0] != n:
             raise StageError(
-                f"distill: ctx.teacher_logits has {ctx.teacher_logits.shape[0]} rows but the "
+                f"distill: ctx.teacher_logits has {logits.shape[0]} rows but the "
                 f"training split has {n}; they must be the teacher's outputs on data.train."
             )
-        return ctx.teacher_logits.to(ctx.device)
+        return logits.to(ctx.device)

@@ -73,9 +73,10 @@ def run_pipeline(
         if not enabled:
             continue
         if stage.name == "distill" and config.distill.alpha > 0 and ctx.teacher_logits is None:
-            ctx.teacher_logits = teacher_logits(
+            logits = teacher_logits(
                 ctx.teacher, ctx.data.train, device=ctx.device, batch_size=ctx.eval_batch_size
             )
+            ctx = dataclasses.replace(ctx, teacher_logits=logits)
         model, seconds = timed(lambda s=stage: s.run(model, ctx))  # type: ignore[misc]
         known = reported.get(stage.name) if not (qat and stage.name == "distill") else None
         stage_metrics = measure_torch(model, ctx, accuracy=known is None)
@@ -122,9 +123,7 @@ def _remember_final(
 
 def measure_baseline(ctx: Context, workdir: Path) -> tuple[Path, dict[str, float]]:
     """Export the teacher as fp32 ONNX once and measure it: the reference of every ratio."""
-    teacher_ctx = copy.copy(ctx)
-    teacher_ctx.workdir = workdir
-    teacher_ctx.baseline_onnx = None
+    teacher_ctx = dataclasses.replace(ctx, workdir=workdir, baseline_onnx=None)
     workdir.mkdir(parents=True, exist_ok=True)
     teacher = ctx.teacher.cpu().eval()
     exported = Export(PipelineConfig().export).run(teacher, teacher_ctx)

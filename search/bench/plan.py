@@ -26,11 +26,12 @@ from pathlib import Path
 from rich.console import Console
 
 from objectives import Constraint
-from search.trials.context import baseline, make_context
+from search.backends import SearchSettings, run_study
+from search.backends.local import OptunaBackend
 from search.errors import UserError
-from search.backends.local import SearchSettings, create_or_resume, run_worker
 from search.reporting.progress import LiveProgress
-from search.study.storage import STUDIES_DIR, StudyInfo, load_study, open_storage
+from search.study import STUDIES_DIR, StudyInfo, load_study, open_storage
+from search.trials.context import make_context, measure_baseline_into
 from search.workloads.workload import Workload
 from spaces import SearchSpace
 from stages.files import write_atomic
@@ -127,22 +128,12 @@ def shared_baseline(plan: BenchPlan, workload: Workload, console: Console) -> tu
             return path, {k: float(v) for k, v in saved["metrics"].items()}
     ctx = make_context(workload, plan.folder / "trials", threads=plan.threads, seed=plan.seed)
     with console.status("measuring the teacher's exported fp32 artifact (the baseline)"):
-        path, metrics = baseline(ctx, plan.folder / "baseline")
+        ctx, metrics = measure_baseline_into(ctx, plan.folder / "baseline")
+    assert ctx.baseline_onnx is not None
+    path = ctx.baseline_onnx
     payload = {"workload": workload.fingerprint, "onnx": str(path.resolve()), "metrics": metrics}
     write_atomic(record, json.dumps(payload, indent=2, sort_keys=True, default=str))
     return path.resolve(), metrics
-
-
-def study_info(plan: BenchPlan, study: BenchStudy, workload: Workload, base: tuple[Path, dict[str, float]]) -> StudyInfo:
-    return StudyInfo(
-        workload=workload.fingerprint,
-        target=study.target,
-        constraint=plan.constraint,
-        baseline=base[1],
-        baseline_onnx=str(base[0]),
-        artifacts_dir=str((STUDIES_DIR / study.name).resolve()),
-        space=[list(row) for row in plan.space.describe()],
-    )
 
 
 def check_existing(plan: BenchPlan, workload: Workload) -> None:
@@ -184,15 +175,26 @@ def run_bench(
             if deadline is not None and time.time() >= deadline:
                 console.print("bench: --timeout reached; rerun the same command to go on")
                 return False
-            settings = plan.settings(bench_study, upto)
-            info = study_info(plan, bench_study, workload, base)
-            study = create_or_resume(settings, info)
-            console.print(
-                f"round {index}/{len(rounds)}: [bold]{bench_study.name}[/] "
-                f"({METHOD_LABELS[bench_study.method]}) to {upto} trials"
+
+            def watch(study: object, info: StudyInfo, *, upto: int = upto, s: BenchStudy = bench_study) -> LiveProgress:
+                console.print(
+                    f"round {index}/{len(rounds)}: [bold]{s.name}[/] "
+                    f"({METHOD_LABELS[s.method]}) to {upto} trials"
+                )
+                return LiveProgress(study, info, total=upto, jobs=1, console=console)  # type: ignore[arg-type]
+
+            result = run_study(
+                plan.settings(bench_study, upto),
+                workload,
+                bench_study.target,
+                plan.constraint,
+                OptunaBackend(),
+                baseline=base,
+                deadline=deadline,
+                watch=watch,
             )
-            with LiveProgress(study, info, total=upto, jobs=1, console=console):
-                run_worker(settings, workload, deadline=deadline)
+            if result.interrupted:
+                raise KeyboardInterrupt
         if after_round is not None:
             after_round(upto)
     return True

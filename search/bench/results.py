@@ -17,8 +17,7 @@ import numpy as np
 
 from objectives import Point, hypervolume
 from search.bench.plan import BenchPlan
-from search.backends.local import interrupted
-from search.study.storage import TrialRecord
+from search.study import TrialRecord
 
 # 95 % two-sided normal quantile.
 Z95 = 1.959963984540054
@@ -89,7 +88,7 @@ def counted_records(records: Sequence[TrialRecord]) -> list[TrialRecord]:
         r
         for r in records
         if r.state in ("complete", "pruned")
-        or (r.state == "failed" and not interrupted(r.reason))
+        or (r.state == "failed" and not r.interrupted)
     ]
     return sorted(done, key=lambda r: r.number)
 

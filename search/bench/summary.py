@@ -44,7 +44,7 @@ from search.bench.results import (
 from search.trials.context import teacher_pass_seconds
 from search.errors import UserError
 from search.reporting.report import find_chromium, take_screenshot
-from search.study.storage import TrialRecord, load_study, open_storage, trial_records
+from search.study import TrialRecord, load_study, open_storage, trial_records
 from search.workloads.workload import Workload
 from stages.files import write_atomic
 from stages.measure import OnnxRunner, onnx_correct

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from search.study.storage import storage_url
+from search.study import storage_url
 
 
 def add_storage_argument(parser: argparse.ArgumentParser) -> None:

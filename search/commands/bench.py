@@ -24,7 +24,7 @@ from search.commands.run import (
 )
 from search.trials.context import trial_threads
 from search.errors import UserError
-from search.study.storage import check_storage
+from search.study import check_storage
 from search.workloads.workload import (
     add_workload_arguments,
     load_workload,

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from search.commands import add_storage_argument
 from search.errors import UserError
-from search.study.storage import StudyInfo, open_storage, storage_url, trial_records
+from search.study import StudyInfo, open_storage, storage_url, trial_records
 from search.reporting.tables import StudyRow, print_studies, study_row
 
 

@@ -11,7 +11,7 @@ from rich.console import Console
 from search.commands import add_storage_argument
 from search.errors import UserError
 from search.reporting.report import TRIALS_CSV, find_chromium, read_reference, take_screenshot, write_report
-from search.study.storage import StudyInfo, load_study, open_storage, trial_records
+from search.study import StudyInfo, load_study, open_storage, trial_records
 from search.reporting.tables import print_failures, print_front
 
 

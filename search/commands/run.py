@@ -8,7 +8,6 @@ import math
 import re
 import shlex
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,25 +15,11 @@ import torch
 from rich.console import Console
 
 from objectives import TARGETS, Constraint
-from search.trials.context import baseline, make_context, trial_threads
+from search.backends import BACKENDS, SAMPLERS, SearchSettings, StudyRun, make_backend, run_study
 from search.errors import UserError
-from search.backends.local import (
-    SAMPLERS,
-    SearchSettings,
-    check_resumable,
-    create_or_resume,
-    run_worker,
-    run_workers,
-    stop_workers,
-)
 from search.reporting.progress import LiveProgress
-from search.study.storage import (
-    STUDIES_DIR,
-    StudyInfo,
-    check_storage,
-    storage_url,
-    trial_records,
-)
+from search.study import STUDIES_DIR, StudyInfo, check_storage, storage_url, trial_records
+from search.trials.context import trial_threads
 from search.workloads.workload import (
     Workload,
     WorkloadSpec,
@@ -45,7 +30,6 @@ from search.workloads.workload import (
 )
 from spaces import SearchSpace, default_space, demo_space, load_space
 
-BACKENDS = ("optuna", "ray")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 # A study name becomes a folder under studies/: no path separators, no hidden names (.cache).
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -137,7 +121,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     search.add_argument("--timeout", type=duration, default=None, help="stop starting trials after this (90s, 30m, 2h)")
     search.add_argument("--jobs", type=_int_up_to(MAX_JOBS), default=1, help="trials run in parallel (threads split between them)")
-    search.add_argument("--backend", choices=BACKENDS, default="optuna", help="optuna: local processes; ray: Ray Tune")
+    search.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="optuna",
+        help="; ".join(f"{name}: {entry.description}" for name, entry in BACKENDS.items()),
+    )
     search.add_argument("--study", type=study_arg, default=None, help="study name (default: from workload and target)")
     search.add_argument(
         "--storage",
@@ -174,16 +163,18 @@ def run(args: argparse.Namespace) -> int:
     constraint = Constraint(
         max_drop=args.max_drop, drop_type=args.drop_type, max_size=args.max_size, max_latency=args.max_latency
     )
-    jobs = args.jobs
     spec = spec_from_args(args)
     # Every check that needs no workload comes first: bad input must fail before any training.
     space = pick_space(args, spec)
     check_storage(args.storage)
+    backend = make_backend(
+        args.backend,
+        {"address": args.address, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial},
+    )
     workload = load_workload(spec, device=pick_device(args.device))
-    threads = args.threads or trial_threads(workload, jobs)
+    threads = args.threads or trial_threads(workload, args.jobs)
     torch.set_num_threads(threads)
     name = args.study or study_name(workload, args.target)
-    artifacts = STUDIES_DIR / name
     settings = SearchSettings(
         study=name,
         storage=args.storage,
@@ -192,120 +183,42 @@ def run(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         seed=args.seed,
         timeout_s=args.timeout,
-        jobs=jobs,
+        jobs=args.jobs,
         threads=threads,
         profiles=not args.no_profiles,
         early_stop=not args.no_early_stop,
         device=args.device,
     )
-    info = _study_info(settings, workload, args.target, constraint, space, artifacts, console)
-    study = create_or_resume(settings, info)
-    info = StudyInfo.load(study)
-    console.print(
-        f"study [bold]{name}[/] in {storage_url(args.storage)}: {workload.name}, target {args.target}, "
-        f"{constraint.describe()}; teacher {info.teacher_acc:.2f} % val, "
-        f"{info.baseline['bytes'] / 1e6:.2f} MB, {info.baseline['latency_ms']:.3f} ms"
-    )
-    deadline = time.time() + args.timeout if args.timeout else None
-    started = time.time()
-    interrupted = False
-    try:
-        with LiveProgress(study, info, total=args.trials, jobs=jobs, console=console):
-            if args.backend == "ray":
-                from search.backends import ray_tune as ray_driver  # the only module importing ray
 
-                ray_driver.run(
-                    settings,
-                    spec,
-                    address=args.address,
-                    cpus_per_trial=args.cpus_per_trial,
-                    gpus_per_trial=args.gpus_per_trial,
-                    deadline=deadline,
-                )
-            elif jobs == 1:
-                run_worker(settings, workload, deadline=deadline)
-            else:
-                procs = run_workers(settings, spec, deadline)
-                try:
-                    for p in procs:
-                        p.join()
-                except KeyboardInterrupt:
-                    stop_workers(procs)
-                    raise
-    except KeyboardInterrupt:
-        interrupted = True
-    _finish(out, console, study, info, name, args, time.time() - started, interrupted)
-    return 130 if interrupted else 0
-
-
-def _study_info(
-    settings: SearchSettings,
-    workload: Workload,
-    target: str,
-    constraint: Constraint,
-    space: SearchSpace,
-    artifacts: Path,
-    console: Console,
-) -> StudyInfo:
-    """The study's record; the teacher's baseline is measured only for a new study, and an
-    existing one is checked to be resumable before any work."""
-    from search.study.storage import load_study, open_storage
-
-    try:
-        existing = StudyInfo.load(load_study(settings.study, open_storage(settings.storage, create=True)))
-    except UserError:
-        existing = None
-    if existing is not None:
-        info = StudyInfo(
-            workload=workload.fingerprint,
-            target=target,
-            constraint=constraint,
-            baseline=existing.baseline,
-            baseline_onnx=existing.baseline_onnx,
-            artifacts_dir=existing.artifacts_dir,
-            space=existing.space,
+    def watch(study: object, info: StudyInfo) -> LiveProgress:
+        console.print(
+            f"study [bold]{name}[/] in {storage_url(args.storage)}: {workload.name}, target {args.target}, "
+            f"{constraint.describe()}; teacher {info.teacher_acc:.2f} % val, "
+            f"{info.baseline['bytes'] / 1e6:.2f} MB, {info.baseline['latency_ms']:.3f} ms"
         )
-        check_resumable(settings.study, existing, info)
-        return info
-    # Also computes and caches the teacher's logits once, before any worker needs them.
-    ctx = make_context(workload, artifacts / "trials", threads=settings.threads, seed=settings.seed or 0)
-    with console.status("measuring the teacher's exported fp32 artifact (the baseline)"):
-        path, metrics = baseline(ctx, artifacts / "baseline")
-    return StudyInfo(
-        workload=workload.fingerprint,
-        target=target,
-        constraint=constraint,
-        baseline=metrics,
-        baseline_onnx=str(path.resolve()),
-        artifacts_dir=str(artifacts.resolve()),
-        space=[list(row) for row in space.describe()],
-    )
+        return LiveProgress(study, info, total=args.trials, jobs=args.jobs, console=console)  # type: ignore[arg-type]
+
+    result = run_study(settings, workload, args.target, constraint, backend, status=console.status, watch=watch)
+    _finish(out, console, result, args)
+    return 130 if result.interrupted else 0
 
 
-def _finish(
-    out: Console,
-    console: Console,
-    study: object,
-    info: StudyInfo,
-    name: str,
-    args: argparse.Namespace,
-    seconds: float,
-    interrupted: bool,
-) -> None:
+def _finish(out: Console, console: Console, result: StudyRun, args: argparse.Namespace) -> None:
     from search.reporting.report import write_report
     from search.reporting.tables import print_failures, print_front
 
-    records = trial_records(study)  # type: ignore[arg-type]
-    print_front(out, info, records, study_name=name, storage=args.storage)
+    study, info = result.study, result.info
+    records = trial_records(study)
+    print_front(out, info, records, study_name=study.study_name, storage=args.storage)
     print_failures(out, records)
-    saved = sum(float(t.user_attrs.get("saved_s", 0.0)) for t in study.get_trials(deepcopy=False))  # type: ignore[attr-defined]
-    pruned = sum(r.state == "pruned" for r in records)
+    pruned = [r for r in records if r.state == "pruned"]
     if pruned:
-        out.print(f"early stopping: {pruned} trials stopped, about {saved / 60:.1f} min of training saved")
-    report = write_report(study, info, storage=args.storage)  # type: ignore[arg-type]
+        saved = sum(r.saved_s for r in pruned)
+        out.print(f"early stopping: {len(pruned)} trials stopped, about {saved / 60:.1f} min of training saved")
+    report = write_report(study, info, storage=args.storage)
     out.print(f"report: {report}")
-    out.print(f"wall time: {seconds / 60:.1f} min")
-    if interrupted:
+    out.print(f"wall time: {result.seconds / 60:.1f} min")
+    if result.interrupted:
         command = "mcaas-search " + shlex.join(sys.argv[1:])
         done = sum(r.state in ("complete", "pruned") for r in records)
         console.print(f"interrupted with {done} trials done; rerun the same command to resume:")

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from objectives import ratios
-from search.trials.context import baseline, make_context, trial_threads
+from search.trials.context import make_context, measure_baseline_into, trial_threads
 from search.errors import UserError
 from search.workloads.workload import (
     add_workload_arguments,
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         need_logits=config.distill.epochs > 0 and config.distill.alpha > 0,
     )
     with console.status("measuring the teacher's exported fp32 artifact"):
-        _, teacher = baseline(ctx, args.workdir / "baseline")
+        ctx, teacher = measure_baseline_into(ctx, args.workdir / "baseline")
     with console.status("running " + " ".join(f"{k}={v}" for k, v in sorted(config.to_flat().items()))):
         result = run_pipeline(config, ctx)
     summary = {

@@ -12,7 +12,7 @@ import optuna
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from search.study.storage import StudyInfo, trial_records
+from search.study import StudyInfo, trial_records
 
 
 @dataclasses.dataclass(frozen=True)

@@ -42,7 +42,7 @@ from objectives import (
     recommend,
 )
 from search.errors import UserError
-from search.study.storage import StudyInfo, TrialRecord, trial_records
+from search.study import StudyInfo, TrialRecord, trial_records
 from stages.files import write_atomic
 
 REPORT_HTML = "report.html"

@@ -28,7 +28,7 @@ from search.reporting.report import (
     settings_summary,
     state_counts,
 )
-from search.study.storage import StudyInfo, TrialRecord
+from search.study import StudyInfo, TrialRecord
 
 # Metrics shown per stage and in a trial's detail, in this order: key -> (label, formatter).
 _METRIC_COLUMNS: dict[str, tuple[str, Any]] = {

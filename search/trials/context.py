@@ -58,9 +58,9 @@ def make_context(
         threads=threads,
         seed=seed,
     )
-    if need_logits:
-        ctx.teacher_logits = cached_teacher_logits(workload, ctx, cache_dir)
-    return ctx
+    if not need_logits:
+        return ctx
+    return dataclasses.replace(ctx, teacher_logits=cached_teacher_logits(workload, ctx, cache_dir))
 
 
 def logits_cache_path(workload: Workload, cache_dir: Path = CACHE_DIR) -> Path:
@@ -106,11 +106,11 @@ def _record_pass_seconds(cache: Path, seconds: float, workload: Workload) -> Non
     write_atomic(cache.with_suffix(".json"), json.dumps(info))
 
 
-def baseline(ctx: Context, workdir: Path) -> tuple[Path, dict[str, float]]:
-    """The teacher's exported fp32 artifact and its metrics; sets ``ctx.baseline_onnx``."""
+def measure_baseline_into(ctx: Context, workdir: Path) -> tuple[Context, dict[str, float]]:
+    """Export the teacher as fp32 ONNX under ``workdir`` and measure it: ``ctx`` with that file as
+    its ``baseline_onnx`` (what latency ratios are measured against), and the metrics."""
     path, metrics = measure_baseline(ctx, workdir)
-    ctx.baseline_onnx = path
-    return path, metrics
+    return dataclasses.replace(ctx, baseline_onnx=path), metrics
 
 
 def trial_context(base: Context, workdir: Path, **changes: object) -> Context:

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from objectives import Constraint, EarlyStop, Point, dominated_before_training, ratio, ratios
+from objectives import metrics as m
+from search.study import StudyInfo
 from stages import Context
 from stages.config import PipelineConfig
 from stages.pipeline import TORCH_ARTIFACT, run_pipeline
@@ -42,9 +44,14 @@ class Scoring:
     early_stop: EarlyStop | None = EarlyStop()
     skip_dominated: bool = True
 
+    @classmethod
+    def for_study(cls, info: StudyInfo, *, early_stop: EarlyStop | None, skip_dominated: bool) -> Scoring:
+        """How the trials of the study ``info`` describes are scored (what it stored, no copy)."""
+        return cls(info.target, info.constraint, info.baseline, early_stop, skip_dominated)
+
     @property
     def required_accuracy(self) -> float:
-        return self.constraint.required_accuracy(self.baseline["val_acc"])
+        return self.constraint.required_accuracy(self.baseline[m.VAL_ACC])
 
 
 class StudyView(Protocol):
@@ -96,7 +103,7 @@ def run_trial(
         points = list(study.feasible_front())
         if est is None or not points:
             return
-        ceiling = max([scoring.baseline["val_acc"], *(p.accuracy for p in points)])
+        ceiling = max([scoring.baseline[m.VAL_ACC], *(p.accuracy for p in points)])
         if dominated_before_training(est, points, ceiling):
             typical = study.median_trial_seconds()
             raise TrialStopped(
@@ -120,21 +127,24 @@ def run_trial(
                 saved_s=saved,
             )
 
-    ctx.on_progress = on_progress
     # Each report is a pass over the validation split: only those a stop can act on, and the
     # last (the pipeline keeps it as the stage's accuracy instead of measuring again).
     grace = scoring.early_stop.grace if scoring.early_stop is not None and stop_early else 1.0
-    ctx.report_fractions = tuple(f for f in ctx.report_fractions if f >= grace) or (1.0,)
+    ctx = dataclasses.replace(
+        ctx,
+        on_progress=on_progress,
+        report_fractions=tuple(f for f in ctx.report_fractions if f >= grace) or (1.0,),
+    )
     result = run_pipeline(config, ctx, after_prune=after_prune)
     metrics = result.metrics
-    teacher_acc = scoring.baseline["val_acc"]
+    teacher_acc = scoring.baseline[m.VAL_ACC]
     violations = scoring.constraint.violations(teacher_acc, metrics)
     value = ratio(scoring.target, scoring.baseline, metrics)
     attrs: dict[str, Any] = {
         "metrics": metrics,
         "ratios": ratios(scoring.baseline, metrics),
-        "drop": teacher_acc - metrics["val_acc"],
-        "test_drop": scoring.baseline["test_acc"] - metrics["test_acc"],
+        "drop": teacher_acc - metrics[m.VAL_ACC],
+        "test_drop": scoring.baseline[m.TEST_ACC] - metrics[m.TEST_ACC],
         "violations": violations,
         "stages": [r.to_dict() for r in result.stages],
         "artifact": str(result.artifact.resolve()),
@@ -143,7 +153,7 @@ def run_trial(
     torch_artifact = result.artifact.parent / TORCH_ARTIFACT
     if torch_artifact.exists():
         attrs["torch_artifact"] = str(torch_artifact.resolve())
-    if not all(math.isfinite(v) for v in (metrics["val_acc"], value)):
+    if not all(math.isfinite(v) for v in (metrics[m.VAL_ACC], value)):
         raise ValueError(f"non-finite objective values: accuracy {metrics['val_acc']}, ratio {value}")
-    return TrialOutcome(values=(metrics["val_acc"], value), constraints=violations, attrs=attrs)
+    return TrialOutcome(values=(metrics[m.VAL_ACC], value), constraints=violations, attrs=attrs)
 

@@ -29,7 +29,7 @@ from optuna.trial import TrialState, create_trial
 from objectives import Constraint, ratios
 from search.cli import main
 from search.workloads.datasets import DatasetRequest, load_dataset
-from search.study.storage import StudyInfo
+from search.study import StudyInfo
 from stages.export import export_onnx, export_pt2
 from stages.measure import OnnxRunner, onnx_accuracy
 from tests.tiny_models import TinyCNN

@@ -27,7 +27,7 @@ from search.bench.results import (
     trial_cost,
 )
 from search.bench.summary import splice
-from search.study.storage import TrialRecord
+from search.study import TrialRecord
 from spaces import demo_space
 
 torch.set_num_threads(1)

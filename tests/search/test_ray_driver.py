@@ -18,12 +18,13 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.storages import InMemoryStorage
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 
 from objectives import Constraint
 from search.backends import ray_tune as ray_driver
 from search.errors import UserError
-from search.backends.local import SearchSettings
-from search.study.storage import StudyInfo, open_storage, trial_records
+from search.backends import SearchSettings
+from search.study import StudyInfo, open_storage, profiles_to_run, trial_records
 from search.workloads.workload import WorkloadSpec
 from spaces import (
     PROFILES,
@@ -121,7 +122,7 @@ def test_study_search_tells_outcomes_and_stops_starting_trials_at_the_deadline(t
     assert trials[2].values == [90.0, 3.0]
 
     search.deadline = time.time() - 1
-    assert search.suggest("d") == ray_driver.Searcher.FINISHED
+    assert search.suggest("d") == Searcher.FINISHED
     search.save(str(tmp_path / "searcher.pkl"))  # Tune checkpoints the searcher with plain pickle
 
 
@@ -131,7 +132,9 @@ def test_a_trial_must_fit_on_one_node(monkeypatch: pytest.MonkeyPatch) -> None:
         {"Alive": True, "Resources": {"CPU": 2.0, "GPU": 1.0}},
         {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}},
     ]
-    monkeypatch.setattr(ray_driver.ray, "nodes", lambda: nodes)
+    import ray
+
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
     ray_driver.check_fits(8, 0)
     ray_driver.check_fits(2, 1)
     with pytest.raises(UserError, match="largest Ray node has 2 CPUs and 1 GPUs"):
@@ -177,7 +180,7 @@ def test_profiles_only_queued_or_interrupted_run_again(tmp_path: Path) -> None:
     _, study = _study_with(
         tmp_path, {names[0]: TrialState.COMPLETE, names[1]: TrialState.WAITING, names[2]: TrialState.FAIL}
     )
-    assert ray_driver.pending_profiles(study) == [names[1], names[2]]
+    assert profiles_to_run(study, queued_count=False) == [names[1], names[2]]
 
 
 def test_searcher_study_learns_from_finished_trials_and_queues_profiles(tmp_path: Path) -> None:
@@ -187,7 +190,7 @@ def test_searcher_study_learns_from_finished_trials_and_queues_profiles(tmp_path
 
     storage = ray_driver.searcher_storage(study, settings.space, ["high-accuracy"])
 
-    searcher = optuna.load_study(study_name=ray_driver._SEARCHER_STUDY, storage=storage)
+    searcher = optuna.load_study(study_name=ray_driver.SEARCHER_STUDY, storage=storage)
     finished = searcher.get_trials(states=(TrialState.COMPLETE,))
     waiting = searcher.get_trials(states=(TrialState.WAITING,))
     assert [t.values for t in finished] == [[90.0, 2.0]]
@@ -312,9 +315,11 @@ def test_ray_search_writes_the_study_format(
         assert Path(record.artifact).is_file() and Path(record.artifact).is_absolute()
         assert t.user_attrs["ray_trial"] and t.params and set(t.params) == set(t.distributions)
         assert record.seconds and record.seconds > 0
+    # Optuna's front of a constrained study holds feasible trials only, and is empty only when
+    # no trial is feasible: so Optuna read the constraints the Ray workers stored.
     feasible = {r.number for r in records if r.feasible}
-    if feasible:  # Optuna's front of a constrained study holds feasible trials only
-        assert {t.number for t in study.best_trials} <= feasible
+    best = {t.number for t in study.best_trials}
+    assert best <= feasible and bool(best) == bool(feasible)
 
     # Resuming with --address joins that cluster; an unreachable one is one line, exit 2.
     import ray

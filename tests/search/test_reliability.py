@@ -35,8 +35,10 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from search.interrupts import redeliver_lost_interrupts, stops_deferred
-from search.backends.local import _pid_alive, counted
-from search.study.storage import FlockJournalLock, StudyInfo, open_storage, repair_journal_tail
+from search.study import counted
+from search.study.lifecycle import _pid_alive
+from search.study import StudyInfo, open_storage
+from search.study.storage import FlockJournalLock, repair_journal_tail
 from spaces import PROFILES
 from tests.search.study_fixtures import HandMadeStudy, run_cli
 
@@ -289,18 +291,16 @@ def test_a_trial_killed_before_its_worker_claimed_it_is_failed_on_resume(tmp_pat
     """kill -9 between creating a trial and recording its worker leaves a RUNNING trial that no
     pid check can clear; the next run fails it, while a live worker's trial stays running."""
     from objectives import Constraint
-    from search.backends.local import SearchSettings, create_or_resume, worker_id
-    from spaces import default_space
+    from search.study import create_or_resume, worker_id
 
     journal = str(tmp_path / "x.journal")
     info = StudyInfo(workload={"model": "demo"}, target="size", constraint=Constraint(max_drop=1.0),
                      baseline={"val_acc": 90.0}, baseline_onnx="b.onnx", artifacts_dir=str(tmp_path / "s"))
-    settings = SearchSettings(study="s", storage=journal, trials=3, space=default_space(), profiles=False)
-    study = create_or_resume(settings, info)
+    study, _ = create_or_resume("s", journal, info, sampler=optuna.samplers.RandomSampler())
     orphan = study.ask()  # the worker died right here
     alive = study.ask()
     alive.set_user_attr("worker", worker_id())  # this very process: alive
-    create_or_resume(settings, info)
+    create_or_resume("s", journal, info, sampler=optuna.samplers.RandomSampler())
     trials = optuna.load_study(study_name="s", storage=open_storage(journal, create=False)).trials
     assert trials[orphan.number].state == TrialState.FAIL
     assert trials[orphan.number].user_attrs["reason"].startswith("interrupted")

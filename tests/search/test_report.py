@@ -18,7 +18,7 @@ from rich.console import Console
 from objectives import Point, hypervolume
 from search.reporting import report
 from search.errors import UserError
-from search.study.storage import load_study, open_storage, trial_records
+from search.study import load_study, open_storage, trial_records
 from search.reporting.tables import print_front
 from tests.search.study_fixtures import (
     HandMadeStudy,
@@ -304,7 +304,7 @@ def test_front_table_never_cuts_numbers_and_always_shows_settings(
 
 
 def test_a_queued_trial_counts_as_waiting_not_running() -> None:
-    from search.study.storage import TrialRecord
+    from search.study import TrialRecord
 
     def record(number: int, state: str) -> TrialRecord:
         return TrialRecord(number, state, None, {}, {}, {}, {}, [], None, None, None, None)

@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from objectives import Constraint, EarlyStop, Point
-from search.study.storage import open_storage, trial_records
+from search.study import open_storage, trial_records
 from search.trials.trial import Scoring, TrialStopped, run_trial
 from spaces import PROFILES
 from stages.config import PipelineConfig

@@ -1,0 +1,157 @@
+"""Joining Ray: a local instance or a cluster, reached fast or refused with a clear error, quiet,
+with the paths workers need made absolute (they run in other directories)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from search.errors import UserError
+from search.study import storage_url
+from search.trials.context import default_threads
+from search.workloads.workload import WorkloadSpec
+
+CONNECT_TIMEOUT_S = 3.0
+DEFAULT_GCS_PORT = 6379
+
+# Ray and Tune read these when a run starts: no progress tables (our LiveProgress reads the
+# study), no per-trial CSV/JSON/TensorBoard files, and
+# Ctrl-C raises KeyboardInterrupt at once instead of Tune's stop-and-checkpoint dance.
+QUIET_ENV = {
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
+    # A pruned or failed trial reports its outcome without objective values (see StudySearch).
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+}
+
+
+@contextlib.contextmanager
+def quiet_env() -> Iterator[None]:
+    """Set QUIET_ENV (unless the user set a variable) for the run, then restore the environment."""
+    saved = {key: os.environ.get(key) for key in QUIET_ENV}
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def connected(address: str | None) -> Iterator[None]:
+    """Ray for the run: the one already initialised in this process (left running), else a
+    local instance or the cluster at ``address`` (shut down / disconnected afterwards)."""
+    if ray.is_initialized():
+        yield
+        return
+    options: dict[str, Any] = {
+        "log_to_driver": False,
+        "configure_logging": True,
+        "logging_level": logging.ERROR,
+        "runtime_env": worker_runtime_env(),
+    }
+    if address is None:
+        ray.init(num_cpus=default_threads(1), include_dashboard=False, **options)
+    else:
+        check_reachable(address)
+        try:
+            ray.init(address=address, **options)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise UserError(f"cannot join the Ray cluster at {address!r}: {_first_line(exc)}") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def worker_runtime_env() -> dict[str, Any]:
+    """Ray's ``runtime_env`` for the workers: a PYTHONPATH that finds this package when it runs
+    from a source checkout (relative entries made absolute: workers run in other directories)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    entries = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys([root, *entries]))}}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise UserError unless ``address`` (``host[:port]`` or ``ray://host:port``) accepts a
+    connection within ``timeout`` seconds: Ray itself retries an unreachable cluster for minutes.
+
+    ``auto`` and ``local`` are Ray's own lookups and fail fast on their own.
+    """
+    if address in ("auto", "local"):
+        return
+    target = address.removeprefix("ray://")
+    host, sep, port_text = target.rpartition(":")
+    if not sep:
+        host, port_text = target, str(DEFAULT_GCS_PORT)
+    if not host or not port_text.isdigit():
+        raise UserError(f"bad --address {address!r}; expected host:port, ray://host:port, auto or local")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port_text)), timeout=timeout):
+            pass
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
+        raise UserError(
+            f"cannot reach the Ray cluster at {address!r} ({why}); start one with `ray start --head` "
+            "or pass the address it printed"
+        ) from None
+
+
+def check_fits(cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """Raise UserError unless one trial's CPUs and GPUs fit on a node of the Ray cluster (else
+    Tune would wait for them forever)."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(n.get("CPU", 0) >= cpus_per_trial and n.get("GPU", 0) >= gpus_per_trial for n in nodes):
+        return
+    largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
+    raise UserError(
+        f"a trial needs {cpus_per_trial:g} CPUs and {gpus_per_trial:g} GPUs, but the largest Ray node "
+        f"has {largest.get('CPU', 0):g} CPUs and {largest.get('GPU', 0):g} GPUs; "
+        "lower --cpus-per-trial / --gpus-per-trial"
+    )
+
+
+def absolute_storage(url: str | None) -> str:
+    """The storage URL with a relative journal or SQLite path made absolute (Ray workers run in
+    other directories); other URLs unchanged."""
+    url = storage_url(url)
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        return url if path.startswith("/") else f"sqlite:///{Path(path).resolve()}"
+    if "://" in url:
+        return url
+    return str(Path(url.removeprefix("journal:")).resolve())
+
+
+def absolute_spec(spec: WorkloadSpec) -> WorkloadSpec:
+    """``spec`` with its file paths (weights, data root, a model file) made absolute."""
+    model = spec.model
+    if model is not None and ":" in model and model.rpartition(":")[0].endswith(".py"):
+        file_part, _, factory = model.rpartition(":")
+        model = f"{Path(file_part).expanduser().resolve()}:{factory}"
+    return dataclasses.replace(
+        spec,
+        model=model,
+        weights=spec.weights.expanduser().resolve() if spec.weights is not None else None,
+        data_root=spec.data_root.expanduser().resolve() if spec.data_root is not None else None,
+    )
+
+

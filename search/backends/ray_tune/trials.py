@@ -1,0 +1,142 @@
+"""A Ray trial, run in a Ray worker process: it opens a trial in the study, runs the pipeline
+and records the outcome as the Optuna backend does, then reports it to Ray's searcher."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from optuna.storages import BaseStorage
+from optuna.trial import TrialState
+from ray import tune
+
+from search.backends.ray_tune.searcher import METRICS, OUTCOME, PROFILE_KEY, distributions_for
+from search.backends.settings import SearchSettings
+from search.study import StudyInfo, open_storage, worker_id
+from search.study.records import WORKER
+from search.trials.worker import WorkerSetup, run_and_record, worker_setup
+from search.workloads.workload import Workload, WorkloadSpec, load_workload, pick_device
+from spaces import SearchSpace
+from stages import PipelineConfig
+
+RUN_ATTR, RAY_TRIAL_ATTR = "ray_run", "ray_trial"
+@dataclasses.dataclass(frozen=True)
+class RayJob:
+    """What a Ray worker needs to run trials of one search (absolute paths: workers do not share
+    the driver's working directory)."""
+
+    settings: SearchSettings
+    spec: WorkloadSpec
+    studies_dir: Path
+    run_id: str
+    gpus_per_trial: float
+
+
+@dataclasses.dataclass
+class _Worker:
+    """What a worker process builds once and reuses for every trial it runs."""
+
+    storage: BaseStorage
+    study_id: int
+    setup: WorkerSetup
+
+    @property
+    def study(self) -> optuna.Study:
+        return self.setup.study
+
+
+_WORKLOADS: dict[tuple[WorkloadSpec, str], Workload] = {}
+_WORKERS: dict[RayJob, _Worker] = {}
+
+
+def _trial_device(job: RayJob) -> str:
+    # With no GPU reserved, "auto" must not put the trial on a GPU Ray handed to another trial.
+    if job.settings.device == "auto":
+        return "cuda" if job.gpus_per_trial > 0 and ray.get_gpu_ids() else "cpu"
+    return job.settings.device
+
+
+def _worker(job: RayJob) -> _Worker:
+    if job in _WORKERS:
+        return _WORKERS[job]
+    import torch
+
+    settings = job.settings
+    torch.set_num_threads(settings.threads)
+    device = _trial_device(job)
+    key = (job.spec, device)
+    if key not in _WORKLOADS:
+        _WORKLOADS[key] = load_workload(
+            job.spec, device=pick_device(device), studies_dir=job.studies_dir, progress=False
+        )
+    storage = open_storage(settings.storage, create=False)
+    study = optuna.load_study(
+        study_name=settings.study, storage=storage, sampler=optuna.samplers.RandomSampler()
+    )
+    worker = _Worker(
+        storage=storage,
+        study_id=storage.get_study_id_from_name(settings.study),
+        setup=worker_setup(
+            study,
+            StudyInfo.load(study),
+            _WORKLOADS[key],
+            threads=settings.threads,
+            seed=settings.seed or 0,
+            early_stop=settings.early_stop,
+            skip_dominated=settings.skip_dominated,
+            cache_dir=job.studies_dir / ".cache",
+        ),
+    )
+    _WORKERS[job] = worker
+    return worker
+
+
+def ray_trial(config: dict[str, Any], job: RayJob) -> None:
+    """One Ray trial: open a study trial, run the pipeline for ``config``, record the outcome,
+    and report the objective values to Ray's searcher (complete trials only)."""
+    profile = config.get(PROFILE_KEY)
+    params = {key: value for key, value in config.items() if key != PROFILE_KEY}
+    worker = _worker(job)
+    trial = _open_trial(worker, profile)
+    trial.set_user_attr(WORKER, worker_id())
+    trial.set_user_attr(RUN_ATTR, job.run_id)
+    trial.set_user_attr(RAY_TRIAL_ATTR, tune.get_context().get_trial_id())
+
+    def make_config() -> PipelineConfig:
+        _set_params(worker, trial, job.settings.space, params)
+        return job.settings.space.config_from_params(params, profile=profile)
+
+    state, outcome = run_and_record(trial, worker.setup, make_config, profile=profile)
+    if outcome is None:
+        tune.report({OUTCOME: state})
+        return
+    tune.report({OUTCOME: "complete", **dict(zip(METRICS, outcome.values))})
+
+
+def _open_trial(worker: _Worker, profile: str | None) -> optuna.Trial:
+    """A RUNNING trial in the study for this Ray trial: the profile's queued (WAITING) trial when
+    there is one, claimed as Optuna's own ``ask`` claims it, else a new trial."""
+    storage = worker.storage
+    if profile is not None:
+        for t in worker.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            if t.user_attrs.get(PROFILE_KEY) != profile:
+                continue
+            trial_id = storage.get_trial_id_from_study_id_trial_number(worker.study_id, t.number)
+            if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+                return optuna.Trial(worker.study, trial_id)
+    trial = optuna.Trial(worker.study, storage.create_new_trial(worker.study_id))
+    if profile is not None:
+        trial.set_user_attr(PROFILE_KEY, profile)
+    return trial
+
+
+def _set_params(worker: _Worker, trial: optuna.Trial, space: SearchSpace, params: Mapping[str, Any]) -> None:
+    """Record ``params`` with the distributions an Optuna trial of this space records."""
+    trial_id = worker.storage.get_trial_id_from_study_id_trial_number(worker.study_id, trial.number)
+    for name, distribution in distributions_for(space, params).items():
+        value = params[name]
+        worker.storage.set_trial_param(trial_id, name, distribution.to_internal_repr(value), distribution)

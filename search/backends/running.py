@@ -1,0 +1,130 @@
+"""Running a study: open it (measuring the teacher's baseline once, for a new study), hand its
+remaining trials to a backend, and report how the run ended. The CLI and the benchmark call this."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import optuna
+
+from objectives import Constraint
+from search.backends.settings import SearchSettings
+from search.errors import UserError
+from search.study import (
+    STUDIES_DIR,
+    StudyInfo,
+    check_resumable,
+    create_or_resume,
+    load_study,
+    open_storage,
+)
+from search.trials.context import make_context, measure_baseline_into
+from search.workloads.workload import Workload
+
+if TYPE_CHECKING:
+    from search.backends import Backend
+
+# A baseline measured elsewhere (the benchmark shares one between its studies): the teacher's
+# exported fp32 file and its metrics.
+Baseline = tuple[Path, dict[str, float]]
+Status = Callable[[str], AbstractContextManager[object]]
+Watch = Callable[[optuna.Study, StudyInfo], AbstractContextManager[object]]
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyRun:
+    """How one run of a study ended: the study, its stored record, the wall time, and whether
+    Ctrl-C stopped it (the trials it interrupted are replaced when the same command reruns)."""
+
+    study: optuna.Study
+    info: StudyInfo
+    seconds: float
+    interrupted: bool
+
+
+def _no_status(message: str) -> AbstractContextManager[object]:
+    return contextlib.nullcontext()
+
+
+def open_study(
+    settings: SearchSettings,
+    workload: Workload,
+    target: str,
+    constraint: Constraint,
+    *,
+    baseline: Baseline | None = None,
+    status: Status = _no_status,
+) -> tuple[optuna.Study, StudyInfo]:
+    """Create study ``settings.study`` or resume it, refusing one run for another workload,
+    target or constraint before any work. A new study measures the teacher's exported fp32 file
+    (unless ``baseline`` is given), which also caches the teacher's outputs for every worker."""
+    stored = _stored_info(settings)
+    if stored is not None:
+        info = dataclasses.replace(stored, workload=workload.fingerprint, target=target, constraint=constraint)
+        check_resumable(settings.study, stored, info)  # before anything is written to the study
+    else:
+        artifacts = STUDIES_DIR / settings.study
+        if baseline is None:
+            ctx = make_context(workload, artifacts / "trials", threads=settings.threads, seed=settings.seed or 0)
+            with status("measuring the teacher's exported fp32 artifact (the baseline)"):
+                ctx, metrics = measure_baseline_into(ctx, artifacts / "baseline")
+            assert ctx.baseline_onnx is not None
+            baseline = (ctx.baseline_onnx, metrics)
+        info = StudyInfo(
+            workload=workload.fingerprint,
+            target=target,
+            constraint=constraint,
+            baseline=baseline[1],
+            baseline_onnx=str(baseline[0].resolve()),
+            artifacts_dir=str(artifacts.resolve()),
+            space=[list(row) for row in settings.space.describe()],
+        )
+    return create_or_resume(
+        settings.study,
+        settings.storage,
+        info,
+        sampler=settings.make_sampler(),
+        profiles=settings.space if settings.profiles else None,
+    )
+
+
+def _stored_info(settings: SearchSettings) -> StudyInfo | None:
+    try:
+        return StudyInfo.load(load_study(settings.study, open_storage(settings.storage, create=True)))
+    except UserError:  # no such study yet (or one not made by mcaas-search: create_or_resume says so)
+        return None
+
+
+def run_study(
+    settings: SearchSettings,
+    workload: Workload,
+    target: str,
+    constraint: Constraint,
+    backend: Backend,
+    *,
+    baseline: Baseline | None = None,
+    deadline: float | None = None,
+    status: Status = _no_status,
+    watch: Watch | None = None,
+) -> StudyRun:
+    """Open the study and run its remaining trials on ``backend`` until it holds
+    ``settings.trials`` trials, or until ``deadline`` (epoch seconds; default: now +
+    ``settings.timeout_s``). ``watch(study, info)`` is entered around the run (a progress
+    display). Ctrl-C ends the run early: the result says so instead of raising."""
+    study, info = open_study(settings, workload, target, constraint, baseline=baseline, status=status)
+    if deadline is None and settings.timeout_s:
+        deadline = time.time() + settings.timeout_s
+    started = time.time()
+    interrupted = False
+    try:
+        with watch(study, info) if watch is not None else contextlib.nullcontext():
+            backend.run(settings, workload, deadline=deadline)
+    except KeyboardInterrupt:
+        interrupted = True
+    return StudyRun(study, info, time.time() - started, interrupted)

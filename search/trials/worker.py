@@ -1,0 +1,135 @@
+"""What every worker of a study does, whichever backend placed it: build its context once, run a
+trial's pipeline, and record the outcome in the study. Shared by both backends."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from objectives import EarlyStop, Point, pareto_front
+from objectives import metrics as m
+from search.study import StudyInfo, trial_record
+from search.study.records import CONFIG, INTERRUPTED, REASON, SAVED_S
+from search.trials.context import CACHE_DIR, make_context, measure_baseline_into, trial_context
+from search.trials.trial import Scoring, TrialOutcome, TrialStopped, run_trial
+from search.workloads.workload import Workload
+from stages import Context, PipelineConfig
+
+# Accuracy after pruning recovers mostly late in a cosine schedule: give a trial half its
+# distillation budget, then stop it only when it is far (20 pt, shrinking to 0) below the bound.
+EARLY_STOP = EarlyStop(grace=0.5, slack_points=20.0)
+
+
+class LiveStudyView:
+    """The live study as a running trial sees it (see search.trials.trial.StudyView)."""
+
+    def __init__(self, study: optuna.Study, info: StudyInfo) -> None:
+        self.study, self.info = study, info
+
+    def _complete(self) -> list[optuna.trial.FrozenTrial]:
+        return self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+    def feasible_front(self) -> list[Point]:
+        points = []
+        for t in self._complete():
+            r = trial_record(t)
+            if self.info.target in r.ratios:
+                points.append(Point(t.number, r.metrics[m.VAL_ACC], r.ratios[self.info.target], r.feasible))
+        return pareto_front(points)
+
+    def median_trial_seconds(self) -> float:
+        secs = [t.user_attrs["seconds"] for t in self._complete() if "seconds" in t.user_attrs]
+        return statistics.median(secs) if secs else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSetup:
+    """What a worker (a process, or a Ray actor) builds once and reuses for every trial."""
+
+    study: optuna.Study
+    info: StudyInfo
+    base: Context
+    scoring: Scoring
+    view: LiveStudyView
+
+    @property
+    def artifacts(self) -> Path:
+        return Path(self.info.artifacts_dir)
+
+
+def worker_setup(
+    study: optuna.Study,
+    info: StudyInfo,
+    workload: Workload,
+    *,
+    threads: int,
+    seed: int,
+    early_stop: bool = True,
+    skip_dominated: bool = True,
+    cache_dir: Path = CACHE_DIR,
+) -> WorkerSetup:
+    """A worker's context (teacher logits from the shared cache), scoring and study view."""
+    artifacts = Path(info.artifacts_dir)
+    base = make_context(workload, artifacts / "trials", threads=threads, seed=seed, cache_dir=cache_dir)
+    baseline_onnx = Path(info.baseline_onnx)
+    if baseline_onnx.exists():
+        base = dataclasses.replace(base, baseline_onnx=baseline_onnx)
+    else:  # the study's folder was moved or cleaned: export the teacher again
+        base, _ = measure_baseline_into(base, artifacts / "baseline")
+    scoring = Scoring.for_study(info, early_stop=EARLY_STOP if early_stop else None, skip_dominated=skip_dominated)
+    return WorkerSetup(study, info, base, scoring, LiveStudyView(study, info))
+
+
+def run_and_record(
+    trial: optuna.Trial,
+    setup: WorkerSetup,
+    make_config: Callable[[], PipelineConfig],
+    *,
+    profile: str | None,
+) -> tuple[str, TrialOutcome | None]:
+    """Run one trial and record it in the study: complete with its constraints and attributes,
+    pruned (stopped early) with the reason and time saved, or failed with the reason.
+
+    Returns the state name and, for a complete trial, its outcome. Ctrl-C marks the trial failed
+    as interrupted (it is replaced on resume) and propagates.
+    """
+    study = setup.study
+    try:
+        config = make_config()
+        trial.set_user_attr(CONFIG, config.to_flat())
+        ctx = trial_context(setup.base, setup.artifacts / "trials" / str(trial.number))
+        outcome = run_trial(config, ctx, setup.scoring, setup.view, stop_early=profile is None)
+    except TrialStopped as stop:
+        trial.set_user_attr(REASON, str(stop))
+        trial.set_user_attr(SAVED_S, stop.saved_s)
+        study.tell(trial, state=TrialState.PRUNED)
+        return "pruned", None
+    except KeyboardInterrupt:
+        trial.set_user_attr(REASON, f"{INTERRUPTED} (Ctrl-C)")
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    except Exception as exc:  # a failing trial is recorded with its reason; the study goes on
+        trial.set_user_attr(REASON, failure_reason(exc))
+        study.tell(trial, state=TrialState.FAIL)
+        return "failed", None
+    for key, value in outcome.constraints.items():
+        trial.set_constraint(key, value)
+    for key, value in outcome.attrs.items():
+        trial.set_user_attr(key, value)
+    study.tell(trial, list(outcome.values))
+    return "complete", outcome
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line saying why a trial failed, with where it was raised."""
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return f"out of memory: {exc}"
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    place = f" (at {Path(where.filename).name}:{where.lineno})" if where else ""
+    return f"{type(exc).__name__}: {exc}{place}"
