@@ -292,7 +292,7 @@ def _finish(
     seconds: float,
     interrupted: bool,
 ) -> None:
-    from search.reporting.report import write_report
+    from search.reporting.page import write_report
     from search.reporting.tables import print_failures, print_front
 
     records = trial_records(study)  # type: ignore[arg-type]

@@ -26,8 +26,8 @@ from search.bench.results import (
     summarise,
     trial_cost,
 )
-from search.bench.summary import splice
-from search.study.storage import TrialRecord
+from search.bench.markdown import splice
+from search.study import TrialRecord
 from spaces import demo_space
 
 torch.set_num_threads(1)
