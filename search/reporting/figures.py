@@ -25,11 +25,12 @@ REFERENCE_COLOUR, PICK_COLOUR = "#555555", "#f4a300"
 
 
 def draw_pareto(data: ParetoData) -> go.Figure:
-    """Ratio on the target (log x) against accuracy drop (y): feasible and infeasible trials in
+    """Ratio on the target (log x) against accuracy drop (y, range from ``data.drop_axis``: trials
+    beyond it drawn at the edge as arrows): feasible and infeasible trials in
     two colours, the fixed profiles as labelled symbols, the feasible front joined by a line,
     the recommended trial ringed, the max-drop bound dashed, published results as grey stars."""
     fig = go.Figure()
-    search = [p for p in data.points if p.profile is None]
+    search = [p for p in data.points if p.profile is None and not p.off_axis]
     for feasible, name, colour in (
         (True, "feasible", FEASIBLE_COLOUR),
         (False, "infeasible", INFEASIBLE_COLOUR),
@@ -39,7 +40,7 @@ def draw_pareto(data: ParetoData) -> go.Figure:
             fig.add_trace(
                 go.Scatter(
                     x=[p.ratio for p in group],
-                    y=[p.drop for p in group],
+                    y=[p.shown_drop for p in group],
                     mode="markers",
                     name=f"{name} trials",
                     marker=dict(
@@ -55,7 +56,7 @@ def draw_pareto(data: ParetoData) -> go.Figure:
         fig.add_trace(
             go.Scatter(
                 x=[p.ratio for p in front],
-                y=[p.drop for p in front],
+                y=[p.shown_drop for p in front],
                 mode="lines",
                 name="Pareto front (feasible)",
                 line=dict(color=FRONT_COLOUR, width=2),
@@ -67,7 +68,7 @@ def draw_pareto(data: ParetoData) -> go.Figure:
         fig.add_trace(
             go.Scatter(
                 x=[p.ratio for p in group],
-                y=[p.drop for p in group],
+                y=[p.shown_drop for p in group],
                 mode="markers+text",
                 name=f"MCaaS profile: {profile}",
                 text=[profile for _ in group],
@@ -83,12 +84,28 @@ def draw_pareto(data: ParetoData) -> go.Figure:
                 hoverinfo="text",
             )
         )
+    beyond = [p for p in data.points if p.off_axis]
+    if beyond:
+        fig.add_trace(
+            go.Scatter(
+                x=[p.ratio for p in beyond],
+                y=[p.shown_drop for p in beyond],
+                mode="markers",
+                name=f"beyond the axis (drop > {data.drop_axis.ceiling:g} pt; true value on hover)",
+                marker=dict(
+                    symbol="arrow-bar-up", size=14, line=dict(width=2),
+                    color=[FEASIBLE_COLOUR if p.feasible else INFEASIBLE_COLOUR for p in beyond],
+                ),
+                hovertext=[p.hover for p in beyond],
+                hoverinfo="text",
+            )
+        )
     if data.recommended is not None and data.recommended in by_number:
         pick = by_number[data.recommended]
         fig.add_trace(
             go.Scatter(
                 x=[pick.ratio],
-                y=[pick.drop],
+                y=[pick.shown_drop],
                 mode="markers+text",
                 name=f"recommended: trial {pick.number}",
                 text=[f"recommended #{pick.number}"],
@@ -145,7 +162,7 @@ def draw_pareto(data: ParetoData) -> go.Figure:
             **_log_ticks([p.ratio for p in data.points] + [r.ratio for r in data.references]),
         ),
         yaxis=dict(title="accuracy drop vs teacher (points, validation; lower is better)",
-                   zeroline=False),
+                   zeroline=False, range=[data.drop_axis.low, data.drop_axis.high]),
         height=620,
         template="plotly_white",
         legend=dict(orientation="v", x=1.02, y=1),

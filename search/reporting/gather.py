@@ -28,9 +28,36 @@ from search.study.scoring import (
 )
 
 
+# The drop axis shows losses up to this many times the bound, plus one point (as the bench's
+# plots do); a trial beyond is drawn at that edge.
+DROP_AXIS_FACTOR = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DropAxis:
+    """The accuracy-drop axis of the Pareto plot: the range shown, and the ceiling above which a
+    trial is drawn at the edge instead of at its true drop."""
+
+    low: float
+    high: float
+    ceiling: float
+
+
+def drop_axis(drops: Sequence[float], allowed_drop: float) -> DropAxis:
+    """The range that keeps the bound readable: 0 (the teacher), the bound and every drop up to
+    ``DROP_AXIS_FACTOR x bound + 1`` points. One far-off trial (69 points lost) would otherwise
+    stretch the axis until the whole front is a flat line at the bottom."""
+    ceiling = DROP_AXIS_FACTOR * max(allowed_drop, 0.0) + 1.0
+    top = max([allowed_drop, 0.0, *(min(d, ceiling) for d in drops)])
+    low = min([0.0, *drops])
+    pad = max(0.05 * (top - low), 0.1)
+    return DropAxis(low - pad, top + pad, ceiling)
+
+
 @dataclasses.dataclass(frozen=True)
 class PlotPoint:
-    """One completed trial on the Pareto plot."""
+    """One completed trial on the Pareto plot; ``shown_drop`` is where it is drawn (its drop, or
+    the axis ceiling when ``off_axis``)."""
 
     number: int
     ratio: float
@@ -38,6 +65,8 @@ class PlotPoint:
     feasible: bool
     profile: str | None
     hover: str
+    shown_drop: float
+    off_axis: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +82,7 @@ class ParetoData:
     recommended: int | None
     counts: dict[str, int]
     references: list[ReferencePoint]
+    drop_axis: DropAxis
 
 
 def trial_hover(info: StudyInfo, record: TrialRecord) -> str:
@@ -88,20 +118,28 @@ def gather_pareto(
     study_name: str,
     references: Sequence[ReferencePoint] = (),
 ) -> ParetoData:
+    """The Pareto plot's record: every scored trial (ratio, drop, hover text), the front, the
+    pick, the counts and the drop axis (trials beyond its ceiling drawn at the edge)."""
+    allowed = info.constraint.allowed_drop(info.teacher_acc)
+    scored = [(r, o) for r in records if (o := objectives_of(info, r)) is not None]
+    drops = [info.teacher_acc - o[0] for _, o in scored]
+    axis = drop_axis(drops + [ref.drop for ref in references], allowed)
     plot_points = []
-    for record in records:
-        drop = accuracy_drop(info, record)
-        scored = objectives_of(info, record)
-        if drop is None or scored is None:
-            continue
+    for (record, (_, ratio)), drop in zip(scored, drops):
+        off_axis = drop > axis.ceiling
+        hover = trial_hover(info, record)
+        if off_axis:
+            hover += f"<br>true drop {drop:.2f} pt: drawn at the axis edge ({axis.ceiling:g} pt)"
         plot_points.append(
             PlotPoint(
                 number=record.number,
-                ratio=scored[1],
+                ratio=ratio,
                 drop=drop,
                 feasible=record.feasible,
                 profile=record.profile,
-                hover=trial_hover(info, record),
+                hover=hover,
+                shown_drop=min(drop, axis.ceiling),
+                off_axis=off_axis,
             )
         )
     pick = recommended_record(info, records)
@@ -109,12 +147,13 @@ def gather_pareto(
         study_name=study_name,
         target=info.target,
         constraint=info.constraint.describe(),
-        allowed_drop=info.constraint.allowed_drop(info.teacher_acc),
+        allowed_drop=allowed,
         points=plot_points,
         front=[r.number for r in front_records(info, records)],
         recommended=None if pick is None else pick.number,
         counts=state_counts(records),
         references=list(references),
+        drop_axis=axis,
     )
 
 
@@ -255,6 +294,7 @@ def gather_report(
     references: Sequence[ReferencePoint] = (),
     export_line: str | None = None,
 ) -> ReportData:
+    """Every record the HTML page shows, gathered once from ``records``."""
     return ReportData(
         study_name=study.study_name,
         info=info,
