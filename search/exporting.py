@@ -21,10 +21,10 @@ from typing import Any
 import optuna
 import torch
 
-from objectives import format_violations
+from objectives import format_violations, metrics
 from search.errors import UserError
-from search.reporting.report import closest_records, recommended_record
 from search.study import StudyInfo, TrialRecord
+from search.study.scoring import closest_records, recommended_record
 from search.workloads.workload import WorkloadSpec, load_task_data
 from stages import Split, TaskData
 from stages.files import temp_beside
@@ -233,10 +233,10 @@ def check_accuracy(record: TrialRecord, measured: float, n_test: int) -> float:
     Matching means within one test sample: float summation order may differ with the thread
     count the search ran with, which can flip an arg-max tie, but nothing more.
     """
-    stored = record.metrics.get("test_acc")
+    stored = record.metrics.get(metrics.TEST_ACC)
     if stored is None or not math.isfinite(float(stored)):
         raise UserError(f"trial {record.number} has no stored test accuracy to verify against")
-    stored_n = record.metrics.get("n_test")
+    stored_n = record.metrics.get(metrics.N_TEST)
     if stored_n is not None and int(stored_n) != n_test:
         raise UserError(
             f"the study's test split now has {n_test} samples but trial {record.number} was "
@@ -312,7 +312,7 @@ def sidecar(
     return {
         "model": model_name,
         "format": fmt,
-        "bytes": size,
+        metrics.BYTES: size,
         "sha256": sha256,
         "study": study_name,
         "trial": r.number,
@@ -331,9 +331,9 @@ def sidecar(
         "workload": info.workload,
         "input": input_info,
         "verification": {
-            "test_acc_stored": r.metrics.get("test_acc"),
+            "test_acc_stored": r.metrics.get(metrics.TEST_ACC),
             "test_acc_measured": measured_test_acc,
-            "n_test": n_test,
+            metrics.N_TEST: n_test,
             "runtime": "onnxruntime (CPUExecutionProvider)" if fmt == "onnx" else "torch (CPU)",
         },
         "source_artifact": r.artifact if fmt == "onnx" else None,

@@ -1,6 +1,6 @@
 """The benchmark's summary: per target and method, the best ratio at the accuracy bound with its
 test drop and a 95 % confidence interval, hypervolume, wall time and trials per hour; the cost of
-a trial; written as a Markdown section, a CSV and plots.
+a trial. Pure numbers from trial records: ``summary`` and its modules write them out.
 
 Every method is compared at the same number of trials: the count all of its studies reached.
 A trial counts as feasible at the bound only when it keeps the bound on the validation split
@@ -15,9 +15,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from objectives import Point, hypervolume
+from objectives import hypervolume, metrics
 from search.bench.plan import BenchPlan
 from search.study import TrialRecord
+from search.study.scoring import scored_points, scored_records
 
 # 95 % two-sided normal quantile.
 Z95 = 1.959963984540054
@@ -52,6 +53,7 @@ class PairedDrop:
 
 
 def paired_drop(teacher_correct: np.ndarray, student_correct: np.ndarray) -> PairedDrop:
+    """Counts of images lost and gained from per-image correctness of teacher and student."""
     if teacher_correct.shape != student_correct.shape or teacher_correct.size == 0:
         raise ValueError("need per-image results of teacher and student on the same non-empty split")
     lost = int(np.sum(teacher_correct & ~student_correct))
@@ -94,7 +96,15 @@ def counted_records(records: Sequence[TrialRecord]) -> list[TrialRecord]:
 
 
 def test_drop(baseline: Mapping[str, float], record: TrialRecord) -> float:
-    return float(baseline["test_acc"]) - float(record.metrics.get("test_acc", math.nan))
+    """Test accuracy ``record`` lost against the teacher, in points (NaN when not measured)."""
+    return float(baseline[metrics.TEST_ACC]) - float(record.metrics.get(metrics.TEST_ACC, math.nan))
+
+
+def val_drop(baseline: Mapping[str, float], record: TrialRecord | None) -> float | None:
+    """Validation accuracy ``record`` lost against the teacher, in points (None without a trial)."""
+    if record is None:
+        return None
+    return float(baseline[metrics.VAL_ACC]) - float(record.metrics[metrics.VAL_ACC])
 
 
 def feasible_at_bound(record: TrialRecord, baseline: Mapping[str, float], max_drop: float) -> bool:
@@ -112,7 +122,7 @@ def summarise(
     max_drop: float,
 ) -> MethodResult:
     """``method``'s result on ``target`` from ``records`` (already cut to the compared trials)."""
-    complete = [r for r in records if r.state == "complete" and math.isfinite(r.ratio(target))]
+    complete = scored_records(target, records)
     at_bound = [r for r in complete if feasible_at_bound(r, baseline, max_drop)]
     best = max(at_bound, key=lambda r: (r.ratio(target), -r.number), default=None)
     largest = max(complete, key=lambda r: (r.ratio(target), -r.number), default=None)
@@ -123,7 +133,7 @@ def summarise(
         trials=len(records),
         wall_s=sum(r.seconds or 0.0 for r in records),
         best=best,
-        hypervolume=hypervolume(_points(target, complete), ref_accuracy=required_accuracy),
+        hypervolume=hypervolume(scored_points(target, complete), ref_accuracy=required_accuracy),
         largest=largest,
     )
 
@@ -132,15 +142,9 @@ def history(
     target: str, records: Sequence[TrialRecord], required_accuracy: float
 ) -> list[float]:
     """Hypervolume after each of ``records`` (in order)."""
-    return [hypervolume(_points(target, records[: i + 1]), ref_accuracy=required_accuracy) for i in range(len(records))]
-
-
-def _points(target: str, records: Sequence[TrialRecord]) -> list[Point]:
-    """The objective points (validation accuracy, ratio on ``target``) of the completed trials."""
     return [
-        Point(r.number, float(r.metrics["val_acc"]), r.ratio(target), r.feasible)
-        for r in records
-        if r.state == "complete" and math.isfinite(r.ratio(target)) and r.ratio(target) > 0
+        hypervolume(scored_points(target, records[: i + 1]), ref_accuracy=required_accuracy)
+        for i in range(len(records))
     ]
 
 
@@ -236,7 +240,7 @@ class BenchSummary:
 
 def gather(plan: BenchPlan, baseline: Mapping[str, float], records: Mapping[str, list[TrialRecord]], logits_s: float | None) -> BenchSummary:
     """The summary from each bench study's trial records (keyed by study name)."""
-    required = float(baseline["val_acc"]) - plan.constraint.max_drop
+    required = float(baseline[metrics.VAL_ACC]) - plan.constraint.max_drop
     done = {name: counted_records(rs) for name, rs in records.items()}
     random_name = f"{plan.name}-random"
     compared_all: dict[str, list[TrialRecord]] = {}

@@ -10,8 +10,8 @@ from rich.console import Console
 
 from search.commands import add_storage_argument
 from search.errors import UserError
-from search.study import StudyInfo, open_storage, storage_url, trial_records
 from search.reporting.tables import StudyRow, print_studies, study_row
+from search.study import StudyInfo, open_storage, storage_url, trial_records
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

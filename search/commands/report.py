@@ -10,9 +10,11 @@ from rich.console import Console
 
 from search.commands import add_storage_argument
 from search.errors import UserError
-from search.reporting.report import TRIALS_CSV, find_chromium, read_reference, take_screenshot, write_report
-from search.study import StudyInfo, load_study, open_storage, trial_records
+from search.reporting.page import TRIALS_CSV, write_report
+from search.reporting.reference import read_reference
+from search.reporting.screenshot import find_chromium, take_screenshot
 from search.reporting.tables import print_failures, print_front
+from search.study import StudyInfo, load_study, open_storage, trial_records
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

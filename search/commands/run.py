@@ -204,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _finish(out: Console, console: Console, result: StudyRun, args: argparse.Namespace) -> None:
-    from search.reporting.report import write_report
+    from search.reporting.page import write_report
     from search.reporting.tables import print_failures, print_front
 
     study, info = result.study, result.info

@@ -10,8 +10,8 @@ from rich.console import Console
 from search.commands import add_storage_argument
 from search.errors import UserError
 from search.exporting import torch_artifact_of
-from search.study import StudyInfo, load_study, open_storage, trial_records
 from search.reporting.tables import print_trial
+from search.study import StudyInfo, load_study, open_storage, trial_records
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

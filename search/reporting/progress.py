@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from search.study import StudyInfo, trial_records
+from search.study.scoring import accuracy_drop, objectives_of, recommended_record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +48,8 @@ def _duration(seconds: float) -> str:
 def snapshot(study: optuna.Study, info: StudyInfo, total: int, jobs: int) -> Snapshot:
     records = trial_records(study)
     finished = [r for r in records if r.state in ("complete", "pruned", "failed")]
-    feasible = [r for r in records if r.feasible and info.target in r.ratios]
-    best = max(feasible, key=lambda r: (r.ratios[info.target], r.metrics["val_acc"]), default=None)
+    best = recommended_record(info, records)
+    scored = objectives_of(info, best) if best is not None else None
     durations = [r.seconds for r in finished if r.seconds]
     remaining = max(total - len(finished), 0)
     eta = None
@@ -59,8 +60,8 @@ def snapshot(study: optuna.Study, info: StudyInfo, total: int, jobs: int) -> Sna
         running=sum(r.state == "running" for r in records),
         pruned=sum(r.state == "pruned" for r in records),
         failed=sum(r.state == "failed" for r in records),
-        best_ratio=best.ratios[info.target] if best else None,
-        best_drop=info.teacher_acc - best.metrics["val_acc"] if best else None,
+        best_ratio=scored[1] if scored else None,
+        best_drop=accuracy_drop(info, best) if best else None,
         eta_s=eta,
     )
 

@@ -14,31 +14,33 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from objectives import format_violations
-from search.reporting.report import (
-    accuracy_drop,
-    closest_records,
+from objectives import format_violations, metrics
+from search.reporting.format import (
     describe_counts,
     export_command,
     format_bytes,
     format_number,
-    front_records,
-    objectives_of,
-    recommended_record,
     settings_summary,
     state_counts,
 )
 from search.study import StudyInfo, TrialRecord
+from search.study.scoring import (
+    accuracy_drop,
+    closest_records,
+    front_records,
+    objectives_of,
+    recommended_record,
+)
 
 # Metrics shown per stage and in a trial's detail, in this order: key -> (label, formatter).
 _METRIC_COLUMNS: dict[str, tuple[str, Any]] = {
-    "val_acc": ("val acc %", lambda v: f"{v:.2f}"),
-    "test_acc": ("test acc %", lambda v: f"{v:.2f}"),
-    "bytes": ("size", format_bytes),
-    "gzip_bytes": ("gzip", format_bytes),
-    "latency_ms": ("latency ms", lambda v: f"{v:.3g}"),
-    "params": ("params", lambda v: f"{v:,.0f}"),
-    "macs": ("MACs", lambda v: f"{v:,.0f}"),
+    metrics.VAL_ACC: ("val acc %", lambda v: f"{v:.2f}"),
+    metrics.TEST_ACC: ("test acc %", lambda v: f"{v:.2f}"),
+    metrics.BYTES: ("size", format_bytes),
+    metrics.GZIP_BYTES: ("gzip", format_bytes),
+    metrics.LATENCY_MS: ("latency ms", lambda v: f"{v:.3g}"),
+    metrics.PARAMS: ("params", lambda v: f"{v:,.0f}"),
+    metrics.MACS: ("MACs", lambda v: f"{v:,.0f}"),
 }
 
 
@@ -115,7 +117,7 @@ def print_front(
         + (f" (profile {escape(pick.profile)})" if pick.profile else "")
         + f": {_ratio_text(pick, info.target)} {escape(info.target)} at "
         f"{format_number(drop, '.2f')} pt validation drop, test accuracy "
-        f"{format_number(pick.metrics.get('test_acc'), '.2f')} % "
+        f"{format_number(pick.metrics.get(metrics.TEST_ACC), '.2f')} % "
         "(the most compressed feasible trial)",
         highlight=False,
     )
@@ -145,12 +147,12 @@ def _front_cells(info: StudyInfo, record: TrialRecord, *, mark: str, note: str =
     m = record.metrics
     return [
         f"{record.number}{mark}",
-        format_number(m.get("val_acc"), ".2f"),
+        format_number(m.get(metrics.VAL_ACC), ".2f"),
         format_number(accuracy_drop(info, record), ".2f"),
-        format_number(m.get("test_acc"), ".2f"),
+        format_number(m.get(metrics.TEST_ACC), ".2f"),
         _ratio_text(record, info.target),
-        format_bytes(m.get("bytes")),
-        format_number(m.get("latency_ms"), ".3g"),
+        format_bytes(m.get(metrics.BYTES)),
+        format_number(m.get(metrics.LATENCY_MS), ".3g"),
         escape((record.profile or "") + note),
         escape(settings_summary(record.config)),
     ]
@@ -184,10 +186,10 @@ def _print_no_feasible(
         table.add_row(
             str(record.number),
             escape(record.profile or ""),
-            format_number(record.metrics.get("val_acc"), ".2f"),
+            format_number(record.metrics.get(metrics.VAL_ACC), ".2f"),
             format_number(accuracy_drop(info, record), ".2f"),
             _ratio_text(record, info.target),
-            format_bytes(record.metrics.get("bytes")),
+            format_bytes(record.metrics.get(metrics.BYTES)),
             escape(format_violations(broken)),
             escape(settings_summary(record.config)),
         )
@@ -293,8 +295,8 @@ def _stage_table(info: StudyInfo, stages: Sequence[Mapping[str, Any]]) -> Table:
     ]
     table.add_row("teacher", "-", *teacher, style="dim")
     for stage in stages:
-        metrics = stage.get("metrics") or {}
-        cells = [_METRIC_COLUMNS[k][1](metrics[k]) if k in metrics else "-" for k in keys]
+        after = stage.get("metrics") or {}
+        cells = [_METRIC_COLUMNS[k][1](after[k]) if k in after else "-" for k in keys]
         seconds = format_number(stage.get("seconds"), ".2f")
         table.add_row(escape(str(stage.get("stage", "?"))), seconds, *cells)
     return table
@@ -307,10 +309,10 @@ def _final_table(info: StudyInfo, record: TrialRecord) -> Table:
         table.add_column(name, justify="left" if name == "metric" else "right")
     # metric -> (the ratio it is scored by, how to say the ratio); other sizes compare directly
     ratio_of = {
-        "bytes": ("size", "smaller"),
-        "latency_ms": ("latency", "faster"),
-        "macs": ("macs", "fewer"),
-        "params": ("params", "fewer"),
+        metrics.BYTES: ("size", "smaller"),
+        metrics.LATENCY_MS: ("latency", "faster"),
+        metrics.MACS: ("macs", "fewer"),
+        metrics.PARAMS: ("params", "fewer"),
     }
     for key, (label, fmt) in _METRIC_COLUMNS.items():
         if key not in record.metrics:
@@ -318,7 +320,7 @@ def _final_table(info: StudyInfo, record: TrialRecord) -> Table:
         value = record.metrics[key]
         teacher = info.baseline.get(key)
         change = ""
-        if key in ("val_acc", "test_acc"):
+        if key in (metrics.VAL_ACC, metrics.TEST_ACC):
             if teacher is not None:
                 change = f"{value - teacher:+.2f} pt"
         elif key in ratio_of and ratio_of[key][0] in record.ratios:

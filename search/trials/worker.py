@@ -12,9 +12,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from objectives import EarlyStop, Point, pareto_front
-from objectives import metrics as m
-from search.study import StudyInfo, trial_record
+from objectives import EarlyStop, Point
+from search.study import StudyInfo, feasible_front, trial_record
 from search.study.records import CONFIG, INTERRUPTED, REASON, SAVED_S
 from search.trials.context import CACHE_DIR, make_context, measure_baseline_into, trial_context
 from search.trials.trial import Scoring, TrialOutcome, TrialStopped, run_trial
@@ -36,12 +35,7 @@ class LiveStudyView:
         return self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
     def feasible_front(self) -> list[Point]:
-        points = []
-        for t in self._complete():
-            r = trial_record(t)
-            if self.info.target in r.ratios:
-                points.append(Point(t.number, r.metrics[m.VAL_ACC], r.ratios[self.info.target], r.feasible))
-        return pareto_front(points)
+        return feasible_front(self.info, [trial_record(t) for t in self._complete()])
 
     def median_trial_seconds(self) -> float:
         secs = [t.user_attrs["seconds"] for t in self._complete() if "seconds" in t.user_attrs]

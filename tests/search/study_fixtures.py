@@ -393,3 +393,11 @@ def assert_refused(capsys: Any, *argv: str, says: str) -> str:
     assert err.count("\n") == 1 and err.startswith("mcaas-search: error: "), err
     assert says in err, err
     return err
+
+
+def load_hand_made(made: HandMadeStudy) -> tuple[optuna.Study, list[Any]]:
+    """``(study, trial records)`` of a hand-made study, read back from its storage."""
+    from search.study import load_study, open_storage, trial_records
+
+    study = load_study(made.name, open_storage(made.storage, create=False))
+    return study, trial_records(study)

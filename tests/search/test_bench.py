@@ -5,6 +5,7 @@ splice) and one small benchmark of the demo end to end, resumed and rewritten.""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from objectives import Constraint
+from objectives import TARGETS, Constraint
 from search.bench.plan import BenchPlan
 from search.bench.results import (
     BEGIN,
@@ -26,7 +27,8 @@ from search.bench.results import (
     summarise,
     trial_cost,
 )
-from search.bench.summary import splice
+from search.bench.csvs import write_csvs
+from search.bench.markdown import splice
 from search.study import TrialRecord
 from spaces import demo_space
 
@@ -158,6 +160,29 @@ def test_trial_cost_splits_time_by_stage_and_counts_stops_apart() -> None:
     assert cost.logits_saved_s == 6.0  # 2 epochs with a teacher term x 3 s
 
 
+def test_summary_csv_gives_each_best_trial_its_paired_interval(tmp_path: Path) -> None:
+    search = [record(0, size=5.0), record(1, size=12.0, val=95.4, test=94.4)]
+    random = [record(0, size=3.0, val=90.0), record(1, size=4.0, val=90.0)]  # nothing at the bound
+    summary = gather(_plan(targets=("size",), methods=("random", "search")), BASELINE,
+                     {"b-size-search": search, "b-random": random}, logits_s=None)
+    paired = PairedDrop(n=1000, lost=20, gained=14)  # 0.6 pt, the stored test drop
+    (block,) = summary.targets
+    methods = [dataclasses.replace(m, paired=paired) if m.best is not None else m for m in block.methods]
+    summary = dataclasses.replace(summary, targets=[dataclasses.replace(block, methods=methods)])
+    summary_csv, trials_csv = write_csvs(summary, tmp_path)
+    with open(summary_csv) as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    low, high = paired.interval()
+    assert rows["search"]["best_trial"] == "1" and float(rows["search"]["best_ratio"]) == 12.0
+    assert float(rows["search"]["test_drop_ci_low"]) == pytest.approx(low, abs=1e-4)
+    assert float(rows["search"]["test_drop_ci_high"]) == pytest.approx(high, abs=1e-4)
+    assert low < float(rows["search"]["test_drop"]) < high
+    assert rows["random"]["best_trial"] == rows["random"]["test_drop_ci_low"] == ""
+    with open(trials_csv) as handle:
+        header = next(csv.reader(handle))
+    assert {f"{t}_ratio" for t in TARGETS} <= set(header)  # every target of objectives, none hard-coded
+
+
 def test_splice_rewrites_only_between_the_markers() -> None:
     doc = f"# Benchmarks\n\nintro by hand\n\n{BEGIN}\nold table\n{END}\n\n## Analysis\nkept\n"
     out = splice(doc, "new table\n")
@@ -171,8 +196,10 @@ def test_splice_rewrites_only_between_the_markers() -> None:
 # End to end on the demo
 
 
+# A loose bound (50 pt): some trial is within it on both splits, so the best-trial columns are
+# always filled for some method and the test checks them.
 BENCH = ["bench", "--trials", "4", "--round", "2", "--targets", "size", "--name", "tb",
-         "--out", "B.md", "--results", "res", "--device", "cpu"]
+         "--out", "B.md", "--results", "res", "--device", "cpu", "--max-drop", "50"]
 
 
 @pytest.mark.slow
@@ -185,16 +212,21 @@ def test_demo_bench_writes_the_summary_and_resumes(
     assert "round 2/2: tb-random" in err
     text = (folder / "B.md").read_text()
     assert text.count(BEGIN) == 1 and text.count(END) == 1
-    assert "mcaas-search bench --space tiny.toml --name tb --targets size --max-drop 1 --trials 4 --round 2" in text
+    assert "mcaas-search bench --space tiny.toml --name tb --targets size --max-drop 50 --trials 4 --round 2" in text
     assert "| MCaaS fixed profiles | 3 |" in text
     assert "| random search | 4 |" in text and "| default search (TPE) | 4 |" in text
     assert "- random search: `mcaas-search bench --space tiny.toml --name tb --targets size --methods random" in text
     with open(folder / "res" / "summary.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["method"], r["trials"]) for r in rows] == [("profiles", "3"), ("random", "4"), ("search", "4")]
+    with_best = [row for row in rows if row["best_trial"]]
+    assert with_best, rows
+    for row in with_best:  # a best trial has a paired interval around its test drop
+        assert row["best_ratio"]
+        assert float(row["test_drop_ci_low"]) <= float(row["test_drop"]) <= float(row["test_drop_ci_high"])
     for row in rows:
-        if row["best_ratio"]:  # a best trial has a paired interval around its test drop
-            assert float(row["test_drop_ci_low"]) <= float(row["test_drop"]) <= float(row["test_drop_ci_high"])
+        if not row["best_trial"]:
+            assert row["best_ratio"] == row["test_drop_ci_low"] == row["test_drop_ci_high"] == ""
     assert (folder / "res" / "bench.html").is_file()
 
     # Text written around the section by hand survives; a rerun resumes with nothing left to do.

@@ -1,0 +1,76 @@
+"""The benchmark's CSV files: ``summary.csv`` (one row per target and method) and ``trials.csv``
+(every compared trial with its ratios on every target and its settings)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from objectives import TARGETS, metrics
+from search.bench.results import BenchSummary, test_drop, val_drop
+from stages.files import write_atomic
+
+SUMMARY_CSV, TRIALS_CSV = "summary.csv", "trials.csv"
+
+
+def write_csvs(summary: BenchSummary, results: Path) -> list[Path]:
+    rows = []
+    for block in summary.targets:
+        for m in block.methods:
+            ci = m.paired.interval() if m.paired else (math.nan, math.nan)
+            rows.append({
+                "target": block.target,
+                "method": m.method,
+                "study": m.study,
+                "trials": m.trials,
+                "best_trial": m.best.number if m.best else "",
+                "best_ratio": _num(m.ratio),
+                "val_drop": _num(val_drop(summary.baseline, m.best)),
+                "test_drop": _num(test_drop(summary.baseline, m.best) if m.best else None),
+                "test_drop_ci_low": _num(ci[0]),
+                "test_drop_ci_high": _num(ci[1]),
+                "hypervolume": f"{m.hypervolume:.6g}",
+                "wall_s": f"{m.wall_s:.1f}",
+                "trials_per_hour": _num(m.trials_per_hour),
+            })
+    summary_csv = _write_csv(results / SUMMARY_CSV, rows)
+    trial_rows = []
+    seen: set[tuple[str, int]] = set()
+    for block in summary.targets:
+        for method, records in block.points.items():
+            for r in records:
+                study = next(m.study for m in block.methods if m.method == method)
+                if (study, r.number) in seen:
+                    continue
+                seen.add((study, r.number))
+                trial_rows.append({
+                    "study": study,
+                    "trial": r.number,
+                    "profile": r.profile or "",
+                    metrics.VAL_ACC: _num(r.metrics.get(metrics.VAL_ACC)),
+                    metrics.TEST_ACC: _num(r.metrics.get(metrics.TEST_ACC)),
+                    "feasible_val": r.feasible,
+                    **{f"{t}_ratio": _num(r.ratios.get(t)) for t in TARGETS},
+                    "seconds": _num(r.seconds),
+                    **{k: v for k, v in sorted(r.config.items())},
+                })
+    return [summary_csv, _write_csv(results / TRIALS_CSV, trial_rows)]
+
+
+def _write_csv(path: Path, rows: Sequence[dict]) -> Path:
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue())
+    return path
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None or not math.isfinite(value) else f"{value:.6g}"

@@ -1,0 +1,63 @@
+"""The benchmark's plots: per target, test drop against ratio for every compared trial, and the
+hypervolume after each trial, in one self-contained HTML page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from search.bench.plan import METHOD_LABELS
+from search.bench.results import BenchSummary, test_drop
+from stages.files import write_atomic
+
+PLOT_HTML, PLOT_PNG = "bench.html", "bench.png"
+METHOD_COLOURS = {"profiles": "#8c564b", "random": "#7f7f7f", "search": "#1f77b4"}
+
+
+def write_plots(summary: BenchSummary, path: Path) -> Path:
+    """Per target: every compared trial (test drop against ratio) and hypervolume per trial."""
+    rows = len(summary.targets)
+    titles = []
+    for block in summary.targets:
+        titles += [f"{block.target}: test accuracy drop vs {block.target} ratio", f"{block.target}: hypervolume after each trial"]
+    fig = make_subplots(rows=rows, cols=2, subplot_titles=titles, horizontal_spacing=0.08, vertical_spacing=0.16 / max(rows, 1))
+    for i, block in enumerate(summary.targets, 1):
+        for method, records in block.points.items():
+            fig.add_trace(
+                go.Scatter(
+                    x=[r.ratio(block.target) for r in records],
+                    y=[test_drop(summary.baseline, r) for r in records],
+                    mode="markers",
+                    name=METHOD_LABELS[method],
+                    legendgroup=method,
+                    showlegend=i == 1,
+                    marker={"color": METHOD_COLOURS[method], "size": 11 if method == "profiles" else 8,
+                            "symbol": "diamond" if method == "profiles" else "circle"},
+                    text=[f"{r.profile or ''} trial {r.number}" for r in records],
+                ),
+                row=i, col=1,
+            )
+        fig.add_hline(y=summary.plan.constraint.max_drop, line_dash="dash", line_color="#d1495b", row=i, col=1)
+        drops = [test_drop(summary.baseline, r) for rs in block.points.values() for r in rs]
+        # Trials that lost far more than the bound would squash the interesting band: cut off.
+        top = min(max(drops, default=1.0), 5 * summary.plan.constraint.max_drop + 1)
+        fig.update_yaxes(range=[min(min(drops, default=0.0), 0.0) - 0.5, top + 0.5], row=i, col=1)
+        fig.update_xaxes(type="log", title_text=f"{block.target} ratio vs teacher (log)", row=i, col=1)
+        fig.update_yaxes(title_text="test drop (points; larger drops off the chart)", row=i, col=1)
+        for method, volumes in block.histories.items():
+            fig.add_trace(
+                go.Scatter(x=list(range(1, len(volumes) + 1)), y=volumes, mode="lines+markers", name=METHOD_LABELS[method],
+                           legendgroup=method, showlegend=False, line={"color": METHOD_COLOURS[method]}),
+                row=i, col=2,
+            )
+        fig.update_xaxes(title_text="trials", row=i, col=2)
+        fig.update_yaxes(title_text="hypervolume (pt x log10 ratio)", row=i, col=2)
+    fig.update_layout(
+        title=f"{summary.plan.name}: search vs fixed profiles vs random search (<= {summary.plan.constraint.max_drop:g} pt)",
+        height=480 * rows + 80, width=1280, template="plotly_white",
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, fig.to_html(include_plotlyjs=True, full_html=True))
+    return path

@@ -1,0 +1,97 @@
+"""Plain-text formatting shared by the report page and the terminal tables: sizes, numbers, a
+pipeline config in one line, trial counts by state and the ``export`` command line."""
+
+from __future__ import annotations
+
+import math
+import shlex
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from search.study import TrialRecord
+
+
+def format_bytes(n: float | None) -> str:
+    """``1.23 MB``-style size; ``-`` when unknown."""
+    if n is None or not math.isfinite(n):
+        return "-"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def format_number(value: float | None, spec: str) -> str:
+    """``value`` formatted with ``spec``; ``-`` when unknown or not finite."""
+    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "-"
+    return format(value, spec)
+
+
+def settings_summary(config: Mapping[str, Any]) -> str:
+    """The key settings of a pipeline config in one short line, stage by stage (defaults such
+    as structured/global pruning left out; ``show`` and trials.csv list every setting)."""
+    parts = []
+    ratio = config.get("prune.ratio", 0) or 0
+    if ratio:
+        prune = f"prune {ratio:.2f}"
+        if config.get("prune.criterion"):
+            prune += f" {config['prune.criterion']}"
+        for key, default in (("prune.method", "structured"), ("prune.scope", "global")):
+            if config.get(key, default) != default:
+                prune += f" {config[key]}"
+        if (config.get("prune.steps") or 1) > 1:
+            prune += f" x{config['prune.steps']}"
+        parts.append(prune)
+    else:
+        parts.append("no pruning")
+    epochs = config.get("distill.epochs", 0) or 0
+    alpha = config.get("distill.alpha")
+    if not epochs:
+        parts.append("no training")
+    elif alpha == 0:
+        parts.append(f"fine-tune {epochs:g} ep")
+    else:
+        kd = f"KD {epochs:g} ep"
+        if "distill.temperature" in config:
+            kd += f" T{config['distill.temperature']:g}"
+        if alpha is not None:
+            kd += f" a{alpha:.2g}"
+        parts.append(kd)
+    if config.get("cluster.k"):
+        parts.append(f"k-means {config['cluster.k']}")
+    mode = config.get("quantize.mode", "none")
+    parts.append("fp32" if mode == "none" else str(mode))
+    return " | ".join(parts)
+
+
+def export_command(
+    study_name: str, storage: str | None, *, trial: int | None = None, out: str | None = None
+) -> str:
+    """The ``mcaas-search export`` command line for ``trial`` (``--best`` when None)."""
+    parts = ["mcaas-search", "export", "--study", study_name]
+    if storage:
+        parts += ["--storage", storage]
+    parts += ["--best"] if trial is None else ["--trial", str(trial)]
+    default_out = f"{study_name}.onnx" if trial is None else f"{study_name}-t{trial}.onnx"
+    parts += ["--out", out or default_out]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def state_counts(records: Iterable[TrialRecord]) -> dict[str, int]:
+    """Trials by what became of them: feasible, infeasible, pruned, failed, running, and waiting
+    (queued, such as a fixed profile an interrupted search has not run yet)."""
+    counts = dict.fromkeys(("feasible", "infeasible", "pruned", "failed", "running", "waiting"), 0)
+    for r in records:
+        if r.state == "complete":
+            counts["feasible" if r.feasible else "infeasible"] += 1
+        else:
+            counts[r.state] += 1
+    return counts
+
+
+def describe_counts(counts: Mapping[str, int]) -> str:
+    """``12 trials: 5 feasible, 3 infeasible, 2 pruned, 2 failed``."""
+    total = sum(counts.values())
+    parts = [f"{n} {state}" for state, n in counts.items() if n or state not in ("running", "waiting")]
+    return f"{total} trial{'s' if total != 1 else ''}: " + ", ".join(parts)
