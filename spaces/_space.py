@@ -29,12 +29,12 @@ from spaces._dimensions import (
 )
 from spaces._profiles import profile_config
 from stages.config import (
-    PRUNE_CRITERIA,
     PRUNE_SCOPES,
     QUANT_MODES,
     PipelineConfig,
     valid_keys,
 )
+from stages.criteria import CRITERIA
 from stages.errors import ConfigError
 
 CLUSTER_ON = "cluster.on"
@@ -349,7 +349,7 @@ def default_space() -> SearchSpace:
     return SearchSpace(
         {
             "prune.ratio": FloatRange(0.0, 0.95),
-            "prune.criterion": Choice(PRUNE_CRITERIA),
+            "prune.criterion": Choice(tuple(CRITERIA)),
             "prune.scope": Choice(PRUNE_SCOPES),
             "prune.steps": IntRange(1, 5),
             "prune.round_to": Choice((1, 8)),

@@ -7,9 +7,9 @@ import dataclasses
 import typing
 from typing import Any
 
+from stages.criteria import CRITERIA
 from stages.errors import ConfigError
 
-PRUNE_CRITERIA = ("l1", "l2", "random", "bn-scale", "lamp", "taylor", "fpgm")
 PRUNE_METHODS = ("structured", "unstructured")
 PRUNE_SCOPES = ("global", "uniform")
 QUANT_MODES = ("none", "fp16", "int8-dynamic", "int8-static", "int8-qat")
@@ -46,7 +46,7 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         _check_range("prune.ratio", self.ratio, 0.0, 0.95)
-        _check_choice("prune.criterion", self.criterion, PRUNE_CRITERIA)
+        _check_choice("prune.criterion", self.criterion, tuple(CRITERIA))
         _check_choice("prune.method", self.method, PRUNE_METHODS)
         _check_choice("prune.scope", self.scope, PRUNE_SCOPES)
         _check_range("prune.steps", self.steps, 1, 100)
