@@ -25,17 +25,16 @@ from spaces._dimensions import (
     SpaceError,
     TrialLike,
     _is_number,
-    _same,
 )
 from spaces._profiles import profile_config
 from stages.config import (
     PRUNE_SCOPES,
-    QUANT_MODES,
     PipelineConfig,
     valid_keys,
 )
 from stages.criteria import CRITERIA
 from stages.errors import ConfigError
+from stages.quant_modes import QUANT_MODES
 
 CLUSTER_ON = "cluster.on"
 """The parameter that switches clustering on before ``cluster.k`` is asked (when k is a range)."""
@@ -150,15 +149,20 @@ def _possible(dims: Mapping[str, Dimension], key: str) -> tuple[Any, ...]:
 
 
 def _check_qat_has_distillation(dims: Mapping[str, Dimension]) -> None:
-    can_qat = any(_same(mode, "int8-qat") for mode in _possible(dims, "quantize.mode"))
+    """Modes that fake-quantize during distillation must not meet a budget of 0 epochs."""
+    fake_quant = [
+        mode for mode in _possible(dims, "quantize.mode")
+        if QUANT_MODES[str(mode)].fake_quant_training
+    ]
     can_skip = min(_possible(dims, "distill.epochs")) <= 0
-    if can_qat and can_skip:
+    if fake_quant and can_skip:
+        mode = fake_quant[0]
         epochs = dims.get("distill.epochs")
         shown = epochs.describe() if epochs is not None else _DEFAULTS["distill.epochs"]
         raise SpaceError(
-            "int8-qat needs distillation: quantize.mode can be int8-qat while distill.epochs "
+            f"{mode} needs distillation: quantize.mode can be {mode} while distill.epochs "
             f"({shown}) can be 0; keep distill.epochs above 0 "
-            "or remove int8-qat from quantize.mode."
+            f"or remove {mode} from quantize.mode."
         )
 
 
@@ -358,6 +362,6 @@ def default_space() -> SearchSpace:
             "distill.alpha": FloatRange(0.0, 1.0, step=0.1),
             "distill.lr": FloatRange(1e-3, 0.1, log=True),
             "cluster.k": IntRange(16, 256, log=True),
-            "quantize.mode": Choice(QUANT_MODES),
+            "quantize.mode": Choice(tuple(QUANT_MODES)),
         }
     )

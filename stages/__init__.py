@@ -15,18 +15,24 @@ from stages.config import (
     PruneConfig,
     QuantizeConfig,
 )
+from stages.criteria import CRITERIA, Criterion
 from stages.distill import Distill
 from stages.errors import ConfigError, StageError
 from stages.export import Export
 from stages.pipeline import measure_baseline, run_pipeline
 from stages.prune import Prune
+from stages.quant_modes import INT8_FORMATS, QUANT_MODES, QuantMode
 from stages.quantize import Quantize
 
 __all__ = [
+    "CRITERIA",
+    "INT8_FORMATS",
+    "QUANT_MODES",
     "Cluster",
     "ClusterConfig",
     "ConfigError",
     "Context",
+    "Criterion",
     "Distill",
     "DistillConfig",
     "Export",
@@ -37,6 +43,7 @@ __all__ = [
     "PipelineResult",
     "Prune",
     "PruneConfig",
+    "QuantMode",
     "Quantize",
     "QuantizeConfig",
     "Split",

@@ -9,11 +9,10 @@ from typing import Any
 
 from stages.criteria import CRITERIA
 from stages.errors import ConfigError
+from stages.quant_modes import INT8_FORMATS, QUANT_MODES
 
 PRUNE_METHODS = ("structured", "unstructured")
 PRUNE_SCOPES = ("global", "uniform")
-QUANT_MODES = ("none", "fp16", "int8-dynamic", "int8-static", "int8-qat")
-INT8_FORMATS = ("qdq", "qoperator")
 EXPORT_FORMATS = ("onnx", "pt2")
 
 
@@ -86,15 +85,16 @@ class ClusterConfig:
 
 @dataclasses.dataclass(frozen=True)
 class QuantizeConfig:
-    """How the exported model is quantized. ``int8-qat`` fake-quantizes during distillation."""
+    """How the exported model is quantized: ``mode`` names an entry of ``QUANT_MODES`` (modes
+    with ``fake_quant_training``, such as int8-qat, fake-quantize during distillation)."""
 
     mode: str = "none"
     format: str = "qdq"
     calibration_samples: int = 256
 
     def __post_init__(self) -> None:
-        _check_choice("quantize.mode", self.mode, QUANT_MODES)
-        _check_choice("quantize.format", self.format, INT8_FORMATS)
+        _check_choice("quantize.mode", self.mode, tuple(QUANT_MODES))
+        _check_choice("quantize.format", self.format, tuple(INT8_FORMATS))
         _check_range("quantize.calibration_samples", self.calibration_samples, 1, 100_000)
 
 
@@ -119,9 +119,10 @@ class PipelineConfig:
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
-        if self.quantize.mode == "int8-qat" and self.distill.epochs <= 0:
+        mode = self.quantize.mode
+        if QUANT_MODES[mode].fake_quant_training and self.distill.epochs <= 0:
             raise ConfigError(
-                "quantize.mode=int8-qat fake-quantizes during distillation, so distill.epochs "
+                f"quantize.mode={mode} fake-quantizes during distillation, so distill.epochs "
                 f"must be > 0, but got {self.distill.epochs}."
             )
 

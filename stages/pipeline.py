@@ -24,6 +24,7 @@ from stages.distill import Distill
 from stages.export import Export, export_pt2
 from stages.measure import measure_onnx, measure_torch, onnx_sizes
 from stages.prune import Prune
+from stages.quant_modes import QUANT_MODES
 from stages.quantize import Quantize
 from stages.teacher import teacher_logits
 
@@ -57,7 +58,7 @@ def run_pipeline(
         out = fn()
         return out, time.perf_counter() - start
 
-    qat = config.quantize.mode == "int8-qat"
+    qat = QUANT_MODES[config.quantize.mode].fake_quant_training
     # A watched stage reports validation accuracy at the end of its budget: keep that number
     # rather than measure the same model again (not after QAT, which reports the accuracy with
     # fake quantization, before it is stripped).

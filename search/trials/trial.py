@@ -15,13 +15,9 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from objectives import Constraint, EarlyStop, Point, dominated_before_training, ratio, ratios
-from stages import Context
+from stages import QUANT_MODES, Context
 from stages.config import PipelineConfig
 from stages.pipeline import TORCH_ARTIFACT, run_pipeline
-
-# Bytes per weight of the exported model by quantization mode: estimates the size ratio of a
-# config right after pruning, before any training, for the dominance check.
-_BYTES_PER_PARAM = {"none": 4.0, "fp16": 2.0, "int8-dynamic": 1.0, "int8-static": 1.0, "int8-qat": 1.0}
 
 
 class TrialStopped(Exception):
@@ -69,7 +65,7 @@ def estimated_ratio(target: str, baseline: dict[str, float], pruned: dict[str, f
     if target in ("macs", "params"):
         return baseline[target] / max(pruned[target], 1.0)
     if target == "size":
-        return baseline["bytes"] / max(pruned["params"] * _BYTES_PER_PARAM[mode], 1.0)
+        return baseline["bytes"] / max(pruned["params"] * QUANT_MODES[mode].bytes_per_weight, 1.0)
     return None  # latency depends on the runtime's kernels: only measuring tells
 
 
