@@ -18,7 +18,7 @@ from stages.config import (
 from stages.criteria import CRITERIA, Criterion
 from stages.distill import Distill
 from stages.errors import ConfigError, StageError
-from stages.export import Export
+from stages.export import EXPORT_FORMATS, Export, ExportFormat
 from stages.pipeline import measure_baseline, run_pipeline
 from stages.prune import Prune
 from stages.quant_modes import INT8_FORMATS, QUANT_MODES, QuantMode
@@ -26,6 +26,7 @@ from stages.quantize import Quantize
 
 __all__ = [
     "CRITERIA",
+    "EXPORT_FORMATS",
     "INT8_FORMATS",
     "QUANT_MODES",
     "Cluster",
@@ -37,6 +38,7 @@ __all__ = [
     "DistillConfig",
     "Export",
     "ExportConfig",
+    "ExportFormat",
     "Model",
     "OnnxFile",
     "PipelineConfig",

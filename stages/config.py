@@ -13,7 +13,6 @@ from stages.quant_modes import INT8_FORMATS, QUANT_MODES
 
 PRUNE_METHODS = ("structured", "unstructured")
 PRUNE_SCOPES = ("global", "uniform")
-EXPORT_FORMATS = ("onnx", "pt2")
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

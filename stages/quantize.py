@@ -21,11 +21,12 @@ from stages._base import OnnxFile
 from stages._context import Context
 from stages.config import QuantizeConfig
 from stages.errors import StageError
+from stages.export import EXPORT_FORMATS
 from stages.quant_modes import QUANT_MODES
 
 __all__ = ["FINAL_ONNX_NAME", "Quantize"]
 
-FINAL_ONNX_NAME = "model.onnx"
+FINAL_ONNX_NAME = EXPORT_FORMATS["onnx"].file_name
 
 
 @dataclasses.dataclass(frozen=True)
