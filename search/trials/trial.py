@@ -14,7 +14,15 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from objectives import Constraint, EarlyStop, Point, dominated_before_training, ratio, ratios
+from objectives import (
+    Constraint,
+    EarlyStop,
+    Point,
+    dominated_before_training,
+    estimate_ratio,
+    ratio,
+    ratios,
+)
 from stages import QUANT_MODES, Context
 from stages.config import PipelineConfig
 from stages.pipeline import TORCH_ARTIFACT, run_pipeline
@@ -62,11 +70,8 @@ class TrialOutcome:
 
 def estimated_ratio(target: str, baseline: dict[str, float], pruned: dict[str, float], mode: str) -> float | None:
     """The target ratio a config can reach at best, known right after pruning (None: unknown)."""
-    if target in ("macs", "params"):
-        return baseline[target] / max(pruned[target], 1.0)
-    if target == "size":
-        return baseline["bytes"] / max(pruned["params"] * QUANT_MODES[mode].bytes_per_weight, 1.0)
-    return None  # latency depends on the runtime's kernels: only measuring tells
+    bytes_per_weight = QUANT_MODES[mode].bytes_per_weight
+    return estimate_ratio(target, baseline, pruned, bytes_per_weight=bytes_per_weight)
 
 
 def run_trial(
