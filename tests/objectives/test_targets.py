@@ -100,8 +100,17 @@ def test_targets_and_metrics_are_derived_from_the_registry() -> None:
     assert all(t.label and t.description for t in TARGET_REGISTRY.values())
 
 
+def test_gzip_size_is_the_ratio_of_gzip_bytes() -> None:
+    baseline = {**BASELINE, "gzip_bytes": 3_000_000.0}
+    trial = {"bytes": 1_000_000.0, "gzip_bytes": 500_000.0}
+    assert "gzip-size" in TARGETS and TARGET_METRIC["gzip-size"] == "gzip_bytes"
+    assert ratio("gzip-size", baseline, trial) == pytest.approx(6.0)
+    assert ratios(baseline, trial) == {"size": pytest.approx(4.0), "gzip-size": pytest.approx(6.0)}
+    assert estimate_ratio("gzip-size", baseline, {"params": 1.0}, bytes_per_weight=1.0) is None
+
+
 def test_unknown_target_is_refused_by_every_entry_point() -> None:
-    with pytest.raises(ObjectiveError, match=r"one of size, latency, macs, params, .*'x'"):
+    with pytest.raises(ObjectiveError, match=r"one of size, latency, macs, params, gzip-size, .*'x'"):
         target("x")
     with pytest.raises(ObjectiveError, match="'x'"):
         estimate_ratio("x", BASELINE, {}, bytes_per_weight=4.0)
