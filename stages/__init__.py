@@ -23,6 +23,7 @@ from stages.pipeline import measure_baseline, run_pipeline
 from stages.prune import Prune
 from stages.quant_modes import INT8_FORMATS, QUANT_MODES, QuantMode
 from stages.quantize import Quantize
+from stages.searchable import Condition, Hint, OneOf, Span
 
 __all__ = [
     "CRITERIA",
@@ -32,6 +33,7 @@ __all__ = [
     "Cluster",
     "ClusterConfig",
     "ConfigError",
+    "Condition",
     "Context",
     "Criterion",
     "Distill",
@@ -39,7 +41,9 @@ __all__ = [
     "Export",
     "ExportConfig",
     "ExportFormat",
+    "Hint",
     "Model",
+    "OneOf",
     "OnnxFile",
     "PipelineConfig",
     "PipelineResult",
@@ -48,6 +52,7 @@ __all__ = [
     "QuantMode",
     "Quantize",
     "QuantizeConfig",
+    "Span",
     "Split",
     "Stage",
     "StageError",
