@@ -11,23 +11,36 @@ from objectives._constraints import (
 from objectives._early_stop import EarlyStop, dominated_before_training
 from objectives._errors import ObjectiveError
 from objectives._pareto import Point, hypervolume, pareto_front, recommend
-from objectives._targets import TARGET_METRIC, TARGETS, ratio, ratios
+from objectives._targets import (
+    TARGET_METRIC,
+    TARGET_REGISTRY,
+    TARGETS,
+    Target,
+    estimate_ratio,
+    ratio,
+    ratios,
+    target,
+)
 
 __all__ = [
     "DROP_TYPES",
     "TARGETS",
     "TARGET_METRIC",
+    "TARGET_REGISTRY",
     "Constraint",
     "EarlyStop",
     "ObjectiveError",
     "Point",
+    "Target",
     "closest_infeasible",
     "dominated_before_training",
     "drop_points",
+    "estimate_ratio",
     "format_violations",
     "hypervolume",
     "pareto_front",
     "ratio",
     "ratios",
     "recommend",
+    "target",
 ]

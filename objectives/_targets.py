@@ -1,50 +1,114 @@
-"""Compression targets and their ratios against the teacher (bigger is better)."""
+"""Compression targets and their ratios against the teacher (bigger is better).
+
+``TARGET_REGISTRY`` holds one ``Target`` per name; ``TARGETS`` (the names, as ``--target``
+offers them) and ``TARGET_METRIC`` are derived from it, so a new target is one entry here.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Callable, Mapping
 
+from objectives import metrics
 from objectives._errors import ObjectiveError, check_positive
 
-TARGETS: tuple[str, ...] = ("size", "latency", "macs", "params")
+# (teacher metrics, pruned model's torch metrics, bytes per weight of the quantization mode)
+# -> the best ratio a config can still reach, known right after pruning.
+Estimate = Callable[[Mapping[str, float], Mapping[str, float], float], float]
 
-# target -> the metric key (see objectives/metrics.py) it is measured by.
-TARGET_METRIC: dict[str, str] = {
-    "size": "bytes",
-    "latency": "latency_ms",
-    "macs": "macs",
-    "params": "params",
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What a study can maximise: the teacher's ``metric`` over the trial's.
+
+    ``reference_metric`` names the teacher's value measured in the trial's own run (preferred
+    over the baseline, so machine drift cancels); ``estimate`` bounds the ratio right after
+    pruning (None when only measuring the final file tells); ``label`` and ``unit`` head tables.
+    """
+
+    metric: str
+    label: str
+    unit: str
+    description: str
+    reference_metric: str | None = None
+    estimate: Estimate | None = None
+
+
+def _counted(metric: str) -> Estimate:
+    """Params and MACs are final once pruning is done: the ratio is already known."""
+    return lambda baseline, pruned, bytes_per_weight: baseline[metric] / max(pruned[metric], 1.0)
+
+
+def _file_bytes(baseline: Mapping[str, float], pruned: Mapping[str, float], bpw: float) -> float:
+    """The file holds at least every weight at the mode's width."""
+    return baseline[metrics.BYTES] / max(pruned[metrics.PARAMS] * bpw, 1.0)
+
+
+TARGET_REGISTRY: dict[str, Target] = {
+    "size": Target(
+        metrics.BYTES, "size", "bytes", "file bytes of the exported model", estimate=_file_bytes
+    ),
+    "latency": Target(
+        metrics.LATENCY_MS,
+        "latency",
+        "ms",
+        "ONNX Runtime batch-1 latency",
+        reference_metric=metrics.TEACHER_LATENCY_MS,
+    ),
+    "macs": Target(metrics.MACS, "MACs", "", "multiply-accumulates", estimate=_counted(metrics.MACS)),
+    "params": Target(
+        metrics.PARAMS, "params", "", "parameters", estimate=_counted(metrics.PARAMS)
+    ),
+    # gzip can shrink clustered or sparse weights far below their width: no bound before training.
+    "gzip-size": Target(
+        metrics.GZIP_BYTES, "gzip size", "bytes", "gzip bytes of the exported model"
+    ),
 }
 
-_TEACHER_LATENCY = "teacher_latency_ms"
+TARGETS: tuple[str, ...] = tuple(TARGET_REGISTRY)
+
+# target -> the metric key (see objectives/metrics.py) it is measured by.
+TARGET_METRIC: dict[str, str] = {name: t.metric for name, t in TARGET_REGISTRY.items()}
 
 
-def _check_target(target: str) -> str:
-    if target not in TARGET_METRIC:
-        raise ObjectiveError(f"target must be one of {', '.join(TARGETS)}, but got {target!r}.")
-    return TARGET_METRIC[target]
+def target(name: str) -> Target:
+    """The registry entry of ``name``; an unknown name raises listing the valid ones."""
+    if name not in TARGET_REGISTRY:
+        raise ObjectiveError(f"target must be one of {', '.join(TARGETS)}, but got {name!r}.")
+    return TARGET_REGISTRY[name]
 
 
-def ratio(target: str, baseline: Mapping[str, float], metrics: Mapping[str, float]) -> float:
-    """Compression ratio of a trial on ``target``: teacher metric / trial metric.
+def _reference(entry: Target, baseline: Mapping[str, float], metrics: Mapping[str, float]) -> str | None:
+    """Where the teacher's value comes from: ``"metrics"``, ``"baseline"`` or None (nowhere)."""
+    if entry.reference_metric is not None and entry.reference_metric in metrics:
+        return "metrics"
+    return "baseline" if entry.metric in baseline else None
 
-    ``baseline`` holds the teacher's metrics, ``metrics`` the trial's. For latency, a
-    ``teacher_latency_ms`` in ``metrics`` (the teacher timed interleaved in the same run) is used
-    instead of the baseline's, so machine drift between runs cancels out.
+
+def ratio(target_name: str, baseline: Mapping[str, float], metrics: Mapping[str, float]) -> float:
+    """Compression ratio of a trial on ``target_name``: teacher metric / trial metric.
+
+    ``baseline`` holds the teacher's metrics, ``metrics`` the trial's. A target's
+    ``reference_metric`` in ``metrics`` (latency's ``teacher_latency_ms``, the teacher timed
+    interleaved in the same run) is used instead of the baseline's, so machine drift cancels out.
     """
-    key = _check_target(target)
+    entry = target(target_name)
+    key = entry.metric
     if key not in metrics:
         raise ObjectiveError(
-            f"metrics lack {key!r} needed for target {target!r}; got keys {sorted(metrics)}."
+            f"metrics lack {key!r} needed for target {target_name!r}; got keys {sorted(metrics)}."
         )
     value = check_positive(f"metrics[{key!r}]", metrics[key])
-    if target == "latency" and _TEACHER_LATENCY in metrics:
-        reference = check_positive(f"metrics[{_TEACHER_LATENCY!r}]", metrics[_TEACHER_LATENCY])
-    elif key in baseline:
+    source = _reference(entry, baseline, metrics)
+    if source == "metrics":
+        ref = entry.reference_metric
+        reference = check_positive(f"metrics[{ref!r}]", metrics[ref])  # type: ignore[index]
+    elif source == "baseline":
         reference = check_positive(f"baseline[{key!r}]", baseline[key])
     else:
         raise ObjectiveError(
-            f"baseline lacks {key!r} needed for target {target!r}; got keys {sorted(baseline)}."
+            f"baseline lacks {key!r} needed for target {target_name!r}; "
+            f"got keys {sorted(baseline)}."
         )
     return reference / value
 
@@ -55,10 +119,24 @@ def ratios(baseline: Mapping[str, float], metrics: Mapping[str, float]) -> dict[
     A target is left out when ``metrics`` lacks its metric, or when ``baseline`` lacks it too
     (latency can still use the interleaved ``teacher_latency_ms``).
     """
-    out: dict[str, float] = {}
-    for target in TARGETS:
-        key = TARGET_METRIC[target]
-        has_reference = key in baseline or (target == "latency" and _TEACHER_LATENCY in metrics)
-        if key in metrics and has_reference:
-            out[target] = ratio(target, baseline, metrics)
-    return out
+    return {
+        name: ratio(name, baseline, metrics)
+        for name, entry in TARGET_REGISTRY.items()
+        if entry.metric in metrics and _reference(entry, baseline, metrics) is not None
+    }
+
+
+def estimate_ratio(
+    target_name: str,
+    baseline: Mapping[str, float],
+    pruned: Mapping[str, float],
+    *,
+    bytes_per_weight: float,
+) -> float | None:
+    """The best ``target_name`` ratio a config can reach, known right after pruning from the
+    pruned model's ``params``/``macs`` and the quantization mode's ``bytes_per_weight``; None
+    when the target cannot be bounded before measuring (latency, gzip size)."""
+    entry = target(target_name)
+    if entry.estimate is None:
+        return None
+    return entry.estimate(baseline, pruned, bytes_per_weight)

@@ -26,10 +26,10 @@ from search.errors import UserError
 from search.study import StudyInfo, TrialRecord
 from search.study.scoring import closest_records, recommended_record
 from search.workloads.workload import WorkloadSpec, load_task_data
-from stages import Split, TaskData
+from stages import EXPORT_FORMATS, Split, TaskData
 from stages.files import temp_beside
 
-FORMATS = ("onnx", "pt2")
+FORMATS = tuple(EXPORT_FORMATS)
 SIDECAR_SUFFIX = ".json"
 EVAL_BATCH_SIZE = 512  # the batch size trials are measured with (Context.eval_batch_size)
 VERSIONED_PACKAGES = ("mcaas-search", "torch", "onnx", "onnxruntime", "optuna")

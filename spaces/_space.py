@@ -10,7 +10,7 @@ the three in step when a conditional rule changes.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -25,17 +25,12 @@ from spaces._dimensions import (
     SpaceError,
     TrialLike,
     _is_number,
-    _same,
 )
 from spaces._profiles import profile_config
-from stages.config import (
-    PRUNE_CRITERIA,
-    PRUNE_SCOPES,
-    QUANT_MODES,
-    PipelineConfig,
-    valid_keys,
-)
+from stages.config import PipelineConfig, search_hints, valid_keys
 from stages.errors import ConfigError
+from stages.quant_modes import QUANT_MODES
+from stages.searchable import Condition, OneOf, Span
 
 CLUSTER_ON = "cluster.on"
 """The parameter that switches clustering on before ``cluster.k`` is asked (when k is a range)."""
@@ -45,52 +40,26 @@ _KEYS: dict[str, type] = valid_keys()
 _DEFAULTS: dict[str, Any] = PipelineConfig().to_flat()
 
 
-@dataclasses.dataclass(frozen=True)
-class _Condition:
-    """When a setting matters: ``text`` for people, ``holds`` on the settings decided so far."""
-
-    text: str
-    holds: Callable[[Mapping[str, Any]], bool]
+_HINTS = search_hints()
+# When each setting matters (declared beside its default in stages.config).
+_CONDITIONS: dict[str, Condition] = {k: h.when for k, h in _HINTS.items() if h.when is not None}
 
 
-_PRUNING = _Condition("prune.ratio > 0", lambda v: v["prune.ratio"] > 0)
-# Unstructured pruning is magnitude sparsity: it has a scope but no criterion, steps or round_to.
-_STRUCTURED = _Condition(
-    "prune.ratio > 0, structured",
-    lambda v: v["prune.ratio"] > 0 and v["prune.method"] == "structured",
-)
-_DISTILLING = _Condition("distill.epochs > 0", lambda v: v["distill.epochs"] > 0)
-# alpha 0 is plain fine-tuning: the temperature only scales soft targets, so it would be noise.
-_SOFT_TARGETS = _Condition(
-    "distill.epochs > 0, distill.alpha > 0",
-    lambda v: v["distill.epochs"] > 0 and v["distill.alpha"] > 0,
-)
+def _walk_order(keys: Sequence[str]) -> tuple[str, ...]:
+    """``keys`` with every setting after the ones its condition reads, otherwise in order."""
+    order: list[str] = []
+    waiting = list(keys)
+    while waiting:
+        ready = next(
+            k for k in waiting
+            if k not in _CONDITIONS or set(_CONDITIONS[k].reads) <= {*order, k}
+        )
+        order.append(ready)
+        waiting.remove(ready)
+    return tuple(order)
 
-_CONDITIONS: dict[str, _Condition] = {
-    "prune.method": _PRUNING,
-    "prune.criterion": _STRUCTURED,
-    "prune.scope": _PRUNING,
-    "prune.steps": _STRUCTURED,
-    "prune.round_to": _STRUCTURED,
-    "distill.alpha": _DISTILLING,
-    "distill.temperature": _SOFT_TARGETS,
-    "distill.lr": _DISTILLING,
-}
 
-# Every setting after the ones its condition reads; the rest keep valid_keys() order.
-_HEAD = (
-    "prune.ratio",
-    "prune.method",
-    "prune.criterion",
-    "prune.scope",
-    "prune.steps",
-    "prune.round_to",
-    "distill.epochs",
-    "distill.alpha",
-    "distill.temperature",
-    "distill.lr",
-)
-_ORDER: tuple[str, ...] = _HEAD + tuple(key for key in _KEYS if key not in _HEAD)
+_ORDER: tuple[str, ...] = _walk_order(list(_KEYS))
 
 _KIND_WORDS = {float: "a number", int: "an integer", str: "a string"}
 _DIMENSIONS_FOR_KIND: dict[type, tuple[type, ...]] = {
@@ -150,15 +119,20 @@ def _possible(dims: Mapping[str, Dimension], key: str) -> tuple[Any, ...]:
 
 
 def _check_qat_has_distillation(dims: Mapping[str, Dimension]) -> None:
-    can_qat = any(_same(mode, "int8-qat") for mode in _possible(dims, "quantize.mode"))
+    """Modes that fake-quantize during distillation must not meet a budget of 0 epochs."""
+    fake_quant = [
+        mode for mode in _possible(dims, "quantize.mode")
+        if QUANT_MODES[str(mode)].fake_quant_training
+    ]
     can_skip = min(_possible(dims, "distill.epochs")) <= 0
-    if can_qat and can_skip:
+    if fake_quant and can_skip:
+        mode = fake_quant[0]
         epochs = dims.get("distill.epochs")
         shown = epochs.describe() if epochs is not None else _DEFAULTS["distill.epochs"]
         raise SpaceError(
-            "int8-qat needs distillation: quantize.mode can be int8-qat while distill.epochs "
+            f"{mode} needs distillation: quantize.mode can be {mode} while distill.epochs "
             f"({shown}) can be 0; keep distill.epochs above 0 "
-            "or remove int8-qat from quantize.mode."
+            f"or remove {mode} from quantize.mode."
         )
 
 
@@ -339,25 +313,23 @@ class SearchSpace(Mapping[str, Dimension]):
 
 
 def default_space() -> SearchSpace:
-    """Every stage searched over the ranges of the design table; quantize.format,
-    calibration_samples and export.opset stay at their defaults.
+    """Every setting over the default range declared beside it in ``stages.config``; the others
+    (quantize.format, calibration_samples, export.opset, prune.method) stay at their defaults.
 
     ``prune.method`` stays structured: unstructured sparsity keeps every weight in the file, so
-    it improves none of the targets (bytes, latency, MACs, params), only gzip bytes; searching it
-    would spend trials on configs the dominance check then skips. A space file can add it back.
+    it improves only gzip bytes among the targets; searching it would spend trials on configs
+    that rarely pay off. A space file can add it back.
     """
     return SearchSpace(
-        {
-            "prune.ratio": FloatRange(0.0, 0.95),
-            "prune.criterion": Choice(PRUNE_CRITERIA),
-            "prune.scope": Choice(PRUNE_SCOPES),
-            "prune.steps": IntRange(1, 5),
-            "prune.round_to": Choice((1, 8)),
-            "distill.epochs": FloatRange(0.5, 3.0, step=0.5),
-            "distill.temperature": FloatRange(1.0, 20.0, log=True),
-            "distill.alpha": FloatRange(0.0, 1.0, step=0.1),
-            "distill.lr": FloatRange(1e-3, 0.1, log=True),
-            "cluster.k": IntRange(16, 256, log=True),
-            "quantize.mode": Choice(QUANT_MODES),
-        }
+        {key: _dimension(_KEYS[key], h.search) for key, h in _HINTS.items() if h.search is not None}
     )
+
+
+def _dimension(kind: type, search: Span | OneOf) -> Dimension:
+    """The dimension a declared default range stands for, for a setting of type ``kind``."""
+    if isinstance(search, OneOf):
+        return Choice(search.choices)
+    if kind is int:
+        step = 1 if search.step is None else int(search.step)
+        return IntRange(int(search.low), int(search.high), log=search.log, step=step)
+    return FloatRange(search.low, search.high, log=search.log, step=search.step)

@@ -15,30 +15,44 @@ from stages.config import (
     PruneConfig,
     QuantizeConfig,
 )
+from stages.criteria import CRITERIA, Criterion
 from stages.distill import Distill
 from stages.errors import ConfigError, StageError
-from stages.export import Export
+from stages.export import EXPORT_FORMATS, Export, ExportFormat
 from stages.pipeline import measure_baseline, run_pipeline
 from stages.prune import Prune
+from stages.quant_modes import INT8_FORMATS, QUANT_MODES, QuantMode
 from stages.quantize import Quantize
+from stages.searchable import Condition, Hint, OneOf, Span
 
 __all__ = [
+    "CRITERIA",
+    "EXPORT_FORMATS",
+    "INT8_FORMATS",
+    "QUANT_MODES",
     "Cluster",
     "ClusterConfig",
     "ConfigError",
+    "Condition",
     "Context",
+    "Criterion",
     "Distill",
     "DistillConfig",
     "Export",
     "ExportConfig",
+    "ExportFormat",
+    "Hint",
     "Model",
+    "OneOf",
     "OnnxFile",
     "PipelineConfig",
     "PipelineResult",
     "Prune",
     "PruneConfig",
+    "QuantMode",
     "Quantize",
     "QuantizeConfig",
+    "Span",
     "Split",
     "Stage",
     "StageError",

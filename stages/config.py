@@ -1,5 +1,9 @@
 """Frozen, validated settings of every stage, and the flat ``stage.key=value`` form used by the
-CLI (``--set prune.ratio=0.5``), the search spaces and the study storage."""
+CLI (``--set prune.ratio=0.5``), the search spaces and the study storage.
+
+A searchable setting declares its default search range and condition beside its default
+(``setting(...)``); ``spaces.default_space()`` is derived from them (see ``search_hints``).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,29 @@ import dataclasses
 import typing
 from typing import Any
 
+from stages.criteria import CRITERIA
 from stages.errors import ConfigError
+from stages.quant_modes import INT8_FORMATS, QUANT_MODES
+from stages.searchable import Condition, Hint, OneOf, Span, hint_of, setting
 
-PRUNE_CRITERIA = ("l1", "l2", "random", "bn-scale", "lamp", "taylor", "fpgm")
 PRUNE_METHODS = ("structured", "unstructured")
 PRUNE_SCOPES = ("global", "uniform")
-QUANT_MODES = ("none", "fp16", "int8-dynamic", "int8-static", "int8-qat")
-INT8_FORMATS = ("qdq", "qoperator")
-EXPORT_FORMATS = ("onnx", "pt2")
+
+
+_PRUNING = Condition("prune.ratio > 0", lambda v: v["prune.ratio"] > 0, ("prune.ratio",))
+# Unstructured pruning is magnitude sparsity: it has a scope but no criterion, steps or round_to.
+_STRUCTURED = Condition(
+    "prune.ratio > 0, structured",
+    lambda v: v["prune.ratio"] > 0 and v["prune.method"] == "structured",
+    ("prune.ratio", "prune.method"),
+)
+_DISTILLING = Condition("distill.epochs > 0", lambda v: v["distill.epochs"] > 0, ("distill.epochs",))
+# alpha 0 is plain fine-tuning: the temperature only scales soft targets, so it would be noise.
+_SOFT_TARGETS = Condition(
+    "distill.epochs > 0, distill.alpha > 0",
+    lambda v: v["distill.epochs"] > 0 and v["distill.alpha"] > 0,
+    ("distill.epochs", "distill.alpha"),
+)
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -37,16 +56,18 @@ class PruneConfig:
     like multiples of 8).
     """
 
-    ratio: float = 0.0
-    criterion: str = "l2"
-    method: str = "structured"
-    scope: str = "global"
-    steps: int = 1
-    round_to: int = 1
+    ratio: float = setting(0.0, search=Span(0.0, 0.95))
+    criterion: str = setting("l2", search=OneOf(tuple(CRITERIA)), when=_STRUCTURED)
+    # Not searched by default: unstructured sparsity keeps every weight in the file, so it
+    # improves only gzip bytes; a space file can add it.
+    method: str = setting("structured", when=_PRUNING)
+    scope: str = setting("global", search=OneOf(PRUNE_SCOPES), when=_PRUNING)
+    steps: int = setting(1, search=Span(1, 5), when=_STRUCTURED)
+    round_to: int = setting(1, search=OneOf((1, 8)), when=_STRUCTURED)
 
     def __post_init__(self) -> None:
         _check_range("prune.ratio", self.ratio, 0.0, 0.95)
-        _check_choice("prune.criterion", self.criterion, PRUNE_CRITERIA)
+        _check_choice("prune.criterion", self.criterion, tuple(CRITERIA))
         _check_choice("prune.method", self.method, PRUNE_METHODS)
         _check_choice("prune.scope", self.scope, PRUNE_SCOPES)
         _check_range("prune.steps", self.steps, 1, 100)
@@ -61,10 +82,10 @@ class DistillConfig:
     fine-tuning, 1 uses no labels. ``epochs`` is the budget (fractions allowed; 0 skips the stage).
     """
 
-    epochs: float = 1.0
-    temperature: float = 4.0
-    alpha: float = 0.7
-    lr: float = 0.01
+    epochs: float = setting(1.0, search=Span(0.5, 3.0, step=0.5))
+    temperature: float = setting(4.0, search=Span(1.0, 20.0, log=True), when=_SOFT_TARGETS)
+    alpha: float = setting(0.7, search=Span(0.0, 1.0, step=0.1), when=_DISTILLING)
+    lr: float = setting(0.01, search=Span(1e-3, 0.1, log=True), when=_DISTILLING)
 
     def __post_init__(self) -> None:
         _check_range("distill.epochs", self.epochs, 0.0, 1000.0)
@@ -77,7 +98,7 @@ class DistillConfig:
 class ClusterConfig:
     """Per-layer k-means weight sharing with ``k`` centroids; 0 turns the stage off."""
 
-    k: int = 0
+    k: int = setting(0, search=Span(16, 256, log=True))  # searched as "off, or k in the span"
 
     def __post_init__(self) -> None:
         if self.k != 0:
@@ -86,15 +107,16 @@ class ClusterConfig:
 
 @dataclasses.dataclass(frozen=True)
 class QuantizeConfig:
-    """How the exported model is quantized. ``int8-qat`` fake-quantizes during distillation."""
+    """How the exported model is quantized: ``mode`` names an entry of ``QUANT_MODES`` (modes
+    with ``fake_quant_training``, such as int8-qat, fake-quantize during distillation)."""
 
-    mode: str = "none"
+    mode: str = setting("none", search=OneOf(tuple(QUANT_MODES)))
     format: str = "qdq"
     calibration_samples: int = 256
 
     def __post_init__(self) -> None:
-        _check_choice("quantize.mode", self.mode, QUANT_MODES)
-        _check_choice("quantize.format", self.format, INT8_FORMATS)
+        _check_choice("quantize.mode", self.mode, tuple(QUANT_MODES))
+        _check_choice("quantize.format", self.format, tuple(INT8_FORMATS))
         _check_range("quantize.calibration_samples", self.calibration_samples, 1, 100_000)
 
 
@@ -119,9 +141,10 @@ class PipelineConfig:
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
-        if self.quantize.mode == "int8-qat" and self.distill.epochs <= 0:
+        mode = self.quantize.mode
+        if QUANT_MODES[mode].fake_quant_training and self.distill.epochs <= 0:
             raise ConfigError(
-                "quantize.mode=int8-qat fake-quantizes during distillation, so distill.epochs "
+                f"quantize.mode={mode} fake-quantizes during distillation, so distill.epochs "
                 f"must be > 0, but got {self.distill.epochs}."
             )
 
@@ -165,6 +188,16 @@ def valid_keys() -> dict[str, type]:
         for f in dataclasses.fields(section_type):
             keys[f"{section.name}.{f.name}"] = hints[f.name]
     return keys
+
+
+def search_hints() -> dict[str, Hint]:
+    """Every flat setting name and its search declaration (range and condition), in field
+    order; settings declared without one get an empty ``Hint``."""
+    return {
+        f"{section.name}.{f.name}": hint_of(f)
+        for section in dataclasses.fields(PipelineConfig)
+        for f in dataclasses.fields(typing.get_type_hints(PipelineConfig)[section.name])
+    }
 
 
 def _convert(key: str, raw: Any, kind: type) -> Any:

@@ -20,7 +20,7 @@ from stages.config import ExportConfig
 from stages.errors import StageError
 from stages.files import atomic_path, write_atomic
 
-__all__ = ["EXPORTERS", "FP32_ONNX_NAME", "Export", "export_onnx", "export_pt2"]
+__all__ = ["EXPORT_FORMATS", "FP32_ONNX_NAME", "Export", "ExportFormat", "export_onnx", "export_pt2"]
 
 FP32_ONNX_NAME = "model.fp32.onnx"
 INPUT_NAME = "input"
@@ -107,10 +107,24 @@ def export_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
     return path
 
 
-# Artifact format -> writer ``(model, example input, path) -> path``.
-EXPORTERS: dict[str, Callable[[nn.Module, torch.Tensor, Path], Path]] = {
-    "onnx": export_onnx,
-    "pt2": export_pt2,
+@dataclasses.dataclass(frozen=True)
+class ExportFormat:
+    """An artifact format a trial can ship: ``writer(model, example input, path) -> path``
+    writes it; a trial's file of this format is ``file_name`` in its workdir."""
+
+    writer: Callable[[nn.Module, torch.Tensor, Path], Path]
+    file_name: str
+    description: str
+
+    @property
+    def suffix(self) -> str:
+        return Path(self.file_name).suffix
+
+
+# Artifact format -> its entry (``search export --format`` offers these names).
+EXPORT_FORMATS: dict[str, ExportFormat] = {
+    "onnx": ExportFormat(export_onnx, "model.onnx", "ONNX, run in ONNX Runtime (measured)"),
+    "pt2": ExportFormat(export_pt2, "model.pt2", "torch.export program (torch.export.load)"),
 }
 
 

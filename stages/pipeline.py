@@ -21,9 +21,10 @@ from stages._context import Context
 from stages.cluster import Cluster
 from stages.config import PipelineConfig
 from stages.distill import Distill
-from stages.export import Export, export_pt2
+from stages.export import EXPORT_FORMATS, Export
 from stages.measure import measure_onnx, measure_torch, onnx_sizes
 from stages.prune import Prune
+from stages.quant_modes import QUANT_MODES
 from stages.quantize import Quantize
 from stages.teacher import teacher_logits
 
@@ -31,8 +32,8 @@ from stages.teacher import teacher_logits
 # training; the search raises from it to skip a config that is already dominated.
 AfterPrune = Callable[[dict[str, float]], None]
 
-FINAL_ARTIFACT = "model.onnx"
-TORCH_ARTIFACT = "model.pt2"
+# The torch.export file a trial leaves beside its ONNX artifact when it is not quantized.
+TORCH_ARTIFACT = EXPORT_FORMATS["pt2"].file_name
 
 
 def run_pipeline(
@@ -57,7 +58,7 @@ def run_pipeline(
         out = fn()
         return out, time.perf_counter() - start
 
-    qat = config.quantize.mode == "int8-qat"
+    qat = QUANT_MODES[config.quantize.mode].fake_quant_training
     # A watched stage reports validation accuracy at the end of its budget: keep that number
     # rather than measure the same model again (not after QAT, which reports the accuracy with
     # fake quantization, before it is stripped).
@@ -104,7 +105,7 @@ def run_pipeline(
     records.append(StageRecord(last, quant_s + (0 if last == "quantize" else export_s), final_metrics))
     records.append(StageRecord("measure", measure_s, {}))
     if torch_artifact and config.quantize.mode == "none":
-        export_pt2(model, ctx.data.example_input(), ctx.workdir / TORCH_ARTIFACT)
+        EXPORT_FORMATS["pt2"].writer(model, ctx.data.example_input(), ctx.workdir / TORCH_ARTIFACT)
     return PipelineResult(config=config, metrics=final_metrics, stages=records, artifact=final.path)
 
 

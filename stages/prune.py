@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import traceback
 import warnings
-from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -25,23 +24,10 @@ from stages._graph import (
     weight_layers,
 )
 from stages.config import PruneConfig
+from stages.criteria import CRITERIA
 from stages.errors import StageError
 
-__all__ = ["CRITERIA", "Prune", "count_params_macs", "find_classifier"]
-
-# Criterion name -> importance factory (a fresh scorer per run: some keep state).
-CRITERIA: dict[str, Callable[[], tp.importance.Importance]] = {
-    "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
-    "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
-    "random": lambda: tp.importance.RandomImportance(),
-    "bn-scale": lambda: tp.importance.BNScaleImportance(),
-    "lamp": lambda: tp.importance.LAMPImportance(p=2),
-    "taylor": lambda: tp.importance.GroupTaylorImportance(),
-    "fpgm": lambda: tp.importance.FPGMImportance(),
-}
-
-# Criteria that score channels by loss gradients, computed before each pruning step.
-GRADIENT_CRITERIA = frozenset({"taylor"})
+__all__ = ["Prune", "count_params_macs", "find_classifier"]
 
 # Over iterative steps, torch-pruning stops pruning a layer that has lost this fraction of its
 # initial channels (checked before each step), so global ranking cannot hollow one layer out.
@@ -128,6 +114,7 @@ class Prune:
 
     def _prune_structured(self, model: nn.Module, ctx: Context, example: torch.Tensor) -> None:
         config = self.config
+        needs_gradients = CRITERIA[config.criterion].needs_gradients
         model.eval()  # tracing must not update batch-norm statistics
         # torch-pruning warns about choices it makes on its own (e.g. the pruning dimension of
         # bare nn.Parameters); they are not the user's to act on.
@@ -139,10 +126,10 @@ class Prune:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(ctx.seed)
                 for _ in range(config.steps):
-                    if config.criterion in GRADIENT_CRITERIA:
+                    if needs_gradients:
                         _accumulate_gradients(model, ctx)
                     _step(pruner, model)
-        if config.criterion in GRADIENT_CRITERIA:
+        if needs_gradients:
             model.zero_grad(set_to_none=True)
 
 
@@ -155,7 +142,7 @@ def _build_pruner(
             model,
             example,
             importance=_RankableImportance(
-                CRITERIA[config.criterion](), torch.Generator().manual_seed(ctx.seed)
+                CRITERIA[config.criterion].importance(), torch.Generator().manual_seed(ctx.seed)
             ),
             global_pruning=config.scope == "global",
             pruning_ratio=config.ratio,

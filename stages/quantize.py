@@ -1,10 +1,6 @@
 """Quantize: the exported fp32 ONNX graph becomes the final artifact ``model.onnx``, converted by
-ONNX Runtime's own tools (``torch.ao.quantization`` is deprecated and never used).
-
-Modes: ``none`` (fp32 as exported), ``fp16`` (weights and arithmetic in half precision, inputs
-and outputs stay float32), ``int8-dynamic`` (int8 weights, activations quantized on the fly),
-``int8-static`` and ``int8-qat`` (int8 weights and activations, activation ranges calibrated on
-training samples; ``int8-qat`` weights were trained with fake quantization during distillation).
+ONNX Runtime's own tools (``torch.ao.quantization`` is deprecated and never used) as the mode's
+entry in ``stages.quant_modes.QUANT_MODES`` says, then checked to run.
 """
 
 from __future__ import annotations
@@ -12,41 +8,25 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-import torch
-from onnxruntime.quantization import (
-    CalibrationDataReader,
-    CalibrationMethod,
-    QuantFormat,
-    QuantType,
-    quantize_dynamic,
-    quantize_static,
-)
-from onnxruntime.quantization.shape_inference import quant_pre_process
-from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from stages._base import OnnxFile
-from stages._context import Context, Split
+from stages._context import Context
 from stages.config import QuantizeConfig
 from stages.errors import StageError
+from stages.export import EXPORT_FORMATS
+from stages.quant_modes import QUANT_MODES
 
-__all__ = ["FINAL_ONNX_NAME", "QUANTIZERS", "Quantize", "TrainingCalibration"]
+__all__ = ["FINAL_ONNX_NAME", "Quantize"]
 
-FINAL_ONNX_NAME = "model.onnx"
-
-# Samples per calibration batch (the exported graph has a dynamic batch axis).
-CALIBRATION_BATCH = 32
-
-INT8_FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+FINAL_ONNX_NAME = EXPORT_FORMATS["onnx"].file_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +51,7 @@ class Quantize:
             out = Path(tmp) / FINAL_ONNX_NAME
             try:
                 with _quiet_quantizer_logs():
-                    QUANTIZERS[self.config.mode](model.path, out, self.config, ctx)
+                    QUANT_MODES[self.config.mode].quantizer(model.path, out, self.config, ctx)
             except Exception as exc:
                 first_line = (str(exc).strip().splitlines() or [""])[0]
                 raise StageError(
@@ -81,91 +61,6 @@ class Quantize:
             _check_runs(out, ctx.data.example_input().numpy(), self.config.mode)
             os.replace(out, dst)  # the temporary folder is on the same file system
         return OnnxFile(dst)
-
-
-class TrainingCalibration(CalibrationDataReader):
-    """Feeds ``samples`` training inputs, drawn at random with ``seed``, to ORT's calibrator.
-
-    Only the training split is read: activation ranges must not be fitted on the data that
-    judges the model.
-    """
-
-    def __init__(
-        self, train: Split, samples: int, seed: int, *, input_name: str, batch_size: int
-    ) -> None:
-        generator = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(train), generator=generator)[: min(samples, len(train))]
-        self._x = train.x
-        self._input_name = input_name
-        self._chunks = iter(order.split(batch_size))
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        chunk = next(self._chunks, None)
-        if chunk is None:
-            return None
-        return {self._input_name: self._x[chunk].to("cpu", torch.float32).numpy()}
-
-
-def _none(src: Path, dst: Path, config: QuantizeConfig, ctx: Context) -> None:
-    shutil.copyfile(src, dst)
-
-
-def _fp16(src: Path, dst: Path, config: QuantizeConfig, ctx: Context) -> None:
-    model = convert_float_to_float16(onnx.load(src), keep_io_types=True)
-    onnx.save_model(model, dst)
-
-
-def _int8_dynamic(src: Path, dst: Path, config: QuantizeConfig, ctx: Context) -> None:
-    # Activations are quantized at run time, so there is no calibration and no format choice:
-    # ORT writes ConvInteger / MatMulInteger nodes (all run on its CPU provider).
-    prepared = _pre_process(src, dst)
-    quantize_dynamic(prepared, dst, per_channel=True, weight_type=QuantType.QInt8)
-
-
-def _int8_static(src: Path, dst: Path, config: QuantizeConfig, ctx: Context) -> None:
-    prepared = _pre_process(src, dst)
-    reader = TrainingCalibration(
-        ctx.data.train,
-        config.calibration_samples,
-        ctx.seed,
-        input_name=_input_name(prepared),
-        batch_size=CALIBRATION_BATCH,
-    )
-    quantize_static(
-        prepared,
-        dst,
-        reader,
-        quant_format=INT8_FORMATS[config.format],
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-        activation_type=QuantType.QUInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-        # No "CalibMaxIntermediateOutputs": in onnxruntime 1.32 it discards the held batches
-        # without folding them into the ranges, so calibration would silently see only the
-        # last few. Memory grows with calibration_samples instead.
-    )
-
-
-# Mode -> converter ``(fp32 onnx, output path, config, ctx)``. QAT models reach this stage as
-# plain modules with quantization-friendly weights; they are converted like static PTQ.
-QUANTIZERS: dict[str, Callable[[Path, Path, QuantizeConfig, Context], None]] = {
-    "none": _none,
-    "fp16": _fp16,
-    "int8-dynamic": _int8_dynamic,
-    "int8-static": _int8_static,
-    "int8-qat": _int8_static,
-}
-
-
-def _pre_process(src: Path, dst: Path) -> Path:
-    """ORT's recommended preparation (shape inference, graph optimisation) before int8."""
-    prepared = dst.with_name("prepared.onnx")
-    quant_pre_process(src, prepared)
-    return prepared
-
-
-def _input_name(path: Path) -> str:
-    return onnx.load(path, load_external_data=False).graph.input[0].name
 
 
 def _check_runs(path: Path, example: np.ndarray, mode: str) -> None:

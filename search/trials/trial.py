@@ -14,16 +14,20 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from objectives import Constraint, EarlyStop, Point, dominated_before_training, ratio, ratios
+from objectives import (
+    Constraint,
+    EarlyStop,
+    Point,
+    dominated_before_training,
+    estimate_ratio,
+    ratio,
+    ratios,
+)
 from objectives import metrics as m
 from search.study import StudyInfo
-from stages import Context
+from stages import QUANT_MODES, Context
 from stages.config import PipelineConfig
 from stages.pipeline import TORCH_ARTIFACT, run_pipeline
-
-# Bytes per weight of the exported model by quantization mode: estimates the size ratio of a
-# config right after pruning, before any training, for the dominance check.
-_BYTES_PER_PARAM = {"none": 4.0, "fp16": 2.0, "int8-dynamic": 1.0, "int8-static": 1.0, "int8-qat": 1.0}
 
 
 class TrialStopped(Exception):
@@ -73,11 +77,8 @@ class TrialOutcome:
 
 def estimated_ratio(target: str, baseline: dict[str, float], pruned: dict[str, float], mode: str) -> float | None:
     """The target ratio a config can reach at best, known right after pruning (None: unknown)."""
-    if target in ("macs", "params"):
-        return baseline[target] / max(pruned[target], 1.0)
-    if target == "size":
-        return baseline["bytes"] / max(pruned["params"] * _BYTES_PER_PARAM[mode], 1.0)
-    return None  # latency depends on the runtime's kernels: only measuring tells
+    bytes_per_weight = QUANT_MODES[mode].bytes_per_weight
+    return estimate_ratio(target, baseline, pruned, bytes_per_weight=bytes_per_weight)
 
 
 def run_trial(

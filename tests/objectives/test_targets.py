@@ -6,7 +6,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from objectives import TARGET_METRIC, TARGETS, ObjectiveError, ratio, ratios
+from objectives import (
+    TARGET_METRIC,
+    TARGET_REGISTRY,
+    TARGETS,
+    ObjectiveError,
+    estimate_ratio,
+    metrics,
+    ratio,
+    ratios,
+    target,
+)
 
 BASELINE = {"bytes": 4_000_000.0, "latency_ms": 2.4, "macs": 33e6, "params": 11.2e6}
 
@@ -79,3 +89,45 @@ def test_ratio_property(teacher: float, trial: float) -> None:
     assert r * trial == pytest.approx(teacher, rel=1e-9)
     # A smaller trial never has a smaller ratio.
     assert ratio("size", {"bytes": teacher}, {"bytes": trial / 2}) >= r
+
+
+def test_targets_and_metrics_are_derived_from_the_registry() -> None:
+    assert TARGETS == tuple(TARGET_REGISTRY)
+    assert TARGET_METRIC == {name: t.metric for name, t in TARGET_REGISTRY.items()}
+    assert set(TARGET_METRIC.values()) <= {
+        getattr(metrics, n) for n in dir(metrics) if n.isupper()
+    }  # every target is measured by a key of objectives/metrics.py
+    assert all(t.label and t.description for t in TARGET_REGISTRY.values())
+
+
+def test_gzip_size_is_the_ratio_of_gzip_bytes() -> None:
+    baseline = {**BASELINE, "gzip_bytes": 3_000_000.0}
+    trial = {"bytes": 1_000_000.0, "gzip_bytes": 500_000.0}
+    assert "gzip-size" in TARGETS and TARGET_METRIC["gzip-size"] == "gzip_bytes"
+    assert ratio("gzip-size", baseline, trial) == pytest.approx(6.0)
+    assert ratios(baseline, trial) == {"size": pytest.approx(4.0), "gzip-size": pytest.approx(6.0)}
+    assert estimate_ratio("gzip-size", baseline, {"params": 1.0}, bytes_per_weight=1.0) is None
+
+
+def test_unknown_target_is_refused_by_every_entry_point() -> None:
+    with pytest.raises(ObjectiveError, match=r"one of size, latency, macs, params, gzip-size, .*'x'"):
+        target("x")
+    with pytest.raises(ObjectiveError, match="'x'"):
+        estimate_ratio("x", BASELINE, {}, bytes_per_weight=4.0)
+
+
+@given(params=positive, macs=positive, bytes_per_weight=st.sampled_from([1.0, 2.0, 4.0]))
+def test_estimates_match_the_former_hand_written_rules(
+    params: float, macs: float, bytes_per_weight: float
+) -> None:
+    pruned = {"params": params, "macs": macs}
+
+    def by_hand(name: str) -> float | None:  # search/trial.py's rules before the registry
+        if name in ("macs", "params"):
+            return BASELINE[name] / max(pruned[name], 1.0)
+        if name == "size":
+            return BASELINE["bytes"] / max(pruned["params"] * bytes_per_weight, 1.0)
+        return None
+
+    for name in ("size", "latency", "macs", "params"):
+        assert estimate_ratio(name, BASELINE, pruned, bytes_per_weight=bytes_per_weight) == by_hand(name)

@@ -18,7 +18,8 @@ from spaces import (
     SpaceError,
     default_space,
 )
-from stages.config import PRUNE_METHODS, PipelineConfig
+from spaces import _space
+from stages.config import PRUNE_METHODS, PipelineConfig, valid_keys
 from stages.errors import ConfigError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -232,6 +233,45 @@ class TestSearchSpace:
         )
         assert not {"quantize.format", "quantize.calibration_samples", "export.opset"} & set(space)
         assert space.profile_epochs == 1.0
+
+    def test_default_space_derived_from_the_config_is_the_former_hand_written_one(self) -> None:
+        hand_written = SearchSpace(  # spaces/_space.py before the ranges moved beside defaults
+            {
+                "prune.ratio": FloatRange(0.0, 0.95),
+                "prune.criterion": Choice(("l1", "l2", "random", "bn-scale", "lamp", "taylor", "fpgm")),
+                "prune.scope": Choice(("global", "uniform")),
+                "prune.steps": IntRange(1, 5),
+                "prune.round_to": Choice((1, 8)),
+                "distill.epochs": FloatRange(0.5, 3.0, step=0.5),
+                "distill.temperature": FloatRange(1.0, 20.0, log=True),
+                "distill.alpha": FloatRange(0.0, 1.0, step=0.1),
+                "distill.lr": FloatRange(1e-3, 0.1, log=True),
+                "cluster.k": IntRange(16, 256, log=True),
+                "quantize.mode": Choice(("none", "fp16", "int8-dynamic", "int8-static", "int8-qat")),
+            }
+        )
+        space = default_space()
+        assert space == hand_written
+        assert list(space) == list(hand_written)  # the order trials are asked in
+        assert space.describe() == hand_written.describe()
+        assert [type(space[k]) for k in space] == [type(hand_written[k]) for k in hand_written]
+
+    def test_walk_order_and_conditions_are_the_former_hand_written_ones(self) -> None:
+        head = (
+            "prune.ratio", "prune.method", "prune.criterion", "prune.scope", "prune.steps",
+            "prune.round_to", "distill.epochs", "distill.alpha", "distill.temperature", "distill.lr",
+        )
+        assert _space._ORDER == head + tuple(k for k in valid_keys() if k not in head)
+        assert {k: c.text for k, c in _space._CONDITIONS.items()} == {
+            "prune.method": "prune.ratio > 0",
+            "prune.criterion": "prune.ratio > 0, structured",
+            "prune.scope": "prune.ratio > 0",
+            "prune.steps": "prune.ratio > 0, structured",
+            "prune.round_to": "prune.ratio > 0, structured",
+            "distill.alpha": "distill.epochs > 0",
+            "distill.temperature": "distill.epochs > 0, distill.alpha > 0",
+            "distill.lr": "distill.epochs > 0",
+        }
 
     def test_space_is_a_read_only_mapping_with_value_equality(self) -> None:
         a, b = default_space(), default_space()

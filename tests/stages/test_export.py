@@ -15,7 +15,7 @@ from stages._base import OnnxFile
 from stages._context import Context, TaskData
 from stages.config import ExportConfig
 from stages.errors import StageError
-from stages.export import EXPORTERS, FP32_ONNX_NAME, Export, export_onnx, export_pt2
+from stages.export import EXPORT_FORMATS, FP32_ONNX_NAME, Export, export_onnx, export_pt2
 from stages.measure import OnnxRunner, onnx_accuracy, torch_accuracy
 from tests.tiny_models import TINY_MODELS, make_tiny_cnn, train_briefly
 
@@ -114,4 +114,12 @@ def test_pt2_export_round_trips_with_a_dynamic_batch(data: TaskData, tmp_path: P
 def test_torchscript_is_deprecated_which_is_why_pt2_is_offered(data: TaskData) -> None:
     with pytest.warns(FutureWarning, match="deprecated"):
         torch.jit.trace(make_tiny_cnn(), (data.example_input(),))
-    assert set(EXPORTERS) == {"onnx", "pt2"}
+    assert set(EXPORT_FORMATS) == {"onnx", "pt2"}
+
+
+@pytest.mark.parametrize("fmt", EXPORT_FORMATS)
+def test_every_export_format_writes_its_file(data: TaskData, tmp_path: Path, fmt: str) -> None:
+    entry = EXPORT_FORMATS[fmt]
+    assert entry.file_name == f"model{entry.suffix}" and entry.description
+    path = entry.writer(make_tiny_cnn(), data.example_input(), tmp_path / entry.file_name)
+    assert path == tmp_path / entry.file_name and path.stat().st_size > 0

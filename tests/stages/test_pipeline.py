@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from stages import measure
 from stages._context import Context, TaskData
 from stages.config import PipelineConfig
+from stages.measure import torch_accuracy
 from stages.pipeline import run_pipeline
 from tests.tiny_models import make_tiny_cnn, train_briefly
 
@@ -46,6 +48,7 @@ def test_watched_distill_keeps_its_final_report_instead_of_measuring_again(
 ) -> None:
     reports: list[tuple[str, float, float]] = []
     calls = _count_val_passes(monkeypatch, data)
+    measured = _keep_measured_models(monkeypatch)
     ctx = _context(
         data, teacher, tmp_path, on_progress=lambda *a: reports.append(a), report_fractions=(0.5, 1.0)
     )
@@ -56,7 +59,24 @@ def test_watched_distill_keeps_its_final_report_instead_of_measuring_again(
     assert distill.metrics["val_acc"] == reports[-1][2]
     assert len(calls) == 3  # after prune, and the two reports: none after distill
     # The kept number is the model's: measuring the distilled model again gives the same.
+    distilled = measured[1]  # measure_torch after prune, then after distill
+    again = torch_accuracy(distilled, data.val, device=ctx.device, batch_size=ctx.eval_batch_size)
+    assert again == pytest.approx(distill.metrics["val_acc"], abs=1e-9)
+    # And the exported file, run in ONNX Runtime, agrees with the module within a few samples.
     assert result.metrics["val_acc"] == pytest.approx(distill.metrics["val_acc"], abs=2.0)
+
+
+def _keep_measured_models(monkeypatch: pytest.MonkeyPatch) -> list[torch.nn.Module]:
+    """A copy of each module the pipeline records torch metrics of, in order."""
+    models: list[torch.nn.Module] = []
+    real = measure.measure_torch
+
+    def keeping(model, ctx, **kw):  # type: ignore[no-untyped-def]
+        models.append(copy.deepcopy(model))
+        return real(model, ctx, **kw)
+
+    monkeypatch.setattr("stages.pipeline.measure_torch", keeping)
+    return models
 
 
 def test_unwatched_pipeline_measures_each_torch_stage(

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch_pruning as tp
 import torchvision
 from torch import nn
 
 from stages._context import Context
 from stages._graph import check_forward, count_params_macs, find_classifier, weight_layers
-from stages.config import PRUNE_CRITERIA, PruneConfig
-from stages.errors import StageError
+from stages.config import PruneConfig
+from stages.criteria import CRITERIA, Criterion
+from stages.errors import ConfigError, StageError
 from stages.prune import Prune, _accumulate_gradients
 from tests.tiny_models import (
     TINY_MODELS,
@@ -65,7 +67,7 @@ def test_ratio_zero_returns_the_model_untouched(tmp_path: Path) -> None:
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("criterion", PRUNE_CRITERIA)
+@pytest.mark.parametrize("criterion", CRITERIA)
 @pytest.mark.parametrize("scope", ["global", "uniform"])
 def test_every_criterion_shrinks_tiny_cnn(tmp_path: Path, criterion: str, scope: str) -> None:
     model = make_tiny_cnn()
@@ -79,6 +81,37 @@ def test_every_criterion_shrinks_tiny_cnn(tmp_path: Path, criterion: str, scope:
     assert model.fc.out_features == 10
     assert all(p.grad is None for p in model.parameters())
     _assert_runs(model)
+
+
+def test_config_accepts_exactly_the_registered_criteria() -> None:
+    for name in CRITERIA:
+        assert PruneConfig(criterion=name).criterion == name
+    with pytest.raises(ConfigError, match=r"prune.criterion must be one of l1, l2, .*but got 'l3'"):
+        PruneConfig(criterion="l3")
+
+
+def test_a_new_criterion_is_one_registry_entry_and_gets_gradients_when_it_asks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[bool] = []
+
+    class Recording(tp.importance.GroupMagnitudeImportance):
+        def __call__(self, group):  # type: ignore[no-untyped-def]
+            seen.append(all(p.grad is not None for p in model.parameters() if p.dim() > 1))
+            return super().__call__(group)
+
+    for needs_gradients in (False, True):
+        monkeypatch.setitem(CRITERIA, "recording", Criterion(Recording, "test", needs_gradients))
+        seen.clear()
+        model = make_tiny_cnn()
+        _prune(model, tmp_path, ratio=0.5, criterion="recording")
+        assert seen and set(seen) == {needs_gradients}
+        assert all(p.grad is None for p in model.parameters())  # cleared afterwards
+        _assert_runs(model)
+
+
+def test_only_taylor_needs_gradients() -> None:
+    assert {n for n, c in CRITERIA.items() if c.needs_gradients} == {"taylor"}
 
 
 @pytest.mark.parametrize("factory", TINY_MODELS.values(), ids=TINY_MODELS.keys())

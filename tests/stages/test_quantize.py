@@ -18,11 +18,12 @@ from torch import nn
 
 from stages._base import OnnxFile
 from stages._context import Context, Split, TaskData
-from stages.config import QUANT_MODES, QuantizeConfig
-from stages.errors import StageError
+from stages.config import PipelineConfig, QuantizeConfig
+from stages.errors import ConfigError, StageError
 from stages.export import FP32_ONNX_NAME, export_onnx
 from stages.measure import OnnxRunner, onnx_accuracy
-from stages.quantize import FINAL_ONNX_NAME, QUANTIZERS, Quantize, TrainingCalibration
+from stages.quant_modes import INT8_FORMATS, QUANT_MODES, QuantMode, TrainingCalibration
+from stages.quantize import FINAL_ONNX_NAME, Quantize
 from tests.tiny_models import TINY_MODELS, TinyCNN, no_warnings, train_briefly
 
 torch.set_num_threads(1)
@@ -200,5 +201,34 @@ def test_quantize_needs_an_exported_model(data: TaskData, tmp_path: Path) -> Non
         Quantize().run(TinyCNN(), ctx)  # type: ignore[arg-type]
 
 
-def test_every_configured_mode_has_a_quantizer() -> None:
-    assert set(QUANTIZERS) == set(QUANT_MODES)
+def test_config_accepts_exactly_the_registered_modes_and_formats() -> None:
+    for mode in QUANT_MODES:
+        assert QuantizeConfig(mode=mode).mode == mode
+    for fmt in INT8_FORMATS:
+        assert QuantizeConfig(format=fmt).format == fmt
+    with pytest.raises(ConfigError, match=r"quantize.mode must be one of none, fp16, .*got 'int4'"):
+        QuantizeConfig(mode="int4")
+    with pytest.raises(ConfigError, match=r"quantize.format must be one of qdq, qoperator, .*'qq'"):
+        QuantizeConfig(format="qq")
+
+
+def test_bytes_per_weight_match_the_stored_weight_types() -> None:
+    assert {m: e.bytes_per_weight for m, e in QUANT_MODES.items()} == {
+        "none": 4.0, "fp16": 2.0, "int8-dynamic": 1.0, "int8-static": 1.0, "int8-qat": 1.0
+    }
+    assert [m for m, e in QUANT_MODES.items() if e.fake_quant_training] == ["int8-qat"]
+
+
+def test_a_new_mode_is_one_registry_entry(
+    data: TaskData, exported: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def copy(src: Path, dst: Path, config: QuantizeConfig, ctx: Context) -> None:
+        shutil.copyfile(src, dst)
+
+    monkeypatch.setitem(QUANT_MODES, "copy", QuantMode(copy, 4.0, "test", fake_quant_training=True))
+    ctx, fp32 = _context(data, tmp_path, exported["tiny_cnn"])
+    out = Quantize(QuantizeConfig(mode="copy")).run(fp32, ctx)
+    assert out.path.read_bytes() == fp32.path.read_bytes()
+    # Its fake_quant_training flag brings the rule that int8-qat had alone.
+    with pytest.raises(ConfigError, match="quantize.mode=copy fake-quantizes.*got 0.0"):
+        PipelineConfig.from_flat({"quantize.mode": "copy", "distill.epochs": 0})
