@@ -23,13 +23,15 @@ class Target:
 
     ``reference_metric`` names the teacher's value measured in the trial's own run (preferred
     over the baseline, so machine drift cancels); ``estimate`` bounds the ratio right after
-    pruning (None when only measuring the final file tells); ``label`` and ``unit`` head tables.
+    pruning (None when only measuring the final file tells); ``label`` and ``unit`` head tables;
+    ``gain`` says what a ratio above 1 means ("3.0x smaller").
     """
 
     metric: str
     label: str
     unit: str
     description: str
+    gain: str = "smaller"
     reference_metric: str | None = None
     estimate: Estimate | None = None
 
@@ -53,11 +55,12 @@ TARGET_REGISTRY: dict[str, Target] = {
         "latency",
         "ms",
         "ONNX Runtime batch-1 latency",
+        gain="faster",
         reference_metric=metrics.TEACHER_LATENCY_MS,
     ),
-    "macs": Target(metrics.MACS, "MACs", "", "multiply-accumulates", estimate=_counted(metrics.MACS)),
+    "macs": Target(metrics.MACS, "MACs", "", "multiply-accumulates", "fewer", estimate=_counted(metrics.MACS)),
     "params": Target(
-        metrics.PARAMS, "params", "", "parameters", estimate=_counted(metrics.PARAMS)
+        metrics.PARAMS, "params", "", "parameters", "fewer", estimate=_counted(metrics.PARAMS)
     ),
     # gzip can shrink clustered or sparse weights far below their width: no bound before training.
     "gzip-size": Target(

@@ -12,7 +12,7 @@ from pathlib import Path
 import onnxruntime
 import torch
 
-from objectives import metrics
+from objectives import TARGET_REGISTRY, metrics
 from search.bench.csvs import SUMMARY_CSV, TRIALS_CSV
 from search.bench.plan import METHOD_LABELS
 from search.bench.results import (
@@ -21,7 +21,6 @@ from search.bench.results import (
     PROFILE_FACTOR,
     PUBLISHED,
     TARGET_GOALS,
-    TARGET_WORDS,
     BenchSummary,
     MethodResult,
     test_drop,
@@ -97,7 +96,7 @@ def markdown(
         "above the required validation accuracy, in points x log10(ratio).",
     ]
     for block in summary.targets:
-        lines += ["", f"### Target: {block.target} ({TARGET_WORDS.get(block.target, block.target)})", ""]
+        lines += ["", f"### Target: {block.target} ({TARGET_REGISTRY[block.target].description})", ""]
         lines += [
             f"Compared at **{block.compared} trials** per method (the fixed profiles: their three trials).",
             "",

@@ -211,12 +211,6 @@ def trial_cost(records: Sequence[TrialRecord], logits_s: float | None) -> TrialC
 
 TARGET_GOALS = {"size": 50.0, "latency": 10.0}  # issue targets for the default search
 PROFILE_FACTOR = 3.0  # the default search should beat the best feasible profile by this much
-TARGET_WORDS = {
-    "size": "file bytes of the exported model",
-    "latency": "ONNX Runtime batch-1 latency",
-    "macs": "multiply-accumulates",
-    "params": "parameters",
-}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from objectives import format_violations, metrics
+from objectives import TARGET_REGISTRY, format_violations, metrics
 from search.reporting.format import (
     describe_counts,
     export_command,
@@ -307,13 +307,8 @@ def _final_table(info: StudyInfo, record: TrialRecord) -> Table:
                   header_style="bold")
     for name in ("metric", "trial", "teacher", "ratio / change"):
         table.add_column(name, justify="left" if name == "metric" else "right")
-    # metric -> (the ratio it is scored by, how to say the ratio); other sizes compare directly
-    ratio_of = {
-        metrics.BYTES: ("size", "smaller"),
-        metrics.LATENCY_MS: ("latency", "faster"),
-        metrics.MACS: ("macs", "fewer"),
-        metrics.PARAMS: ("params", "fewer"),
-    }
+    # metric -> (the target whose ratio it is scored by, how to say the ratio)
+    ratio_of = {t.metric: (name, t.gain) for name, t in TARGET_REGISTRY.items()}
     for key, (label, fmt) in _METRIC_COLUMNS.items():
         if key not in record.metrics:
             continue
