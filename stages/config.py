@@ -110,7 +110,7 @@ class QuantizeConfig:
     """How the exported model is quantized: ``mode`` names an entry of ``QUANT_MODES`` (modes
     with ``fake_quant_training``, such as int8-qat, fake-quantize during distillation)."""
 
-    mode: str = setting("none", search=OneOf(tuple(QUANT_MODES)))
+    mode: str = setting("none", search=OneOf(tuple(n for n, q in QUANT_MODES.items() if q.searched_by_default)))
     format: str = "qdq"
     calibration_samples: int = 256
 

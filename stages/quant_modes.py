@@ -10,7 +10,7 @@ import dataclasses
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -81,40 +81,53 @@ def _int8_dynamic(src: Path, dst: Path, config: QuantizeConfig, ctx: Context) ->
     quantize_dynamic(prepared, dst, per_channel=True, weight_type=QuantType.QInt8)
 
 
-def _int8_static(src: Path, dst: Path, config: QuantizeConfig, ctx: Context) -> None:
-    prepared = _pre_process(src, dst)
-    reader = TrainingCalibration(
-        ctx.data.train,
-        config.calibration_samples,
-        ctx.seed,
-        input_name=_input_name(prepared),
-        batch_size=CALIBRATION_BATCH,
-    )
-    quantize_static(
-        prepared,
-        dst,
-        reader,
-        quant_format=INT8_FORMATS[config.format],
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-        activation_type=QuantType.QUInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-        # No "CalibMaxIntermediateOutputs": in onnxruntime 1.32 it discards the held batches
-        # without folding them into the ranges, so calibration would silently see only the
-        # last few. Memory grows with calibration_samples instead.
-    )
+def _int8_static_with(method: CalibrationMethod, **options: Any) -> Quantizer:
+    """A static int8 quantizer whose activation ranges come from ``method`` over training samples."""
+
+    def quantize(src: Path, dst: Path, config: QuantizeConfig, ctx: Context) -> None:
+        prepared = _pre_process(src, dst)
+        reader = TrainingCalibration(
+            ctx.data.train,
+            config.calibration_samples,
+            ctx.seed,
+            input_name=_input_name(prepared),
+            batch_size=CALIBRATION_BATCH,
+        )
+        quantize_static(
+            prepared,
+            dst,
+            reader,
+            quant_format=INT8_FORMATS[config.format],
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+            calibrate_method=method,
+            # No "CalibMaxIntermediateOutputs": in onnxruntime 1.32 it discards the held batches
+            # without folding them into the ranges, so calibration would silently see only the
+            # last few. Memory grows with calibration_samples instead.
+            extra_options=options,
+        )
+
+    return quantize
+
+
+_int8_static = _int8_static_with(CalibrationMethod.MinMax)
 
 
 @dataclasses.dataclass(frozen=True)
 class QuantMode:
     """A ``quantize.mode``: ``quantizer(fp32 onnx, output path, config, ctx)`` writes the final
     file; ``bytes_per_weight`` estimates its size from a parameter count before any training;
-    ``fake_quant_training`` trains with fake quantization during distillation (which it needs)."""
+    ``fake_quant_training`` trains with fake quantization during distillation (which it needs).
+    ``searched_by_default`` puts it among the default space's choices: a mode added later keeps
+    it False, since a new choice would change the categorical dimension of every existing
+    default-space study, which Optuna then refuses to resume; a space file opts in to it."""
 
     quantizer: Quantizer
     bytes_per_weight: float
     description: str
     fake_quant_training: bool = False
+    searched_by_default: bool = True
 
 
 # QAT models reach the quantizer as plain modules with quantization-friendly weights; they are
@@ -135,6 +148,13 @@ QUANT_MODES: dict[str, QuantMode] = {
         1.0,
         "as int8-static, after training with fake quantization during distillation",
         fake_quant_training=True,
+    ),
+    "int8-static-percentile": QuantMode(
+        _int8_static_with(CalibrationMethod.Percentile, CalibPercentile=99.99),
+        1.0,
+        "as int8-static, activation ranges clipped at the 99.99th percentile of calibration "
+        "values (outliers no longer widen the int8 step)",
+        searched_by_default=False,
     ),
 }
 

@@ -307,3 +307,13 @@ def test_random_int_ranges_are_accepted_exactly_when_valid(
     else:
         with pytest.raises(SpaceError, match="prune.steps"):
             load_space(path)
+
+
+def test_a_mode_kept_out_of_the_default_space_is_chosen_in_a_space_file(tmp_path: Path) -> None:
+    # New modes stay out of the default choices (existing default-space studies must resume);
+    # a space file opts in by name.
+    default = default_space()["quantize.mode"]
+    assert isinstance(default, Choice) and "int8-static-percentile" not in default.choices
+    path = tmp_path / "space.toml"
+    path.write_text('[space]\n"quantize.mode" = ["int8-static", "int8-static-percentile"]\n')
+    assert load_space(path)["quantize.mode"] == Choice(("int8-static", "int8-static-percentile"))

@@ -36,6 +36,7 @@ CASES = [
     ("int8-static", "qdq"),
     ("int8-static", "qoperator"),
     ("int8-qat", "qdq"),
+    ("int8-static-percentile", "qdq"),
 ]
 
 # Operators that show each conversion really happened.
@@ -44,6 +45,7 @@ EXPECTED_OPS = {
     ("int8-static", "qdq"): {"QuantizeLinear", "DequantizeLinear"},
     ("int8-static", "qoperator"): {"QLinearConv", "QuantizeLinear", "DequantizeLinear"},
     ("int8-qat", "qdq"): {"QuantizeLinear", "DequantizeLinear"},
+    ("int8-static-percentile", "qdq"): {"QuantizeLinear", "DequantizeLinear"},
 }
 
 
@@ -144,6 +146,32 @@ def test_poisoned_training_data_does_break_calibration(
             Quantize(QuantizeConfig(mode="int8-static")).run(fp32, ctx)
 
 
+def _input_scale(path: Path) -> float:
+    """The scale with which the graph input is quantized (QDQ: the first QuantizeLinear)."""
+    model = onnx.load(path)
+    inputs = {i.name for i in model.graph.input}
+    node = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inputs)
+    scale = next(t for t in model.graph.initializer if t.name == node.input[1])
+    return float(onnx.numpy_helper.to_array(scale))
+
+
+def test_percentile_calibration_ignores_outliers_that_min_max_follows(
+    data: TaskData, exported: dict[str, Path], tmp_path: Path
+) -> None:
+    """One training image with a pixel at 1000: min-max stretches the input's int8 step to fit
+    it, the 99.99th percentile does not (so ordinary inputs keep their resolution)."""
+    x = data.train.x.clone()
+    x[0, 0, 0, 0] = 1000.0
+    outlier = dataclasses.replace(data, train=Split(x=x, y=data.train.y))
+    scales = {}
+    for mode in ("int8-static", "int8-static-percentile"):
+        ctx, fp32 = _context(outlier, tmp_path / mode, exported["tiny_cnn"])
+        config = QuantizeConfig(mode=mode, calibration_samples=len(x))
+        scales[mode] = _input_scale(Quantize(config).run(fp32, ctx).path)
+    assert scales["int8-static"] >= 1000 / 255 * 0.99
+    assert scales["int8-static-percentile"] < scales["int8-static"] / 10
+
+
 def test_calibration_reader_draws_seeded_training_samples(data: TaskData) -> None:
     def batches(samples: int, seed: int) -> list[np.ndarray]:
         reader = TrainingCalibration(
@@ -214,7 +242,8 @@ def test_config_accepts_exactly_the_registered_modes_and_formats() -> None:
 
 def test_bytes_per_weight_match_the_stored_weight_types() -> None:
     assert {m: e.bytes_per_weight for m, e in QUANT_MODES.items()} == {
-        "none": 4.0, "fp16": 2.0, "int8-dynamic": 1.0, "int8-static": 1.0, "int8-qat": 1.0
+        "none": 4.0, "fp16": 2.0, "int8-dynamic": 1.0, "int8-static": 1.0, "int8-qat": 1.0,
+        "int8-static-percentile": 1.0,
     }
     assert [m for m, e in QUANT_MODES.items() if e.fake_quant_training] == ["int8-qat"]
 
