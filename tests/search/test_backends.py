@@ -1,0 +1,89 @@
+"""The backend contract: the registry, and ``run_study`` driving any ``Backend`` (a fake one
+here: no training, no Ray)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import optuna
+import pytest
+
+from objectives import Constraint
+from search.backends import BACKENDS, SearchSettings, make_backend, run_study
+from search.backends.local import OptunaBackend
+from search.errors import UserError
+from search.study import StudyInfo, open_storage
+from search.workloads.workload import Workload, WorkloadSpec
+from spaces import SearchSpace
+from tests.tiny_models import make_tiny_cnn, tiny_task_data
+
+BASELINE = {"val_acc": 90.0, "test_acc": 89.0, "bytes": 1e6, "latency_ms": 1.0, "params": 1e5, "macs": 1e6}
+
+
+def test_backends_are_named_in_one_registry_and_built_with_their_own_options() -> None:
+    assert set(BACKENDS) == {"optuna", "ray"}
+    options = {"address": None, "cpus_per_trial": 2.0, "gpus_per_trial": 0.0}
+    assert isinstance(make_backend("optuna", options), OptunaBackend)  # takes none of them
+    ray = make_backend("ray", options)
+    assert (ray.name, ray.cpus_per_trial) == ("ray", 2.0)  # type: ignore[attr-defined]
+    with pytest.raises(UserError, match="unknown backend 'dask'; choose one of optuna, ray"):
+        make_backend("dask")
+    with pytest.raises(UserError, match="--cpus-per-trial must be > 0"):
+        make_backend("ray", {"cpus_per_trial": 0.0})
+
+
+@dataclasses.dataclass
+class FakeBackend:
+    """Records what it was asked to run; ``fail_with`` raises from inside the run."""
+
+    name: ClassVar[str] = "fake"
+    calls: list[tuple[str, float | None]] = dataclasses.field(default_factory=list)
+    fail_with: type[BaseException] | None = None
+
+    def run(self, settings: SearchSettings, workload: Workload, *, deadline: float | None) -> None:
+        self.calls.append((settings.study, deadline))
+        if self.fail_with is not None:
+            raise self.fail_with
+
+
+@pytest.fixture
+def workload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workload:
+    monkeypatch.chdir(tmp_path)
+    return Workload(WorkloadSpec(), make_tiny_cnn(), tiny_task_data(), "tiny", {"model": "tiny"})
+
+
+def _run(workload: Workload, backend: FakeBackend, **kw: object) -> object:
+    settings = SearchSettings(study="s", storage=None, trials=3, space=SearchSpace(), profiles=False)
+    settings = dataclasses.replace(settings, **kw)  # type: ignore[arg-type]
+    onnx = Path("teacher.onnx")
+    onnx.write_bytes(b"x")
+    return run_study(settings, workload, "size", Constraint(max_drop=1.0), backend, baseline=(onnx, BASELINE))
+
+
+def test_run_study_creates_the_study_then_hands_it_to_the_backend(workload: Workload) -> None:
+    backend = FakeBackend()
+    result = _run(workload, backend, timeout_s=60.0)
+    assert not result.interrupted  # type: ignore[attr-defined]
+    [(name, deadline)] = backend.calls
+    assert name == "s" and deadline is not None and 50 < deadline - time.time() <= 60
+    study = optuna.load_study(study_name="s", storage=open_storage(None, create=False))
+    info = StudyInfo.load(study)
+    assert info == result.info  # type: ignore[attr-defined]
+    assert (info.target, info.baseline, info.constraint) == ("size", BASELINE, Constraint(max_drop=1.0))
+
+
+def test_ctrl_c_in_the_backend_ends_the_run_as_interrupted(workload: Workload) -> None:
+    result = _run(workload, FakeBackend(fail_with=KeyboardInterrupt))
+    assert result.interrupted  # type: ignore[attr-defined]
+
+
+def test_a_study_run_for_another_goal_is_refused_before_the_backend_runs(workload: Workload) -> None:
+    _run(workload, FakeBackend())
+    backend = FakeBackend()
+    settings = SearchSettings(study="s", storage=None, trials=3, space=SearchSpace(), profiles=False)
+    with pytest.raises(UserError, match="study 's' was run for other settings .*target"):
+        run_study(settings, workload, "latency", Constraint(max_drop=1.0), backend)
+    assert backend.calls == []
