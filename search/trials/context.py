@@ -12,13 +12,14 @@ from pathlib import Path
 
 import torch
 
+from search.study import STUDIES_DIR
 from search.workloads.workload import Workload
 from stages import Context
 from stages.files import write_atomic
 from stages.pipeline import measure_baseline
 from stages.teacher import load_logits, save_logits, teacher_logits
 
-CACHE_DIR = Path("studies") / ".cache"
+CACHE_DIR = STUDIES_DIR / ".cache"
 
 
 def fingerprint_hash(fingerprint: dict) -> str:
