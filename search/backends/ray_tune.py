@@ -38,7 +38,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search.trials.context import default_threads
-from search.errors import UserError
+from search.errors import UserError, first_line
 from search.backends.local import (
     INTERRUPTED,
     SearchSettings,
@@ -405,7 +405,7 @@ def _connected(address: str | None) -> Iterator[None]:
         try:
             ray.init(address=address, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise UserError(f"cannot join the Ray cluster at {address!r}: {_first_line(exc)}") from None
+            raise UserError(f"cannot join the Ray cluster at {address!r}: {first_line(exc)}") from None
     try:
         yield
     finally:
@@ -418,11 +418,6 @@ def worker_runtime_env() -> dict[str, Any]:
     root = str(Path(__file__).resolve().parent.parent)
     entries = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys([root, *entries]))}}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:

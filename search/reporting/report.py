@@ -41,7 +41,7 @@ from objectives import (
     pareto_front,
     recommend,
 )
-from search.errors import UserError
+from search.errors import UserError, first_line
 from search.study.storage import StudyInfo, TrialRecord, trial_records
 from stages.files import write_atomic
 
@@ -449,8 +449,7 @@ def gather_importances(study: optuna.Study) -> dict[str, float] | str:
                 study, target=lambda t: t.values[1]
             )
     except Exception as exc:  # the evaluators raise several kinds for degenerate inputs
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return f"could not be computed: {first}"
+        return f"could not be computed: {first_line(exc)}"
     if not importances:
         return "no parameter varied across the completed trials"
     return {k: float(v) for k, v in importances.items()}

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from search.errors import UserError
+from search.errors import UserError, first_line
 
 # Shown in error messages; any name from ``torchvision_models()`` works.
 TORCHVISION_EXAMPLES = ("resnet18", "resnet50", "mobilenet_v2", "vgg11_bn", "efficientnet_b0")
@@ -252,7 +252,7 @@ def read_checkpoint(path: Path, *, allow_pickle: bool = False) -> Mapping[str, t
         else:
             raise UserError(f"cannot read checkpoint {path}: {_unpickler_reason(exc)}") from None
     except Exception as exc:  # zip/EOF/format errors all mean "not a torch checkpoint"
-        raise UserError(f"cannot read checkpoint {path}: {_one_line(exc)}") from None
+        raise UserError(f"cannot read checkpoint {path}: {first_line(exc, typed=True)}") from None
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "model_state_dict"):
             if key in obj and isinstance(obj[key], (Mapping, nn.Module)):
@@ -281,7 +281,7 @@ def _load_pickled(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # the pickle may need classes that are not importable here
-        raise UserError(f"cannot unpickle checkpoint {path}: {_one_line(exc)}") from None
+        raise UserError(f"cannot unpickle checkpoint {path}: {first_line(exc, typed=True)}") from None
 
 
 def _unpickler_reason(exc: BaseException) -> str:
@@ -294,11 +294,6 @@ def _unpickler_reason(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     reason = next((line for line in lines if not line.startswith(("Weights only", "Please", "Check"))), "")
     return f"not a torch checkpoint ({reason[:200]})" if reason else "not a torch checkpoint"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:300]}"
 
 
 def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
@@ -382,4 +377,4 @@ def _size_message(
             f"model {model_name} cannot take {dataset}'s {c}x{h}x{w} inputs (the smallest size "
             f"that works is {size}x{size}); pass --image-size {size}."
         )
-    return f"model {model_name} failed on {dataset}'s {c}x{h}x{w} inputs: {_one_line(exc)}"
+    return f"model {model_name} failed on {dataset}'s {c}x{h}x{w} inputs: {first_line(exc, typed=True)}"
