@@ -50,6 +50,7 @@ from search.backends.local import (
     worker_setup,
 )
 from search.study.storage import STUDIES_DIR, StudyInfo, open_storage, storage_url
+from search.workloads.models import ModelFile
 from search.workloads.workload import Workload, WorkloadSpec, load_workload, pick_device
 from spaces import PROFILES, SearchSpace, SpaceError, profile_params
 from stages.config import PipelineConfig
@@ -294,10 +295,8 @@ def absolute_storage(url: str | None) -> str:
 
 def absolute_spec(spec: WorkloadSpec) -> WorkloadSpec:
     """``spec`` with its file paths (weights, data root, a model file) made absolute."""
-    model = spec.model
-    if model is not None and ":" in model and model.rpartition(":")[0].endswith(".py"):
-        file_part, _, factory = model.rpartition(":")
-        model = f"{Path(file_part).expanduser().resolve()}:{factory}"
+    ref = ModelFile.parse(spec.model) if spec.model is not None else None
+    model = ref.absolute() if ref is not None else spec.model
     return dataclasses.replace(
         spec,
         model=model,

@@ -8,6 +8,7 @@ imported from that explicit path: this executes it).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import inspect
@@ -78,10 +79,42 @@ def torchvision_models() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelFile:
+    """A model named ``path/to/file.py:factory``: the user's own factory function in that file.
+
+    The one parser of such names, so the fingerprint, the display name and the loader agree.
+    """
+
+    path: str
+    factory: str
+
+    @classmethod
+    def parse(cls, name: str) -> ModelFile | None:
+        """The reference in ``name``, or None when ``name`` is no ``file.py:factory``."""
+        path, sep, factory = name.rpartition(":")
+        if sep and path.endswith(".py") and factory:
+            return cls(path, factory)
+        return None
+
+    @property
+    def resolved_path(self) -> Path:
+        """The file, absolute (``~`` expanded): the same file whatever the working directory."""
+        return Path(self.path).expanduser().resolve()
+
+    def absolute(self) -> str:
+        """``/abs/path/file.py:factory``, as stored in a study's workload fingerprint."""
+        return f"{self.resolved_path}:{self.factory}"
+
+    @property
+    def display_name(self) -> str:
+        """``file.factory``: short enough for a study name."""
+        return f"{Path(self.path).stem}.{self.factory}"
+
+
 def is_user_model(name: str) -> bool:
     """``path/to/file.py:factory`` names the user's own factory function."""
-    path, sep, factory = name.rpartition(":")
-    return bool(sep) and path.endswith(".py") and bool(factory)
+    return ModelFile.parse(name) is not None
 
 
 def known_models_text() -> str:
@@ -159,9 +192,8 @@ def _import_user_file(path: Path) -> Any:
     return module
 
 
-def _build_user(name: str, *, in_channels: int, num_classes: int) -> nn.Module:
-    file_part, _, factory_name = name.rpartition(":")
-    path = Path(file_part).expanduser().resolve()
+def _build_user(ref: ModelFile, *, in_channels: int, num_classes: int) -> nn.Module:
+    name, factory_name, path = f"{ref.path}:{ref.factory}", ref.factory, ref.resolved_path
     module = _import_user_file(path)
     factory = getattr(module, factory_name, None)
     if not callable(factory):
@@ -191,8 +223,9 @@ def check_model_name(name: str) -> None:
     ``file.py:factory`` (cheap: builds nothing, imports no user code)."""
     if name in BUILTIN_MODELS:
         return
-    if is_user_model(name):
-        path = Path(name.rpartition(":")[0]).expanduser().resolve()
+    ref = ModelFile.parse(name)
+    if ref is not None:
+        path = ref.resolved_path
         if not path.is_file():
             raise UserError(f"model file {path} does not exist (from --model {name}).")
         return
@@ -205,16 +238,18 @@ def build_model(name: str, *, in_channels: int, num_classes: int) -> nn.Module:
     check_model_name(name)
     if name in BUILTIN_MODELS:
         return BUILTIN_MODELS[name](in_channels=in_channels, num_classes=num_classes)
-    if is_user_model(name):
-        return _build_user(name, in_channels=in_channels, num_classes=num_classes)
+    ref = ModelFile.parse(name)
+    if ref is not None:
+        return _build_user(ref, in_channels=in_channels, num_classes=num_classes)
     return _build_torchvision(name, in_channels=in_channels, num_classes=num_classes)
 
 
 def model_file_sha256(name: str) -> str | None:
     """sha256 of a user model's source file (part of the workload fingerprint), else None."""
-    if not is_user_model(name):
+    ref = ModelFile.parse(name)
+    if ref is None:
         return None
-    path = Path(name.rpartition(":")[0]).expanduser().resolve()
+    path = ref.resolved_path
     return file_sha256(path) if path.is_file() else None
 
 

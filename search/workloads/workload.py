@@ -18,8 +18,8 @@ from search.workloads.models import (
     build_model,
     check_fits,
     check_model_name,
+    ModelFile,
     file_sha256,
-    is_user_model,
     load_state,
     model_file_sha256,
     read_checkpoint,
@@ -317,12 +317,9 @@ def _demo_teacher(
 
 def workload_fingerprint(spec: WorkloadSpec, data: TaskData, weights: Path | None) -> dict[str, Any]:
     """JSON-able identity of the workload: model, data, split and the teacher weights' hash."""
-    model = spec.model_name
-    if is_user_model(model):
-        file_part, _, factory = model.rpartition(":")
-        model = f"{Path(file_part).expanduser().resolve()}:{factory}"
+    ref = ModelFile.parse(spec.model_name)
     return {
-        "model": model,
+        "model": ref.absolute() if ref is not None else spec.model_name,
         "model_file_sha256": model_file_sha256(spec.model_name),
         "dataset": spec.dataset_name,
         "data_root": str(spec.data_root.resolve()) if spec.data_root is not None else None,
@@ -338,10 +335,8 @@ def workload_fingerprint(spec: WorkloadSpec, data: TaskData, weights: Path | Non
 def _display_name(spec: WorkloadSpec) -> str:
     if spec.is_demo:
         return "demo"
-    model = spec.model_name
-    if is_user_model(model):
-        file_part, _, factory = model.rpartition(":")
-        model = f"{Path(file_part).stem}.{factory}"
+    ref = ModelFile.parse(spec.model_name)
+    model = ref.display_name if ref is not None else spec.model_name
     return f"{model}-{spec.dataset_name}"
 
 

@@ -234,3 +234,26 @@ def test_digits_holds_out_a_larger_validation_split_by_default() -> None:
     assert WorkloadSpec(model="demo", dataset="digits").val_fraction == 0.25
     assert WorkloadSpec(model="resnet18", dataset="fashion-mnist").val_fraction == 0.1
     assert WorkloadSpec(dataset="digits", val_fraction=0.2).val_fraction == 0.2
+
+
+def test_user_model_fingerprint_and_name_are_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pinned: studies store this fingerprint and refuse to resume when it differs."""
+    from search.workloads.workload import _display_name, workload_fingerprint
+    from stages import Split
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nets").mkdir()
+    (tmp_path / "nets" / "my_net.py").write_text("def make():\n    pass\n")
+    split = Split(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.int64))
+    data = TaskData(train=split, val=split, test=split, num_classes=10)
+    spec = WorkloadSpec(model="nets/my_net.py:make", dataset="digits")
+    fp = workload_fingerprint(spec, data, None)
+    assert fp["model"] == f"{tmp_path.resolve()}/nets/my_net.py:make"
+    assert fp["model_file_sha256"] == sha256(tmp_path / "nets" / "my_net.py")
+    assert list(fp) == [
+        "model", "model_file_sha256", "dataset", "data_root", "image_size", "input_shape",
+        "num_classes", "seed", "val_fraction", "weights_sha256",
+    ]  # fmt: skip
+    assert _display_name(spec) == "my_net.make-digits"
