@@ -25,11 +25,10 @@ from search.commands.run import (
 from search.trials.context import trial_threads
 from search.errors import UserError
 from search.study.storage import check_storage
+from search.commands import add_workload_arguments, spec_from_args
 from search.workloads.workload import (
-    add_workload_arguments,
     load_workload,
     pick_device,
-    spec_from_args,
 )
 
 

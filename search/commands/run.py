@@ -35,13 +35,12 @@ from search.study.storage import (
     storage_url,
     trial_records,
 )
+from search.commands import add_workload_arguments, spec_from_args
 from search.workloads.workload import (
     Workload,
     WorkloadSpec,
-    add_workload_arguments,
     load_workload,
     pick_device,
-    spec_from_args,
 )
 from spaces import SearchSpace, default_space, demo_space, load_space
 

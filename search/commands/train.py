@@ -22,17 +22,16 @@ from search.workloads.training import (
     save_checkpoint,
     train_teacher,
 )
+from search.commands import add_workload_arguments, spec_from_args
 from search.workloads.workload import (
     DEMO_DATASET,
     DEMO_EPOCHS,
     DEMO_MODEL,
-    add_workload_arguments,
     build_for_data,
     checkpoint_info,
     demo_cache_path,
     load_task_data,
     pick_device,
-    spec_from_args,
 )
 
 

@@ -14,11 +14,10 @@ from rich.table import Table
 from objectives import ratios
 from search.trials.context import baseline, make_context, trial_threads
 from search.errors import UserError
+from search.commands import add_workload_arguments, spec_from_args
 from search.workloads.workload import (
-    add_workload_arguments,
     load_workload,
     pick_device,
-    spec_from_args,
 )
 from stages.config import PipelineConfig, valid_keys
 from stages.pipeline import run_pipeline

@@ -1,10 +1,10 @@
 """A workload: the teacher model, its train / validation / test data, the metric (top-1 accuracy)
-and an example input. Built from command-line flags; with none given, the demo workload (a small
-CNN on scikit-learn's digits, trained once and cached under ``studies/.cache``)."""
+and an example input, built from a ``WorkloadSpec`` (``search.commands`` makes one from the
+flags). With no model and dataset, the demo workload: a small CNN on scikit-learn's digits,
+trained once and cached under ``studies/.cache``."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,8 @@ class WorkloadSpec:
     val_fraction: float | None = None  # None: the dataset's default (DEFAULT_VAL_FRACTION)
 
     def __post_init__(self) -> None:
+        if self.model is not None and not self.model.strip():
+            raise UserError("--model is empty; name a model, or leave --model out for the demo CNN.")
         if self.val_fraction is None:
             dataset = self.dataset or (DEMO_DATASET if self.model_name == DEMO_MODEL else None)
             object.__setattr__(self, "val_fraction", default_val_fraction(dataset))
@@ -141,88 +143,6 @@ def pick_device(name: str = "auto") -> torch.device:
     elif device.type not in ("cpu", "cuda", "mps"):
         raise UserError(f"unsupported device {name!r}; expected auto, cpu, cuda or cuda:N.")
     return device
-
-
-def add_workload_arguments(
-    parser: argparse.ArgumentParser, *, weights_help: str | None = None
-) -> None:
-    """Add the flags that choose the teacher model, its weights, the dataset and the device."""
-    group = parser.add_argument_group("workload")
-    group.add_argument(
-        "--model",
-        default=None,
-        help="teacher architecture: demo, any torchvision classification model (resnet18, "
-        "mobilenet_v2, vgg11_bn, efficientnet_b0, ...), or path/to/file.py:factory (imports "
-        "that file, which executes its code); none means the demo CNN on digits",
-    )
-    group.add_argument(
-        "--weights",
-        type=Path,
-        default=None,
-        help=weights_help
-        or "teacher checkpoint: a state_dict (plain or under 'state_dict'/'model'); "
-        "required for every model except the demo",
-    )
-    group.add_argument(
-        "--dataset",
-        default=None,
-        help=f"dataset: {', '.join(DATASETS)}; none means digits with the demo model",
-    )
-    group.add_argument(
-        "--data-root",
-        type=Path,
-        default=None,
-        help="dataset folder: fashion-mnist IDX files (e.g. /usr/share/datasets/fashion-mnist "
-        "or torchvision's ROOT/FashionMNIST/raw), ROOT/cifar-10-batches-py, or an image folder",
-    )
-    group.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        help="resize inputs to this many pixels square (image folders: 32 when not given)",
-    )
-    group.add_argument(
-        "--download",
-        action="store_true",
-        help="let torchvision download fashion-mnist or cifar10 into --data-root if missing",
-    )
-    group.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="accept a checkpoint holding a whole pickled module (runs code from that file: "
-        "only for files you trust)",
-    )
-    group.add_argument(
-        "--seed", type=int, default=0, help="seed of the validation split and of training"
-    )
-    group.add_argument(
-        "--val-fraction",
-        type=float,
-        default=None,
-        help="fraction of the training data held out for validation (the accuracy constraint); "
-        "none means 0.25 for digits (1437 images: a larger split makes its accuracy less noisy) "
-        "and 0.1 otherwise",
-    )
-    group.add_argument(
-        "--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda:N"
-    )
-
-
-def spec_from_args(args: argparse.Namespace) -> WorkloadSpec:
-    """The workload flags of parsed ``args`` as a ``WorkloadSpec``."""
-    if args.model is not None and not args.model.strip():
-        raise UserError("--model is empty; name a model, or leave --model out for the demo CNN.")
-    return WorkloadSpec(
-        model=args.model,
-        weights=args.weights,
-        dataset=args.dataset,
-        data_root=args.data_root,
-        image_size=args.image_size,
-        download=args.download,
-        allow_pickle=args.allow_pickle,
-        seed=args.seed,
-        val_fraction=args.val_fraction,
-    )
 
 
 def load_task_data(spec: WorkloadSpec) -> TaskData:
