@@ -59,7 +59,7 @@ TRIPWIRES = (
     "search.commands.run.create_or_resume",
     "search.commands.export.export_trial",
     "search.commands.report.write_report",
-    "search.bench.create_or_resume",
+    "search.bench.plan.create_or_resume",
     "search.bench.summary.write_summary",
 )
 
