@@ -29,7 +29,9 @@ def add_workload_arguments(
     parser: argparse.ArgumentParser, *, weights_help: str | None = None
 ) -> None:
     """Add the flags that choose the teacher model, its weights, the dataset and the device."""
-    from search.workloads.datasets import DATASETS  # here: `list` and `show` need no torch
+    from search.workloads.datasets import (
+        DATASETS,  # here: `list` and `show` need no torch
+    )
 
     group = parser.add_argument_group("workload")
     group.add_argument(

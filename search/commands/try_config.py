@@ -12,9 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from objectives import ratios
-from search.trials.context import baseline, make_context, trial_threads
-from search.errors import UserError
 from search.commands import add_workload_arguments, spec_from_args
+from search.errors import UserError
+from search.trials.context import baseline, make_context, trial_threads
 from search.workloads.workload import (
     load_workload,
     pick_device,

@@ -12,13 +12,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from search.workloads.datasets import DATASETS, DatasetRequest, check_dataset_name, load_dataset
 from search.errors import UserError
+from search.workloads.datasets import (
+    DATASETS,
+    DatasetRequest,
+    check_dataset_name,
+    load_dataset,
+)
 from search.workloads.models import (
+    ModelFile,
     build_model,
     check_fits,
     check_model_name,
-    ModelFile,
     file_sha256,
     load_state,
     model_file_sha256,

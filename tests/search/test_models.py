@@ -14,9 +14,9 @@ from search.errors import UserError
 from search.workloads.models import (
     DemoCNN,
     ModelFile,
-    is_user_model,
     build_model,
     check_fits,
+    is_user_model,
     load_state,
     read_checkpoint,
 )

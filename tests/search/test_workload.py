@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from search.workloads import workload as workload_module
 from search.commands import add_workload_arguments, spec_from_args
 from search.errors import UserError
+from search.workloads import workload as workload_module
 from search.workloads.models import DemoCNN
 from search.workloads.training import evaluate_accuracy, metrics_path, save_checkpoint
 from search.workloads.workload import (
