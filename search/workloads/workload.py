@@ -6,6 +6,7 @@ trained once and cached under ``studies/.cache``."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from search.workloads.models import (
     read_checkpoint,
 )
 from search.workloads.training import evaluate_accuracy, save_checkpoint, train_teacher
+from spaces import SearchSpace, default_space, demo_space
 from stages import TaskData
 
 DEMO_MODEL = "demo"
@@ -150,6 +152,12 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def workload_space(spec: WorkloadSpec) -> SearchSpace:
+    """The search space sized for ``spec``'s workload: the demo's (a distillation budget of tens
+    of epochs, since its 1,437 images make ~10 optimizer steps an epoch) or the default space."""
+    return demo_space() if spec.is_demo else default_space()
+
+
 def load_task_data(spec: WorkloadSpec) -> TaskData:
     """The dataset of ``spec`` with its seeded validation split."""
     return load_dataset(spec.dataset_name, spec.dataset_request())
@@ -217,11 +225,12 @@ def _demo_teacher(
             return build_for_data(spec, data, weights=path), path
         except UserError as exc:
             if progress:
-                print(f"cached demo teacher unusable ({exc}); retraining it", flush=True)
+                print(f"cached demo teacher unusable ({exc}); retraining it", file=sys.stderr, flush=True)
     if progress:
         print(
             f"training the demo teacher (demo CNN on digits, {DEMO_EPOCHS} epochs, a few "
             f"seconds) and caching it at {path}",
+            file=sys.stderr,  # a message, not a result: stdout may be a command's JSON
             flush=True,
         )
     path.parent.mkdir(parents=True, exist_ok=True)

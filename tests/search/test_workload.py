@@ -77,8 +77,9 @@ def test_demo_teacher_is_trained_once_then_loaded_from_the_cache(
 ) -> None:
     monkeypatch.setattr(workload_module, "DEMO_EPOCHS", 3)
     first = load_workload(WorkloadSpec(), device=CPU, studies_dir=tmp_path)
-    printed = capsys.readouterr().out.strip().splitlines()
-    assert len(printed) == 1 and "training the demo teacher" in printed[0]
+    captured = capsys.readouterr()
+    printed = captured.err.strip().splitlines()  # a message: stdout may be a command's JSON
+    assert captured.out == "" and len(printed) == 1 and "training the demo teacher" in printed[0]
     cache = tmp_path / ".cache" / "demo-digits.pt"
     assert cache.is_file() and metrics_path(cache).is_file()
     assert first.name == "demo" and not first.teacher.training
@@ -87,7 +88,7 @@ def test_demo_teacher_is_trained_once_then_loaded_from_the_cache(
     assert first.fingerprint["weights_sha256"] == sha256(cache)
 
     second = load_workload(WorkloadSpec(), device=CPU, studies_dir=tmp_path)
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr() == ("", "")
     assert second.fingerprint == first.fingerprint
     assert second.evaluate(second.teacher) == (val_acc, test_acc)
     assert second.example_input.shape == (1, 1, 8, 8)
@@ -101,7 +102,7 @@ def test_unreadable_demo_cache_is_retrained(
     cache.parent.mkdir(parents=True)
     cache.write_bytes(b"garbage")
     workload = load_workload(WorkloadSpec(), device=CPU, studies_dir=tmp_path)
-    assert "retraining" in capsys.readouterr().out
+    assert "retraining" in capsys.readouterr().err  # a message, not a result
     assert workload.fingerprint["weights_sha256"] == sha256(cache)
 
 
