@@ -1,10 +1,11 @@
 """What the search compresses: the teacher model, its dataset and the demo workload.
 
 ``workload`` builds a ``Workload`` from a ``WorkloadSpec``; ``datasets`` (with its helpers
-``splits`` and ``formats``) loads data by name; ``models`` builds teachers and reads checkpoints;
+``splits`` and ``formats``) loads data by name; ``models`` builds teachers; ``checkpoints`` reads them;
 ``training`` trains a teacher. Import public names from here.
 """
 
+from search.workloads.checkpoints import load_state, read_checkpoint
 from search.workloads.datasets import (
     DATASETS,
     Dataset,
@@ -18,7 +19,6 @@ from search.workloads.models import (
     build_model,
     check_fits,
     check_model_name,
-    read_checkpoint,
 )
 from search.workloads.training import evaluate_accuracy, save_checkpoint, train_teacher
 from search.workloads.workload import (
@@ -49,6 +49,7 @@ __all__ = [
     "check_model_name",
     "evaluate_accuracy",
     "load_dataset",
+    "load_state",
     "load_task_data",
     "load_workload",
     "pick_device",

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from search.errors import UserError
+from search.workloads.checkpoints import file_sha256, load_state, read_checkpoint
 from search.workloads.datasets import (
     DATASETS,
     DatasetRequest,
@@ -25,10 +26,7 @@ from search.workloads.models import (
     build_model,
     check_fits,
     check_model_name,
-    file_sha256,
-    load_state,
     model_file_sha256,
-    read_checkpoint,
 )
 from search.workloads.training import evaluate_accuracy, save_checkpoint, train_teacher
 from spaces import SearchSpace, default_space, demo_space

@@ -180,7 +180,7 @@ def test_bad_checkpoints_are_refused_before_any_work(
 def test_checkpoints_are_read_weights_only_and_a_module_needs_allow_pickle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from search.workloads.models import read_checkpoint
+    from search.workloads.checkpoints import read_checkpoint
 
     marker = tmp_path / "pwned"
     files = _checkpoints(tmp_path, marker)
