@@ -10,7 +10,12 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from objectives._errors import ObjectiveError, check_accuracy, check_finite, check_positive
+from objectives._errors import (
+    ObjectiveError,
+    check_accuracy,
+    check_finite,
+    check_positive,
+)
 
 DROP_TYPES: tuple[str, ...] = ("absolute", "relative")
 

@@ -22,7 +22,7 @@ import optuna
 import torch
 
 from objectives import format_violations, metrics
-from search.errors import UserError
+from search.errors import UserError, first_line
 from search.study import StudyInfo, TrialRecord
 from search.study.scoring import closest_records, recommended_record
 from search.workloads.workload import WorkloadSpec, load_task_data
@@ -187,12 +187,12 @@ def measure_accuracy(path: Path, fmt: str, split: Split) -> float:
         try:
             runner = OnnxRunner(path, threads=_threads())
         except Exception as exc:  # ONNX Runtime raises its own exception types for bad models
-            raise UserError(f"ONNX Runtime cannot load {str(path)!r}: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"ONNX Runtime cannot load {str(path)!r}: {first_line(exc)}") from None
         return onnx_accuracy(runner, split, EVAL_BATCH_SIZE)
     try:
         program = torch.export.load(str(path))
     except Exception as exc:
-        raise UserError(f"torch cannot load {str(path)!r}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"torch cannot load {str(path)!r}: {first_line(exc)}") from None
     return torch_accuracy(
         _ExportedModule(program.module()), split, device=torch.device("cpu"), batch_size=EVAL_BATCH_SIZE
     )

@@ -5,7 +5,15 @@
 finished trial's ``PipelineConfig`` from its params.
 """
 
-from spaces._dimensions import Choice, Dimension, Fixed, FloatRange, IntRange, SpaceError, TrialLike
+from spaces._dimensions import (
+    Choice,
+    Dimension,
+    Fixed,
+    FloatRange,
+    IntRange,
+    SpaceError,
+    TrialLike,
+)
 from spaces._file import DEMO_SPACE, demo_space, load_space
 from spaces._profiles import PROFILES, profile_config, profile_params
 from spaces._space import CLUSTER_ON, SearchSpace, default_space

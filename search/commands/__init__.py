@@ -1,11 +1,19 @@
 """One module per ``mcaas-search`` subcommand, each with ``add_arguments(parser)`` and
-``run(args) -> int``; the flags several commands share are defined here once."""
+``run(args) -> int``; the flags several commands share are defined here once (the library in
+``search.workloads`` and ``search.study`` defines no flags)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from search.study import storage_url
+
+if TYPE_CHECKING:
+    from search.workloads.workload import WorkloadSpec
+
+__all__ = ["add_storage_argument", "add_workload_arguments", "spec_from_args"]
 
 
 def add_storage_argument(parser: argparse.ArgumentParser) -> None:
@@ -14,4 +22,90 @@ def add_storage_argument(parser: argparse.ArgumentParser) -> None:
         "--storage",
         default=None,
         help=f"study storage: journal file or RDB URL (default: {storage_url(None)})",
+    )
+
+
+def add_workload_arguments(
+    parser: argparse.ArgumentParser, *, weights_help: str | None = None
+) -> None:
+    """Add the flags that choose the teacher model, its weights, the dataset and the device."""
+    from search.workloads.datasets import (
+        DATASETS,  # here: `list` and `show` need no torch
+    )
+
+    group = parser.add_argument_group("workload")
+    group.add_argument(
+        "--model",
+        default=None,
+        help="teacher architecture: demo, any torchvision classification model (resnet18, "
+        "mobilenet_v2, vgg11_bn, efficientnet_b0, ...), or path/to/file.py:factory (imports "
+        "that file, which executes its code); none means the demo CNN on digits",
+    )
+    group.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help=weights_help
+        or "teacher checkpoint: a state_dict (plain or under 'state_dict'/'model'); "
+        "required for every model except the demo",
+    )
+    group.add_argument(
+        "--dataset",
+        default=None,
+        help=f"dataset: {', '.join(DATASETS)}; none means digits with the demo model",
+    )
+    group.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="dataset folder: fashion-mnist IDX files (e.g. /usr/share/datasets/fashion-mnist "
+        "or torchvision's ROOT/FashionMNIST/raw), ROOT/cifar-10-batches-py, or an image folder",
+    )
+    group.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="resize inputs to this many pixels square (image folders: 32 when not given)",
+    )
+    group.add_argument(
+        "--download",
+        action="store_true",
+        help="let torchvision download fashion-mnist or cifar10 into --data-root if missing",
+    )
+    group.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="accept a checkpoint holding a whole pickled module (runs code from that file: "
+        "only for files you trust)",
+    )
+    group.add_argument(
+        "--seed", type=int, default=0, help="seed of the validation split and of training"
+    )
+    group.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help="fraction of the training data held out for validation (the accuracy constraint); "
+        "none means 0.25 for digits (1437 images: a larger split makes its accuracy less noisy) "
+        "and 0.1 otherwise",
+    )
+    group.add_argument(
+        "--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda:N"
+    )
+
+
+def spec_from_args(args: argparse.Namespace) -> WorkloadSpec:
+    """The workload flags of parsed ``args`` as a ``WorkloadSpec``."""
+    from search.workloads.workload import WorkloadSpec
+
+    return WorkloadSpec(
+        model=args.model,
+        weights=args.weights,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        image_size=args.image_size,
+        download=args.download,
+        allow_pickle=args.allow_pickle,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
     )

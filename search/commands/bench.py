@@ -13,6 +13,7 @@ from rich.console import Console
 
 from objectives import TARGETS, Constraint
 from search.bench.plan import METHODS, BenchPlan, bench_command, run_bench
+from search.commands import add_workload_arguments, spec_from_args
 from search.commands.run import (
     MAX_THREADS,
     MAX_TRIALS,
@@ -22,14 +23,12 @@ from search.commands.run import (
     positive_int,
     study_arg,
 )
-from search.trials.context import trial_threads
 from search.errors import UserError
 from search.study import check_storage
+from search.trials.context import trial_threads
 from search.workloads.workload import (
-    add_workload_arguments,
     load_workload,
     pick_device,
-    spec_from_args,
 )
 
 

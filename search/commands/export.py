@@ -10,7 +10,13 @@ from rich.console import Console
 
 from objectives import format_violations
 from search.commands import add_storage_argument
-from search.exporting import FORMATS, check_out_path, export_trial, select_trial, torch_artifact_of
+from search.exporting import (
+    FORMATS,
+    check_out_path,
+    export_trial,
+    select_trial,
+    torch_artifact_of,
+)
 from search.reporting.format import format_bytes
 from search.study import StudyInfo, load_study, open_storage, trial_records
 

@@ -15,20 +15,33 @@ import torch
 from rich.console import Console
 
 from objectives import TARGETS, Constraint
-from search.backends import BACKENDS, SAMPLERS, SearchSettings, StudyRun, make_backend, run_study
+from search.backends import (
+    BACKENDS,
+    SAMPLERS,
+    SearchSettings,
+    StudyRun,
+    make_backend,
+    run_study,
+)
+from search.commands import add_workload_arguments, spec_from_args
 from search.errors import UserError
 from search.reporting.progress import LiveProgress
-from search.study import STUDIES_DIR, StudyInfo, check_storage, storage_url, trial_records
+from search.study import (
+    STUDIES_DIR,
+    StudyInfo,
+    check_storage,
+    storage_url,
+    trial_records,
+)
 from search.trials.context import trial_threads
 from search.workloads.workload import (
     Workload,
     WorkloadSpec,
-    add_workload_arguments,
     load_workload,
     pick_device,
-    spec_from_args,
+    workload_space,
 )
-from spaces import SearchSpace, default_space, demo_space, load_space
+from spaces import SearchSpace, load_space
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 # A study name becomes a folder under studies/: no path separators, no hidden names (.cache).
@@ -153,7 +166,7 @@ def pick_space(args: argparse.Namespace, spec: WorkloadSpec) -> SearchSpace:
     if args.space is not None and not args.space.is_file():
         what = "is a folder" if args.space.is_dir() else "does not exist"
         raise UserError(f"space file {str(args.space)!r} {what}")
-    base = demo_space() if spec.is_demo else default_space()
+    base = workload_space(spec)
     return load_space(args.space, base=base) if args.space else base
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from search.workloads.datasets import check_dataset_name
+from search.commands import add_workload_arguments, spec_from_args
 from search.errors import UserError
+from search.workloads.datasets import check_dataset_name
 from search.workloads.models import check_model_name
 from search.workloads.training import (
     DEFAULT_BATCH_SIZE,
@@ -26,13 +27,11 @@ from search.workloads.workload import (
     DEMO_DATASET,
     DEMO_EPOCHS,
     DEMO_MODEL,
-    add_workload_arguments,
     build_for_data,
     checkpoint_info,
     demo_cache_path,
     load_task_data,
     pick_device,
-    spec_from_args,
 )
 
 

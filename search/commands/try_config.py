@@ -12,13 +12,14 @@ from rich.console import Console
 from rich.table import Table
 
 from objectives import ratios
-from search.trials.context import make_context, measure_baseline_into, trial_threads
+from search.commands import add_workload_arguments, spec_from_args
 from search.errors import UserError
+from search.trials.context import make_context, measure_baseline_into, trial_threads
 from search.workloads.workload import (
-    add_workload_arguments,
+    WorkloadSpec,
     load_workload,
     pick_device,
-    spec_from_args,
+    workload_space,
 )
 from stages.config import PipelineConfig, valid_keys
 from stages.pipeline import run_pipeline
@@ -34,7 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="STAGE.KEY=VALUE",
-        help="a pipeline setting, repeatable; valid keys: " + ", ".join(valid_keys()),
+        help="a pipeline setting, repeatable. Settings not given take the stage defaults, except "
+        "the distillation budget (distill.epochs), which comes from the workload's search space "
+        "(profile_epochs: 15 for the demo, whose small dataset makes few optimizer steps an "
+        "epoch; 1 otherwise). Valid keys: " + ", ".join(valid_keys()),
     )
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.add_argument(
@@ -48,23 +52,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_settings(items: list[str]) -> PipelineConfig:
-    """``["prune.ratio=0.5", ...]`` -> a validated config (ConfigError on bad keys or values)."""
+def workload_defaults(spec: WorkloadSpec) -> PipelineConfig:
+    """The config that settings not given on the command line come from: the stage defaults
+    with the distillation budget the workload's search space uses for its profiles (one epoch
+    of the demo's 1,437 images is a handful of optimizer steps: far too few to recover)."""
+    return PipelineConfig.from_flat({"distill.epochs": workload_space(spec).profile_epochs})
+
+
+def parse_settings(items: list[str], base: PipelineConfig | None = None) -> PipelineConfig:
+    """``["prune.ratio=0.5", ...]`` -> a validated config, keys not given taken from ``base``
+    (ConfigError on bad keys or values)."""
     values: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key or not value:
             raise UserError(f"--set expects STAGE.KEY=VALUE, but got {item!r}")
         values[key.strip()] = value.strip()
-    return PipelineConfig.from_flat(values)
+    return PipelineConfig.from_flat(values, base=base)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = parse_settings(args.settings)
+    parse_settings(args.settings)  # bad --set values first, before anything else is looked at
+    spec = spec_from_args(args)
+    config = parse_settings(args.settings, base=workload_defaults(spec))
     if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
         raise UserError(f"--threads must lie in [1, {MAX_THREADS}], but got {args.threads}")
     console = Console(stderr=True)
-    workload = load_workload(spec_from_args(args), device=pick_device(args.device))
+    workload = load_workload(spec, device=pick_device(args.device))
     threads = args.threads or trial_threads(workload, jobs=1)
     torch.set_num_threads(threads)
     ctx = make_context(

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import optuna
 
 from objectives import Point, format_violations, hypervolume, metrics
+from search.errors import first_line
 from search.reporting.format import format_bytes, settings_summary, state_counts
 from search.reporting.reference import ReferencePoint
 from search.study import StudyInfo, TrialRecord
@@ -26,7 +27,6 @@ from search.study.scoring import (
     objectives_of,
     recommended_record,
 )
-
 
 # The drop axis shows losses up to this many times the bound, plus one point (as the bench's
 # plots do); a trial beyond is drawn at that edge.
@@ -233,8 +233,7 @@ def gather_importances(study: optuna.Study) -> dict[str, float] | str:
                 study, target=lambda t: t.values[1]
             )
     except Exception as exc:  # the evaluators raise several kinds for degenerate inputs
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return f"could not be computed: {first}"
+        return f"could not be computed: {first_line(exc)}"
     if not importances:
         return "no parameter varied across the completed trials"
     return {k: float(v) for k, v in importances.items()}

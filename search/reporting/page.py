@@ -18,7 +18,12 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from objectives import format_violations, metrics
-from search.reporting.figures import draw_history, draw_importances, draw_pareto, draw_stages
+from search.reporting.figures import (
+    draw_history,
+    draw_importances,
+    draw_pareto,
+    draw_stages,
+)
 from search.reporting.format import (
     describe_counts,
     export_command,

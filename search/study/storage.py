@@ -15,7 +15,7 @@ import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-from search.errors import UserError
+from search.errors import UserError, first_line
 
 # Optuna logs every trial at INFO; the progress display says what matters.
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -44,8 +44,7 @@ def open_storage(url: str | None, *, create: bool) -> BaseStorage:
         try:
             return RDBStorage(url, engine_kwargs=rdb_engine_kwargs(url))
         except Exception as exc:  # SQLAlchemy raises many kinds for an unreachable database
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"cannot open storage {url!r}: {first}") from None
+            raise UserError(f"cannot open storage {url!r}: {first_line(exc)}") from None
     if "://" in url:
         raise UserError(
             f"unsupported storage URL {url!r}; use a journal file path (e.g. studies/x.journal), "

@@ -15,7 +15,12 @@ from optuna.trial import TrialState
 from objectives import EarlyStop, Point
 from search.study import StudyInfo, feasible_front, trial_record
 from search.study.records import CONFIG, INTERRUPTED, REASON, SAVED_S
-from search.trials.context import CACHE_DIR, make_context, measure_baseline_into, trial_context
+from search.trials.context import (
+    CACHE_DIR,
+    make_context,
+    measure_baseline_into,
+    trial_context,
+)
 from search.trials.trial import Scoring, TrialOutcome, TrialStopped, run_trial
 from search.workloads.workload import Workload
 from stages import Context, PipelineConfig

@@ -1,4 +1,5 @@
-"""Teacher architectures by name, checkpoint loading, and the checks that a model fits a dataset.
+"""Teacher architectures by name and the checks that a model fits a dataset (checkpoints are read
+by ``search.workloads.checkpoints``).
 
 A model name is ``demo`` (a small CNN for the built-in digits workload), any torchvision
 classification model (``resnet18``, ``mobilenet_v2``, ...; built with ``weights=None`` and adapted
@@ -8,20 +9,21 @@ imported from that explicit path: this executes it).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import inspect
-import pickle
 import sys
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from search.errors import UserError
+from search.errors import UserError, first_line
+from search.workloads.checkpoints import file_sha256
 
 # Shown in error messages; any name from ``torchvision_models()`` works.
 TORCHVISION_EXAMPLES = ("resnet18", "resnet50", "mobilenet_v2", "vgg11_bn", "efficientnet_b0")
@@ -78,10 +80,42 @@ def torchvision_models() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelFile:
+    """A model named ``path/to/file.py:factory``: the user's own factory function in that file.
+
+    The one parser of such names, so the fingerprint, the display name and the loader agree.
+    """
+
+    path: str
+    factory: str
+
+    @classmethod
+    def parse(cls, name: str) -> ModelFile | None:
+        """The reference in ``name``, or None when ``name`` is no ``file.py:factory``."""
+        path, sep, factory = name.rpartition(":")
+        if sep and path.endswith(".py") and factory:
+            return cls(path, factory)
+        return None
+
+    @property
+    def resolved_path(self) -> Path:
+        """The file, absolute (``~`` expanded): the same file whatever the working directory."""
+        return Path(self.path).expanduser().resolve()
+
+    def absolute(self) -> str:
+        """``/abs/path/file.py:factory``, as stored in a study's workload fingerprint."""
+        return f"{self.resolved_path}:{self.factory}"
+
+    @property
+    def display_name(self) -> str:
+        """``file.factory``: short enough for a study name."""
+        return f"{Path(self.path).stem}.{self.factory}"
+
+
 def is_user_model(name: str) -> bool:
     """``path/to/file.py:factory`` names the user's own factory function."""
-    path, sep, factory = name.rpartition(":")
-    return bool(sep) and path.endswith(".py") and bool(factory)
+    return ModelFile.parse(name) is not None
 
 
 def known_models_text() -> str:
@@ -159,9 +193,8 @@ def _import_user_file(path: Path) -> Any:
     return module
 
 
-def _build_user(name: str, *, in_channels: int, num_classes: int) -> nn.Module:
-    file_part, _, factory_name = name.rpartition(":")
-    path = Path(file_part).expanduser().resolve()
+def _build_user(ref: ModelFile, *, in_channels: int, num_classes: int) -> nn.Module:
+    name, factory_name, path = f"{ref.path}:{ref.factory}", ref.factory, ref.resolved_path
     module = _import_user_file(path)
     factory = getattr(module, factory_name, None)
     if not callable(factory):
@@ -191,8 +224,9 @@ def check_model_name(name: str) -> None:
     ``file.py:factory`` (cheap: builds nothing, imports no user code)."""
     if name in BUILTIN_MODELS:
         return
-    if is_user_model(name):
-        path = Path(name.rpartition(":")[0]).expanduser().resolve()
+    ref = ModelFile.parse(name)
+    if ref is not None:
+        path = ref.resolved_path
         if not path.is_file():
             raise UserError(f"model file {path} does not exist (from --model {name}).")
         return
@@ -205,121 +239,19 @@ def build_model(name: str, *, in_channels: int, num_classes: int) -> nn.Module:
     check_model_name(name)
     if name in BUILTIN_MODELS:
         return BUILTIN_MODELS[name](in_channels=in_channels, num_classes=num_classes)
-    if is_user_model(name):
-        return _build_user(name, in_channels=in_channels, num_classes=num_classes)
+    ref = ModelFile.parse(name)
+    if ref is not None:
+        return _build_user(ref, in_channels=in_channels, num_classes=num_classes)
     return _build_torchvision(name, in_channels=in_channels, num_classes=num_classes)
 
 
 def model_file_sha256(name: str) -> str | None:
     """sha256 of a user model's source file (part of the workload fingerprint), else None."""
-    if not is_user_model(name):
+    ref = ModelFile.parse(name)
+    if ref is None:
         return None
-    path = Path(name.rpartition(":")[0]).expanduser().resolve()
+    path = ref.resolved_path
     return file_sha256(path) if path.is_file() else None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def read_checkpoint(path: Path, *, allow_pickle: bool = False) -> Mapping[str, torch.Tensor] | nn.Module:
-    """A state_dict (plain, or under ``state_dict`` / ``model``), or with ``allow_pickle`` a
-    whole pickled module. Anything else, or an unreadable file, is a one-line ``UserError``."""
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} {'is a folder, not a file' if path.is_dir() else 'does not exist'}.")
-    try:
-        with warnings.catch_warnings():
-            # Bytes that are no checkpoint make torch warn about the pickle protocol first.
-            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if allow_pickle:
-            obj = _load_pickled(path)
-        elif "Unsupported global" in str(exc):
-            # weights_only refuses anything but tensors and plain containers: a pickled module.
-            raise UserError(
-                f"checkpoint {path} holds more than tensors (e.g. a pickled module), which "
-                "torch.load(weights_only=True) refuses; pass --allow-pickle if you trust the file."
-            ) from None
-        else:
-            raise UserError(f"cannot read checkpoint {path}: {_unpickler_reason(exc)}") from None
-    except Exception as exc:  # zip/EOF/format errors all mean "not a torch checkpoint"
-        raise UserError(f"cannot read checkpoint {path}: {_one_line(exc)}") from None
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if key in obj and isinstance(obj[key], (Mapping, nn.Module)):
-                obj = obj[key]
-                break
-    if isinstance(obj, nn.Module):
-        return obj
-    if not isinstance(obj, Mapping) or not obj:
-        raise UserError(
-            f"checkpoint {path} is not a state_dict (found {type(obj).__name__}); expected a dict "
-            "of tensors, optionally under 'state_dict' or 'model'."
-        )
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise UserError(
-            f"checkpoint {path} is not a state_dict: {len(bad)} entries are not tensors "
-            f"(e.g. {', '.join(map(str, bad[:3]))})."
-        )
-    # Checkpoints saved from DataParallel / DDP prefix every key with "module.".
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module.") :]: v for k, v in obj.items()}
-    return obj
-
-
-def _load_pickled(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # the pickle may need classes that are not importable here
-        raise UserError(f"cannot unpickle checkpoint {path}: {_one_line(exc)}") from None
-
-
-def _unpickler_reason(exc: BaseException) -> str:
-    """The one informative line of torch's long weights-only error message."""
-    for line in str(exc).splitlines():
-        if "WeightsUnpickler error:" in line:
-            detail = line.split("WeightsUnpickler error:", 1)[1].strip()
-            if detail:
-                return f"not a torch checkpoint ({detail})"
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    reason = next((line for line in lines if not line.startswith(("Weights only", "Please", "Check"))), "")
-    return f"not a torch checkpoint ({reason[:200]})" if reason else "not a torch checkpoint"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:300]}"
-
-
-def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
-    """Load ``state`` into ``model`` strictly; a misfit names missing, unexpected and mis-shaped
-    keys (a few of each) in one line."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
-            if keys:
-                more = f", ... ({len(keys)} in all)" if len(keys) > 3 else ""
-                parts.append(f"{label}: {', '.join(keys[:3])}{more}")
-        raise UserError(f"checkpoint {source} does not fit the model: {'; '.join(parts)}.")
-    model.load_state_dict(state, strict=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,4 +314,4 @@ def _size_message(
             f"model {model_name} cannot take {dataset}'s {c}x{h}x{w} inputs (the smallest size "
             f"that works is {size}x{size}); pass --image-size {size}."
         )
-    return f"model {model_name} failed on {dataset}'s {c}x{h}x{w} inputs: {_one_line(exc)}"
+    return f"model {model_name} failed on {dataset}'s {c}x{h}x{w} inputs: {first_line(exc, typed=True)}"

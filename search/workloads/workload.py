@@ -1,30 +1,35 @@
 """A workload: the teacher model, its train / validation / test data, the metric (top-1 accuracy)
-and an example input. Built from command-line flags; with none given, the demo workload (a small
-CNN on scikit-learn's digits, trained once and cached under ``studies/.cache``)."""
+and an example input, built from a ``WorkloadSpec`` (``search.commands`` makes one from the
+flags). With no model and dataset, the demo workload: a small CNN on scikit-learn's digits,
+trained once and cached under ``studies/.cache``."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from search.workloads.datasets import DATASETS, DatasetRequest, check_dataset_name, load_dataset
 from search.errors import UserError
+from search.workloads.checkpoints import file_sha256, load_state, read_checkpoint
+from search.workloads.datasets import (
+    DATASETS,
+    DatasetRequest,
+    check_dataset_name,
+    load_dataset,
+)
 from search.workloads.models import (
+    ModelFile,
     build_model,
     check_fits,
     check_model_name,
-    file_sha256,
-    is_user_model,
-    load_state,
     model_file_sha256,
-    read_checkpoint,
 )
 from search.workloads.training import evaluate_accuracy, save_checkpoint, train_teacher
+from spaces import SearchSpace, default_space, demo_space
 from stages import TaskData
 
 DEMO_MODEL = "demo"
@@ -57,6 +62,8 @@ class WorkloadSpec:
     val_fraction: float | None = None  # None: the dataset's default (DEFAULT_VAL_FRACTION)
 
     def __post_init__(self) -> None:
+        if self.model is not None and not self.model.strip():
+            raise UserError("--model is empty; name a model, or leave --model out for the demo CNN.")
         if self.val_fraction is None:
             dataset = self.dataset or (DEMO_DATASET if self.model_name == DEMO_MODEL else None)
             object.__setattr__(self, "val_fraction", default_val_fraction(dataset))
@@ -143,86 +150,10 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def add_workload_arguments(
-    parser: argparse.ArgumentParser, *, weights_help: str | None = None
-) -> None:
-    """Add the flags that choose the teacher model, its weights, the dataset and the device."""
-    group = parser.add_argument_group("workload")
-    group.add_argument(
-        "--model",
-        default=None,
-        help="teacher architecture: demo, any torchvision classification model (resnet18, "
-        "mobilenet_v2, vgg11_bn, efficientnet_b0, ...), or path/to/file.py:factory (imports "
-        "that file, which executes its code); none means the demo CNN on digits",
-    )
-    group.add_argument(
-        "--weights",
-        type=Path,
-        default=None,
-        help=weights_help
-        or "teacher checkpoint: a state_dict (plain or under 'state_dict'/'model'); "
-        "required for every model except the demo",
-    )
-    group.add_argument(
-        "--dataset",
-        default=None,
-        help=f"dataset: {', '.join(DATASETS)}; none means digits with the demo model",
-    )
-    group.add_argument(
-        "--data-root",
-        type=Path,
-        default=None,
-        help="dataset folder: fashion-mnist IDX files (e.g. /usr/share/datasets/fashion-mnist "
-        "or torchvision's ROOT/FashionMNIST/raw), ROOT/cifar-10-batches-py, or an image folder",
-    )
-    group.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        help="resize inputs to this many pixels square (image folders: 32 when not given)",
-    )
-    group.add_argument(
-        "--download",
-        action="store_true",
-        help="let torchvision download fashion-mnist or cifar10 into --data-root if missing",
-    )
-    group.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="accept a checkpoint holding a whole pickled module (runs code from that file: "
-        "only for files you trust)",
-    )
-    group.add_argument(
-        "--seed", type=int, default=0, help="seed of the validation split and of training"
-    )
-    group.add_argument(
-        "--val-fraction",
-        type=float,
-        default=None,
-        help="fraction of the training data held out for validation (the accuracy constraint); "
-        "none means 0.25 for digits (1437 images: a larger split makes its accuracy less noisy) "
-        "and 0.1 otherwise",
-    )
-    group.add_argument(
-        "--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda:N"
-    )
-
-
-def spec_from_args(args: argparse.Namespace) -> WorkloadSpec:
-    """The workload flags of parsed ``args`` as a ``WorkloadSpec``."""
-    if args.model is not None and not args.model.strip():
-        raise UserError("--model is empty; name a model, or leave --model out for the demo CNN.")
-    return WorkloadSpec(
-        model=args.model,
-        weights=args.weights,
-        dataset=args.dataset,
-        data_root=args.data_root,
-        image_size=args.image_size,
-        download=args.download,
-        allow_pickle=args.allow_pickle,
-        seed=args.seed,
-        val_fraction=args.val_fraction,
-    )
+def workload_space(spec: WorkloadSpec) -> SearchSpace:
+    """The search space sized for ``spec``'s workload: the demo's (a distillation budget of tens
+    of epochs, since its 1,437 images make ~10 optimizer steps an epoch) or the default space."""
+    return demo_space() if spec.is_demo else default_space()
 
 
 def load_task_data(spec: WorkloadSpec) -> TaskData:
@@ -292,11 +223,12 @@ def _demo_teacher(
             return build_for_data(spec, data, weights=path), path
         except UserError as exc:
             if progress:
-                print(f"cached demo teacher unusable ({exc}); retraining it", flush=True)
+                print(f"cached demo teacher unusable ({exc}); retraining it", file=sys.stderr, flush=True)
     if progress:
         print(
             f"training the demo teacher (demo CNN on digits, {DEMO_EPOCHS} epochs, a few "
             f"seconds) and caching it at {path}",
+            file=sys.stderr,  # a message, not a result: stdout may be a command's JSON
             flush=True,
         )
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -317,12 +249,9 @@ def _demo_teacher(
 
 def workload_fingerprint(spec: WorkloadSpec, data: TaskData, weights: Path | None) -> dict[str, Any]:
     """JSON-able identity of the workload: model, data, split and the teacher weights' hash."""
-    model = spec.model_name
-    if is_user_model(model):
-        file_part, _, factory = model.rpartition(":")
-        model = f"{Path(file_part).expanduser().resolve()}:{factory}"
+    ref = ModelFile.parse(spec.model_name)
     return {
-        "model": model,
+        "model": ref.absolute() if ref is not None else spec.model_name,
         "model_file_sha256": model_file_sha256(spec.model_name),
         "dataset": spec.dataset_name,
         "data_root": str(spec.data_root.resolve()) if spec.data_root is not None else None,
@@ -338,10 +267,8 @@ def workload_fingerprint(spec: WorkloadSpec, data: TaskData, weights: Path | Non
 def _display_name(spec: WorkloadSpec) -> str:
     if spec.is_demo:
         return "demo"
-    model = spec.model_name
-    if is_user_model(model):
-        file_part, _, factory = model.rpartition(":")
-        model = f"{Path(file_part).stem}.{factory}"
+    ref = ModelFile.parse(spec.model_name)
+    model = ref.display_name if ref is not None else spec.model_name
     return f"{model}-{spec.dataset_name}"
 
 

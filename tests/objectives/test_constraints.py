@@ -9,7 +9,13 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from objectives import Constraint, ObjectiveError, closest_infeasible, drop_points, format_violations
+from objectives import (
+    Constraint,
+    ObjectiveError,
+    closest_infeasible,
+    drop_points,
+    format_violations,
+)
 
 accuracy = st.floats(min_value=0.0, max_value=100.0, allow_nan=False)
 max_drop = st.floats(min_value=0.0, max_value=99.9, allow_nan=False)

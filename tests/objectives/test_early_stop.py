@@ -8,8 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from objectives import EarlyStop, ObjectiveError, Point, dominated_before_training, hypervolume
-from objectives import pareto_front
+from objectives import (
+    EarlyStop,
+    ObjectiveError,
+    Point,
+    dominated_before_training,
+    hypervolume,
+    pareto_front,
+)
 
 fractions = st.floats(min_value=0.0, max_value=1.0)
 accuracies = st.floats(min_value=0.0, max_value=100.0)

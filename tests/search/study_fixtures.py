@@ -28,8 +28,8 @@ from optuna.trial import TrialState, create_trial
 
 from objectives import Constraint, ratios
 from search.cli import main
-from search.workloads.datasets import DatasetRequest, load_dataset
 from search.study import StudyInfo
+from search.workloads.datasets import DatasetRequest, load_dataset
 from stages.export import export_onnx, export_pt2
 from stages.measure import OnnxRunner, onnx_accuracy
 from tests.tiny_models import TinyCNN

@@ -31,9 +31,9 @@ from hypothesis import strategies as st
 from objectives import Constraint
 from search.cli import COMMANDS, build_parser, main
 from search.errors import UserError
-from search.workloads.models import DemoCNN
 from search.study import StudyInfo, open_storage
 from search.study.storage import CONNECT_TIMEOUT_S, rdb_engine_kwargs
+from search.workloads.models import DemoCNN
 from search.workloads.workload import WorkloadSpec, load_workload
 from tests.search.study_fixtures import HandMadeStudy
 from tests.tiny_models import TinyCNN
@@ -180,7 +180,7 @@ def test_bad_checkpoints_are_refused_before_any_work(
 def test_checkpoints_are_read_weights_only_and_a_module_needs_allow_pickle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from search.workloads.models import read_checkpoint
+    from search.workloads.checkpoints import read_checkpoint
 
     marker = tmp_path / "pwned"
     files = _checkpoints(tmp_path, marker)

@@ -16,6 +16,8 @@ import pytest
 import torch
 
 from objectives import TARGETS, Constraint
+from search.bench.csvs import write_csvs
+from search.bench.markdown import splice
 from search.bench.plan import BenchPlan
 from search.bench.results import (
     BEGIN,
@@ -27,8 +29,6 @@ from search.bench.results import (
     summarise,
     trial_cost,
 )
-from search.bench.csvs import write_csvs
-from search.bench.markdown import splice
 from search.study import TrialRecord
 from spaces import demo_space
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from search.errors import UserError
 from search.workloads.datasets import (
     DATASETS,
     DatasetRequest,
@@ -19,7 +20,6 @@ from search.workloads.datasets import (
     load_dataset,
     read_idx,
 )
-from search.errors import UserError
 from stages import Split, TaskData
 from tests.data_files import write_idx, write_image_folder
 
@@ -247,3 +247,14 @@ def test_random_crop_flip_only_moves_pixels() -> None:
         not any(torch.equal(flipped[i], padded[i, :, dy : dy + 6, dx : dx + 6]) for dy in range(3) for dx in range(3))
         for i in range(16)
     )
+
+
+def test_registry_entries_say_what_their_data_root_holds(tmp_path: Path) -> None:
+    for name, entry in DATASETS.items():
+        assert entry.expected_files, name
+        if entry.takes_data_root:
+            with pytest.raises(UserError, match=f"does not exist; {entry.expected_files}"):
+                load_dataset(name, DatasetRequest(data_root=tmp_path / "missing"))
+        else:
+            with pytest.raises(UserError, match="takes no --data-root"):
+                load_dataset(name, DatasetRequest(data_root=tmp_path))

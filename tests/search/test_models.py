@@ -11,12 +11,13 @@ import torch_pruning as tp
 from torch import nn
 
 from search.errors import UserError
+from search.workloads.checkpoints import load_state, read_checkpoint
 from search.workloads.models import (
     DemoCNN,
+    ModelFile,
     build_model,
     check_fits,
-    load_state,
-    read_checkpoint,
+    is_user_model,
 )
 
 
@@ -230,3 +231,28 @@ def test_pickled_module_needs_allow_pickle(tmp_path: Path) -> None:
     loaded = read_checkpoint(tmp_path / "whole.pt", allow_pickle=True)
     assert isinstance(loaded, DemoCNN)
     assert torch.equal(loaded.classifier.weight, model.classifier.weight)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("net.py:make", ModelFile("net.py", "make")),
+        ("C:/models/net.py:make", ModelFile("C:/models/net.py", "make")),
+        ("a:b/net.py:make", ModelFile("a:b/net.py", "make")),
+        ("resnet18", None),
+        ("net.py:", None),
+        ("net.txt:make", None),
+        (":make", None),
+    ],
+)
+def test_model_file_parse(name: str, expected: ModelFile | None) -> None:
+    assert ModelFile.parse(name) == expected
+    assert is_user_model(name) is (expected is not None)
+
+
+def test_model_file_absolute_and_display(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    ref = ModelFile.parse("sub/net.py:make")
+    assert ref is not None
+    assert ref.absolute() == f"{tmp_path.resolve()}/sub/net.py:make"
+    assert ref.display_name == "net.make"

@@ -21,9 +21,9 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from objectives import Constraint
+from search.backends import SearchSettings
 from search.backends import ray_tune as ray_driver
 from search.errors import UserError
-from search.backends import SearchSettings
 from search.study import StudyInfo, open_storage, profiles_to_run, trial_records
 from search.workloads.workload import WorkloadSpec
 from spaces import (

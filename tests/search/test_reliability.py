@@ -35,9 +35,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from search.interrupts import redeliver_lost_interrupts, stops_deferred
-from search.study import counted
+from search.study import StudyInfo, counted, open_storage
 from search.study.lifecycle import _pid_alive
-from search.study import StudyInfo, open_storage
 from search.study.storage import FlockJournalLock, repair_journal_tail
 from spaces import PROFILES
 from tests.search.study_fixtures import HandMadeStudy, run_cli

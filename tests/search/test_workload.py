@@ -11,17 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from search.workloads import workload as workload_module
+from search.commands import add_workload_arguments, spec_from_args
 from search.errors import UserError
+from search.workloads import workload as workload_module
 from search.workloads.models import DemoCNN
 from search.workloads.training import evaluate_accuracy, metrics_path, save_checkpoint
 from search.workloads.workload import (
     WorkloadSpec,
-    add_workload_arguments,
     demo_cache_path,
     load_workload,
     pick_device,
-    spec_from_args,
 )
 from stages import TaskData
 
@@ -78,8 +77,9 @@ def test_demo_teacher_is_trained_once_then_loaded_from_the_cache(
 ) -> None:
     monkeypatch.setattr(workload_module, "DEMO_EPOCHS", 3)
     first = load_workload(WorkloadSpec(), device=CPU, studies_dir=tmp_path)
-    printed = capsys.readouterr().out.strip().splitlines()
-    assert len(printed) == 1 and "training the demo teacher" in printed[0]
+    captured = capsys.readouterr()
+    printed = captured.err.strip().splitlines()  # a message: stdout may be a command's JSON
+    assert captured.out == "" and len(printed) == 1 and "training the demo teacher" in printed[0]
     cache = tmp_path / ".cache" / "demo-digits.pt"
     assert cache.is_file() and metrics_path(cache).is_file()
     assert first.name == "demo" and not first.teacher.training
@@ -88,7 +88,7 @@ def test_demo_teacher_is_trained_once_then_loaded_from_the_cache(
     assert first.fingerprint["weights_sha256"] == sha256(cache)
 
     second = load_workload(WorkloadSpec(), device=CPU, studies_dir=tmp_path)
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr() == ("", "")
     assert second.fingerprint == first.fingerprint
     assert second.evaluate(second.teacher) == (val_acc, test_acc)
     assert second.example_input.shape == (1, 1, 8, 8)
@@ -102,7 +102,7 @@ def test_unreadable_demo_cache_is_retrained(
     cache.parent.mkdir(parents=True)
     cache.write_bytes(b"garbage")
     workload = load_workload(WorkloadSpec(), device=CPU, studies_dir=tmp_path)
-    assert "retraining" in capsys.readouterr().out
+    assert "retraining" in capsys.readouterr().err  # a message, not a result
     assert workload.fingerprint["weights_sha256"] == sha256(cache)
 
 
@@ -234,3 +234,26 @@ def test_digits_holds_out_a_larger_validation_split_by_default() -> None:
     assert WorkloadSpec(model="demo", dataset="digits").val_fraction == 0.25
     assert WorkloadSpec(model="resnet18", dataset="fashion-mnist").val_fraction == 0.1
     assert WorkloadSpec(dataset="digits", val_fraction=0.2).val_fraction == 0.2
+
+
+def test_user_model_fingerprint_and_name_are_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pinned: studies store this fingerprint and refuse to resume when it differs."""
+    from search.workloads.workload import _display_name, workload_fingerprint
+    from stages import Split
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nets").mkdir()
+    (tmp_path / "nets" / "my_net.py").write_text("def make():\n    pass\n")
+    split = Split(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.int64))
+    data = TaskData(train=split, val=split, test=split, num_classes=10)
+    spec = WorkloadSpec(model="nets/my_net.py:make", dataset="digits")
+    fp = workload_fingerprint(spec, data, None)
+    assert fp["model"] == f"{tmp_path.resolve()}/nets/my_net.py:make"
+    assert fp["model_file_sha256"] == sha256(tmp_path / "nets" / "my_net.py")
+    assert list(fp) == [
+        "model", "model_file_sha256", "dataset", "data_root", "image_size", "input_shape",
+        "num_classes", "seed", "val_fraction", "weights_sha256",
+    ]  # fmt: skip
+    assert _display_name(spec) == "my_net.make-digits"

@@ -11,7 +11,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spaces import (
-    demo_space,
     CLUSTER_ON,
     Choice,
     Fixed,
@@ -20,6 +19,7 @@ from spaces import (
     SearchSpace,
     SpaceError,
     default_space,
+    demo_space,
     load_space,
 )
 

@@ -16,9 +16,9 @@ from spaces import (
     IntRange,
     SearchSpace,
     SpaceError,
+    _space,
     default_space,
 )
-from spaces import _space
 from stages.config import PRUNE_METHODS, PipelineConfig, valid_keys
 from stages.errors import ConfigError
 

@@ -19,7 +19,12 @@ from stages._graph import weight_layers
 from stages.cluster import Cluster, cluster_tensor, kmeans_1d
 from stages.config import ClusterConfig, PruneConfig
 from stages.prune import Prune
-from tests.tiny_models import TINY_MODELS, make_tiny_cnn, make_tiny_resnet, tiny_task_data
+from tests.tiny_models import (
+    TINY_MODELS,
+    make_tiny_cnn,
+    make_tiny_resnet,
+    tiny_task_data,
+)
 
 torch.set_num_threads(1)
 

@@ -15,7 +15,13 @@ from stages._base import OnnxFile
 from stages._context import Context, TaskData
 from stages.config import ExportConfig
 from stages.errors import StageError
-from stages.export import EXPORT_FORMATS, FP32_ONNX_NAME, Export, export_onnx, export_pt2
+from stages.export import (
+    EXPORT_FORMATS,
+    FP32_ONNX_NAME,
+    Export,
+    export_onnx,
+    export_pt2,
+)
 from stages.measure import OnnxRunner, onnx_accuracy, torch_accuracy
 from tests.tiny_models import TINY_MODELS, make_tiny_cnn, train_briefly
 

@@ -14,7 +14,12 @@ import torchvision
 from torch import nn
 
 from stages._context import Context
-from stages._graph import check_forward, count_params_macs, find_classifier, weight_layers
+from stages._graph import (
+    check_forward,
+    count_params_macs,
+    find_classifier,
+    weight_layers,
+)
 from stages.config import PruneConfig
 from stages.criteria import CRITERIA, Criterion
 from stages.errors import ConfigError, StageError

@@ -14,9 +14,10 @@ from typing import Any
 
 import ray
 
-from search.errors import UserError
+from search.errors import UserError, first_line
 from search.study import storage_url
 from search.trials.context import default_threads
+from search.workloads.models import ModelFile
 from search.workloads.workload import WorkloadSpec
 
 CONNECT_TIMEOUT_S = 3.0
@@ -70,7 +71,7 @@ def connected(address: str | None) -> Iterator[None]:
         try:
             ray.init(address=address, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise UserError(f"cannot join the Ray cluster at {address!r}: {_first_line(exc)}") from None
+            raise UserError(f"cannot join the Ray cluster at {address!r}: {first_line(exc)}") from None
     try:
         yield
     finally:
@@ -83,11 +84,6 @@ def worker_runtime_env() -> dict[str, Any]:
     root = str(Path(__file__).resolve().parent.parent)
     entries = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys([root, *entries]))}}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
@@ -143,10 +139,8 @@ def absolute_storage(url: str | None) -> str:
 
 def absolute_spec(spec: WorkloadSpec) -> WorkloadSpec:
     """``spec`` with its file paths (weights, data root, a model file) made absolute."""
-    model = spec.model
-    if model is not None and ":" in model and model.rpartition(":")[0].endswith(".py"):
-        file_part, _, factory = model.rpartition(":")
-        model = f"{Path(file_part).expanduser().resolve()}:{factory}"
+    ref = ModelFile.parse(spec.model) if spec.model is not None else None
+    model = ref.absolute() if ref is not None else spec.model
     return dataclasses.replace(
         spec,
         model=model,

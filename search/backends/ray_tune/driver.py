@@ -33,8 +33,16 @@ from search.backends.ray_tune.searcher import (
 from search.backends.ray_tune.trials import RUN_ATTR, RayJob, ray_trial
 from search.backends.settings import SearchSettings
 from search.errors import UserError
-from search.study import STUDIES_DIR, StudyInfo, counted, mark_interrupted, open_storage, profiles_to_run
+from search.study import (
+    STUDIES_DIR,
+    StudyInfo,
+    counted,
+    mark_interrupted,
+    open_storage,
+    profiles_to_run,
+)
 from search.workloads.workload import Workload, WorkloadSpec
+
 
 @dataclasses.dataclass(frozen=True)
 class RayBackend:

@@ -14,7 +14,12 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 from ray import tune
 
-from search.backends.ray_tune.searcher import METRICS, OUTCOME, PROFILE_KEY, distributions_for
+from search.backends.ray_tune.searcher import (
+    METRICS,
+    OUTCOME,
+    PROFILE_KEY,
+    distributions_for,
+)
 from search.backends.settings import SearchSettings
 from search.study import StudyInfo, open_storage, worker_id
 from search.study.records import WORKER

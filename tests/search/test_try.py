@@ -1,0 +1,57 @@
+"""``mcaas-search try``: machine-readable output and defaults sized for the workload."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from search.cli import build_parser, main
+from search.commands.try_config import workload_defaults
+from search.workloads import workload as workload_module
+from search.workloads.workload import WorkloadSpec
+from spaces import default_space, demo_space
+
+
+def test_json_output_is_the_json_alone_even_when_the_teacher_is_trained_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A new folder: the demo teacher is trained and cached first; its message goes to stderr."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(workload_module, "DEMO_EPOCHS", 1)
+    argv = ["try", "--set", "prune.ratio=0.5", "--set", "quantize.mode=int8-static"]
+    assert main([*argv, "--set", "distill.epochs=1", "--threads", "1", "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["config"]["prune.ratio"] == 0.5
+    assert summary["config"]["quantize.mode"] == "int8-static"
+    assert "training the demo teacher" in captured.err
+    assert (tmp_path / "studies" / ".cache" / "demo-digits.pt").is_file()
+
+
+def test_unset_distillation_budget_comes_from_the_workloads_space() -> None:
+    assert workload_defaults(WorkloadSpec()).distill.epochs == demo_space().profile_epochs == 15
+    other = WorkloadSpec(model="resnet18", dataset="fashion-mnist")
+    assert workload_defaults(other).distill.epochs == default_space().profile_epochs
+    help_text = build_parser("try").commands["try"].format_help()
+    assert "profile_epochs" in " ".join(help_text.split())
+
+
+@pytest.mark.slow
+def test_defaults_on_the_demo_land_near_the_teacher(
+    tmp_path: Path,
+    demo_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Pruning half the demo CNN with try's defaults recovers to within a few points (with one
+    distillation epoch it ended at 23 %)."""
+    shutil.copytree(demo_cache, tmp_path / "studies" / ".cache")
+    monkeypatch.chdir(tmp_path)
+    assert main(["try", "--set", "prune.ratio=0.5", "--threads", "1", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    drop = summary["teacher"]["val_acc"] - summary["metrics"]["val_acc"]
+    assert drop < 3.0, summary["metrics"]
+    assert summary["config"]["distill.epochs"] == demo_space().profile_epochs
