@@ -18,7 +18,8 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from stages import measure, metrics
+from objectives import metrics
+from stages import measure
 from stages._context import Context, Split, TaskData
 from stages.export import export_onnx
 from stages.measure import (
