@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import pytest
 
 from search.cli import build_parser, main
-from search.commands.try_config import workload_defaults
+from search.commands.try_config import MIN_DISTILL_STEPS, workload_defaults
 from search.workloads import workload as workload_module
 from search.workloads.workload import WorkloadSpec
 from spaces import default_space, demo_space
@@ -31,12 +32,18 @@ def test_json_output_is_the_json_alone_even_when_the_teacher_is_trained_first(
     assert (tmp_path / "studies" / ".cache" / "demo-digits.pt").is_file()
 
 
-def test_unset_distillation_budget_comes_from_the_workloads_space() -> None:
-    assert workload_defaults(WorkloadSpec()).distill.epochs == demo_space().profile_epochs == 15
-    other = WorkloadSpec(model="resnet18", dataset="fashion-mnist")
-    assert workload_defaults(other).distill.epochs == default_space().profile_epochs
-    help_text = build_parser("try").commands["try"].format_help()
-    assert "profile_epochs" in " ".join(help_text.split())
+def test_unset_distillation_budget_fits_the_workload() -> None:
+    # The demo: its space's profile budget (15 epochs of ~12 steps) already exceeds the minimum.
+    assert workload_defaults(WorkloadSpec(), 1077).distill.epochs == demo_space().profile_epochs == 15
+    # A large dataset: the default space's budget (one epoch is hundreds of steps).
+    big = WorkloadSpec(model="resnet18", dataset="fashion-mnist")
+    assert workload_defaults(big, 54_000).distill.epochs == default_space().profile_epochs == 1
+    # A user model on a small dataset: enough epochs for MIN_DISTILL_STEPS optimizer steps.
+    small = WorkloadSpec(model="resnet18", dataset="digits")
+    epochs = workload_defaults(small, 1077).distill.epochs
+    assert epochs == math.ceil(MIN_DISTILL_STEPS / math.ceil(1077 / 128)) > 1
+    help_text = " ".join(build_parser("try").commands["try"].format_help().split())
+    assert "profile_epochs" in help_text and f"at least {MIN_DISTILL_STEPS} optimizer steps" in help_text
 
 
 @pytest.mark.slow
