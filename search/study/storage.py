@@ -26,6 +26,7 @@ _RDB_SCHEMES = ("sqlite:", "postgresql:", "postgresql+", "mysql:", "mysql+")
 # Seconds to wait for a database server before giving up (an unreachable host must not hang).
 CONNECT_TIMEOUT_S = 10
 
+
 def storage_url(url: str | None) -> str:
     """The storage a study lives in: ``url`` as given, or the default journal file."""
     return url if url else str(DEFAULT_STORAGE)

@@ -112,6 +112,7 @@ def load_digits(request: DatasetRequest) -> TaskData:
 # ---------------------------------------------------------------------------------------------
 # fashion-mnist (IDX files)
 
+
 def _find_idx_files(root: Path) -> dict[str, Path] | None:
     """The four Fashion-MNIST files in Debian's flat layout or torchvision's, plain or gz."""
     for folder in (root, root / "FashionMNIST" / "raw"):

@@ -31,6 +31,8 @@ OUTCOME = "outcome"
 """Result key a Ray trial reports besides METRICS: complete, pruned or failed."""
 PROFILE_KEY = PROFILE
 """Key the define-by-run function adds to a Ray trial's config to name the profile it runs."""
+
+
 class RecordingTrial:
     """Answers ``suggest_*`` from given params and records each one's Optuna distribution.
 

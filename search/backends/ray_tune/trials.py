@@ -29,6 +29,8 @@ from spaces import SearchSpace
 from stages import PipelineConfig
 
 RUN_ATTR, RAY_TRIAL_ATTR = "ray_run", "ray_trial"
+
+
 @dataclasses.dataclass(frozen=True)
 class RayJob:
     """What a Ray worker needs to run trials of one search (absolute paths: workers do not share
