@@ -23,6 +23,11 @@ from stages._graph import (
     module_name,
     weight_layers,
 )
+from stages._transformer import (
+    attention_channel_groups,
+    attention_ratio_caps,
+    sync_pruned_widths,
+)
 from stages.config import PruneConfig
 from stages.criteria import CRITERIA
 from stages.errors import StageError
@@ -129,6 +134,7 @@ class Prune:
                     if needs_gradients:
                         _accumulate_gradients(model, ctx)
                     _step(pruner, model)
+                    sync_pruned_widths(model)
         if needs_gradients:
             model.zero_grad(set_to_none=True)
 
@@ -150,6 +156,9 @@ def _build_pruner(
             iterative_steps=config.steps,
             round_to=config.round_to if config.round_to > 1 else None,
             ignored_layers=head_layers(model, ctx.data.num_classes),
+            # Attention's embedding width is pruned head by head (see attention_channel_groups).
+            out_channel_groups=attention_channel_groups(model),
+            pruning_ratio_dict=attention_ratio_caps(model, config.ratio) or None,
         )
     except _PRUNER_FAILURES as exc:
         site = _failure_site(exc, model)

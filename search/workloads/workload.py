@@ -170,8 +170,12 @@ def build_for_data(spec: WorkloadSpec, data: TaskData, *, weights: Path | None) 
     if isinstance(loaded, nn.Module):
         model = loaded
     else:
+        channels, height, width = data.input_shape
         model = build_model(
-            spec.model_name, in_channels=data.input_shape[0], num_classes=data.num_classes
+            spec.model_name,
+            in_channels=channels,
+            num_classes=data.num_classes,
+            image_size=height if height == width else None,
         )
         if loaded is not None:
             load_state(model, loaded, source=str(weights))
