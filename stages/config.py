@@ -47,6 +47,18 @@ def _check_range(key: str, value: float, low: float, high: float) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
+class DepthConfig:
+    """Removing whole blocks (see ``stages.depth``): ``fraction`` of the model's removable blocks
+    (those mapping a tensor to one of the same shape, e.g. residual blocks), least important
+    first. A model without such blocks has nothing to remove; its study does not search this."""
+
+    fraction: float = setting(0.0, search=Span(0.0, 1.0))
+
+    def __post_init__(self) -> None:
+        _check_range("depth.fraction", self.fraction, 0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
 class PruneConfig:
     """Structured pruning (channels physically removed) or unstructured magnitude sparsity.
 
@@ -134,6 +146,7 @@ class ExportConfig:
 class PipelineConfig:
     """One trial: the settings of every stage."""
 
+    depth: DepthConfig = dataclasses.field(default_factory=DepthConfig)
     prune: PruneConfig = dataclasses.field(default_factory=PruneConfig)
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)

@@ -31,6 +31,7 @@ from search.study.scoring import (
     objectives_of,
     recommended_record,
 )
+from spaces import is_mcaas_profile
 
 # Metrics shown per stage and in a trial's detail, in this order: key -> (label, formatter).
 _METRIC_COLUMNS: dict[str, tuple[str, Any]] = {
@@ -109,7 +110,7 @@ def print_front(
             console.print(f"  {record.number}" + (f" {profile}" if profile else "") + f": {settings}",
                           highlight=False)
     if profiles:
-        console.print("[dim]dimmed: MCaaS profile trials not on the front[/]")
+        console.print("[dim]dimmed: MCaaS profile and quantization-only trials not on the front[/]")
     assert pick is not None
     drop = accuracy_drop(info, pick)
     console.print(
@@ -229,7 +230,8 @@ def print_trial(
             status += ", recommended"
     title = f"[bold]trial {record.number}[/] of study {escape(study_name)}: {escape(status)}"
     if record.profile:
-        title += f" (MCaaS profile {escape(record.profile)})"
+        kind = "MCaaS profile" if is_mcaas_profile(record.profile) else "quantization alone:"
+        title += f" ({kind} {escape(record.profile)})"
     console.print(title, highlight=False)
     if record.seconds is not None:
         console.print(f"wall time: {record.seconds:.1f} s", highlight=False)

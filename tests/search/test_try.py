@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from search.cli import build_parser, main
-from search.commands.try_config import MIN_DISTILL_STEPS, workload_defaults
+from search.commands.try_config import workload_defaults
 from search.workloads import workload as workload_module
 from search.workloads.workload import WorkloadSpec
+from spaces import MIN_STEPS as MIN_DISTILL_STEPS
 from spaces import default_space, demo_space
 
 
