@@ -133,3 +133,8 @@ def test_a_user_model_torch_pruning_breaks_on_is_searched_without_failed_trials(
     assert pruned  # structure removed, not quantization alone
     first = pruned[0].user_attrs["stages"][0]
     assert first["metrics"]["params"] < stored["params"]
+    # show (no --trial) and the report show the stored analysis.
+    code, out, err = run_cli(["show", "--study", "u"])
+    assert code == 0, err
+    assert "left whole: block1.merge" in out and "depth.fraction" in out
+    assert "Pre-flight analysis of the teacher" in (folder / "studies" / "u" / "report.html").read_text()
