@@ -90,7 +90,10 @@ def profile_config(name: str, space: SearchSpace) -> PipelineConfig:
     if name not in PROFILES:
         known = [*PROFILES, *QUANT_ONLY]
         raise SpaceError(f"unknown profile {name!r}; valid profiles: {', '.join(known)}.")
-    flat = {**space.fixed_values(), "distill.epochs": space.profile_epochs, **PROFILES[name]}
+    fixed = space.fixed_values()
+    flat = {**fixed, "distill.epochs": space.profile_epochs, **PROFILES[name]}
+    if "prune.method" in fixed:  # a model nothing can be pruned structurally in (see fit_space)
+        flat["prune.method"] = fixed["prune.method"]
     return PipelineConfig.from_flat(flat)
 
 

@@ -68,7 +68,7 @@ class PruneFailure(StageError):
     def __init__(self, message: str, layer: str | None = None, group: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.layer = layer
-        self.group = group  # the layers whose channels the failing step was removing
+        self.group = group  # the layers coupled to the failing one (their channels go together)
 
 
 class _RankableImportance(tp.importance.Importance):
@@ -202,20 +202,38 @@ def _step(pruner: tp.pruner.MetaPruner, model: nn.Module) -> None:
             f"prune: torch-pruning cannot prune {where} in this graph "
             f"({type(exc).__name__}: {exc}); prune.method=unstructured still applies.",
             layer,
-            _group_layers(pruner, model, group),
+            _coupled_layers(pruner, model, group, layer),
         ) from exc
 
 
-def _group_layers(pruner: tp.pruner.MetaPruner, model: nn.Module, group: tp.Group | None) -> tuple[str, ...]:
-    """Names of the layers whose output channels ``group`` removes."""
-    if group is None:
-        return ()
+def _coupled_layers(
+    pruner: tp.pruner.MetaPruner, model: nn.Module, group: tp.Group | None, layer: str | None
+) -> tuple[str, ...]:
+    """Names of the layers whose output channels the failing step was removing: those of
+    ``group``, or (when the failure came before any group) of every group touching ``layer``."""
     names = {id(m): name for name, m in model.named_modules() if name}
-    return tuple(dict.fromkeys(
-        names[id(dep.target.module)]
-        for dep, _ in group
-        if pruner.DG.is_out_channel_pruning_fn(dep.handler) and id(dep.target.module) in names
-    ))
+    graph = pruner.DG
+
+    def out_layers(g: tp.Group) -> list[str]:
+        return [
+            names[id(dep.target.module)]
+            for dep, _ in g
+            if graph.is_out_channel_pruning_fn(dep.handler) and id(dep.target.module) in names
+        ]
+
+    if group is not None:
+        return tuple(dict.fromkeys(out_layers(group)))
+    if layer is None:
+        return ()
+    coupled: list[str] = []
+    try:
+        for g in graph.get_all_groups(root_module_types=(nn.modules.conv._ConvNd, nn.Linear)):
+            members = out_layers(g)
+            if layer in members or any(names.get(id(dep.target.module)) == layer for dep, _ in g):
+                coupled += members
+    except _PRUNER_FAILURES:  # the graph cannot even list its groups: nothing more to learn
+        return ()
+    return tuple(dict.fromkeys(coupled))
 
 
 def _failure_site(exc: BaseException, model: nn.Module) -> tuple[str | None, str | None]:

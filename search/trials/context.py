@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from search.study import STUDIES_DIR
+from search.workloads.analysis import VERSION as ANALYSIS_VERSION
 from search.workloads.analysis import Analysis, analyze
 from search.workloads.workload import Workload
 from stages import Context
@@ -111,7 +112,7 @@ def _record_pass_seconds(cache: Path, seconds: float, workload: Workload) -> Non
 def cached_analysis(workload: Workload, ctx: Context, baseline_onnx: Path, cache_dir: Path = CACHE_DIR) -> Analysis:
     """The pre-flight analysis of ``workload``'s teacher from the cache (every study of one
     workload on one machine shares it), run and cached on a miss."""
-    path = cache_dir / f"analysis-{fingerprint_hash(workload.fingerprint)}.json"
+    path = cache_dir / f"analysis-v{ANALYSIS_VERSION}-{fingerprint_hash(workload.fingerprint)}.json"
     try:
         return Analysis.from_dict(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError, TypeError):

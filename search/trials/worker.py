@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import optuna
@@ -112,6 +112,7 @@ def run_and_record(
     """
     study = setup.study
     config = None
+    ctx = setup.base
     try:
         config = make_config()
         flat = config.to_flat()
@@ -139,7 +140,7 @@ def run_and_record(
         trial.set_user_attr(REASON, failure_reason(exc))
         if config is not None:
             with ask_lock(setup.info):
-                learn_from_failure(study, trial.number, config, exc)
+                learn_from_failure(study, trial.number, config, exc, frozen=ctx.frozen_layers)
         study.tell(trial, state=TrialState.FAIL)
         return "failed", None
     for key, value in outcome.constraints.items():
@@ -155,13 +156,24 @@ def run_and_record(
 BLAMED_SETTING = {"quantize": "quantize.mode", "prune": "prune.criterion"}
 
 
-def learn_from_failure(study: optuna.Study, number: int, config: PipelineConfig, exc: BaseException) -> None:
+def learn_from_failure(
+    study: optuna.Study,
+    number: int,
+    config: PipelineConfig,
+    exc: BaseException,
+    *,
+    frozen: Collection[str] = (),
+) -> None:
     """Record what trial ``number``'s failure teaches the study, so no later trial fails so again:
-    the layer structural pruning broke on is left whole from now on, or the value of the failing
-    stage's choice (``BLAMED_SETTING``) is excluded. Failures outside a stage teach nothing."""
+    the layer structural pruning broke on is left whole from now on (and, when it was already,
+    ``frozen``, the layers coupled to it), or the value of the failing stage's choice
+    (``BLAMED_SETTING``) is excluded. Failures outside a stage teach nothing."""
     if isinstance(exc, PruneFailure) and exc.layer is not None:
-        freeze_layer(study, exc.layer, str(exc))
-        return
+        blamed = [exc.layer] if exc.layer not in frozen else [n for n in exc.group if n not in frozen]
+        for layer in blamed:
+            freeze_layer(study, layer, str(exc))
+        if blamed:
+            return
     if not isinstance(exc, StageError):
         return
     stage = str(exc).partition(":")[0]

@@ -31,6 +31,9 @@ from stages.depth import rank_blocks
 from stages.measure import OnnxRunner, interleaved_latency
 from stages.prune import probe_structured
 
+# Bumped when what the analysis finds changes, so a cached analysis of an older version is redone.
+VERSION = 2
+
 # Optimizer steps timed to estimate one epoch (after one untimed warm-up step).
 TIMED_STEPS = 3
 
