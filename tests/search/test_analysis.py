@@ -138,3 +138,39 @@ def test_a_user_model_torch_pruning_breaks_on_is_searched_without_failed_trials(
     assert code == 0, err
     assert "left whole: block1.merge" in out and "depth.fraction" in out
     assert "Pre-flight analysis of the teacher" in (folder / "studies" / "u" / "report.html").read_text()
+
+
+def test_a_teacher_at_chance_level_is_refused_unless_allowed(
+    search_folder: Callable[[str], Path], run_cli: RunCli
+) -> None:
+    import torch
+
+    folder = search_folder("")
+    (folder / "user.py").write_text(USER_MODEL)
+    model = load_user_model(folder / "user.py")
+    with torch.no_grad():  # constant logits: always the same class, 10 % on digits
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    torch.save(model.state_dict(), folder / "chance.pt")
+    argv = ["inspect", "--model", "user.py:build", "--weights", "chance.pt", "--dataset", "digits", "--json"]
+    code, out, err = run_cli(argv)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "within a few points of chance (10.00 % for 10 classes" in err and "--allow-weak-teacher" in err
+    code, out, err = run_cli([*argv, "--allow-weak-teacher"])
+    assert code == 0, err
+    assert json.loads(out)["teacher"]["val_acc"] < 19.0
+
+
+def test_chance_level_bound_follows_the_number_of_classes() -> None:
+    from search.workloads.workload import chance_margin, weak_teacher
+
+    assert chance_margin(10) == (10.0, 19.0)
+    assert chance_margin(2) == (50.0, 55.0)
+    assert weak_teacher(18.9, 10) is not None and weak_teacher(19.0, 10) is None
+    assert weak_teacher(60.0, 2) is None
+
+
+def load_user_model(path: Path):  # noqa: ANN201 - the test's own model class
+    from search.workloads.models import build_model
+
+    return build_model(f"{path}:build", in_channels=1, num_classes=10)

@@ -378,6 +378,8 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(
     prune_run, export_run, loss = Prune.run, Export.run, stages.distill.distill_loss
 
     def prune(self: Prune, model: object, ctx: object) -> object:
+        if Path(ctx.workdir).parent.name != "trials":  # the study's pre-flight probe, not a trial
+            return prune_run(self, model, ctx)
         if faults.take("stage"):
             raise StageError("prune: layer features.0 cannot be pruned (injected)")
         if faults.take("oom"):
