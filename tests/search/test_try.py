@@ -22,8 +22,8 @@ def test_json_output_is_the_json_alone_even_when_the_teacher_is_trained_first(
 ) -> None:
     """A new folder: the demo teacher is trained and cached first; its message goes to stderr."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(workload_module, "DEMO_EPOCHS", 1)
-    argv = ["try", "--set", "prune.ratio=0.5", "--set", "quantize.mode=int8-static"]
+    monkeypatch.setattr(workload_module, "DEMO_EPOCHS", 1)  # a quick, weak teacher
+    argv = ["try", "--allow-weak-teacher", "--set", "prune.ratio=0.5", "--set", "quantize.mode=int8-static"]
     assert main([*argv, "--set", "distill.epochs=1", "--threads", "1", "--json"]) == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
