@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from spaces._dimensions import Fixed, FloatRange
+from spaces._dimensions import Fixed, FloatRange, IntRange
 from spaces._space import SearchSpace, default_space
 
 # Fewer optimizer steps do not recover a pruned model (measured: a concat/depthwise model on
@@ -33,6 +33,7 @@ class ModelFacts:
 
     structural: bool  # torch-pruning can remove channels of some layer
     removable_blocks: int  # blocks that can be replaced by the identity
+    cuttable_stages: int  # trailing stages that can be cut (a new classifier reads what is left)
     steps_per_epoch: int  # optimizer steps in one epoch of the training split
     epoch_seconds: float  # measured time of one training epoch of the teacher
 
@@ -68,13 +69,19 @@ def _round(epochs: float) -> float:
 
 
 def fit_space(space: SearchSpace, facts: ModelFacts, *, budgets: bool = True) -> SearchSpace:
-    """``space`` fitted to the model: no depth dimension without removable blocks, unstructured
+    """``space`` fitted to the model: no depth dimensions without removable blocks or stages to
+    cut (and cuts up to half the trailing stages), unstructured
     sparsity where nothing can be pruned structurally, and (with ``budgets``) the default
     distillation range and profile budget sized in optimizer steps (ranges a space file set are
     kept as given)."""
     dims = dict(space.dimensions)
     if facts.removable_blocks == 0:
         dims.pop("depth.fraction", None)
+    if facts.cuttable_stages == 0:
+        dims.pop("depth.cut", None)
+    elif dims.get("depth.cut") == default_space()["depth.cut"]:
+        # Up to half the trailing stages: deeper cuts leave little of the teacher to distil into.
+        dims["depth.cut"] = IntRange(0, max(1, facts.cuttable_stages // 2))
     if not facts.structural:
         dims["prune.method"] = Fixed("unstructured")
     profile_epochs = space.profile_epochs

@@ -59,6 +59,7 @@ named here keep the space's fixed value or the default."""
 QUANT_ONLY: dict[str, dict[str, Any]] = {
     f"{mode} only": {
         "depth.fraction": 0.0,
+        "depth.cut": 0,
         "prune.ratio": 0.0,
         "distill.epochs": 0.0,
         "cluster.k": 0,

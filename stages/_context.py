@@ -91,6 +91,8 @@ class Context:
     # least important first (None: the depth stage ranks them itself).
     frozen_layers: tuple[str, ...] = ()
     block_ranking: tuple[str, ...] | None = None
+    # The trailing stages each depth of cut removes (None: the depth stage finds them itself).
+    cuts: tuple[tuple[str, ...], ...] | None = None
 
     def report(self, stage: str, fraction: float, val_acc: float) -> None:
         if self.on_progress is not None:

@@ -48,14 +48,18 @@ def _check_range(key: str, value: float, low: float, high: float) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class DepthConfig:
-    """Removing whole blocks (see ``stages.depth``): ``fraction`` of the model's removable blocks
-    (those mapping a tensor to one of the same shape, e.g. residual blocks), least important
-    first. A model without such blocks has nothing to remove; its study does not search this."""
+    """Removing depth (see ``stages.depth``): ``cut`` trailing stages replaced by a new
+    classifier, then ``fraction`` of the model's removable blocks (residual blocks that keep
+    their input's shape), least important first. A study searches only what its model allows."""
 
     fraction: float = setting(0.0, search=Span(0.0, 1.0))
+    # Trailing stages cut, a new classifier reading what is left (0: none). The study's space
+    # searches 0 up to the cuts its model allows.
+    cut: int = setting(0, search=Span(0, 3))
 
     def __post_init__(self) -> None:
         _check_range("depth.fraction", self.fraction, 0.0, 1.0)
+        _check_range("depth.cut", self.cut, 0, 64)
 
 
 @dataclasses.dataclass(frozen=True)

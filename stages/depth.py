@@ -9,6 +9,7 @@ rises when each is removed alone; a config removes a fraction of them, least imp
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import operator
@@ -19,11 +20,19 @@ import torch
 from torch import nn
 
 from stages._context import Context
-from stages._graph import check_forward
+from stages._graph import check_forward, find_classifier, module_name
 from stages.config import DepthConfig
 from stages.errors import StageError
 
-__all__ = ["Depth", "find_removable_blocks", "is_residual", "rank_blocks", "remove_blocks"]
+__all__ = [
+    "Depth",
+    "cut_stages",
+    "find_cuts",
+    "find_removable_blocks",
+    "is_residual",
+    "rank_blocks",
+    "remove_blocks",
+]
 
 # Training batches the ranking scores each removal on.
 RANKING_BATCHES = 4
@@ -159,11 +168,74 @@ def rank_blocks(model: nn.Module, ctx: Context, blocks: Sequence[str] | None = N
     return sorted(scores, key=lambda item: item[1])
 
 
+def find_cuts(model: nn.Module, example: torch.Tensor, num_classes: int) -> list[tuple[str, ...]]:
+    """The trailing stages ``model`` can lose, as cuts: ``cuts[k]`` names the stages that cutting
+    ``k + 1`` deep replaces by the identity (the last stage first), each cut checked to run
+    with a new classifier sized to what is left.
+
+    A stage is a module with parameters whose output is an N x C x H x W feature map, among the
+    model's children and the children of a top-level ``nn.Sequential`` trunk (torchvision's
+    ``layer1``..``layer4``, MobileNetV2's ``features.N``), in the order the forward runs them.
+    The classifier must be an ``nn.Linear`` reading pooled features (global pooling keeps the
+    model valid whatever the spatial size left). The first stage is never cut.
+    """
+    classifier = find_classifier(model, num_classes)
+    if not isinstance(classifier, nn.Linear):
+        return []
+    candidates: dict[int, str] = {}
+    for name, child in model.named_children():
+        if type(child).forward is nn.Sequential.forward:
+            for sub, grandchild in child.named_children():
+                candidates[id(grandchild)] = f"{name}.{sub}"
+        elif child is not classifier:
+            candidates[id(child)] = name
+    order: list[tuple[str, int]] = []  # (stage, channels) as the forward runs them
+    modules = {id(m): m for m in model.modules()}
+
+    def hook(module: nn.Module, args: tuple, output: object) -> None:
+        if isinstance(output, torch.Tensor) and output.ndim == 4 and any(True for _ in module.parameters()):
+            order.append((candidates[id(module)], int(output.shape[1])))
+
+    handles = [modules[i].register_forward_hook(hook) for i in candidates]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    names = [name for name, _ in order]
+    if len(set(names)) != len(names):  # a stage run twice: not a plain trunk
+        return []
+    cuts = []
+    for k in range(1, len(order)):
+        cut = tuple(reversed(names[len(order) - k:]))
+        trial = copy.deepcopy(model)
+        try:
+            cut_stages(trial, cut, order[len(order) - k - 1][1], num_classes)
+            check_forward(trial, example, num_classes, "depth")
+        except Exception:  # noqa: BLE001 - this depth of cut leaves a model that does not run
+            break
+        cuts.append(cut)
+    return cuts
+
+
+def cut_stages(model: nn.Module, stages: Sequence[str], channels: int, num_classes: int) -> None:
+    """Replace ``stages`` by the identity and the classifier by a new ``nn.Linear`` reading
+    ``channels`` features (in place); the new head learns in distillation."""
+    remove_blocks(model, stages)
+    head = find_classifier(model, num_classes)
+    parent_name, _, child = module_name(model, head).rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    new = nn.Linear(channels, num_classes, bias=head.bias is not None)
+    parent._modules[child] = new.to(head.weight.device)
+
+
 @dataclasses.dataclass(frozen=True)
 class Depth:
-    """Remove ``config.fraction`` of the removable blocks (rounded), least important first.
+    """Cut ``config.cut`` trailing stages (a new classifier reads what is left), then remove
+    ``config.fraction`` of the remaining removable blocks (rounded), least important first.
 
-    Uses the ranking in ``ctx.block_ranking`` (made once per study) or ranks the blocks now.
+    Uses the cuts and block ranking the study's analysis stored in ``ctx`` or finds them now.
     Returns a model that runs (``StageError`` otherwise) in eval mode.
     """
 
@@ -171,15 +243,36 @@ class Depth:
     name: ClassVar[str] = "depth"
 
     def run(self, model: nn.Module, ctx: Context) -> nn.Module:
-        if self.config.fraction == 0:
+        if self.config.fraction == 0 and self.config.cut == 0:
             return model
         model.to(ctx.device).eval()
+        example = ctx.data.example_input().to(ctx.device)
+        if self.config.cut > 0:
+            cuts = ctx.cuts if ctx.cuts is not None else find_cuts(model, example, ctx.data.num_classes)
+            if cuts:
+                cut = cuts[min(self.config.cut, len(cuts)) - 1]
+                channels = _channels_before(model, example, cut)
+                cut_stages(model, cut, channels, ctx.data.num_classes)
         ranking = ctx.block_ranking
         if ranking is None:
             ranking = tuple(name for name, _ in rank_blocks(model, ctx))
+        present = set(dict(model.named_modules()))
+        ranking = tuple(name for name in ranking if name in present)
         count = round(self.config.fraction * len(ranking))
-        if count == 0:
-            return model
-        remove_blocks(model, ranking[:count])
-        check_forward(model, ctx.data.example_input().to(ctx.device), ctx.data.num_classes, self.name)
+        if count:
+            remove_blocks(model, ranking[:count])
+        check_forward(model, example, ctx.data.num_classes, self.name)
         return model
+
+
+def _channels_before(model: nn.Module, example: torch.Tensor, cut: Sequence[str]) -> int:
+    """Channels of the feature map entering the first stage of ``cut`` (what the new head reads)."""
+    first = model.get_submodule(cut[-1])
+    seen: list[int] = []
+    handle = first.register_forward_pre_hook(lambda module, args: seen.append(int(args[0].shape[1])))
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        handle.remove()
+    return seen[0]

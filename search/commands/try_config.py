@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     )
     with console.status("measuring the teacher's exported fp32 artifact"):
         ctx, teacher = measure_baseline_into(ctx, args.workdir / "baseline")
-    if config.depth.fraction > 0 or (config.prune.ratio > 0 and config.prune.method == "structured"):
+    if config.depth.fraction > 0 or config.depth.cut > 0 or (config.prune.ratio > 0 and config.prune.method == "structured"):
         assert ctx.baseline_onnx is not None
         with console.status("analysing the teacher: what prunes, which blocks can go"):
             ctx = with_analysis(ctx, cached_analysis(workload, ctx, ctx.baseline_onnx))

@@ -124,10 +124,15 @@ def cached_analysis(workload: Workload, ctx: Context, baseline_onnx: Path, cache
 
 
 def with_analysis(ctx: Context, analysis: Analysis | None) -> Context:
-    """``ctx`` with what the analysis found that stages use (frozen layers, block ranking)."""
+    """``ctx`` with what the analysis found that stages use (frozen layers, block ranking, cuts)."""
     if analysis is None:
         return ctx
-    return dataclasses.replace(ctx, frozen_layers=tuple(analysis.frozen_layers), block_ranking=analysis.block_ranking)
+    return dataclasses.replace(
+        ctx,
+        frozen_layers=tuple(analysis.frozen_layers),
+        block_ranking=analysis.block_ranking,
+        cuts=analysis.stage_cuts,
+    )
 
 
 def measure_baseline_into(ctx: Context, workdir: Path) -> tuple[Context, dict[str, float]]:

@@ -27,12 +27,12 @@ from torch import nn
 from spaces import ModelFacts
 from stages import Context
 from stages._graph import count_params_macs, weight_layers
-from stages.depth import rank_blocks
+from stages.depth import find_cuts, rank_blocks
 from stages.measure import OnnxRunner, interleaved_latency
 from stages.prune import probe_structured
 
 # Bumped when what the analysis finds changes, so a cached analysis of an older version is redone.
-VERSION = 2
+VERSION = 3
 
 # Optimizer steps timed to estimate one epoch (after one untimed warm-up step).
 TIMED_STEPS = 3
@@ -48,6 +48,7 @@ class Analysis:
     prunable_layers: int
     weight_layers: int
     blocks: list[tuple[str, float]]  # removable blocks, least important first, loss increase
+    cuts: list[list[str]]  # cuts[k]: the trailing stages a cut k + 1 deep replaces
     params: int
     macs: int
     operators: int
@@ -72,6 +73,7 @@ class Analysis:
         values = {k: v for k, v in d.items() if k in fields}
         values["blocks"] = [(str(name), math.inf if score is None else float(score)) for name, score in d["blocks"]]
         values["latency_ms"] = {int(k): float(v) for k, v in d["latency_ms"].items()}
+        values["cuts"] = [list(cut) for cut in d.get("cuts", [])]
         return cls(**values)
 
     @property
@@ -80,9 +82,14 @@ class Analysis:
         return ModelFacts(
             structural=self.structural,
             removable_blocks=len(self.blocks),
+            cuttable_stages=len(self.cuts),
             steps_per_epoch=self.steps_per_epoch,
             epoch_seconds=self.epoch_seconds,
         )
+
+    @property
+    def stage_cuts(self) -> tuple[tuple[str, ...], ...]:
+        return tuple(tuple(cut) for cut in self.cuts)
 
     @property
     def block_ranking(self) -> tuple[str, ...]:
@@ -109,6 +116,11 @@ class Analysis:
             rows.append((f"removable blocks ({len(self.blocks)})", f"least important first (loss increase): {ranked}"))
         else:
             rows.append(("removable blocks", "none (no residual block keeps its input's shape)"))
+        if self.cuts:
+            deepest = ", ".join(reversed(self.cuts[-1]))
+            rows.append((f"trailing stages that can be cut ({len(self.cuts)})", f"a new classifier reads what is left; in cutting order: {deepest}"))
+        else:
+            rows.append(("trailing stages that can be cut", "none"))
         latency = ", ".join(f"{ms:.3f} ms @{t}t" for t, ms in sorted(self.latency_ms.items()))
         rows += [
             ("teacher latency (fp32, batch 1)", f"{latency}; fastest on {self.fastest_threads()} thread(s)"),
@@ -158,6 +170,7 @@ def analyze(ctx: Context, baseline_onnx: Path) -> Analysis:
     example = ctx.data.example_input(1).to(ctx.device)
     params, macs = count_params_macs(teacher, example)
     blocks = rank_blocks(teacher, ctx)
+    cuts = find_cuts(teacher, example, ctx.data.num_classes)
     latency = {}
     x = ctx.data.example_input(1).numpy()
     for threads in thread_counts():
@@ -170,6 +183,7 @@ def analyze(ctx: Context, baseline_onnx: Path) -> Analysis:
         prunable_layers=len(probe.pruned_layers),
         weight_layers=len(weight_layers(teacher)),
         blocks=blocks,
+        cuts=[list(cut) for cut in cuts],
         params=params,
         macs=macs,
         operators=optimized_op_count(baseline_onnx),

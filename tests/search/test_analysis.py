@@ -79,12 +79,14 @@ def test_analysis_round_trips_through_json_with_blocks_that_break_the_model() ->
     analysis = Analysis(
         structural=True, structural_reason=None, frozen_layers={"merge": "index error"},
         prunable_layers=3, weight_layers=5, blocks=[("layer1.0", 0.01), ("se", math.inf)],
+        cuts=[["layer4.1"], ["layer4.1", "layer4.0"]],
         params=10, macs=100, operators=7, latency_ms={1: 0.2, 2: 0.1}, epoch_seconds=1.5,
         steps_per_epoch=9, batch_size=128, train_size=1077, val_size=360, test_size=360, seconds=2.0,
     )
     back = Analysis.from_dict(json.loads(json.dumps(analysis.to_dict())))
     assert back == analysis
     assert back.fastest_threads() == 2 and back.block_ranking == ("layer1.0", "se")
+    assert back.stage_cuts == (("layer4.1",), ("layer4.1", "layer4.0")) and back.facts.cuttable_stages == 2
     assert any("breaks the model" in finding for _, finding in back.rows())
 
 

@@ -13,6 +13,7 @@ from spaces import (
     Choice,
     Fixed,
     FloatRange,
+    IntRange,
     ModelFacts,
     SearchSpace,
     default_space,
@@ -23,14 +24,15 @@ from spaces import (
     profile_config,
 )
 
-RESNET_FMNIST = ModelFacts(structural=True, removable_blocks=5, steps_per_epoch=422, epoch_seconds=64.0)
-USER_DIGITS = ModelFacts(structural=True, removable_blocks=0, steps_per_epoch=9, epoch_seconds=0.5)
+RESNET_FMNIST = ModelFacts(structural=True, removable_blocks=5, cuttable_stages=9, steps_per_epoch=422, epoch_seconds=64.0)
+USER_DIGITS = ModelFacts(structural=True, removable_blocks=0, cuttable_stages=0, steps_per_epoch=9, epoch_seconds=0.5)
 
 
 def test_a_large_dataset_keeps_the_default_budget_and_depth_stays_with_blocks() -> None:
     fitted = fit_space(default_space(), RESNET_FMNIST)
     assert fitted["distill.epochs"] == default_space()["distill.epochs"]  # 211..1266 steps already
     assert fitted["depth.fraction"] == FloatRange(0.0, 1.0)
+    assert fitted["depth.cut"] == IntRange(0, 4)  # up to half of ResNet-18's 9 trailing blocks
     assert fitted.profile_epochs == 1.0
 
 
@@ -40,22 +42,22 @@ def test_a_small_dataset_gets_at_least_min_steps_and_no_depth_without_blocks() -
     assert isinstance(epochs, FloatRange)
     assert epochs.low * USER_DIGITS.steps_per_epoch >= MIN_STEPS
     assert epochs.high > epochs.low and epochs.log
-    assert "depth.fraction" not in fitted
+    assert "depth.fraction" not in fitted and "depth.cut" not in fitted
     assert fitted.profile_epochs == min_epochs(9) == 14.0  # 126 steps
 
 
 def test_the_top_of_the_budget_is_cut_to_the_training_time_a_trial_may_spend() -> None:
-    slow = ModelFacts(structural=True, removable_blocks=0, steps_per_epoch=9, epoch_seconds=10.0)
+    slow = ModelFacts(structural=True, removable_blocks=0, cuttable_stages=0, steps_per_epoch=9, epoch_seconds=10.0)
     high = fit_space(default_space(), slow)["distill.epochs"].high  # type: ignore[union-attr]
     assert high * 10.0 <= 300.0 + 1e-9
     # Never below twice the bottom, however slow.
-    slower = ModelFacts(structural=True, removable_blocks=0, steps_per_epoch=9, epoch_seconds=100.0)
+    slower = ModelFacts(structural=True, removable_blocks=0, cuttable_stages=0, steps_per_epoch=9, epoch_seconds=100.0)
     epochs = fit_space(default_space(), slower)["distill.epochs"]
     assert epochs.high == 2 * epochs.low  # type: ignore[union-attr]
 
 
 def test_no_structural_pruning_means_unstructured_sparsity() -> None:
-    facts = ModelFacts(structural=False, removable_blocks=0, steps_per_epoch=422, epoch_seconds=1.0)
+    facts = ModelFacts(structural=False, removable_blocks=0, cuttable_stages=0, steps_per_epoch=422, epoch_seconds=1.0)
     fitted = fit_space(default_space(), facts)
     assert fitted["prune.method"] == Fixed("unstructured")
 

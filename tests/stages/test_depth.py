@@ -16,6 +16,7 @@ from stages._graph import count_params_macs
 from stages.config import DepthConfig
 from stages.depth import (
     Depth,
+    find_cuts,
     find_removable_blocks,
     is_residual,
     rank_blocks,
@@ -165,3 +166,36 @@ def test_probe_says_why_when_nothing_can_be_pruned_structurally(tmp_path: Path) 
     assert not probe.possible and "ReshapeOp" in (probe.reason or "")
     ok = probe_structured(make_concat_depthwise_se(), _ctx(tmp_path, make_concat_depthwise_se()))
     assert ok.possible and not ok.frozen
+
+
+def test_trailing_stages_are_cut_with_a_new_head_and_the_model_exports(tmp_path: Path) -> None:
+    model = _Stacked().eval()
+    cuts = find_cuts(model, DATA.example_input(), 10)
+    # Stages: stem.0, blocks.0..2, down, plain.0 (parameterised, feature maps out); the stem stays.
+    assert cuts[:3] == [("plain.0",), ("plain.0", "down"), ("plain.0", "down", "blocks.2")]
+    assert len(cuts) == 5
+    ctx = Context(**{**_ctx(tmp_path, model).__dict__, "cuts": tuple(cuts), "block_ranking": ("blocks.2", "blocks.0")})
+    out = Depth(DepthConfig(cut=2, fraction=0.5)).run(model, ctx)
+    assert isinstance(out.plain[0], nn.Identity) and isinstance(out.down, nn.Identity)
+    assert out.fc.in_features == 8  # the new head reads the blocks' 8 channels
+    # Blocks are then removed among those left: round(0.5 * 2) = 1, the least important.
+    assert isinstance(out.blocks[2], nn.Identity) and isinstance(out.blocks[0], _BasicBlock)
+    assert Export(ExportConfig()).run(out, ctx).path.stat().st_size > 0
+
+
+def test_a_pipeline_that_cuts_stages_distils_the_new_head(tmp_path: Path) -> None:
+    model = train_briefly(_Stacked(), DATA, steps=40)
+    config = PipelineConfig.from_flat({"depth.cut": 2, "distill.epochs": 10, "distill.lr": 0.05})
+    result = run_pipeline(config, _ctx(tmp_path, model), torch_artifact=False)
+    depth, distill = result.stages[0].metrics, result.stages[1].metrics
+    assert depth["macs"] < count_params_macs(model, DATA.example_input())[1]
+    assert distill["val_acc"] > 30.0  # the new head learned (chance is 10 %)
+
+
+def test_torchvision_cuts_end_at_whole_stages() -> None:
+    resnet = torchvision.models.resnet18(num_classes=10).eval()
+    cuts = find_cuts(resnet, torch.randn(1, 3, 32, 32), 10)
+    assert cuts[1] == ("layer4.1", "layer4.0")  # "truncate after layer3"
+    assert cuts[-1][-1] == "layer1.0" and len(cuts) == 9
+    vit = torchvision.models.VisionTransformer(32, 8, 2, 2, 32, 64, num_classes=10).eval()
+    assert find_cuts(vit, torch.randn(1, 3, 32, 32), 10) == []  # its depth is its encoder layers
