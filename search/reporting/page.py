@@ -33,6 +33,7 @@ from search.reporting.format import (
 )
 from search.reporting.gather import ReportData, gather_report
 from search.reporting.reference import ReferencePoint
+from search.reporting.tables import latency_text
 from search.study import StudyInfo, TrialRecord, trial_records
 from search.study.scoring import accuracy_drop, front_records, recommended_record
 from search.workloads.analysis import Analysis
@@ -84,7 +85,7 @@ def _front_table_html(data: ReportData) -> str:
             f"<td>{format_number(m.get(metrics.TEST_ACC), '.2f')}</td>"
             f"<td>{format_number(r.ratio(info.target), '.2f')}x</td>"
             f"<td>{format_bytes(m.get(metrics.BYTES))}</td>"
-            f"<td>{format_number(m.get(metrics.LATENCY_MS), '.3g')}</td>"
+            f"<td>{html.escape(latency_text(m))}</td>"
             f"<td class='l'>{html.escape(settings)}</td></tr>"
         )
     return f"<p>{caption}</p><table>{head}{''.join(body)}</table>"

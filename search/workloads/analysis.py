@@ -13,14 +13,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -28,7 +24,12 @@ from spaces import ModelFacts
 from stages import Context
 from stages._graph import count_params_macs, weight_layers
 from stages.depth import find_cuts, rank_blocks
-from stages.measure import OnnxRunner, interleaved_latency
+from stages.measure import (
+    OnnxRunner,
+    interleaved_latency,
+    optimized_op_count,
+    thread_counts,
+)
 from stages.prune import probe_structured
 
 # Bumped when what the analysis finds changes, so a cached analysis of an older version is redone.
@@ -136,29 +137,6 @@ def _finite(score: float) -> float | None:
 
 def _shown(score: float) -> str:
     return f"{score:+.3f}" if math.isfinite(score) else "breaks the model"
-
-
-def thread_counts() -> list[int]:
-    """Thread counts a deployer would try: 1, 2, 4, ... up to the cores this process may use,
-    and that core count itself."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    counts = {cores}
-    t = 1
-    while t < cores:
-        counts.add(t)
-        t *= 2
-    return sorted(counts)
-
-
-def optimized_op_count(path: Path) -> int:
-    """Nodes in the graph ONNX Runtime runs for the file at ``path`` (all optimisations on)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        options.log_severity_level = 3
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return len(onnx.load(options.optimized_model_filepath, load_external_data=False).graph.node)
 
 
 def analyze(ctx: Context, baseline_onnx: Path) -> Analysis:
