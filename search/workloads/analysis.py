@@ -118,8 +118,8 @@ class Analysis:
         else:
             rows.append(("removable blocks", "none (no residual block keeps its input's shape)"))
         if self.cuts:
-            deepest = ", ".join(reversed(self.cuts[-1]))
-            rows.append((f"trailing stages that can be cut ({len(self.cuts)})", f"a new classifier reads what is left; in cutting order: {deepest}"))
+            deepest = ", ".join(self.cuts[-1])
+            rows.append((f"trailing stages that can be cut ({len(self.cuts)})", f"the last first, a new classifier reading what is left: {deepest}"))
         else:
             rows.append(("trailing stages that can be cut", "none"))
         latency = ", ".join(f"{ms:.3f} ms @{t}t" for t, ms in sorted(self.latency_ms.items()))
