@@ -79,6 +79,12 @@ def add_workload_arguments(
         "only for files you trust)",
     )
     group.add_argument(
+        "--allow-weak-teacher",
+        action="store_true",
+        help="go on with a teacher whose validation accuracy is near chance level (refused "
+        "otherwise: every ratio against it would be meaningless)",
+    )
+    group.add_argument(
         "--seed", type=int, default=0, help="seed of the validation split and of training"
     )
     group.add_argument(
@@ -106,6 +112,7 @@ def spec_from_args(args: argparse.Namespace) -> WorkloadSpec:
         image_size=args.image_size,
         download=args.download,
         allow_pickle=args.allow_pickle,
+        allow_weak_teacher=getattr(args, "allow_weak_teacher", False),
         seed=args.seed,
         val_fraction=args.val_fraction,
     )

@@ -6,6 +6,7 @@ With no ``--model`` it trains the demo CNN on digits into the cache the search i
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from search.commands import add_workload_arguments, spec_from_args
@@ -32,6 +33,7 @@ from search.workloads.workload import (
     demo_cache_path,
     load_task_data,
     pick_device,
+    weak_teacher,
 )
 
 
@@ -139,6 +141,14 @@ def run(args: argparse.Namespace) -> int:
         f"({_epochs(epochs)}, {metrics['seconds']:.0f} s) -> {out} (metrics: {metrics_path(out)})",
         flush=True,
     )
+    weak = weak_teacher(metrics["val_acc"], data.num_classes)
+    if weak is not None:
+        print(
+            f"warning: {weak}. A search would refuse it: train longer (--epochs), with another "
+            "learning rate (--lr) or optimizer (--optimizer)",
+            file=sys.stderr,
+            flush=True,
+        )
     return 0
 
 

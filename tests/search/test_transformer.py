@@ -136,7 +136,10 @@ def test_a_study_searches_a_vision_transformer(
     assert code == 0, err
     study = optuna.load_study(study_name="vit", storage=open_storage(None, create=False))
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert len(study.trials) == 3 and complete, [t.user_attrs.get("reason") for t in study.trials]
+    # Three trials run (the profiles; the quantization-only configs wait for a later run).
+    ran = [t for t in study.trials if t.state != TrialState.WAITING]
+    assert len(ran) == 3
+    assert len(complete) == 3, [(t.state, t.user_attrs.get("reason")) for t in ran]
     for t in complete:
         assert Path(t.user_attrs["artifact"]).is_file()
         assert t.user_attrs["metrics"]["bytes"] > 0
