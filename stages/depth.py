@@ -173,11 +173,12 @@ def find_cuts(model: nn.Module, example: torch.Tensor, num_classes: int) -> list
     ``k + 1`` deep replaces by the identity (the last stage first), each cut checked to run
     with a new classifier sized to what is left.
 
-    A stage is a module with parameters whose output is an N x C x H x W feature map, among the
-    model's children and the children of a top-level ``nn.Sequential`` trunk (torchvision's
-    ``layer1``..``layer4``, MobileNetV2's ``features.N``), in the order the forward runs them.
-    The classifier must be an ``nn.Linear`` reading pooled features (global pooling keeps the
-    model valid whatever the spatial size left). The first stage is never cut.
+    Stages are the modules with parameters whose output is an N x C x H x W feature map, among
+    the model's children and the children of a top-level ``nn.Sequential`` trunk (torchvision's
+    ``layer1.0``..``layer4.1``, MobileNetV2's ``features.N``), in the order the forward runs
+    them. A cut ends after a block (a stage with submodules: a single conv or norm layer is no
+    place for a head) and removes every stage after it. The classifier must be an ``nn.Linear``
+    reading pooled features (global pooling keeps the model valid whatever spatial size is left).
     """
     classifier = find_classifier(model, num_classes)
     if not isinstance(classifier, nn.Linear):
@@ -189,12 +190,13 @@ def find_cuts(model: nn.Module, example: torch.Tensor, num_classes: int) -> list
                 candidates[id(grandchild)] = f"{name}.{sub}"
         elif child is not classifier:
             candidates[id(child)] = name
-    order: list[tuple[str, int]] = []  # (stage, channels) as the forward runs them
+    order: list[tuple[str, int, bool]] = []  # (stage, channels, is a block) as the forward runs
     modules = {id(m): m for m in model.modules()}
 
     def hook(module: nn.Module, args: tuple, output: object) -> None:
         if isinstance(output, torch.Tensor) and output.ndim == 4 and any(True for _ in module.parameters()):
-            order.append((candidates[id(module)], int(output.shape[1])))
+            is_block = any(True for _ in module.children())
+            order.append((candidates[id(module)], int(output.shape[1]), is_block))
 
     handles = [modules[i].register_forward_hook(hook) for i in candidates]
     try:
@@ -203,15 +205,19 @@ def find_cuts(model: nn.Module, example: torch.Tensor, num_classes: int) -> list
     finally:
         for handle in handles:
             handle.remove()
-    names = [name for name, _ in order]
+    names = [name for name, _, _ in order]
     if len(set(names)) != len(names):  # a stage run twice: not a plain trunk
         return []
     cuts = []
-    for k in range(1, len(order)):
-        cut = tuple(reversed(names[len(order) - k:]))
+    # The new head attaches after a block (a single conv or norm layer is no stage to end on);
+    # everything with parameters after it goes.
+    for end in range(len(order) - 2, -1, -1):
+        if not order[end][2]:
+            continue
+        cut = tuple(reversed(names[end + 1:]))
         trial = copy.deepcopy(model)
         try:
-            cut_stages(trial, cut, order[len(order) - k - 1][1], num_classes)
+            cut_stages(trial, cut, order[end][1], num_classes)
             check_forward(trial, example, num_classes, "depth")
         except Exception:  # noqa: BLE001 - this depth of cut leaves a model that does not run
             break

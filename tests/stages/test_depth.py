@@ -171,9 +171,11 @@ def test_probe_says_why_when_nothing_can_be_pruned_structurally(tmp_path: Path) 
 def test_trailing_stages_are_cut_with_a_new_head_and_the_model_exports(tmp_path: Path) -> None:
     model = _Stacked().eval()
     cuts = find_cuts(model, DATA.example_input(), 10)
-    # Stages: stem.0, blocks.0..2, down, plain.0 (parameterised, feature maps out); the stem stays.
-    assert cuts[:3] == [("plain.0",), ("plain.0", "down"), ("plain.0", "down", "blocks.2")]
-    assert len(cuts) == 5
+    # Stages: stem.0, blocks.0..2, down, plain.0; a head attaches after a block (blocks.N, down),
+    # never after the single conv of the stem.
+    assert cuts == [
+        ("plain.0",), ("plain.0", "down"), ("plain.0", "down", "blocks.2"), ("plain.0", "down", "blocks.2", "blocks.1"),
+    ]
     ctx = Context(**{**_ctx(tmp_path, model).__dict__, "cuts": tuple(cuts), "block_ranking": ("blocks.2", "blocks.0")})
     out = Depth(DepthConfig(cut=2, fraction=0.5)).run(model, ctx)
     assert isinstance(out.plain[0], nn.Identity) and isinstance(out.down, nn.Identity)
@@ -196,6 +198,9 @@ def test_torchvision_cuts_end_at_whole_stages() -> None:
     resnet = torchvision.models.resnet18(num_classes=10).eval()
     cuts = find_cuts(resnet, torch.randn(1, 3, 32, 32), 10)
     assert cuts[1] == ("layer4.1", "layer4.0")  # "truncate after layer3"
-    assert cuts[-1][-1] == "layer1.0" and len(cuts) == 9
+    assert cuts[-1][-1] == "layer1.1" and len(cuts) == 7  # the head needs a block before it
+    from search.workloads.models import DemoCNN
+
+    assert find_cuts(DemoCNN().eval(), torch.randn(1, 1, 8, 8), 10) == []  # a chain of layers, no blocks
     vit = torchvision.models.VisionTransformer(32, 8, 2, 2, 32, 64, num_classes=10).eval()
     assert find_cuts(vit, torch.randn(1, 3, 32, 32), 10) == []  # its depth is its encoder layers
