@@ -33,7 +33,7 @@ from stages.measure import (
 from stages.prune import probe_structured
 
 # Bumped when what the analysis finds changes, so a cached analysis of an older version is redone.
-VERSION = 3
+VERSION = 4
 
 # Optimizer steps timed to estimate one epoch (after one untimed warm-up step).
 TIMED_STEPS = 3
