@@ -123,11 +123,10 @@ def is_residual(block: nn.Module) -> bool:
 def remove_blocks(model: nn.Module, blocks: Sequence[str]) -> None:
     """Replace each named block of ``model`` by ``nn.Identity`` (in place)."""
     for name in blocks:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        if child not in parent._modules:
-            raise StageError(f"depth: the model has no block {name!r} to remove.")
-        parent._modules[child] = nn.Identity()
+        try:
+            model.set_submodule(name, nn.Identity(), strict=True)
+        except AttributeError:
+            raise StageError(f"depth: the model has no block {name!r} to remove.") from None
 
 
 @torch.no_grad()
@@ -152,16 +151,14 @@ def rank_blocks(model: nn.Module, ctx: Context, blocks: Sequence[str] | None = N
         base = loss()
         scores = []
         for name in blocks:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            block = parent._modules[child]
-            parent._modules[child] = nn.Identity()
+            block = model.get_submodule(name)
+            model.set_submodule(name, nn.Identity())
             try:
                 increase = loss() - base
             except Exception:  # noqa: BLE001 - a block the model cannot run without ranks last
                 increase = math.inf
             finally:
-                parent._modules[child] = block
+                model.set_submodule(name, block)
             scores.append((name, increase if math.isfinite(increase) else math.inf))
     finally:
         model.train(was_training)
@@ -230,10 +227,8 @@ def cut_stages(model: nn.Module, stages: Sequence[str], channels: int, num_class
     ``channels`` features (in place); the new head learns in distillation."""
     remove_blocks(model, stages)
     head = find_classifier(model, num_classes)
-    parent_name, _, child = module_name(model, head).rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
     new = nn.Linear(channels, num_classes, bias=head.bias is not None)
-    parent._modules[child] = new.to(head.weight.device)
+    model.set_submodule(module_name(model, head), new.to(head.weight.device))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,7 +26,7 @@ from stages._graph import count_params_macs, weight_layers
 from stages.depth import find_cuts, rank_blocks
 from stages.measure import (
     OnnxRunner,
-    interleaved_latency,
+    interleaved_medians,
     optimized_op_count,
     thread_counts,
 )
@@ -149,10 +149,11 @@ def analyze(ctx: Context, baseline_onnx: Path) -> Analysis:
     params, macs = count_params_macs(teacher, example)
     blocks = rank_blocks(teacher, ctx)
     cuts = find_cuts(teacher, example, ctx.data.num_classes)
-    latency = {}
-    x = ctx.data.example_input(1).numpy()
-    for threads in thread_counts():
-        latency[threads], _ = interleaved_latency(OnnxRunner(baseline_onnx, threads), None, x, runs=50, budget_s=1.0)
+    counts = thread_counts()
+    medians = interleaved_medians(
+        [OnnxRunner(baseline_onnx, t) for t in counts], ctx.data.example_input(1).numpy(), runs=50, budget_s=len(counts)
+    )
+    latency = dict(zip(counts, medians))
     steps = math.ceil(len(ctx.data.train) / ctx.batch_size)
     return Analysis(
         structural=probe.possible,
