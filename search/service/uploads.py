@@ -138,10 +138,13 @@ def save_upload(
 
 
 def _without(message: str, staging: Path) -> str:
-    """A library message with the staging path replaced by what the client sent."""
-    return message.replace(str(staging / CHECKPOINT), "the uploaded checkpoint").replace(
-        str(staging), "the upload"
-    )
+    """A library message about ``--weights PATH`` reworded for an upload: the staging path
+    becomes "the uploaded checkpoint", and the CLI's ``--allow-pickle`` advice (a server takes
+    state_dicts only) is dropped."""
+    path = str(staging / CHECKPOINT)
+    message = message.replace(f"checkpoint {path}", "the uploaded checkpoint").replace(path, "the uploaded checkpoint")
+    message = message.replace("; pass --allow-pickle if you trust the file.", "; the server takes state_dicts only.")
+    return message.replace(str(staging), "the upload").replace(" (from --weights).", ".")
 
 
 def _copy_limited(source: BinaryIO, dest: Path, limit: int, field: str) -> str:

@@ -223,7 +223,8 @@ async function showTrial(number) {
   $("trial-summary").textContent = `${t.settings} · drop ${fmt(t.drop)} pt · ${ratios}${t.reason ? ` · ${t.reason}` : ""}`;
   keyValueRows($("trial-settings"), Object.entries(t.config || {}));
   keyValueRows($("trial-metrics"), Object.entries(t.metrics || {}));
-  const stages = t.stages || [];
+  // Each stage: {stage, seconds, metrics: {...}}; one column per metric any stage recorded.
+  const stages = (t.stages || []).map((s) => Object.assign({ stage: s.stage, seconds: s.seconds }, s.metrics || {}));
   const keys = [...new Set(stages.flatMap((s) => Object.keys(s)))];
   const head = $("trial-stages").tHead;
   head.replaceChildren();
@@ -273,7 +274,6 @@ async function cancelJob() {
 }
 
 $("login-button").onclick = login;
-$("token").addEventListener("keydown", (e) => { if (e.key === "Enter") login(); });
 $("upload-button").onclick = upload;
 $("start-button").onclick = startJob;
 $("download-onnx").onclick = () => download("model.onnx");
