@@ -73,7 +73,15 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
+    try:
+        import fastapi  # noqa: F401
+        import python_multipart  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        raise UserError(
+            f"serve needs FastAPI, uvicorn and python-multipart ({exc.name} is missing): "
+            "pip install 'mcaas-search[service]'"
+        ) from None
 
     from search.service.app import create_app
     from search.service.auth import load_or_create_token
