@@ -20,14 +20,6 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parents[3]
-# Small budgets: a trial takes seconds; the service is what is tested, not the compression.
-TINY_SPACE = """
-"distill.epochs" = 2
-"prune.steps" = 1
-"quantize.mode" = ["none", "int8-static"]
-drop = ["cluster.k"]
-profile_epochs = 2
-"""
 START_LIMIT_S = 60
 JOB_LIMIT_S = 240  # generous: the machine is shared; a 4-trial demo job takes about 20 s
 

@@ -16,7 +16,12 @@ import pytest
 
 from search.reporting.screenshot import find_chromium
 from search.workloads.datasets import load_dataset
-from tests.search.service.server_process import JOB_LIMIT_S, TINY_SPACE, Server, start_server
+from tests.search.service.server_process import (
+    JOB_LIMIT_S,
+    Server,
+    start_server,
+)
+from tests.search.study_fixtures import TINY_SPACE
 
 pytestmark = pytest.mark.slow
 CHROMIUM = find_chromium()

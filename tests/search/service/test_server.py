@@ -23,12 +23,12 @@ from search.service.jobs import worker_alive
 from search.study import counted, open_storage
 from search.workloads.datasets import load_dataset
 from tests.search.service.server_process import (
-    TINY_SPACE,
     Server,
     events,
     start_server,
     wait_for,
 )
+from tests.search.study_fixtures import TINY_SPACE
 
 pytestmark = pytest.mark.slow
 RunCli = Callable[[list[str]], tuple[int, str, str]]
