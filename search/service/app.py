@@ -23,6 +23,7 @@ from search.service.auth import token_matches
 from search.service.config import ServerConfig
 from search.service.errors import ApiError, error_response, install_handlers
 from search.service.events import status_events
+from search.service.inspection import Inspections
 from search.service.jobs import Jobs, parse_request
 from search.service.studies import Studies
 from search.service.uploads import list_models, load_model, save_upload
@@ -81,9 +82,11 @@ class BodyLimit:
 
 def create_app(config: ServerConfig, token: str, *, start_jobs: bool = True) -> FastAPI:
     """The app for ``config``; ``token`` guards ``/api``. With ``start_jobs`` the job scheduler
-    runs while the app does (``start_jobs=False``: a read-only view, for tests)."""
+    runs while the app does and each upload is inspected in its own process (``start_jobs=False``:
+    requests are accepted and kept, nothing is run; for tests)."""
     jobs = Jobs(config)
     studies = Studies(config, jobs)
+    inspections = Inspections(config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -141,7 +144,7 @@ def create_app(config: ServerConfig, token: str, *, start_jobs: bool = True) -> 
             for key, value in fields.items():
                 if value is not None and not isinstance(value, str):
                     raise ApiError(400, key, "must be a text field")
-            return await run_in_threadpool(
+            record = await run_in_threadpool(
                 save_upload,
                 config,
                 checkpoint=checkpoint.file,
@@ -152,14 +155,17 @@ def create_app(config: ServerConfig, token: str, *, start_jobs: bool = True) -> 
             )
         finally:
             await form.close()
+        if start_jobs:
+            inspections.start(record["id"], record["dataset"])
+        return {**record, "inspect": inspections.state(record["id"])}
 
     @api.get("/models")
     def models() -> list[dict[str, Any]]:
-        return list_models(config)
+        return [{**m, "inspect": inspections.state(m["id"])} for m in list_models(config)]
 
     @api.get("/models/{model_id}")
     def model(model_id: str) -> dict[str, Any]:
-        return load_model(config, model_id)
+        return {**load_model(config, model_id), "inspect": inspections.state(model_id)}
 
     @api.post("/studies", status_code=201)
     async def create_study(request: Request) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from search.service.jobs import (
     JobRequest,
     write_result,
 )
+from search.trials.context import trial_threads
 from search.workloads.workload import load_workload, pick_device, workload_space
 from spaces import load_space
 from stages.errors import ConfigError, StageError
@@ -50,7 +51,9 @@ def run_job(folder: Path) -> int:
         if (folder / SPACE_FILE).is_file():
             space = load_space(folder / SPACE_FILE, base=space)
         workload = load_workload(spec, device=pick_device("auto"))
-        torch.set_num_threads(request.threads)
+        # The job's share of the cores, but no more threads than the CLI would give this model.
+        threads = min(request.threads, trial_threads(workload, 1))
+        torch.set_num_threads(threads)
         settings = SearchSettings(
             study=request.study,
             storage=request.storage,
@@ -58,7 +61,7 @@ def run_job(folder: Path) -> int:
             space=space,
             seed=request.seed,
             timeout_s=request.timeout_s,
-            threads=request.threads,
+            threads=threads,
         )
         constraint = Constraint(max_drop=request.max_drop)
         result = run_study(settings, workload, request.target, constraint, make_backend("optuna"))

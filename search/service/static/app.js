@@ -72,10 +72,18 @@ async function upload() {
   form.append("dataset", $("upload-dataset").value);
   try {
     const record = await (await api("/models", { method: "POST", body: form })).json();
-    $("upload-result").textContent = JSON.stringify(record.description, null, 1);
+    const described = `${record.id}: ${JSON.stringify(record.description, null, 1)}`;
+    $("upload-result").textContent = `${described}\ninspect: ${record.inspect.state}...`;
     showError("");
     await refreshModels();
     $("model").value = record.id;
+    // The pre-flight analysis runs in its own process on the server; show it when it is done.
+    for (let inspect = record.inspect; inspect.state === "running"; ) {
+      await new Promise((resolve) => setTimeout(resolve, 2000));
+      inspect = (await getJson(`/models/${record.id}`)).inspect;
+      const rows = inspect.rows ? inspect.rows.map(([what, finding]) => `  ${what}: ${finding}`).join("\n") : "";
+      $("upload-result").textContent = `${described}\ninspect: ${inspect.state}${inspect.error ? ` (${inspect.error})` : ""}\n${rows}`;
+    }
   } catch (e) {
     showError(`upload: ${e.message}`);
   }

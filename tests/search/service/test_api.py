@@ -211,6 +211,10 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(client: TestClient, 
     big = b"x" * (2 * config.max_upload_bytes + 2_000_000)
     _error(_upload(client, big), 413, "file")
     _error(client.post("/api/studies", content=b"{" + b" " * 2_000_000 + b"}"), 413, "body")
+    # Sent without a length (chunked): refused once it passes the limit, whatever it claims to be.
+    chunks = (b"x" * 100_000 for _ in range(30))
+    _error(client.post("/api/studies", content=chunks, headers={"Content-Type": "application/json"}), 413, "body")
+    assert client.get("/api/health").status_code == 200
 
 
 def test_model_code_only_with_allow_model_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_checkpoint: bytes) -> None:

@@ -75,6 +75,13 @@ def _onnx_accuracy(path: Path) -> float:
 def test_a_demo_job_end_to_end_over_http(
     server: Server, folder: Path, run_cli: RunCli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    with server.client() as client:
+        checkpoint = (folder / "studies" / ".cache" / "demo-digits.pt").read_bytes()
+        form = {"model": "demo", "dataset": "digits"}
+        upload = client.post("/api/models", files={"file": ("teacher.pt", checkpoint)}, data=form)
+        assert upload.status_code == 201, upload.text
+        model_id = upload.json()["id"]
+        assert upload.json()["inspect"]["state"] == "running"  # in its own process
     name = _job(server, 4)
     with server.client() as client:
         seen = list(events(client, name))
@@ -106,6 +113,15 @@ def test_a_demo_job_end_to_end_over_http(
         failed = next((t["number"] for t in trials if t["state"] != "complete"), None)
         if failed is not None:
             assert client.get(f"/api/studies/{name}/trials/{failed}/model.onnx").status_code == 409
+
+        # What `inspect` says about the upload, from its own process.
+        deadline = time.monotonic() + 120
+        while (inspect := client.get(f"/api/models/{model_id}").json()["inspect"])["state"] == "running":
+            assert time.monotonic() < deadline, "inspect did not finish in time"
+            time.sleep(0.5)
+        assert inspect["state"] == "done", inspect
+        assert inspect["analysis"]["params"] == 24058 and inspect["teacher"]["val_acc"] > 90
+        assert ("parameters / MACs", "24,058 / 615,050") in [tuple(row) for row in inspect["rows"]]
 
     # The CLI reads what the server ran, from the same storage.
     monkeypatch.setenv("COLUMNS", "200")  # a table row per study, not wrapped
