@@ -6,19 +6,59 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import socket
 from pathlib import Path
 
 from search.commands import add_storage_argument
+from search.commands.run import MAX_JOBS, positive_int
 from search.errors import UserError
 from search.study import check_storage
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in [0, 65535], got {text!r}")
+    return value
+
+
+def _host(text: str) -> str:
+    """An IP address or ``localhost``: a host name would need a DNS lookup to bind."""
+    if text == "localhost":
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an IP address to listen on (127.0.0.1, 0.0.0.0, ::1) or localhost, got {text!r}"
+        ) from None
+
+
+def _workers(text: str) -> int:
+    return positive_int(text, MAX_JOBS)
+
+
+def _megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of MB, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of MB > 0, got {text!r}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from search.service.config import DEFAULT_FOLDER, DEFAULT_MAX_UPLOAD_MB
 
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback unless told otherwise)")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port, printed)")
+    parser.add_argument(
+        "--host", type=_host, default="127.0.0.1", help="IP address to listen on (loopback unless told otherwise)"
+    )
+    parser.add_argument("--port", type=_port, default=8000, help="port to listen on (0: any free port, printed)")
     parser.add_argument(
         "--data-root",
         type=Path,
@@ -29,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "cifar-10-batches-py, or class sub-folders of images; digits is always offered",
     )
     add_storage_argument(parser)
-    parser.add_argument("--workers", type=int, default=1, help="jobs run at once, each in its own process")
+    parser.add_argument("--workers", type=_workers, default=1, help="jobs run at once, each in its own process")
     parser.add_argument(
         "--token-file",
         type=Path,
@@ -49,18 +89,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the server's folder: token, uploaded models, job records, exports",
     )
     parser.add_argument(
-        "--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest checkpoint or model file accepted"
+        "--max-upload-mb", type=_megabytes, default=DEFAULT_MAX_UPLOAD_MB,
+        help="largest checkpoint or model file accepted",
     )
 
 
 def _bind(host: str, port: int) -> socket.socket:
     """The listening socket, bound here so that a port in use is one line, and port 0 works."""
-    if not 0 <= port <= 65535:
-        raise UserError(f"--port must lie in [0, 65535], but got {port}")
-    try:
-        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:
-        family = socket.AF_INET
+    family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -87,7 +123,10 @@ def run(args: argparse.Namespace) -> int:
     from search.service.auth import load_or_create_token
     from search.service.config import ServerConfig, data_roots
 
+    # Every check first, then the socket, and only then is anything written (the token).
     check_storage(args.storage)
+    if args.folder.exists() and not args.folder.is_dir():
+        raise UserError(f"--folder {str(args.folder)!r} is a file; expected a folder for the server's files")
     config = ServerConfig(
         folder=args.folder.resolve(),
         storage=args.storage,
@@ -96,8 +135,14 @@ def run(args: argparse.Namespace) -> int:
         allow_model_code=args.allow_model_code,
         max_upload_bytes=int(args.max_upload_mb * 1e6),
     )
-    token, created = load_or_create_token(config.folder, args.token_file)
+    if args.token_file is not None:
+        load_or_create_token(config.folder, args.token_file)  # refused here if unusable
     sock = _bind(args.host, args.port)
+    try:
+        token, created = load_or_create_token(config.folder, args.token_file)
+    except BaseException:
+        sock.close()
+        raise
     host, port = sock.getsockname()[:2]
     if created:
         print(f"token (printed this once; kept in {config.folder / 'token'}, mode 600): {token}", flush=True)
