@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   creates .venv, installs mcaas-search, runs the search on the built-in demo
+#   make serve  the same set-up, then the web page and API on http://127.0.0.1:8000/
 #   make test   creates .venv, installs mcaas-search with its test extras, runs the tests
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +10,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo serve test install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +22,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/mcaas-search --target size --max-drop 1
+
+serve: $(STAMP)
+	$(BIN)/mcaas-search serve
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export", "export a trial's model with a JSON sidecar"),
     "list": ("list_studies", "list the studies in a storage"),
     "bench": ("bench", "benchmark the search against the fixed profiles and random search"),
+    "serve": ("serve", "serve the search as an HTTP API and a web page (jobs run in worker processes)"),
 }
 
 USER_ERRORS = (UserError, ConfigError, StageError, ObjectiveError)

@@ -29,7 +29,9 @@ def draw_pareto(data: ParetoData) -> go.Figure:
     """Ratio on the target (log x) against accuracy drop (y, range from ``data.drop_axis``: trials
     beyond it drawn at the edge as arrows): feasible and infeasible trials in
     two colours, the fixed profiles as labelled symbols, the feasible front joined by a line,
-    the recommended trial ringed, the max-drop bound dashed, published results as grey stars."""
+    the recommended trial ringed, the max-drop bound dashed, published results as grey stars.
+    Each trial's marker carries its number as ``customdata`` (the service's page opens the trial
+    a click lands on)."""
     fig = go.Figure()
     search = [p for p in data.points if p.profile is None and not p.off_axis]
     for feasible, name, colour in (
@@ -48,6 +50,7 @@ def draw_pareto(data: ParetoData) -> go.Figure:
                         color=colour, size=9, opacity=0.8, line=dict(width=0.5, color="white")
                     ),
                     hovertext=[p.hover for p in group],
+                    customdata=[p.number for p in group],
                     hoverinfo="text",
                 )
             )
@@ -82,6 +85,7 @@ def draw_pareto(data: ParetoData) -> go.Figure:
                     line=dict(width=1.5, color="black"),
                 ),
                 hovertext=[p.hover for p in group],
+                customdata=[p.number for p in group],
                 hoverinfo="text",
             )
         )
@@ -98,6 +102,7 @@ def draw_pareto(data: ParetoData) -> go.Figure:
                     color=[FEASIBLE_COLOUR if p.feasible else INFEASIBLE_COLOUR for p in beyond],
                 ),
                 hovertext=[p.hover for p in beyond],
+                customdata=[p.number for p in beyond],
                 hoverinfo="text",
             )
         )
@@ -114,6 +119,7 @@ def draw_pareto(data: ParetoData) -> go.Figure:
                 textfont=dict(size=12, color="black"),
                 marker=dict(symbol="circle-open", size=24, color=PICK_COLOUR, line=dict(width=3)),
                 hovertext=[pick.hover],
+                customdata=[pick.number],
                 hoverinfo="text",
             )
         )

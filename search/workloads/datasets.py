@@ -45,6 +45,7 @@ __all__ = [
     "RandomCropFlip",
     "carve",
     "check_dataset_name",
+    "dataset_at",
     "load_dataset",
     "read_idx",
 ]
@@ -322,6 +323,21 @@ DATASETS: dict[str, Dataset] = {
         "expected class sub-folders of images, optionally under train/ and test/",
     ),
 }
+
+
+def dataset_at(root: Path) -> str | None:
+    """Which of ``DATASETS`` the folder ``root`` holds in a layout its loader reads:
+    ``fashion-mnist`` (IDX files), ``cifar10`` (the python batches), ``imagefolder`` (class
+    sub-folders of images), or None. Cheap: looks at names only, reads no image."""
+    if not root.is_dir():
+        return None
+    if _find_idx_files(root) is not None:
+        return "fashion-mnist"
+    if _find_cifar_dir(root) is not None:
+        return "cifar10"
+    if any(child.is_dir() and not child.name.startswith(".") for child in root.iterdir()):
+        return "imagefolder"
+    return None
 
 
 def check_dataset_name(name: str) -> None:

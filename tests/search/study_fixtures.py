@@ -34,6 +34,15 @@ from stages.export import export_onnx, export_pt2
 from stages.measure import OnnxRunner, onnx_accuracy
 from tests.tiny_models import TinyCNN
 
+# A space in which a demo trial takes seconds: for the tests of the machinery around trials (the
+# reliability tests, the service), not of the compression.
+TINY_SPACE = """
+"distill.epochs" = 2
+"prune.steps" = 1
+"quantize.mode" = ["none", "int8-static"]
+drop = ["cluster.k"]
+profile_epochs = 2
+"""
 TARGET = "size"
 MAX_DROP = 1.0
 # The demo workload as the search stores it (digits needs no data root).

@@ -61,6 +61,7 @@ TRIPWIRES = (
     "search.commands.export.export_trial",
     "search.commands.report.write_report",
     "search.bench.summary.write_summary",
+    "search.service.app.create_app",
 )
 
 
@@ -437,6 +438,7 @@ NUMBER_JUNK = ("", "abc", "1..2", "0x", "one", "--", "1,5")  # not numbers
 NOT_FUZZED = {
     # Flags without a value, and values nothing can refuse: any text is a fine folder or address.
     "--download", "--allow-pickle", "--allow-weak-teacher", "--no-profiles", "--no-early-stop", "--json", "--no-progress", "--best", "--report-only",
+    "--allow-model-code",
     "--address", "--workdir", "--studies-dir",
 }
 
@@ -518,6 +520,16 @@ def _bad_values(inputs: Path, hand: HandMadeStudy) -> dict[str, dict[str, st.Sea
         },
         "list": {"--storage": st.sampled_from([missing, str(inputs), str(inputs / "garbage.pt"), UNREACHABLE_DB])},
         "inspect": {**workload},
+        "serve": {
+            "--host": st.sampled_from(["256.0.0.1", "1.2.3.4", "", "example.org", "::g"]),
+            "--port": ints("65536", "99999") | huge,
+            "--data-root": path,
+            "--storage": st.sampled_from([missing, str(inputs), str(inputs / "garbage.pt"), UNREACHABLE_DB]),
+            "--workers": ints("0") | huge,
+            "--token-file": path,  # missing, readable by others, a folder
+            "--folder": st.just(str(inputs / "garbage.pt")),  # a file, not a folder
+            "--max-upload-mb": floats("0", "-5", "nan", "inf"),
+        },
         "bench": {
             **workload,
             "--name": st.sampled_from(["", "../up", ".hidden", "a/b", "sp ace"]),
@@ -547,6 +559,8 @@ def _good_values(hand: HandMadeStudy, out: Path) -> dict[str, dict[str, str | No
                    "--format": "onnx"},
         "list": {"--storage": hand.storage},
         "inspect": {"--device": "cpu", "--json": None},
+        "serve": {"--host": "127.0.0.1", "--port": "0", "--workers": "1", "--max-upload-mb": "5",
+                  "--allow-model-code": None, "--storage": hand.storage},
         "bench": {"--trials": "2", "--round": "1", "--name": "fuzz", "--targets": "size", "--methods": "random",
                   "--device": "cpu", "--report-only": None},
     }

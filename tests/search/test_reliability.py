@@ -39,20 +39,12 @@ from search.study import StudyInfo, counted, open_storage
 from search.study.lifecycle import _pid_alive
 from search.study.storage import FlockJournalLock, repair_journal_tail
 from spaces import PROFILES, is_mcaas_profile
-from tests.search.study_fixtures import HandMadeStudy, run_cli
+from tests.search.study_fixtures import TINY_SPACE, HandMadeStudy, run_cli
 
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[2]
 STUDY = "k"
-# Small budgets: a trial takes seconds; what matters is the machinery around it.
-TINY_SPACE = """
-"distill.epochs" = 2
-"prune.steps" = 1
-"quantize.mode" = ["none", "int8-static"]
-drop = ["cluster.k"]
-profile_epochs = 2
-"""
 RUN_LIMIT_S = 240  # generous: the machine is shared; a healthy run takes well under a minute
 
 Trials = Sequence[FrozenTrial]

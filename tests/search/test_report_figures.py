@@ -36,6 +36,21 @@ def test_pareto_figure_draws_every_kind_of_trial(hand: HandMadeStudy, loaded: tu
     assert "1 pruned, 1 failed" in fig.layout.title.subtitle.text
 
 
+def test_each_trial_marker_carries_its_number(hand: HandMadeStudy, loaded: tuple[optuna.Study, list]) -> None:
+    """The service's page opens the trial a click lands on, from the marker's customdata."""
+    data = gather.gather_pareto(hand.info, loaded[1], study_name="hand")
+    fig = figures.draw_pareto(data)
+    by_number = {p.number: p for p in data.points}
+    for trace in fig.data:
+        if trace.customdata is None:
+            assert trace.name == "Pareto front (feasible)"  # a line, not trials
+            continue
+        for x, y, number in zip(trace.x, trace.y, trace.customdata):
+            assert (x, y) == pytest.approx((by_number[number].ratio, by_number[number].shown_drop))
+    marked = {n for trace in fig.data if trace.customdata is not None for n in trace.customdata}
+    assert marked == set(by_number)
+
+
 def test_a_far_off_trial_does_not_flatten_the_front(hand: HandMadeStudy) -> None:
     """One trial that lost 69 points used to stretch the drop axis so the front was a flat line."""
     from objectives import metrics

@@ -1,0 +1,392 @@
+"""Jobs: a study the server runs, requested over the API, run by a worker process.
+
+Everything about a job is a file in ``<server folder>/jobs/<study>/``, so a server killed with
+kill -9 finds its jobs again on restart:
+
+- ``request.json``: what was asked (written once, when the job is accepted);
+- ``worker.lock``: held (``flock``) by the worker process for its whole life; the kernel drops it
+  when the worker dies, so "is a worker running this job" needs no pid bookkeeping;
+- ``worker.json`` / ``worker.log``: the last worker's pid, start count, and output;
+- ``cancel``: the client asked to stop it;
+- ``result.json``: how it ended (``done``, ``failed``, ``cancelled``), written by the worker.
+
+A job with no result and no live worker is queued: the scheduler starts a worker for it, which
+resumes its study (``run_study``: interrupted trials are failed as interrupted and run again).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import fcntl
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from objectives import TARGETS
+from search.service.config import ServerConfig
+from search.service.errors import ApiError
+from search.service.uploads import DEMO, check_name, load_model, workload_spec
+from search.workloads.workload import WorkloadSpec, workload_space
+from spaces import load_space
+from stages.errors import ConfigError
+from stages.files import write_atomic
+
+REQUEST, RESULT, WORKER, LOCK, CANCEL, LOG = (
+    "request.json", "result.json", "worker.json", "worker.lock", "cancel", "worker.log",
+)
+SPACE_FILE = "space.toml"
+FINAL = ("done", "failed", "cancelled")
+# A job whose worker died this many times without writing a result is failed, not restarted.
+MAX_STARTS = 3
+MAX_TRIALS = 10_000
+# The same rule as the CLI's --study: a folder name under studies/.
+STUDY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+FIELDS = ("model", "dataset", "target", "max_drop", "trials", "timeout", "space", "study", "seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class JobRequest:
+    """A checked ``POST /api/studies`` body, with the workload it resolves to."""
+
+    study: str
+    model: str
+    dataset: str
+    target: str
+    max_drop: float
+    trials: int
+    timeout_s: float | None
+    space: str | None  # the text of a space file (TOML), as `--space FILE` takes it
+    seed: int
+    spec: dict[str, Any]  # the WorkloadSpec fields the worker builds its workload from
+    storage: str
+    threads: int
+    created: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobRequest:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+    def workload_spec(self) -> WorkloadSpec:
+        s = self.spec
+        return WorkloadSpec(
+            model=s["model"],
+            weights=Path(s["weights"]) if s["weights"] else None,
+            dataset=s["dataset"],
+            data_root=Path(s["data_root"]) if s["data_root"] else None,
+            seed=self.seed,
+        )
+
+
+def _number(field: str, value: object, *, low: float, high: float, integer: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        kind = "an integer" if integer else "a number"
+        raise ApiError(400, field, f"expected {kind}, got {json.dumps(value)}")
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ApiError(400, field, f"must lie in [{low:g}, {high:g}], but got {value}")
+    return value
+
+
+def parse_request(config: ServerConfig, body: object, taken: set[str]) -> JobRequest:
+    """Check a ``POST /api/studies`` body field by field; ``taken`` are the study names in use.
+    Nothing is written: a refusal is an ``ApiError`` naming the field."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "body", "expected a JSON object such as {\"model\": \"demo\", \"trials\": 10}")
+    for key in body:
+        if key not in FIELDS:
+            raise ApiError(400, str(key), f"unknown field; fields: {', '.join(FIELDS)}")
+    model = check_name("model", body.get("model"))
+    if model == DEMO:
+        dataset = body.get("dataset", "digits")
+        if dataset != "digits":
+            raise ApiError(400, "dataset", f"the demo model runs on digits only, got {json.dumps(dataset)}")
+    else:
+        record = load_model(config, model) if (config.models_dir / model).is_dir() else None
+        if record is None:
+            raise ApiError(400, "model", f"unknown model {model!r}; use {DEMO!r} or the id of an uploaded model")
+        dataset = check_name("dataset", body.get("dataset", record["dataset"]))
+        if dataset not in config.data_roots:
+            raise ApiError(400, "dataset", f"unknown dataset {dataset!r}; offered: {', '.join(config.data_roots)}")
+        if dataset != record["dataset"]:
+            raise ApiError(
+                400, "dataset", f"model {model} was uploaded for {record['dataset']}, not {dataset}"
+            )
+    target = body.get("target", "size")
+    if target not in TARGETS:
+        raise ApiError(400, "target", f"unknown target {json.dumps(target)}; targets: {', '.join(TARGETS)}")
+    max_drop = float(_number("max_drop", body.get("max_drop", 1.0), low=0, high=99.99))
+    trials = int(_number("trials", body.get("trials", 40), low=1, high=MAX_TRIALS, integer=True))
+    timeout = body.get("timeout")
+    timeout_s = None if timeout is None else float(_number("timeout", timeout, low=1, high=30 * 86400))
+    seed = int(_number("seed", body.get("seed", 0), low=0, high=2**32 - 1, integer=True))
+    spec = workload_spec(config, model, dataset)
+    space = body.get("space")
+    if space is not None:
+        if not isinstance(space, str):
+            raise ApiError(400, "space", "expected the text of a space file (TOML) as a string")
+        check_space(space, spec)
+    study = body.get("study")
+    if study is None:
+        study = _free_name(_default_stem(config, model, dataset, target), taken)
+    elif not isinstance(study, str) or not STUDY_NAME.match(study) or ".." in study:
+        raise ApiError(
+            400, "study", f"{json.dumps(study)} must be letters, digits, '_', '-' and '.' (not first)"
+        )
+    elif study in taken:
+        raise ApiError(409, "study", f"a study named {study!r} already exists; pick another name")
+    return JobRequest(
+        study=study,
+        model=model,
+        dataset=dataset,
+        target=target,
+        max_drop=max_drop,
+        trials=trials,
+        timeout_s=timeout_s,
+        space=space,
+        seed=seed,
+        spec={
+            "model": spec.model,
+            "weights": str(spec.weights) if spec.weights else None,
+            "dataset": spec.dataset,
+            "data_root": str(spec.data_root) if spec.data_root else None,
+        },
+        storage=config.storage_url,
+        threads=config.threads_per_job(),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+    )
+
+
+def check_space(text: str, spec: WorkloadSpec) -> None:
+    """Refuse a space text ``--space`` would refuse (400 naming ``space``), writing nothing that
+    stays."""
+    with tempfile.TemporaryDirectory(prefix="mcaas-space-") as folder:
+        path = Path(folder) / SPACE_FILE
+        path.write_text(text)
+        try:
+            load_space(path, base=workload_space(spec))
+        except ConfigError as exc:
+            raise ApiError(400, "space", str(exc).replace(f"{path}: ", "").replace(str(path), "space")) from None
+
+
+def _default_stem(config: ServerConfig, model: str, dataset: str, target: str) -> str:
+    if model == DEMO:
+        return f"demo-{target}"
+    architecture = load_model(config, model)["architecture"].rpartition(":")[2]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{architecture}-{dataset}-{target}").strip("-")
+
+
+def _free_name(stem: str, taken: set[str]) -> str:
+    n = 1
+    while f"{stem}-{n}" in taken:
+        n += 1
+    return f"{stem}-{n}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs on disk
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def worker_alive(folder: Path) -> bool:
+    """Whether a worker holds the job's lock (the kernel drops it when the worker dies)."""
+    path = folder / LOCK
+    if not path.exists():
+        return False
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+class Jobs:
+    """The jobs of one server folder, and the scheduler thread that starts their workers."""
+
+    def __init__(self, config: ServerConfig, *, poll_s: float = 0.5) -> None:
+        self.config = config
+        self._poll_s = poll_s
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._signalled: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- reading --------------------------------------------------------------------------
+
+    def folder(self, name: str) -> Path:
+        return self.config.jobs_dir / name
+
+    def names(self) -> list[str]:
+        """Job names in the order they were requested."""
+        if not self.config.jobs_dir.is_dir():
+            return []
+        jobs = []
+        for folder in self.config.jobs_dir.iterdir():
+            request = _read_json(folder / REQUEST)
+            if request is not None:
+                jobs.append((request.get("created", ""), folder.name))
+        return [name for _, name in sorted(jobs)]
+
+    def request(self, name: str) -> JobRequest | None:
+        data = _read_json(self.folder(name) / REQUEST)
+        return JobRequest.from_dict(data) if data is not None else None
+
+    def state(self, name: str) -> dict[str, Any]:
+        """``{"state": queued | running | done | failed | cancelled, ...}`` of job ``name``."""
+        folder = self.folder(name)
+        result = _read_json(folder / RESULT)
+        if result is not None:
+            return result
+        child = self._children.get(name)
+        if (child is not None and child.poll() is None) or worker_alive(folder):
+            return {"state": "running", **(_read_json(folder / WORKER) or {})}
+        return {"state": "queued", "starts": (_read_json(folder / WORKER) or {}).get("starts", 0)}
+
+    # -- writing --------------------------------------------------------------------------
+
+    def create(self, request: JobRequest) -> None:
+        """Accept a job: its folder is claimed atomically (mkdir), its request written last."""
+        self.config.jobs_dir.mkdir(parents=True, exist_ok=True)
+        folder = self.folder(request.study)
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            raise ApiError(409, "study", f"a study named {request.study!r} already exists; pick another name") from None
+        if request.space is not None:
+            write_atomic(folder / SPACE_FILE, request.space)
+        write_atomic(folder / REQUEST, json.dumps(request.to_dict(), indent=2) + "\n")
+        self._wake.set()
+
+    def cancel(self, name: str) -> dict[str, Any]:
+        """Ask job ``name`` to stop: a running worker gets Ctrl-C (the trial it runs is failed as
+        interrupted), a queued job never starts. A finished job is left as it is."""
+        state = self.state(name)
+        if state["state"] in FINAL:
+            return state
+        (self.folder(name) / CANCEL).touch()
+        self._wake.set()
+        self.tick()
+        return self.state(name)
+
+    # -- the scheduler --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the scheduler thread (it also picks up the jobs a killed server left)."""
+        self.config.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._loop, name="mcaas-jobs", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop scheduling. Running workers go on: a job outlives the server."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception as exc:  # a full disk must not end scheduling; the next tick retries
+                print(f"mcaas-search serve: scheduler: {type(exc).__name__}: {exc}", file=sys.stderr)
+            self._wake.wait(self._poll_s)
+            self._wake.clear()
+
+    def tick(self) -> None:
+        """One pass: reap finished workers, deliver cancellations, start queued jobs."""
+        with self._lock:
+            for name, child in list(self._children.items()):
+                if child.poll() is not None:
+                    del self._children[name]
+            running = 0
+            for name in self.names():
+                folder = self.folder(name)
+                state = self.state(name)["state"]
+                cancelled = (folder / CANCEL).exists()
+                if state == "running":
+                    running += 1
+                    if cancelled:
+                        self._interrupt(name, folder)
+                elif state == "queued" and cancelled:
+                    write_result(folder, "cancelled", "cancelled before it started")
+            for name in self.names():
+                if running >= self.config.workers:
+                    break
+                if self.state(name)["state"] == "queued":
+                    self._launch(name)
+                    running += 1
+
+    def _interrupt(self, name: str, folder: Path) -> None:
+        """Ctrl-C to the worker's process group; kill -9 if it has not stopped 60 s later."""
+        pid = (_read_json(folder / WORKER) or {}).get("pid")
+        if not isinstance(pid, int):
+            return
+        first = self._signalled.get(name)
+        if first is not None and time.monotonic() - first < 60:
+            return
+        sig = signal.SIGINT if first is None else signal.SIGKILL
+        self._signalled[name] = time.monotonic()
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        if sig == signal.SIGKILL:
+            write_result(folder, "cancelled", "stopped with kill -9: it did not stop 60 s after Ctrl-C")
+
+    def _launch(self, name: str) -> None:
+        folder = self.folder(name)
+        previous = _read_json(folder / WORKER) or {}
+        starts = int(previous.get("starts", 0))
+        if starts >= MAX_STARTS:
+            write_result(folder, "failed", f"its worker died {starts} times without finishing; see worker.log")
+            return
+        log = open(folder / LOG, "ab")
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "search.service.worker", str(folder.resolve())],
+                cwd=self.config.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: Ctrl-C to the server spares it
+            )
+        finally:
+            log.close()
+        self._children[name] = child
+        self._signalled.pop(name, None)
+        write_atomic(
+            folder / WORKER,
+            json.dumps({"pid": child.pid, "starts": starts + 1, "started": _now()}) + "\n",
+        )
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_result(folder: Path, state: str, error: str | None = None, **extra: Any) -> None:
+    write_atomic(folder / RESULT, json.dumps({"state": state, "error": error, "finished": _now(), **extra}) + "\n")
+
+
+__all__ = ["FINAL", "JobRequest", "Jobs", "check_space", "parse_request", "worker_alive", "write_result"]
