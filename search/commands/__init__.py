@@ -65,7 +65,9 @@ def add_workload_arguments(
         "--image-size",
         type=int,
         default=None,
-        help="resize inputs to this many pixels square (image folders: 32 when not given)",
+        help="resize inputs to this many pixels square; none means the size recorded beside "
+        "--weights by `train`, else the model family's minimum (28 px for resnet, vgg, mobilenet "
+        "and efficientnet) for smaller images, else the dataset's own (image folders: 32)",
     )
     group.add_argument(
         "--download",
@@ -92,13 +94,20 @@ def add_workload_arguments(
     group.add_argument(
         "--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda:N"
     )
+    group.add_argument(
+        "--allow-weak-teacher",
+        action="store_true",
+        help="go on with a teacher whose validation accuracy is near chance (refused otherwise: "
+        "its compressed students would be measured against a meaningless baseline)",
+    )
 
 
 def spec_from_args(args: argparse.Namespace) -> WorkloadSpec:
-    """The workload flags of parsed ``args`` as a ``WorkloadSpec``."""
-    from search.workloads.workload import WorkloadSpec
+    """The workload flags of parsed ``args`` as a ``WorkloadSpec``, its input size resolved
+    (``with_input_size``)."""
+    from search.workloads.workload import WorkloadSpec, with_input_size
 
-    return WorkloadSpec(
+    return with_input_size(WorkloadSpec(
         model=args.model,
         weights=args.weights,
         dataset=args.dataset,
@@ -108,4 +117,5 @@ def spec_from_args(args: argparse.Namespace) -> WorkloadSpec:
         allow_pickle=args.allow_pickle,
         seed=args.seed,
         val_fraction=args.val_fraction,
-    )
+        allow_weak_teacher=args.allow_weak_teacher,
+    ))

@@ -6,6 +6,7 @@ trained once and cached under ``studies/.cache``."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,14 @@ from search.workloads.models import (
     check_model_name,
     model_file_sha256,
 )
-from search.workloads.training import evaluate_accuracy, save_checkpoint, train_teacher
+from search.workloads.recipes import recipe_for
+from search.workloads.teacher_check import teacher_quality
+from search.workloads.training import (
+    evaluate_accuracy,
+    metrics_path,
+    save_checkpoint,
+    train_teacher,
+)
 from spaces import SearchSpace, default_space, demo_space
 from stages import TaskData
 
@@ -60,6 +68,7 @@ class WorkloadSpec:
     allow_pickle: bool = False
     seed: int = 0
     val_fraction: float | None = None  # None: the dataset's default (DEFAULT_VAL_FRACTION)
+    allow_weak_teacher: bool = False  # go on with a teacher near chance (``teacher_check``)
 
     def __post_init__(self) -> None:
         if self.model is not None and not self.model.strip():
@@ -198,6 +207,41 @@ def demo_cache_path(studies_dir: Path, spec: WorkloadSpec) -> Path:
     return studies_dir / ".cache" / ("-".join(parts) + ".pt")
 
 
+def with_input_size(spec: WorkloadSpec) -> WorkloadSpec:
+    """``spec`` with the input size its teacher is fed at: ``--image-size`` when given, else the
+    size recorded beside ``--weights`` by ``train`` (so every later stage feeds the model as it was
+    trained), else the model family's minimum (``Recipe.min_input_size``) when the dataset's
+    images are smaller. The resolved size goes into the fingerprint, the checkpoint's JSON and
+    the export sidecar's preprocessing."""
+    if spec.image_size is not None or spec.dataset not in DATASETS:
+        return spec
+    recorded = _recorded_image_size(spec)
+    if recorded is not None:
+        return dataclasses.replace(spec, image_size=recorded[0])
+    minimum = recipe_for(spec.model_name).min_input_size
+    native = DATASETS[spec.dataset].native_size
+    if minimum is not None and native is not None and native < minimum:
+        return dataclasses.replace(spec, image_size=minimum)
+    return spec
+
+
+def _recorded_image_size(spec: WorkloadSpec) -> tuple[int | None] | None:
+    """``(size,)`` as ``train`` recorded it beside ``spec.weights`` for the same model and
+    dataset (``(None,)``: trained at the native size); None when nothing is recorded."""
+    if spec.weights is None:
+        return None
+    try:
+        info = json.loads(metrics_path(spec.weights).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or "preprocessing" not in info:
+        return None
+    if info.get("model") != spec.model_name or info.get("dataset") != spec.dataset:
+        return None
+    size = info.get("image_size")
+    return (size,) if size is None or isinstance(size, int) else None
+
+
 def checkpoint_info(spec: WorkloadSpec, data: TaskData, metrics: dict[str, Any]) -> dict[str, Any]:
     """The JSON written beside a trained checkpoint: its metrics and how to reproduce them."""
     return {
@@ -238,6 +282,7 @@ def _demo_teacher(
         model,
         data,
         epochs=DEMO_EPOCHS,
+        recipe=recipe_for(DEMO_MODEL),
         device=device,
         progress=False,
         seed=spec.seed,
@@ -264,6 +309,17 @@ def workload_fingerprint(spec: WorkloadSpec, data: TaskData, weights: Path | Non
     }
 
 
+def refuse_weak_teacher(spec: WorkloadSpec, data: TaskData, teacher: nn.Module, weights: Path) -> None:
+    """A one-line ``UserError`` when ``teacher`` is near chance on the validation split."""
+    quality = teacher_quality(evaluate_accuracy(teacher, data.val), data.val.y, data.num_classes)
+    if quality.weak:
+        raise UserError(
+            f"teacher {weights} reaches {quality.describe()}: compressing it would measure "
+            "nothing; train it longer or with another recipe (`mcaas-search train` with more "
+            "--epochs, another --lr or --optimizer), or pass --allow-weak-teacher to go on anyway."
+        )
+
+
 def _display_name(spec: WorkloadSpec) -> str:
     if spec.is_demo:
         return "demo"
@@ -278,10 +334,14 @@ def load_workload(
     device: torch.device,
     studies_dir: Path = Path("studies"),
     progress: bool = True,
+    check_teacher: bool = True,
 ) -> Workload:
     """Load the data and the teacher of ``spec`` (training the demo teacher on first use).
 
     Every model except the demo needs ``spec.weights``: the search compresses a trained teacher.
+    With ``check_teacher`` a teacher near chance on the validation split is refused (one-line
+    ``UserError``) unless ``spec.allow_weak_teacher``; worker processes of a study that was
+    checked already pass False.
     """
     check_model_name(spec.model_name)
     check_dataset_name(spec.dataset_name)
@@ -304,6 +364,8 @@ def load_workload(
         weights = spec.weights
         teacher = build_for_data(spec, data, weights=weights)
     teacher.to(device).eval()
+    if check_teacher and not spec.allow_weak_teacher:
+        refuse_weak_teacher(spec, data, teacher, weights)
     return Workload(
         spec=spec,
         teacher=teacher,
