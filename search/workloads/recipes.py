@@ -91,11 +91,15 @@ class Recipe:
         ratio = batch_size / self.batch_size
         return self.lr * (ratio if self.optimizer == "sgd" else math.sqrt(ratio))
 
-    def stall_check_epoch(self, epochs: int) -> int:
+    def stall_check_epoch(self, epochs: int) -> int | None:
         """The epoch after which a training loss that has not fallen means: restart at a lower
-        learning rate. A tenth of the run after the warm-up (one-cycle's rise counts as 0.1)."""
-        rise = self.warmup if self.schedule == "cosine" else 0.1
-        return max(1, min(epochs, math.ceil(epochs * (rise + 0.1))))
+        learning rate; a tenth of the run after the learning rate peaked (the warm-up, or
+        one-cycle's rise over 30 % of the steps). None for runs under 5 epochs: too short to
+        tell a slow start from a stall."""
+        if epochs < 5:
+            return None
+        rise = self.warmup if self.schedule == "cosine" else 0.3
+        return math.ceil(epochs * (rise + 0.1))
 
 
 RECIPES: dict[str, Recipe] = {
@@ -114,11 +118,11 @@ RECIPES: dict[str, Recipe] = {
     # Depthwise-separable nets: SGD at 0.1 leaves their BatchNorm statistics behind the weights
     # (a falling training loss, chance-level validation); AdamW with a warm-up trains them.
     "mobilenet": Recipe(
-        optimizer="adamw", lr=2e-3, weight_decay=0.01, schedule="cosine", warmup=0.1,
+        optimizer="adamw", lr=4e-3, weight_decay=0.01, schedule="cosine", warmup=0.05,
         min_input_size=28,
     ),
     "efficientnet": Recipe(
-        optimizer="adamw", lr=2e-3, weight_decay=0.01, schedule="cosine", warmup=0.1,
+        optimizer="adamw", lr=4e-3, weight_decay=0.01, schedule="cosine", warmup=0.05,
         min_input_size=28,
     ),
     # Vision transformers: AdamW, warm-up then cosine, weight decay 0.05, clipped gradients.

@@ -34,8 +34,8 @@ from stages.files import atomic_path, write_atomic
 from stages.measure import torch_accuracy
 
 DEFAULT_EPOCHS = 5
-# When the training loss has not fallen below this share of ln(classes) (a uniform guess) after
-# the first tenth of the epochs, training restarts from the initial weights at a tenth of the
+# When the training loss has not fallen below this share of ln(classes) (a uniform guess) by
+# ``Recipe.stall_check_epoch``, training restarts from the initial weights at a tenth of the
 # learning rate, at most ``LR_RETRIES`` times; so does a loss that is not finite.
 STALLED_LOSS_SHARE = 0.9
 LR_RETRIES = 2
@@ -207,7 +207,7 @@ def train_teacher(
                 for epoch in range(1, epochs + 1):
                     loss_value = run.epoch(rep)
                     stalled = not math.isfinite(loss_value) or (
-                        epoch == check_epoch and epochs > 1 and loss_value > stalled_below
+                        epoch == check_epoch and loss_value > stalled_below
                     )
                     if stalled:
                         break

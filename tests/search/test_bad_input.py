@@ -209,7 +209,8 @@ def test_checkpoints_are_read_weights_only_and_a_module_needs_allow_pickle(
     assert isinstance(module, DemoCNN)
     assert calls[-2:] == [True, False]  # weights-only first, the free unpickler only when allowed
     workload = load_workload(
-        WorkloadSpec(model="demo", weights=files["module"], allow_pickle=True), device=torch.device("cpu"),
+        WorkloadSpec(model="demo", weights=files["module"], allow_pickle=True, allow_weak_teacher=True),
+        device=torch.device("cpu"),
         studies_dir=tmp_path / "studies", progress=False,
     )
     assert isinstance(workload.teacher, DemoCNN)
@@ -237,7 +238,7 @@ def test_a_user_model_file_runs_only_when_named_by_its_path(
              "--space", "missing.toml", says="space file")
     assert not marker.exists()
     assert _tree(workdir) == files_before
-    workload = load_workload(WorkloadSpec(model="evil.py:make", weights=weights, dataset="digits"),
+    workload = load_workload(WorkloadSpec(model="evil.py:make", weights=weights, dataset="digits", allow_weak_teacher=True),
                              device=torch.device("cpu"), studies_dir=tmp_path / "studies", progress=False)
     assert marker.read_text() == "imported"  # an explicit path runs the file, as documented
     assert isinstance(workload.teacher, DemoCNN)
@@ -380,7 +381,7 @@ def test_a_file_that_is_not_a_journal_is_refused_and_left_untouched(
 
 def _study_for(workdir: Path, weights: Path, *, target: str = "size") -> Path:
     """Study ``s`` in the default journal, recorded for the workload ``demo + weights``."""
-    workload = load_workload(WorkloadSpec(model="demo", weights=weights), device=torch.device("cpu"),
+    workload = load_workload(WorkloadSpec(model="demo", weights=weights, allow_weak_teacher=True), device=torch.device("cpu"),
                              studies_dir=workdir / "studies", progress=False)
     journal = workdir / "studies" / "mcaas.journal"
     journal.parent.mkdir(parents=True, exist_ok=True)
@@ -401,7 +402,7 @@ def test_a_study_name_used_for_another_workload_or_target_is_refused(
     torch.save(DemoCNN().state_dict(), other)
     journal = _study_for(workdir, ours)
     before = _tree(workdir)
-    run = ("--model", "demo", "--study", "s", "--trials", "2")
+    run = ("--model", "demo", "--study", "s", "--trials", "2", "--allow-weak-teacher")  # untrained weights
     _refused(capsys, *run, "--weights", str(other), says="was run for other settings (weights_sha256: stored")
     _refused(capsys, *run, "--weights", str(ours), "--target", "latency",
              says="(target: stored 'size', given 'latency')")
@@ -435,7 +436,7 @@ def test_exports_that_cannot_be_made_write_nothing(
 NUMBER_JUNK = ("", "abc", "1..2", "0x", "one", "--", "1,5")  # not numbers
 NOT_FUZZED = {
     # Flags without a value, and values nothing can refuse: any text is a fine folder or address.
-    "--download", "--allow-pickle", "--no-profiles", "--no-early-stop", "--json", "--no-progress", "--best", "--report-only",
+    "--download", "--allow-pickle", "--allow-weak-teacher", "--no-profiles", "--no-early-stop", "--json", "--no-progress", "--best", "--report-only",
     "--address", "--workdir", "--studies-dir",
 }
 
