@@ -66,8 +66,8 @@ def add_workload_arguments(
         type=int,
         default=None,
         help="resize inputs to this many pixels square; none means the size recorded beside "
-        "--weights by `train`, else the model family's minimum (28 px for resnet, vgg, mobilenet "
-        "and efficientnet) for smaller images, else the dataset's own (image folders: 32)",
+        "--weights by `train`, else the model family's minimum (28 px for resnet, mobilenet and "
+        "efficientnet, 32 for vgg) for smaller images, else the dataset's own (image folders: 32)",
     )
     group.add_argument(
         "--download",

@@ -112,8 +112,9 @@ RECIPES: dict[str, Recipe] = {
     "resnet": Recipe(
         optimizer="sgd", lr=0.1, weight_decay=5e-4, schedule="onecycle", min_input_size=28
     ),
+    # Five 2x2 max-pools: 28 px would pool a 1x1 map away.
     "vgg": Recipe(
-        optimizer="sgd", lr=0.05, weight_decay=5e-4, schedule="onecycle", min_input_size=28
+        optimizer="sgd", lr=0.05, weight_decay=5e-4, schedule="onecycle", min_input_size=32
     ),
     # Depthwise-separable nets: SGD at 0.1 leaves their BatchNorm statistics behind the weights
     # (a falling training loss, chance-level validation); AdamW with a warm-up trains them.
