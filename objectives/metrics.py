@@ -2,7 +2,10 @@
 
 Accuracies are in percent. ``bytes`` is the artifact file size, ``gzip_bytes`` its gzip size
 (what clustering and unstructured sparsity improve). ``latency_ms`` is the median batch-1 latency
-in ONNX Runtime and ``teacher_latency_ms`` the teacher's, measured interleaved in the same run.
+in ONNX Runtime and ``teacher_latency_ms`` the teacher's, measured interleaved in the same run,
+each at its best thread count (``latency_threads``, ``teacher_latency_threads``: the intra-op
+threads a deployer would set). ``ops`` counts the nodes of the graph ONNX Runtime runs after its
+optimisations.
 """
 
 VAL_ACC = "val_acc"
@@ -13,5 +16,8 @@ PARAMS = "params"
 MACS = "macs"
 LATENCY_MS = "latency_ms"
 TEACHER_LATENCY_MS = "teacher_latency_ms"
+LATENCY_THREADS = "latency_threads"
+TEACHER_LATENCY_THREADS = "teacher_latency_threads"
+OPS = "ops"
 N_VAL = "n_val"
 N_TEST = "n_test"

@@ -19,6 +19,7 @@ from stages.errors import ConfigError, StageError
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "search the compression pipeline (default when no command is given)"),
     "train": ("train", "train a teacher model and save its checkpoint"),
+    "inspect": ("inspect", "analyse a teacher: what can be pruned or removed, operators, latency, epoch time"),
     "try": ("try_config", "run one pipeline config and print its metrics"),
     "report": ("report", "write the HTML report and trials.csv of a study"),
     "show": ("show", "show one trial of a study"),

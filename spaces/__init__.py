@@ -15,24 +15,39 @@ from spaces._dimensions import (
     TrialLike,
 )
 from spaces._file import DEMO_SPACE, demo_space, load_space
-from spaces._profiles import PROFILES, profile_config, profile_params
+from spaces._fit import MIN_STEPS, ModelFacts, fit_space, min_epochs
+from spaces._profiles import (
+    PROFILES,
+    QUANT_ONLY,
+    is_mcaas_profile,
+    named_configs,
+    profile_config,
+    profile_params,
+)
 from spaces._space import CLUSTER_ON, SearchSpace, default_space
 
 __all__ = [
     "CLUSTER_ON",
+    "MIN_STEPS",
     "PROFILES",
+    "QUANT_ONLY",
     "Choice",
     "Dimension",
     "Fixed",
     "FloatRange",
     "IntRange",
+    "ModelFacts",
     "SearchSpace",
     "SpaceError",
     "TrialLike",
     "DEMO_SPACE",
     "default_space",
     "demo_space",
+    "fit_space",
+    "is_mcaas_profile",
     "load_space",
+    "min_epochs",
+    "named_configs",
     "profile_config",
     "profile_params",
 ]

@@ -1,4 +1,6 @@
-"""The three fixed profiles of the MCaaS thesis, as named configs.
+"""Named configs a study runs before its sampler: the three fixed profiles of the MCaaS thesis,
+then quantization-only configs (no pruning, no training: seconds each), so every study has a
+feasible point whenever quantization alone meets the bound.
 
 A study enqueues them as its first trials (``study.enqueue_trial(profile_params(name, space),
 user_attrs={"profile": name})``), so its results show the profiles beside what the search finds.
@@ -10,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from spaces._dimensions import SpaceError
 from stages.config import PipelineConfig
+from stages.quant_modes import QUANT_MODES
 
 if TYPE_CHECKING:
     from spaces._space import SearchSpace
@@ -52,11 +55,46 @@ PROFILES: dict[str, dict[str, Any]] = {
 named here keep the space's fixed value or the default."""
 
 
+# Quantization alone: the exported teacher, quantized by each mode that needs no training.
+QUANT_ONLY: dict[str, dict[str, Any]] = {
+    f"{mode} only": {
+        "depth.fraction": 0.0,
+        "depth.cut": 0,
+        "prune.ratio": 0.0,
+        "distill.epochs": 0.0,
+        "cluster.k": 0,
+        "quantize.mode": mode,
+    }
+    for mode, q in sorted(QUANT_MODES.items(), key=lambda item: item[1].bytes_per_weight)
+    if mode != "none" and q.searched_by_default and not q.fake_quant_training
+}
+"""Name -> flat settings of each quantization-only config."""
+
+
+def is_mcaas_profile(name: str | None) -> bool:
+    """Whether a trial's named config is one of the MCaaS profiles (not quantization alone)."""
+    return name in PROFILES
+
+
+def named_configs(space: SearchSpace) -> list[str]:
+    """The named configs a study over ``space`` runs first, in order: the MCaaS profiles, then
+    the quantization-only configs whose mode ``space`` can choose."""
+    modes = space.get("quantize.mode")
+    allowed = set(modes.extremes()) if modes is not None else {PipelineConfig().quantize.mode}
+    return [*PROFILES, *(name for name, flat in QUANT_ONLY.items() if flat["quantize.mode"] in allowed)]
+
+
 def profile_config(name: str, space: SearchSpace) -> PipelineConfig:
-    """The exact config of profile ``name`` in a study over ``space``."""
+    """The exact config of profile (or quantization-only config) ``name`` in a study over ``space``."""
+    if name in QUANT_ONLY:
+        return PipelineConfig.from_flat({**space.fixed_values(), **QUANT_ONLY[name]})
     if name not in PROFILES:
-        raise SpaceError(f"unknown profile {name!r}; valid profiles: {', '.join(PROFILES)}.")
-    flat = {**space.fixed_values(), "distill.epochs": space.profile_epochs, **PROFILES[name]}
+        known = [*PROFILES, *QUANT_ONLY]
+        raise SpaceError(f"unknown profile {name!r}; valid profiles: {', '.join(known)}.")
+    fixed = space.fixed_values()
+    flat = {**fixed, "distill.epochs": space.profile_epochs, **PROFILES[name]}
+    if "prune.method" in fixed:  # a model nothing can be pruned structurally in (see fit_space)
+        flat["prune.method"] = fixed["prune.method"]
     return PipelineConfig.from_flat(flat)
 
 

@@ -1,4 +1,4 @@
-"""Compression stages: prune -> distill (+QAT) -> cluster -> export -> quantize, and measuring.
+"""Compression stages: depth -> prune -> distill (+QAT) -> cluster -> export -> quantize, and measuring.
 
 Each stage is a small class holding its frozen config with ``run(model, ctx) -> model``;
 ``run_pipeline`` runs a whole ``PipelineConfig``. Nothing here knows of Optuna or Ray.
@@ -9,6 +9,7 @@ from stages._context import Context, Split, TaskData
 from stages.cluster import Cluster
 from stages.config import (
     ClusterConfig,
+    DepthConfig,
     DistillConfig,
     ExportConfig,
     PipelineConfig,
@@ -16,6 +17,7 @@ from stages.config import (
     QuantizeConfig,
 )
 from stages.criteria import CRITERIA, Criterion
+from stages.depth import Depth
 from stages.distill import Distill
 from stages.errors import ConfigError, StageError
 from stages.export import EXPORT_FORMATS, Export, ExportFormat
@@ -32,9 +34,11 @@ __all__ = [
     "QUANT_MODES",
     "Cluster",
     "ClusterConfig",
+    "DepthConfig",
     "ConfigError",
     "Condition",
     "Context",
+    "Depth",
     "Criterion",
     "Distill",
     "DistillConfig",

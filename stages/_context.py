@@ -86,6 +86,16 @@ class Context:
     report_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     latency_runs: int = 100
     latency_budget_s: float = 3.0
+    # Intra-op thread counts latency is measured at (each model's best is kept); None: 1, 2, 4,
+    # ... up to the cores (``stages.measure.thread_counts``).
+    latency_threads: tuple[int, ...] | None = None
+    # What the pre-flight analysis of the teacher found, so no trial probes it again: layers
+    # structural pruning must leave whole (it breaks on them), and the removable blocks ranked
+    # least important first (None: the depth stage ranks them itself).
+    frozen_layers: tuple[str, ...] = ()
+    block_ranking: tuple[str, ...] | None = None
+    # The trailing stages each depth of cut removes (None: the depth stage finds them itself).
+    cuts: tuple[tuple[str, ...], ...] | None = None
 
     def report(self, stage: str, fraction: float, val_acc: float) -> None:
         if self.on_progress is not None:

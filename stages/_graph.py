@@ -26,7 +26,7 @@ def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
-def _out_width(module: nn.Module) -> int:
+def out_width(module: nn.Module) -> int:
     if isinstance(module, nn.Linear):
         return module.out_features
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
@@ -41,7 +41,7 @@ def head_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
     Matching by width may also catch a hidden layer that happens to be ``num_classes`` wide;
     leaving that one unpruned costs a little compression and never breaks the model.
     """
-    return [m for _, m in weight_layers(model) if _out_width(m) == num_classes]
+    return [m for _, m in weight_layers(model) if out_width(m) == num_classes]
 
 
 def find_classifier(model: nn.Module, num_classes: int) -> nn.Module:
@@ -49,7 +49,7 @@ def find_classifier(model: nn.Module, num_classes: int) -> nn.Module:
     ``num_classes``. Raises ``StageError`` when the model has none."""
     heads = head_layers(model, num_classes)
     if not heads:
-        widths = sorted({_out_width(m) for _, m in weight_layers(model)})
+        widths = sorted({out_width(m) for _, m in weight_layers(model)})
         raise StageError(
             f"found no classifier: no Conv/Linear layer has {num_classes} outputs "
             f"(the task's number of classes); output widths present: {widths}."

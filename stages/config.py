@@ -47,6 +47,22 @@ def _check_range(key: str, value: float, low: float, high: float) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
+class DepthConfig:
+    """Removing depth (see ``stages.depth``): ``cut`` trailing stages replaced by a new
+    classifier, then ``fraction`` of the model's removable blocks (residual blocks that keep
+    their input's shape), least important first. A study searches only what its model allows."""
+
+    fraction: float = setting(0.0, search=Span(0.0, 1.0))
+    # Trailing stages cut, a new classifier reading what is left (0: none). The study's space
+    # searches 0 up to the cuts its model allows.
+    cut: int = setting(0, search=Span(0, 3))
+
+    def __post_init__(self) -> None:
+        _check_range("depth.fraction", self.fraction, 0.0, 1.0)
+        _check_range("depth.cut", self.cut, 0, 64)
+
+
+@dataclasses.dataclass(frozen=True)
 class PruneConfig:
     """Structured pruning (channels physically removed) or unstructured magnitude sparsity.
 
@@ -134,6 +150,7 @@ class ExportConfig:
 class PipelineConfig:
     """One trial: the settings of every stage."""
 
+    depth: DepthConfig = dataclasses.field(default_factory=DepthConfig)
     prune: PruneConfig = dataclasses.field(default_factory=PruneConfig)
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)

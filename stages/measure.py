@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import statistics
+import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
@@ -28,13 +32,17 @@ from stages._graph import count_params_macs
 __all__ = [
     "MIN_LATENCY_RUNS",
     "OnnxRunner",
+    "best_latency",
     "file_sizes",
     "interleaved_latency",
+    "interleaved_medians",
     "measure_onnx",
     "measure_torch",
     "onnx_accuracy",
     "onnx_correct",
     "onnx_sizes",
+    "optimized_op_count",
+    "thread_counts",
     "torch_accuracy",
 ]
 
@@ -110,19 +118,34 @@ def interleaved_latency(
     warmup: int = 10,
     budget_s: float = 3.0,
 ) -> tuple[float, float | None]:
-    """Median batch-1 latency in ms of ``student`` (and ``teacher``), timed turn about.
+    """Median batch-1 latency in ms of ``student`` (and ``teacher``), timed turn about (see
+    ``interleaved_medians``)."""
+    medians = interleaved_medians(
+        [student] if teacher is None else [student, teacher], example, runs=runs, warmup=warmup, budget_s=budget_s
+    )
+    return medians[0], (medians[1] if teacher is not None else None)
 
-    Both are warmed up, then single runs alternate student, teacher, student, ... so drift of
-    the machine (clock, other load) hits both alike. Takes ``runs`` runs each, more (up to
-    ``3 * runs``) while ``budget_s`` lasts; a model too slow for the budget stops after
+
+def interleaved_medians(
+    runners: Sequence[Predictor],
+    example: np.ndarray,
+    *,
+    runs: int = 100,
+    warmup: int = 10,
+    budget_s: float = 3.0,
+) -> list[float]:
+    """Median batch-1 latency in ms of each runner, timed turn about.
+
+    All are warmed up, then single runs alternate between them (first, second, ..., first, ...)
+    so drift of the machine (clock, other load) hits all alike. Takes ``runs`` runs each, more
+    (up to ``3 * runs``) while ``budget_s`` lasts; models too slow for the budget stop after
     ``MIN_LATENCY_RUNS`` runs once the budget is overrun twice over.
     """
-    if runs < 1 or warmup < 0 or budget_s <= 0:
+    if runs < 1 or warmup < 0 or budget_s <= 0 or not runners:
         raise ValueError(
-            f"need runs >= 1, warmup >= 0 and budget_s > 0, but got {runs=}, {warmup=}, "
-            f"{budget_s=}."
+            f"need runs >= 1, warmup >= 0, budget_s > 0 and a runner, but got {runs=}, {warmup=}, "
+            f"{budget_s=}, {len(runners)} runners."
         )
-    runners: list[Predictor] = [student] if teacher is None else [student, teacher]
     x = np.ascontiguousarray(example, dtype=np.float32)
     for _ in range(warmup):
         for runner in runners:
@@ -145,8 +168,56 @@ def interleaved_latency(
             or (done >= min_runs and elapsed >= BUDGET_OVERRUN * budget_ns)
         ):
             break
-    medians = [statistics.median(times) / 1e6 for times in samples]
-    return medians[0], (medians[1] if teacher is not None else None)
+    return [statistics.median(times) / 1e6 for times in samples]
+
+
+def thread_counts() -> tuple[int, ...]:
+    """The intra-op thread counts a deployer would try: 1, 2, 4, ... below the cores this
+    process may use, and that core count itself."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    counts = {cores}
+    t = 1
+    while t < cores:
+        counts.add(t)
+        t *= 2
+    return tuple(sorted(counts))
+
+
+def best_latency(
+    student: Path,
+    teacher: Path | None,
+    example: np.ndarray,
+    threads: Sequence[int],
+    *,
+    runs: int = 100,
+    budget_s: float = 3.0,
+) -> tuple[tuple[float, int], tuple[float, int] | None]:
+    """``((ms, threads), (ms, threads) or None)``: the student's (and teacher's) median batch-1
+    latency at its best thread count among ``threads``, every session timed turn about with the
+    others in one loop, so the ratio of the two is best against best under the same drift."""
+    counts = list(dict.fromkeys(threads))
+    runners: list[Predictor] = [OnnxRunner(student, t) for t in counts]
+    if teacher is not None:
+        runners += [OnnxRunner(teacher, t) for t in counts]
+    medians = interleaved_medians(runners, example, runs=runs, budget_s=budget_s)
+
+    def best(part: list[float]) -> tuple[float, int]:
+        i = min(range(len(part)), key=part.__getitem__)
+        return part[i], counts[i]
+
+    n = len(counts)
+    return best(medians[:n]), (best(medians[n:]) if teacher is not None else None)
+
+
+def optimized_op_count(path: Path) -> int:
+    """Nodes in the graph ONNX Runtime runs for the file at ``path`` (all optimisations on)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return len(onnx.load(options.optimized_model_filepath, load_external_data=False).graph.node)
 
 
 def measure_onnx(
@@ -155,8 +226,10 @@ def measure_onnx(
     """Every final metric of the ONNX file at ``path``, measured in ONNX Runtime on the CPU.
 
     ``params``/``macs`` are counted on ``torch_model`` (the pruned module the file came from)
-    and left out without it. ``teacher_latency_ms`` is measured, interleaved, when
-    ``ctx.baseline_onnx`` is set. The file is measured as given, never re-exported.
+    and left out without it. Latency is the best over ``ctx.latency_threads`` (default: 1, 2, 4,
+    ... up to the cores), with the thread count that gave it; ``teacher_latency_ms`` is measured
+    the same way, interleaved, when ``ctx.baseline_onnx`` is set. Accuracy runs with
+    ``ctx.threads``. The file is measured as given, never re-exported.
     """
     runner = OnnxRunner(path, ctx.threads)
     result: dict[str, float] = {
@@ -166,17 +239,20 @@ def measure_onnx(
         metrics.N_VAL: float(len(ctx.data.val)),
         metrics.N_TEST: float(len(ctx.data.test)),
     }
-    teacher = OnnxRunner(ctx.baseline_onnx, ctx.threads) if ctx.baseline_onnx else None
-    latency, teacher_latency = interleaved_latency(
-        runner,
-        teacher,
+    (latency, threads), teacher = best_latency(
+        path,
+        ctx.baseline_onnx,
         ctx.data.example_input(1).numpy(),
+        ctx.latency_threads or thread_counts(),
         runs=ctx.latency_runs,
         budget_s=ctx.latency_budget_s,
     )
     result[metrics.LATENCY_MS] = latency
-    if teacher_latency is not None:
-        result[metrics.TEACHER_LATENCY_MS] = teacher_latency
+    result[metrics.LATENCY_THREADS] = float(threads)
+    if teacher is not None:
+        result[metrics.TEACHER_LATENCY_MS] = teacher[0]
+        result[metrics.TEACHER_LATENCY_THREADS] = float(teacher[1])
+    result[metrics.OPS] = float(optimized_op_count(path))
     return result
 
 

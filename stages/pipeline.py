@@ -1,4 +1,4 @@
-"""Run one config through prune -> distill (+QAT) -> cluster -> export -> quantize -> measure.
+"""Run one config through depth -> prune -> distill (+QAT) -> cluster -> export -> quantize -> measure.
 
 Quantization runs on the exported ONNX graph (ONNX Runtime's quantizer), so it comes after export:
 the int8 model is the one that ships, and ``torch.ao.quantization`` (deprecated) is never used.
@@ -20,6 +20,7 @@ from stages._base import OnnxFile, PipelineResult, StageRecord
 from stages._context import Context
 from stages.cluster import Cluster
 from stages.config import PipelineConfig
+from stages.depth import Depth
 from stages.distill import Distill
 from stages.export import EXPORT_FORMATS, Export
 from stages.measure import measure_onnx, measure_torch, onnx_sizes
@@ -28,8 +29,9 @@ from stages.quant_modes import QUANT_MODES
 from stages.quantize import Quantize
 from stages.teacher import teacher_logits
 
-# Called after pruning with the pruned model's torch metrics (params, macs, ...), before any
-# training; the search raises from it to skip a config that is already dominated.
+# Called once the structural stages (depth, prune) are done, with the student's torch metrics
+# (params, macs, ...), before any training; the search raises from it to skip a config that is
+# already dominated.
 AfterPrune = Callable[[dict[str, float]], None]
 
 # The torch.export file a trial leaves beside its ONNX artifact when it is not quantized.
@@ -66,11 +68,19 @@ def run_pipeline(
     if ctx.on_progress is not None:
         ctx = dataclasses.replace(ctx, on_progress=_remember_final(ctx.on_progress, reported))
     torch_stages = [
+        (Depth(config.depth), config.depth.fraction > 0 or config.depth.cut > 0),
         (Prune(config.prune), config.prune.ratio > 0),
         (Distill(config.distill, qat=qat), config.distill.epochs > 0),
         (Cluster(config.cluster), config.cluster.k > 0),
     ]
+    # The structural stages (depth, prune) fix the student's shape: ``after_prune`` hears its
+    # metrics once they are done, before any training.
+    structural = {"depth", "prune"}
+    heard = after_prune is None
     for stage, enabled in torch_stages:
+        if stage.name not in structural and not heard:
+            heard = True
+            after_prune(records[-1].metrics if records else measure_torch(model, ctx, accuracy=False))  # type: ignore[misc]
         if not enabled:
             continue
         if stage.name == "distill" and config.distill.alpha > 0 and ctx.teacher_logits is None:
@@ -85,10 +95,6 @@ def run_pipeline(
             stage_metrics[metrics.VAL_ACC] = known
             stage_metrics[metrics.N_VAL] = float(len(ctx.data.val))
         records.append(StageRecord(stage.name, seconds, stage_metrics))
-        if stage.name == "prune" and after_prune is not None:
-            after_prune(stage_metrics)
-    if after_prune is not None and config.prune.ratio == 0:
-        after_prune(measure_torch(model, ctx, accuracy=False))
 
     model = model.cpu().eval()
     exported, export_s = timed(lambda: Export(config.export).run(model, ctx))

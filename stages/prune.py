@@ -4,6 +4,7 @@ zeros, the shape stays, and only compressed bytes shrink)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import traceback
 import warnings
@@ -21,13 +22,26 @@ from stages._graph import (
     find_classifier,
     head_layers,
     module_name,
+    out_width,
     weight_layers,
+)
+from stages._transformer import (
+    attention_channel_groups,
+    attention_ratio_caps,
+    sync_pruned_widths,
 )
 from stages.config import PruneConfig
 from stages.criteria import CRITERIA
 from stages.errors import StageError
 
-__all__ = ["Prune", "count_params_macs", "find_classifier"]
+__all__ = [
+    "Prune",
+    "PruneFailure",
+    "StructuralProbe",
+    "count_params_macs",
+    "find_classifier",
+    "probe_structured",
+]
 
 # Over iterative steps, torch-pruning stops pruning a layer that has lost this fraction of its
 # initial channels (checked before each step), so global ranking cannot hollow one layer out.
@@ -50,6 +64,16 @@ GRADIENT_BATCHES = 4
 
 # Above any real importance, finite so thresholds that reach it still compare sanely.
 _PROTECTED_SCORE = 1e300
+
+
+class PruneFailure(StageError):
+    """torch-pruning failed on this model's graph; ``layer`` is the layer it failed on, when
+    known (leaving that layer whole, via ``Context.frozen_layers``, may let the rest prune)."""
+
+    def __init__(self, message: str, layer: str | None = None, group: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.layer = layer
+        self.group = group  # the layers coupled to the failing one (their channels go together)
 
 
 class _RankableImportance(tp.importance.Importance):
@@ -129,6 +153,7 @@ class Prune:
                     if needs_gradients:
                         _accumulate_gradients(model, ctx)
                     _step(pruner, model)
+                    sync_pruned_widths(model)
         if needs_gradients:
             model.zero_grad(set_to_none=True)
 
@@ -149,15 +174,25 @@ def _build_pruner(
             max_pruning_ratio=MAX_LAYER_RATIO,
             iterative_steps=config.steps,
             round_to=config.round_to if config.round_to > 1 else None,
-            ignored_layers=head_layers(model, ctx.data.num_classes),
+            ignored_layers=head_layers(model, ctx.data.num_classes) + _frozen(model, ctx),
+            # Attention's embedding width is pruned head by head (see attention_channel_groups).
+            out_channel_groups=attention_channel_groups(model),
+            pruning_ratio_dict=attention_ratio_caps(model, config.ratio) or None,
         )
     except _PRUNER_FAILURES as exc:
-        site = _failure_site(exc, model)
+        site, layer = _failure_site(exc, model)
         where = "" if site is None else f" at {site}"
-        raise StageError(
+        raise PruneFailure(
             f"prune: torch-pruning cannot trace this model's dependency graph{where} "
-            f"({type(exc).__name__}: {exc}); prune.method=unstructured still applies."
+            f"({type(exc).__name__}: {exc}); prune.method=unstructured still applies.",
+            layer,
         ) from exc
+
+
+def _frozen(model: nn.Module, ctx: Context) -> list[nn.Module]:
+    """The layers of ``ctx.frozen_layers`` that ``model`` still has (depth may have removed some)."""
+    modules = dict(model.named_modules())
+    return [modules[name] for name in ctx.frozen_layers if name in modules]
 
 
 def _step(pruner: tp.pruner.MetaPruner, model: nn.Module) -> None:
@@ -167,23 +202,58 @@ def _step(pruner: tp.pruner.MetaPruner, model: nn.Module) -> None:
         for group in pruner.step(interactive=True):
             group.prune()
     except _PRUNER_FAILURES as exc:
-        site = _failure_site(exc, model)
+        site, layer = _failure_site(exc, model)
         if site is None and group is not None:
-            site = f"layer {module_name(model, group[0].dep.target.module)!r}"
+            layer = module_name(model, group[0].dep.target.module)
+            site = f"layer {layer!r}"
         where = site or "a layer"
-        raise StageError(
+        raise PruneFailure(
             f"prune: torch-pruning cannot prune {where} in this graph "
-            f"({type(exc).__name__}: {exc}); prune.method=unstructured still applies."
+            f"({type(exc).__name__}: {exc}); prune.method=unstructured still applies.",
+            layer,
+            _coupled_layers(pruner, model, group, layer),
         ) from exc
 
 
-def _failure_site(exc: BaseException, model: nn.Module) -> str | None:
-    """Where in ``model`` torch-pruning failed: its errors do not say, but the innermost frames
-    of the traceback hold the layer (or graph node) they were working on."""
+def _coupled_layers(
+    pruner: tp.pruner.MetaPruner, model: nn.Module, group: tp.Group | None, layer: str | None
+) -> tuple[str, ...]:
+    """Names of the layers whose output channels the failing step was removing: those of
+    ``group``, or (when the failure came before any group) of every group touching ``layer``."""
     names = {id(m): name for name, m in model.named_modules() if name}
-    site = None
+    graph = pruner.DG
+
+    def out_layers(g: tp.Group) -> list[str]:
+        return [
+            names[id(dep.target.module)]
+            for dep, _ in g
+            if graph.is_out_channel_pruning_fn(dep.handler) and id(dep.target.module) in names
+        ]
+
+    if group is not None:
+        return tuple(dict.fromkeys(out_layers(group)))
+    if layer is None:
+        return ()
+    coupled: list[str] = []
+    try:
+        for g in graph.get_all_groups(root_module_types=(nn.modules.conv._ConvNd, nn.Linear)):
+            members = out_layers(g)
+            if layer in members or any(names.get(id(dep.target.module)) == layer for dep, _ in g):
+                coupled += members
+    except _PRUNER_FAILURES:  # the graph cannot even list its groups: nothing more to learn
+        return ()
+    return tuple(dict.fromkeys(coupled))
+
+
+def _failure_site(exc: BaseException, model: nn.Module) -> tuple[str | None, str | None]:
+    """Where in ``model`` torch-pruning failed (its errors do not say, but the innermost frames
+    of the traceback hold the layer or graph node they were working on): a description, and the
+    layer's name when the innermost site is a layer."""
+    names = {id(m): name for name, m in model.named_modules() if name}
+    site, layer = None, None
     for frame, _ in traceback.walk_tb(exc.__traceback__):  # outermost frame first
-        layers, operations = [], []
+        layers: list[str] = []
+        operations: list[str] = []
         for value in frame.f_locals.values():
             if isinstance(value, Node):
                 node, value = value, value.module
@@ -195,9 +265,12 @@ def _failure_site(exc: BaseException, model: nn.Module) -> str | None:
                     operations.append(operation)
                     continue
             if isinstance(value, nn.Module) and id(value) in names:
-                layers.append(f"layer {names[id(value)]!r}")
-        site = (layers or operations or [site])[0]
-    return site
+                layers.append(names[id(value)])
+        if layers:
+            site, layer = f"layer {layers[0]!r}", layers[0]
+        elif operations:
+            site, layer = operations[0], None
+    return site, layer
 
 
 def _upstream_layer(node: Node, names: dict[int, str]) -> str | None:
@@ -273,3 +346,57 @@ def _kth_smallest(values: torch.Tensor, ratio: float) -> torch.Tensor | None:
     if k == 0:
         return None
     return torch.kthvalue(values, k).values
+
+
+# Rounds of probing: each failure on a named layer freezes it and the probe runs again.
+PROBE_ROUNDS = 12
+# The ratio the probe prunes every layer by (uniform): enough to touch every channel group.
+PROBE_RATIO = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class StructuralProbe:
+    """What structural pruning can do on a model: whether it applies at all (``reason`` says
+    why not), which layers it must leave whole and why, and how many layers it thinned."""
+
+    possible: bool
+    frozen: dict[str, str]
+    pruned_layers: tuple[str, ...]
+    reason: str | None = None
+
+
+def probe_structured(model: nn.Module, ctx: Context) -> StructuralProbe:
+    """Prune copies of ``model`` uniformly, freezing each layer torch-pruning fails on, until a
+    copy prunes and still runs (or no layer can be blamed, or nothing is left to prune).
+
+    ``model`` is not changed. The result's ``frozen`` goes into ``Context.frozen_layers`` so every
+    trial prunes the rest without failing where the probe did.
+    """
+    frozen: dict[str, str] = dict.fromkeys(ctx.frozen_layers, "frozen by the caller")
+    heads = {id(m) for m in head_layers(model, ctx.data.num_classes)}
+    before = {name: out_width(m) for name, m in weight_layers(model) if id(m) not in heads}
+    config = PruneConfig(ratio=PROBE_RATIO, scope="uniform", criterion="l2")
+    for _ in range(PROBE_ROUNDS):
+        candidate = copy.deepcopy(model).cpu().eval()
+        probe_ctx = dataclasses.replace(ctx, frozen_layers=tuple(frozen), device=torch.device("cpu"))
+        try:
+            Prune(config).run(candidate, probe_ctx)
+        except PruneFailure as exc:
+            # Freeze the layer it failed on; if that was frozen already (its channels are
+            # pruned as another layer's dependants), the whole group the failing step pruned.
+            blamed = [exc.layer] if exc.layer is not None and exc.layer not in frozen else [
+                name for name in exc.group if name not in frozen
+            ]
+            if not blamed:
+                return StructuralProbe(False, frozen, (), reason=str(exc))
+            for name in blamed:
+                frozen[name] = str(exc)
+            continue
+        except StageError as exc:  # the pruned copy no longer runs: no layer to blame
+            return StructuralProbe(False, frozen, (), reason=str(exc))
+        after = {name: out_width(m) for name, m in weight_layers(candidate)}
+        pruned = tuple(name for name, width in before.items() if after.get(name, width) < width)
+        if not pruned:
+            return StructuralProbe(False, frozen, (), reason="no layer can be thinned (every channel group is frozen or coupled to the classifier)")
+        return StructuralProbe(True, frozen, pruned)
+    return StructuralProbe(False, frozen, (), reason=f"torch-pruning failed on {PROBE_ROUNDS} layers in turn")

@@ -2,8 +2,9 @@
 
 The models cover the graph shapes a compression stage must survive: a plain chain
 (``TinyCNN``), a residual add (``TinyResNet``) and a user-style model with a channel
-concatenation, depthwise convolutions and a squeeze-excitation gate (``ConcatDepthwiseSE``).
-All take N x C x 8 x 8 inputs (any spatial size works: they end in global average pooling).
+concatenation, depthwise convolutions and a squeeze-excitation gate (``ConcatDepthwiseSE``),
+and a Vision Transformer (``make_tiny_vit``: torchvision's, patch 2, 2 layers, width 32, 4 heads).
+All take N x C x 8 x 8 inputs (the CNNs any spatial size: they end in global average pooling).
 ``no_warnings`` and ``train_briefly`` are the small helpers the stage tests share.
 """
 
@@ -143,11 +144,28 @@ def make_concat_depthwise_se(
     return ConcatDepthwiseSE(in_channels, num_classes).eval()
 
 
+def make_tiny_vit(
+    in_channels: int = 1, num_classes: int = 10, seed: int = 0, size: int = 8
+) -> nn.Module:
+    """A freshly initialised torchvision ``VisionTransformer`` for ``size`` x ``size`` inputs
+    (patch 2, 2 encoder layers, width 32, 4 heads, MLP 64) in eval mode."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(seed)
+    model = VisionTransformer(
+        image_size=size, patch_size=2, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64,
+        num_classes=num_classes,
+    )
+    model.conv_proj = nn.Conv2d(in_channels, 32, kernel_size=2, stride=2)
+    return model.eval()
+
+
 # name -> factory, so tests can parametrise over every tiny model.
 TINY_MODELS = {
     "tiny_cnn": make_tiny_cnn,
     "tiny_resnet": make_tiny_resnet,
     "concat_depthwise_se": make_concat_depthwise_se,
+    "tiny_vit": make_tiny_vit,
 }
 
 

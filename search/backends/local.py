@@ -96,10 +96,7 @@ def _worker_process(settings: SearchSettings, spec: WorkloadSpec, worker: int, d
             import torch
 
             torch.set_num_threads(settings.threads)
-            # The parent checked the teacher before starting any worker.
-            workload = load_workload(
-                spec, device=pick_device(settings.device), progress=False, check_teacher=False
-            )
+            workload = load_workload(spec, device=pick_device(settings.device), progress=False)
             run_worker(settings, workload, worker=worker, deadline=deadline)
     except KeyboardInterrupt:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -24,8 +24,10 @@ from search.study import (
     load_study,
     open_storage,
 )
-from search.trials.context import make_context, measure_baseline_into
+from search.trials.context import cached_analysis, make_context, measure_baseline_into
+from search.workloads.analysis import Analysis
 from search.workloads.workload import Workload
+from spaces import fit_space
 
 if TYPE_CHECKING:
     from search.backends import Backend
@@ -60,22 +62,33 @@ def open_study(
     *,
     baseline: Baseline | None = None,
     status: Status = _no_status,
-) -> tuple[optuna.Study, StudyInfo]:
+) -> tuple[optuna.Study, StudyInfo, SearchSettings]:
     """Create study ``settings.study`` or resume it, refusing one run for another workload,
     target or constraint before any work. A new study measures the teacher's exported fp32 file
-    (unless ``baseline`` is given), which also caches the teacher's outputs for every worker."""
+    (unless ``baseline`` is given), which also caches the teacher's outputs for every worker, and
+    analyses the teacher (``search.workloads.analysis``); both are stored with the study.
+
+    Returns the study, its record, and ``settings`` with the space fitted to the analysis (what
+    the workers must search).
+    """
     stored = _stored_info(settings)
     if stored is not None:
         info = dataclasses.replace(stored, workload=workload.fingerprint, target=target, constraint=constraint)
         check_resumable(settings.study, stored, info)  # before anything is written to the study
+        analysis = Analysis.from_dict(stored.analysis) if stored.analysis else None
+        if analysis is not None:
+            settings = dataclasses.replace(settings, space=fit_space(settings.space, analysis.facts))
     else:
         artifacts = STUDIES_DIR / settings.study
+        ctx = make_context(workload, artifacts / "trials", threads=settings.threads, seed=settings.seed or 0)
         if baseline is None:
-            ctx = make_context(workload, artifacts / "trials", threads=settings.threads, seed=settings.seed or 0)
             with status("measuring the teacher's exported fp32 artifact (the baseline)"):
                 ctx, metrics = measure_baseline_into(ctx, artifacts / "baseline")
             assert ctx.baseline_onnx is not None
             baseline = (ctx.baseline_onnx, metrics)
+        with status("analysing the teacher: what prunes, which blocks can go, how long an epoch takes"):
+            analysis = cached_analysis(workload, ctx, baseline[0])
+        settings = dataclasses.replace(settings, space=fit_space(settings.space, analysis.facts))
         info = StudyInfo(
             workload=workload.fingerprint,
             target=target,
@@ -84,14 +97,16 @@ def open_study(
             baseline_onnx=str(baseline[0].resolve()),
             artifacts_dir=str(artifacts.resolve()),
             space=[list(row) for row in settings.space.describe()],
+            analysis=analysis.to_dict(),
         )
-    return create_or_resume(
+    study, info = create_or_resume(
         settings.study,
         settings.storage,
         info,
         sampler=settings.make_sampler(),
         profiles=settings.space if settings.profiles else None,
     )
+    return study, info, settings
 
 
 def _stored_info(settings: SearchSettings) -> StudyInfo | None:
@@ -117,7 +132,7 @@ def run_study(
     ``settings.trials`` trials, or until ``deadline`` (epoch seconds; default: now +
     ``settings.timeout_s``). ``watch(study, info)`` is entered around the run (a progress
     display). Ctrl-C ends the run early: the result says so instead of raising."""
-    study, info = open_study(settings, workload, target, constraint, baseline=baseline, status=status)
+    study, info, settings = open_study(settings, workload, target, constraint, baseline=baseline, status=status)
     if deadline is None and settings.timeout_s:
         deadline = time.time() + settings.timeout_s
     started = time.time()

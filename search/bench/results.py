@@ -19,6 +19,7 @@ from objectives import hypervolume, metrics
 from search.bench.plan import BenchPlan
 from search.study import TrialRecord
 from search.study.scoring import scored_points, scored_records
+from spaces import is_mcaas_profile
 
 # 95 % two-sided normal quantile.
 Z95 = 1.959963984540054
@@ -245,7 +246,7 @@ def gather(plan: BenchPlan, baseline: Mapping[str, float], records: Mapping[str,
         n = min((len(v) for v in runs.values()), default=0)
         results, histories, points = [], {}, {}
         if search_name in done and "profiles" in plan.methods:
-            profiles = [r for r in done[search_name] if r.profile]
+            profiles = [r for r in done[search_name] if is_mcaas_profile(r.profile)]
             results.append(summarise("profiles", target, search_name, profiles, baseline, required, plan.constraint.max_drop))
             points["profiles"] = [r for r in profiles if r.state == "complete"]
         for method, study in (("random", random_name), ("search", search_name)):

@@ -81,6 +81,12 @@ def add_workload_arguments(
         "only for files you trust)",
     )
     group.add_argument(
+        "--allow-weak-teacher",
+        action="store_true",
+        help="go on with a teacher whose validation accuracy is near chance level (refused "
+        "otherwise: every ratio against it would be meaningless)",
+    )
+    group.add_argument(
         "--seed", type=int, default=0, help="seed of the validation split and of training"
     )
     group.add_argument(
@@ -93,12 +99,6 @@ def add_workload_arguments(
     )
     group.add_argument(
         "--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda:N"
-    )
-    group.add_argument(
-        "--allow-weak-teacher",
-        action="store_true",
-        help="go on with a teacher whose validation accuracy is near chance (refused otherwise: "
-        "its compressed students would be measured against a meaningless baseline)",
     )
 
 
@@ -115,7 +115,7 @@ def spec_from_args(args: argparse.Namespace) -> WorkloadSpec:
         image_size=args.image_size,
         download=args.download,
         allow_pickle=args.allow_pickle,
+        allow_weak_teacher=getattr(args, "allow_weak_teacher", False),
         seed=args.seed,
         val_fraction=args.val_fraction,
-        allow_weak_teacher=args.allow_weak_teacher,
     ))

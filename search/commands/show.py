@@ -1,11 +1,13 @@
 """``mcaas-search show``: one trial of a study in detail (settings, per-stage metrics, state and
-failure reason, where its artifact is, and the command that exports it)."""
+failure reason, where its artifact is, and the command that exports it); without ``--trial``, the
+study itself (its pre-flight analysis of the teacher and its search space)."""
 
 from __future__ import annotations
 
 import argparse
 
 from rich.console import Console
+from rich.table import Table
 
 from search.commands import add_storage_argument
 from search.errors import UserError
@@ -16,13 +18,22 @@ from search.study import StudyInfo, load_study, open_storage, trial_records
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--study", required=True, help="name of the study")
-    parser.add_argument("--trial", type=int, required=True, metavar="N", help="trial number")
+    parser.add_argument(
+        "--trial",
+        type=int,
+        default=None,
+        metavar="N",
+        help="trial number; without it, the study's pre-flight analysis of the teacher and its space",
+    )
     add_storage_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     study = load_study(args.study, open_storage(args.storage, create=False))
     info = StudyInfo.load(study)
+    if args.trial is None:
+        _print_study(Console(), args.study, info)
+        return 0
     records = trial_records(study)
     by_number = {r.number: r for r in records}
     if args.trial not in by_number:
@@ -38,3 +49,22 @@ def run(args: argparse.Namespace) -> int:
         torch_artifact=torch_artifact_of(study, args.trial),
     )
     return 0
+
+
+def _print_study(console: Console, name: str, info: StudyInfo) -> None:
+    """What the study was run for, the pre-flight analysis stored with it, and its space."""
+    from search.commands.inspect import print_analysis
+    from search.workloads.analysis import Analysis
+
+    console.print(f"study [bold]{name}[/]: target {info.target}, {info.constraint.describe()}; teacher {info.teacher_acc:.2f} % val")
+    if info.analysis:
+        print_analysis(console, Analysis.from_dict(info.analysis), title="pre-flight analysis of the teacher")
+    else:
+        console.print("(no pre-flight analysis: the study predates it)")
+    table = Table(title="search space")
+    table.add_column("setting")
+    table.add_column("values")
+    for key, text in info.space:
+        table.add_row(key, text)
+    console.print(table)
+    console.print(f"trials: mcaas-search show --study {name} --trial N", highlight=False)

@@ -14,7 +14,6 @@ from search.errors import UserError
 from search.workloads.datasets import check_dataset_name
 from search.workloads.models import check_model_name
 from search.workloads.recipes import OPTIMIZERS, recipe_family, recipe_for
-from search.workloads.teacher_check import teacher_quality
 from search.workloads.training import (
     DEFAULT_EPOCHS,
     available_cores,
@@ -32,6 +31,7 @@ from search.workloads.workload import (
     demo_cache_path,
     load_task_data,
     pick_device,
+    weak_teacher,
 )
 
 
@@ -152,11 +152,11 @@ def run(args: argparse.Namespace) -> int:
         f"({_epochs(epochs)}, {metrics['seconds']:.0f} s) -> {out} (metrics: {metrics_path(out)})",
         flush=True,
     )
-    quality = teacher_quality(metrics["val_acc"], data.val.y, data.num_classes)
-    if quality.weak:
+    weak = weak_teacher(metrics["val_acc"], data.num_classes)
+    if weak is not None:
         print(
-            f"warning: this teacher is near chance: {quality.describe()}. A search refuses it "
-            "(unless --allow-weak-teacher); train longer or try another --lr or --optimizer.",
+            f"warning: {weak}. A search would refuse it: train longer (--epochs), with another "
+            "learning rate (--lr) or optimizer (--optimizer)",
             file=sys.stderr,
             flush=True,
         )

@@ -15,20 +15,26 @@ from rich.table import Table
 from objectives import ratios
 from search.commands import add_workload_arguments, spec_from_args
 from search.errors import UserError
-from search.trials.context import make_context, measure_baseline_into, trial_threads
+from search.trials.context import (
+    cached_analysis,
+    make_context,
+    measure_baseline_into,
+    trial_threads,
+    with_analysis,
+)
 from search.workloads.workload import (
     WorkloadSpec,
     load_workload,
     pick_device,
     workload_space,
 )
+from spaces import MIN_STEPS, min_epochs
 from stages import Context
 from stages.config import PipelineConfig, valid_keys
 from stages.pipeline import run_pipeline
 
 # Optimizer steps a default distillation gets at least: a 50 % pruned demo CNN recovered to within
 # 3 points of its teacher in 15 epochs of 9 steps (135); one epoch (9 steps) left it near 20 %.
-MIN_DISTILL_STEPS = 120
 MAX_THREADS = 1024  # more is a typo, and torch would fail only after the workload loaded
 
 
@@ -42,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="STAGE.KEY=VALUE",
         help="a pipeline setting, repeatable. Settings not given take the stage defaults, except "
         "the distillation budget (distill.epochs), which fits the workload: its search space's "
-        f"profile_epochs (15 for the demo, 1 otherwise), and at least {MIN_DISTILL_STEPS} "
+        f"profile_epochs (15 for the demo, 1 otherwise), and at least {MIN_STEPS} "
         "optimizer steps on a small dataset. Valid keys: " + ", ".join(valid_keys()),
     )
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -60,10 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def workload_defaults(spec: WorkloadSpec, train_size: int) -> PipelineConfig:
     """The config that settings not given on the command line come from: the stage defaults
     with a distillation budget that fits the data: the workload's search space's profile budget,
-    and at least ``MIN_DISTILL_STEPS`` optimizer steps (one epoch of the demo's 1,077 training
+    and at least ``spaces.MIN_STEPS`` optimizer steps (one epoch of the demo's 1,077 training
     images is 9 steps: far too few to recover a pruned model)."""
     steps_per_epoch = max(1, math.ceil(train_size / Context.batch_size))
-    epochs = max(workload_space(spec).profile_epochs, math.ceil(MIN_DISTILL_STEPS / steps_per_epoch))
+    epochs = max(workload_space(spec).profile_epochs, min_epochs(steps_per_epoch))
     return PipelineConfig.from_flat({"distill.epochs": float(epochs)})
 
 
@@ -98,6 +104,10 @@ def run(args: argparse.Namespace) -> int:
     )
     with console.status("measuring the teacher's exported fp32 artifact"):
         ctx, teacher = measure_baseline_into(ctx, args.workdir / "baseline")
+    if config.depth.fraction > 0 or config.depth.cut > 0 or (config.prune.ratio > 0 and config.prune.method == "structured"):
+        assert ctx.baseline_onnx is not None
+        with console.status("analysing the teacher: what prunes, which blocks can go"):
+            ctx = with_analysis(ctx, cached_analysis(workload, ctx, ctx.baseline_onnx))
     with console.status("running " + " ".join(f"{k}={v}" for k, v in sorted(config.to_flat().items()))):
         result = run_pipeline(config, ctx)
     summary = {

@@ -13,6 +13,7 @@ from plotly.subplots import make_subplots
 
 from search.reporting.format import describe_counts
 from search.reporting.gather import HistoryData, ParetoData, StagesData
+from spaces import is_mcaas_profile
 
 # Profile name -> plotly marker symbol; unknown profile names fall back to "hexagon".
 PROFILE_SYMBOLS: dict[str, str] = {
@@ -70,7 +71,7 @@ def draw_pareto(data: ParetoData) -> go.Figure:
                 x=[p.ratio for p in group],
                 y=[p.shown_drop for p in group],
                 mode="markers+text",
-                name=f"MCaaS profile: {profile}",
+                name=f"MCaaS profile: {profile}" if is_mcaas_profile(profile) else f"quantization alone: {profile}",
                 text=[profile for _ in group],
                 textposition="top center",
                 textfont=dict(size=12),

@@ -32,6 +32,12 @@ def settings_summary(config: Mapping[str, Any]) -> str:
     """The key settings of a pipeline config in one short line, stage by stage (defaults such
     as structured/global pruning left out; ``show`` and trials.csv list every setting)."""
     parts = []
+    cut, fraction = config.get("depth.cut", 0) or 0, config.get("depth.fraction", 0) or 0
+    if cut or fraction:
+        depth = [f"cut {cut} stages"] if cut else []
+        if fraction:
+            depth.append(f"drop {fraction:.2f} of blocks")
+        parts.append(", ".join(depth))
     ratio = config.get("prune.ratio", 0) or 0
     if ratio:
         prune = f"prune {ratio:.2f}"

@@ -33,8 +33,10 @@ from search.reporting.format import (
 )
 from search.reporting.gather import ReportData, gather_report
 from search.reporting.reference import ReferencePoint
+from search.reporting.tables import latency_text
 from search.study import StudyInfo, TrialRecord, trial_records
 from search.study.scoring import accuracy_drop, front_records, recommended_record
+from search.workloads.analysis import Analysis
 from stages.files import write_atomic
 
 REPORT_HTML = "report.html"
@@ -83,7 +85,7 @@ def _front_table_html(data: ReportData) -> str:
             f"<td>{format_number(m.get(metrics.TEST_ACC), '.2f')}</td>"
             f"<td>{format_number(r.ratio(info.target), '.2f')}x</td>"
             f"<td>{format_bytes(m.get(metrics.BYTES))}</td>"
-            f"<td>{format_number(m.get(metrics.LATENCY_MS), '.3g')}</td>"
+            f"<td>{html.escape(latency_text(m))}</td>"
             f"<td class='l'>{html.escape(settings)}</td></tr>"
         )
     return f"<p>{caption}</p><table>{head}{''.join(body)}</table>"
@@ -136,6 +138,15 @@ def _summary_html(data: ReportData) -> str:
     return "\n".join(lines)
 
 
+def _analysis_html(stored: dict) -> str:
+    """The study's stored pre-flight analysis as a two-column table."""
+    rows = "".join(
+        f"<tr><td class='l'>{html.escape(what)}</td><td class='l'>{html.escape(finding)}</td></tr>"
+        for what, finding in Analysis.from_dict(stored).rows()
+    )
+    return f"<table>{rows}</table>"
+
+
 def write_html(path: Path, data: ReportData) -> list[go.Figure]:
     """Write the self-contained HTML report to ``path`` (atomically); returns the figures drawn.
 
@@ -166,6 +177,9 @@ def write_html(path: Path, data: ReportData) -> list[go.Figure]:
             first = False
         if title == "Pareto front":
             parts.append(_front_table_html(data))
+    if data.info.analysis:
+        parts.append("<h2>Pre-flight analysis of the teacher</h2>")
+        parts.append(_analysis_html(data.info.analysis))
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     parts.append(f"<p class='muted'>Written by mcaas-search report on {stamp}.</p>")
     page = (

@@ -31,6 +31,7 @@ from search.study.scoring import (
     objectives_of,
     recommended_record,
 )
+from spaces import is_mcaas_profile
 
 # Metrics shown per stage and in a trial's detail, in this order: key -> (label, formatter).
 _METRIC_COLUMNS: dict[str, tuple[str, Any]] = {
@@ -39,9 +40,18 @@ _METRIC_COLUMNS: dict[str, tuple[str, Any]] = {
     metrics.BYTES: ("size", format_bytes),
     metrics.GZIP_BYTES: ("gzip", format_bytes),
     metrics.LATENCY_MS: ("latency ms", lambda v: f"{v:.3g}"),
+    metrics.LATENCY_THREADS: ("threads", lambda v: f"{v:.0f}"),
+    metrics.OPS: ("ops", lambda v: f"{v:.0f}"),
     metrics.PARAMS: ("params", lambda v: f"{v:,.0f}"),
     metrics.MACS: ("MACs", lambda v: f"{v:,.0f}"),
 }
+
+
+def latency_text(m: Mapping[str, float]) -> str:
+    """``0.0212 @1t``: the latency and the thread count it was measured at (its best)."""
+    text = format_number(m.get(metrics.LATENCY_MS), ".3g")
+    threads = m.get(metrics.LATENCY_THREADS)
+    return text if threads is None else f"{text} @{threads:.0f}t"
 
 
 def _ratio_text(record: TrialRecord, target: str) -> str:
@@ -109,7 +119,7 @@ def print_front(
             console.print(f"  {record.number}" + (f" {profile}" if profile else "") + f": {settings}",
                           highlight=False)
     if profiles:
-        console.print("[dim]dimmed: MCaaS profile trials not on the front[/]")
+        console.print("[dim]dimmed: MCaaS profile and quantization-only trials not on the front[/]")
     assert pick is not None
     drop = accuracy_drop(info, pick)
     console.print(
@@ -152,7 +162,7 @@ def _front_cells(info: StudyInfo, record: TrialRecord, *, mark: str, note: str =
         format_number(m.get(metrics.TEST_ACC), ".2f"),
         _ratio_text(record, info.target),
         format_bytes(m.get(metrics.BYTES)),
-        format_number(m.get(metrics.LATENCY_MS), ".3g"),
+        latency_text(m),
         escape((record.profile or "") + note),
         escape(settings_summary(record.config)),
     ]
@@ -229,7 +239,8 @@ def print_trial(
             status += ", recommended"
     title = f"[bold]trial {record.number}[/] of study {escape(study_name)}: {escape(status)}"
     if record.profile:
-        title += f" (MCaaS profile {escape(record.profile)})"
+        kind = "MCaaS profile" if is_mcaas_profile(record.profile) else "quantization alone:"
+        title += f" ({kind} {escape(record.profile)})"
     console.print(title, highlight=False)
     if record.seconds is not None:
         console.print(f"wall time: {record.seconds:.1f} s", highlight=False)
@@ -315,7 +326,9 @@ def _final_table(info: StudyInfo, record: TrialRecord) -> Table:
         value = record.metrics[key]
         teacher = info.baseline.get(key)
         change = ""
-        if key in (metrics.VAL_ACC, metrics.TEST_ACC):
+        if key == metrics.LATENCY_THREADS:  # each at its best: the teacher's in the same run
+            teacher = record.metrics.get(metrics.TEACHER_LATENCY_THREADS, teacher)
+        elif key in (metrics.VAL_ACC, metrics.TEST_ACC):
             if teacher is not None:
                 change = f"{value - teacher:+.2f} pt"
         elif key in ratio_of and ratio_of[key][0] in record.ratios:

@@ -32,7 +32,7 @@ from search.study.records import (
     was_interrupted,
 )
 from search.study.storage import open_storage
-from spaces import PROFILES, SearchSpace, profile_params
+from spaces import SearchSpace, named_configs, profile_params
 
 ASK_LOCK = ".ask.lock"
 
@@ -151,21 +151,22 @@ def _pid_alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
-def profiles_to_run(study: optuna.Study, *, queued_count: bool = True) -> list[str]:
-    """The MCaaS profiles with no trial that ran or runs (an interrupted one runs again). A queued
-    (waiting) profile trial counts as present unless ``queued_count`` is False (a backend that
-    asks its own sampler must still run it)."""
+def profiles_to_run(study: optuna.Study, space: SearchSpace, *, queued_count: bool = True) -> list[str]:
+    """The named configs of ``space`` (MCaaS profiles, then quantization alone) with no trial that
+    ran or runs (an interrupted one runs again). A queued (waiting) trial counts as present
+    unless ``queued_count`` is False (a backend that asks its own sampler must still run it)."""
     present = {
         t.user_attrs.get(PROFILE)
         for t in study.get_trials(deepcopy=False)
         if not was_interrupted(t) and (queued_count or t.state != TrialState.WAITING)
     }
-    return [name for name in PROFILES if name not in present]
+    return [name for name in named_configs(space) if name not in present]
 
 
 def queue_profiles(study: optuna.Study, space: SearchSpace) -> None:
-    """Queue each MCaaS profile that has neither run nor is waiting."""
-    for name in profiles_to_run(study):
+    """Queue each named config (MCaaS profiles, quantization alone) that has neither run nor is
+    waiting."""
+    for name in profiles_to_run(study, space):
         study.enqueue_trial(profile_params(name, space), user_attrs={PROFILE: name})
 
 

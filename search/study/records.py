@@ -23,7 +23,7 @@ from objectives import metrics as m
 from search.errors import UserError
 
 # Keys of the study's user attributes.
-WORKLOAD, TARGET, CONSTRAINT, BASELINE, BASELINE_ONNX, ARTIFACTS, SPACE = (
+WORKLOAD, TARGET, CONSTRAINT, BASELINE, BASELINE_ONNX, ARTIFACTS, SPACE, ANALYSIS = (
     "workload",
     "target",
     "constraint",
@@ -31,6 +31,7 @@ WORKLOAD, TARGET, CONSTRAINT, BASELINE, BASELINE_ONNX, ARTIFACTS, SPACE = (
     "baseline_onnx",
     "artifacts_dir",
     "space",
+    "analysis",
 )
 
 
@@ -62,6 +63,9 @@ class StudyInfo:
     baseline_onnx: str
     artifacts_dir: str
     space: list[list[str]] = dataclasses.field(default_factory=list)
+    # The pre-flight analysis of the teacher (search.workloads.analysis.Analysis.to_dict());
+    # empty for studies made before it existed.
+    analysis: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def teacher_acc(self) -> float:
@@ -76,6 +80,7 @@ class StudyInfo:
         study.set_user_attr(BASELINE_ONNX, self.baseline_onnx)
         study.set_user_attr(ARTIFACTS, self.artifacts_dir)
         study.set_user_attr(SPACE, self.space)
+        study.set_user_attr(ANALYSIS, self.analysis)
         study.set_user_attr(BASELINE, self.baseline)
 
     @classmethod
@@ -91,6 +96,7 @@ class StudyInfo:
             baseline_onnx=attrs[BASELINE_ONNX],
             artifacts_dir=attrs[ARTIFACTS],
             space=attrs.get(SPACE, []),
+            analysis=attrs.get(ANALYSIS, {}),
         )
 
     def mismatch(self, workload: Mapping[str, Any], target: str, constraint: Constraint) -> str | None:

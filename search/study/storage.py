@@ -64,11 +64,12 @@ def open_storage(url: str | None, *, create: bool) -> BaseStorage:
     try:
         if path.is_file() and path.stat().st_size and not _starts_as_journal(path):
             raise ValueError("not a journal")  # never append logs to someone else's file
+        _refuse_cut_first_record(path, url)
         repair_journal_tail(path, lock)
         return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
     except OSError as exc:
         raise UserError(f"cannot open storage {url!r}: {exc.strerror or exc}") from None
-    except (ValueError, KeyError, TypeError):  # a line that is not one of Optuna's journal logs
+    except (ValueError, KeyError, TypeError, AssertionError):  # logs Optuna cannot replay
         raise UserError(f"storage {url!r} is not an Optuna journal file (or it is damaged)") from None
 
 
@@ -122,6 +123,26 @@ _JOURNAL_LOG = b'{"op_code":'
 def _starts_as_journal(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(len(_JOURNAL_LOG)) == _JOURNAL_LOG
+
+
+# A journal's first log (the study's creation) is far shorter than this.
+_FIRST_LOG_MAX = 1 << 20
+
+
+def _refuse_cut_first_record(path: Path, url: str) -> None:
+    """A journal whose first log was cut off (a run killed while creating its study, a file
+    copied half-way) holds no complete log: there is nothing to repair it to, and Optuna would
+    fail on it. It is refused and left as it is, for the user to inspect."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as f:
+        head = f.read(_FIRST_LOG_MAX)
+    if b"\n" not in head:
+        raise UserError(
+            f"storage {url!r} is damaged: its first record is cut off ({path.stat().st_size} bytes, "
+            "no complete record), so it holds no study; it was left as it is. Move it aside to start "
+            "a new journal there"
+        )
 
 
 def repair_journal_tail(path: Path, lock: FlockJournalLock) -> bool:

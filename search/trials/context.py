@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 
 from search.study import STUDIES_DIR
+from search.workloads.analysis import VERSION as ANALYSIS_VERSION
+from search.workloads.analysis import Analysis, analyze
 from search.workloads.workload import Workload
 from stages import Context
 from stages.files import write_atomic
@@ -105,6 +107,32 @@ def _timed_teacher_pass(workload: Workload, device: torch.device, batch_size: in
 def _record_pass_seconds(cache: Path, seconds: float, workload: Workload) -> None:
     info = {"seconds": seconds, "rows": len(workload.data.train), "threads": torch.get_num_threads()}
     write_atomic(cache.with_suffix(".json"), json.dumps(info))
+
+
+def cached_analysis(workload: Workload, ctx: Context, baseline_onnx: Path, cache_dir: Path = CACHE_DIR) -> Analysis:
+    """The pre-flight analysis of ``workload``'s teacher from the cache (every study of one
+    workload on one machine shares it), run and cached on a miss."""
+    path = cache_dir / f"analysis-v{ANALYSIS_VERSION}-{fingerprint_hash(workload.fingerprint)}.json"
+    try:
+        return Analysis.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    analysis = analyze(ctx, baseline_onnx)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(analysis.to_dict()))
+    return analysis
+
+
+def with_analysis(ctx: Context, analysis: Analysis | None) -> Context:
+    """``ctx`` with what the analysis found that stages use (frozen layers, block ranking, cuts)."""
+    if analysis is None:
+        return ctx
+    return dataclasses.replace(
+        ctx,
+        frozen_layers=tuple(analysis.frozen_layers),
+        block_ranking=analysis.block_ranking,
+        cuts=analysis.stage_cuts,
+    )
 
 
 def measure_baseline_into(ctx: Context, workdir: Path) -> tuple[Context, dict[str, float]]:

@@ -6,24 +6,35 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
 from objectives import EarlyStop, Point
-from search.study import StudyInfo, feasible_front, trial_record
+from search.study import StudyInfo, ask_lock, feasible_front, trial_record
+from search.study.exclusions import (
+    Exclusion,
+    exclude,
+    excluded_by,
+    exclusions,
+    freeze_layer,
+    frozen_layers,
+)
 from search.study.records import CONFIG, INTERRUPTED, REASON, SAVED_S
 from search.trials.context import (
     CACHE_DIR,
     make_context,
     measure_baseline_into,
     trial_context,
+    with_analysis,
 )
 from search.trials.trial import Scoring, TrialOutcome, TrialStopped, run_trial
+from search.workloads.analysis import Analysis
 from search.workloads.workload import Workload
-from stages import Context, PipelineConfig
+from stages import Context, PipelineConfig, StageError
+from stages.prune import PruneFailure
 
 # Accuracy after pruning recovers mostly late in a cosine schedule: give a trial half its
 # distillation budget, then stop it only when it is far (20 pt, shrinking to 0) below the bound.
@@ -81,6 +92,7 @@ def worker_setup(
         base = dataclasses.replace(base, baseline_onnx=baseline_onnx)
     else:  # the study's folder was moved or cleaned: export the teacher again
         base, _ = measure_baseline_into(base, artifacts / "baseline")
+    base = with_analysis(base, Analysis.from_dict(info.analysis) if info.analysis else None)
     scoring = Scoring.for_study(info, early_stop=EARLY_STOP if early_stop else None, skip_dominated=skip_dominated)
     return WorkerSetup(study, info, base, scoring, LiveStudyView(study, info))
 
@@ -99,10 +111,21 @@ def run_and_record(
     as interrupted (it is replaced on resume) and propagates.
     """
     study = setup.study
+    config = None
+    ctx = setup.base
     try:
         config = make_config()
-        trial.set_user_attr(CONFIG, config.to_flat())
-        ctx = trial_context(setup.base, setup.artifacts / "trials" / str(trial.number))
+        flat = config.to_flat()
+        trial.set_user_attr(CONFIG, flat)
+        known = excluded_by(exclusions(study), flat)
+        if known is not None:
+            raise TrialStopped(f"skipped, not run: {known.describe()}", saved_s=setup.view.median_trial_seconds())
+        learned = tuple(layer for layer in frozen_layers(study) if layer not in setup.base.frozen_layers)
+        ctx = trial_context(
+            setup.base,
+            setup.artifacts / "trials" / str(trial.number),
+            frozen_layers=setup.base.frozen_layers + learned,
+        )
         outcome = run_trial(config, ctx, setup.scoring, setup.view, stop_early=profile is None)
     except TrialStopped as stop:
         trial.set_user_attr(REASON, str(stop))
@@ -115,6 +138,9 @@ def run_and_record(
         raise
     except Exception as exc:  # a failing trial is recorded with its reason; the study goes on
         trial.set_user_attr(REASON, failure_reason(exc))
+        if config is not None:
+            with ask_lock(setup.info):
+                learn_from_failure(study, trial.number, config, exc, frozen=ctx.frozen_layers)
         study.tell(trial, state=TrialState.FAIL)
         return "failed", None
     for key, value in outcome.constraints.items():
@@ -123,6 +149,39 @@ def run_and_record(
         trial.set_user_attr(key, value)
     study.tell(trial, list(outcome.values))
     return "complete", outcome
+
+
+# The setting a stage's failure is blamed on: the stage's choice among registry entries (a
+# quantizer that rejects the graph fails for every config with that mode). Pruning failures are
+# blamed on layers instead (see learn_from_failure); other stages' failures depend on the model
+# and the numbers, not on one value to avoid.
+BLAMED_SETTING = {"quantize": "quantize.mode"}
+
+
+def learn_from_failure(
+    study: optuna.Study,
+    number: int,
+    config: PipelineConfig,
+    exc: BaseException,
+    *,
+    frozen: Collection[str] = (),
+) -> None:
+    """Record what trial ``number``'s failure teaches the study, so no later trial fails so again:
+    the layer structural pruning broke on is left whole from now on (and, when it was already,
+    ``frozen``, the layers coupled to it), or the value of the failing stage's choice
+    (``BLAMED_SETTING``) is excluded. Failures outside a stage teach nothing."""
+    if isinstance(exc, PruneFailure) and exc.layer is not None:
+        blamed = [exc.layer] if exc.layer not in frozen else [n for n in exc.group if n not in frozen]
+        for layer in blamed:
+            freeze_layer(study, layer, str(exc))
+        if blamed:
+            return
+    if not isinstance(exc, StageError):
+        return
+    stage = str(exc).partition(":")[0]
+    key = BLAMED_SETTING.get(stage)
+    if key is not None:
+        exclude(study, Exclusion(key, config.to_flat()[key], str(exc), number))
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -1,7 +1,8 @@
 """Teacher architectures by name and the checks that a model fits a dataset (checkpoints are read
 by ``search.workloads.checkpoints``).
 
-A model name is ``demo`` (a small CNN for the built-in digits workload), any torchvision
+A model name is ``demo`` (a small CNN for the built-in digits workload), ``vit_tiny`` (a small
+Vision Transformer sized to the images, ``search.workloads.vit``), any torchvision
 classification model (``resnet18``, ``mobilenet_v2``, ...; built with ``weights=None`` and adapted
 to the dataset's channels and classes), or ``path/to/file.py:factory`` (the user's own code,
 imported from that explicit path: this executes it).
@@ -65,12 +66,22 @@ class DemoCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def _build_demo(*, in_channels: int, num_classes: int) -> nn.Module:
+def _build_demo(*, in_channels: int, num_classes: int, image_size: int | None) -> nn.Module:
     return DemoCNN(in_channels=in_channels, num_classes=num_classes)
 
 
-# Built-in architectures besides torchvision's; keyword-only (in_channels, num_classes) factories.
-BUILTIN_MODELS: dict[str, Callable[..., nn.Module]] = {"demo": _build_demo}
+def _build_vit_tiny(*, in_channels: int, num_classes: int, image_size: int | None) -> nn.Module:
+    from search.workloads.vit import build_vit_tiny
+
+    return build_vit_tiny(in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+
+
+# Built-in architectures besides torchvision's; keyword-only (in_channels, num_classes,
+# image_size: the side of the square inputs, None when unknown) factories.
+BUILTIN_MODELS: dict[str, Callable[..., nn.Module]] = {
+    "demo": _build_demo,
+    "vit_tiny": _build_vit_tiny,
+}
 
 
 def torchvision_models() -> list[str]:
@@ -234,11 +245,16 @@ def check_model_name(name: str) -> None:
         raise UserError(f"unknown model {name!r}; expected {known_models_text()}.")
 
 
-def build_model(name: str, *, in_channels: int, num_classes: int) -> nn.Module:
-    """A freshly initialised model ``name`` for inputs with ``in_channels`` and ``num_classes``."""
+def build_model(
+    name: str, *, in_channels: int, num_classes: int, image_size: int | None = None
+) -> nn.Module:
+    """A freshly initialised model ``name`` for inputs with ``in_channels`` and ``num_classes``;
+    ``image_size`` (the side of square inputs) sizes models that depend on it (``vit_tiny``)."""
     check_model_name(name)
     if name in BUILTIN_MODELS:
-        return BUILTIN_MODELS[name](in_channels=in_channels, num_classes=num_classes)
+        return BUILTIN_MODELS[name](
+            in_channels=in_channels, num_classes=num_classes, image_size=image_size
+        )
     ref = ModelFile.parse(name)
     if ref is not None:
         return _build_user(ref, in_channels=in_channels, num_classes=num_classes)

@@ -30,7 +30,6 @@ from search.workloads.models import (
     model_file_sha256,
 )
 from search.workloads.recipes import recipe_for
-from search.workloads.teacher_check import teacher_quality
 from search.workloads.training import (
     evaluate_accuracy,
     metrics_path,
@@ -66,9 +65,9 @@ class WorkloadSpec:
     image_size: int | None = None
     download: bool = False
     allow_pickle: bool = False
+    allow_weak_teacher: bool = False  # go on with a teacher near chance level (see weak_teacher)
     seed: int = 0
     val_fraction: float | None = None  # None: the dataset's default (DEFAULT_VAL_FRACTION)
-    allow_weak_teacher: bool = False  # go on with a teacher near chance (``teacher_check``)
 
     def __post_init__(self) -> None:
         if self.model is not None and not self.model.strip():
@@ -179,8 +178,12 @@ def build_for_data(spec: WorkloadSpec, data: TaskData, *, weights: Path | None) 
     if isinstance(loaded, nn.Module):
         model = loaded
     else:
+        channels, height, width = data.input_shape
         model = build_model(
-            spec.model_name, in_channels=data.input_shape[0], num_classes=data.num_classes
+            spec.model_name,
+            in_channels=channels,
+            num_classes=data.num_classes,
+            image_size=height if height == width else None,
         )
         if loaded is not None:
             load_state(model, loaded, source=str(weights))
@@ -309,17 +312,6 @@ def workload_fingerprint(spec: WorkloadSpec, data: TaskData, weights: Path | Non
     }
 
 
-def refuse_weak_teacher(spec: WorkloadSpec, data: TaskData, teacher: nn.Module, weights: Path) -> None:
-    """A one-line ``UserError`` when ``teacher`` is near chance on the validation split."""
-    quality = teacher_quality(evaluate_accuracy(teacher, data.val), data.val.y, data.num_classes)
-    if quality.weak:
-        raise UserError(
-            f"teacher {weights} reaches {quality.describe()}: compressing it would measure "
-            "nothing; train it longer or with another recipe (`mcaas-search train` with more "
-            "--epochs, another --lr or --optimizer), or pass --allow-weak-teacher to go on anyway."
-        )
-
-
 def _display_name(spec: WorkloadSpec) -> str:
     if spec.is_demo:
         return "demo"
@@ -328,20 +320,48 @@ def _display_name(spec: WorkloadSpec) -> str:
     return f"{model}-{spec.dataset_name}"
 
 
+def chance_margin(num_classes: int) -> tuple[float, float]:
+    """``(chance, bound)`` in percent: the accuracy of guessing among ``num_classes`` classes,
+    and the accuracy a teacher must exceed to be worth compressing: chance plus 5 points or a
+    tenth of the way from chance to 100 %, whichever is more (19 % for 10 classes)."""
+    chance = 100.0 / max(1, num_classes)
+    return chance, chance + max(5.0, (100.0 - chance) / 10)
+
+
+def weak_teacher(val_acc: float, num_classes: int) -> str | None:
+    """Why a teacher at ``val_acc`` % validation accuracy is too close to chance to compress
+    (every ratio against it would be meaningless), or None when it is not."""
+    chance, bound = chance_margin(num_classes)
+    if val_acc >= bound:
+        return None
+    return (
+        f"the teacher reaches {val_acc:.2f} % validation accuracy, within a few points of chance "
+        f"({chance:.2f} % for {num_classes} classes; below {bound:.2f} % counts as chance level)"
+    )
+
+
+def refuse_weak_teacher(val_acc: float, num_classes: int) -> None:
+    """Stop with one line before any work when the teacher is near chance level."""
+    why = weak_teacher(val_acc, num_classes)
+    if why is not None:
+        raise UserError(
+            f"{why}: compressing it would measure nothing. Train it longer or with another recipe "
+            "(mcaas-search train --epochs N), or pass --allow-weak-teacher to go on anyway"
+        )
+
+
 def load_workload(
     spec: WorkloadSpec,
     *,
     device: torch.device,
     studies_dir: Path = Path("studies"),
     progress: bool = True,
-    check_teacher: bool = True,
 ) -> Workload:
     """Load the data and the teacher of ``spec`` (training the demo teacher on first use).
 
     Every model except the demo needs ``spec.weights``: the search compresses a trained teacher.
-    With ``check_teacher`` a teacher near chance on the validation split is refused (one-line
-    ``UserError``) unless ``spec.allow_weak_teacher``; worker processes of a study that was
-    checked already pass False.
+    A teacher near chance level is refused (``refuse_weak_teacher``) unless
+    ``spec.allow_weak_teacher``.
     """
     check_model_name(spec.model_name)
     check_dataset_name(spec.dataset_name)
@@ -364,8 +384,8 @@ def load_workload(
         weights = spec.weights
         teacher = build_for_data(spec, data, weights=weights)
     teacher.to(device).eval()
-    if check_teacher and not spec.allow_weak_teacher:
-        refuse_weak_teacher(spec, data, teacher, weights)
+    if not spec.allow_weak_teacher:
+        refuse_weak_teacher(evaluate_accuracy(teacher, data.val), data.num_classes)
     return Workload(
         spec=spec,
         teacher=teacher,

@@ -17,7 +17,8 @@ from search.backends.local import OptunaBackend
 from search.errors import UserError
 from search.study import StudyInfo, open_storage
 from search.workloads.workload import Workload, WorkloadSpec
-from spaces import SearchSpace
+from spaces import SearchSpace, default_space
+from stages import EXPORT_FORMATS
 from tests.tiny_models import make_tiny_cnn, tiny_task_data
 
 BASELINE = {"val_acc": 90.0, "test_acc": 89.0, "bytes": 1e6, "latency_ms": 1.0, "params": 1e5, "macs": 1e6}
@@ -59,7 +60,8 @@ def _run(workload: Workload, backend: FakeBackend, **kw: object) -> object:
     settings = SearchSettings(study="s", storage=None, trials=3, space=SearchSpace(), profiles=False)
     settings = dataclasses.replace(settings, **kw)  # type: ignore[arg-type]
     onnx = Path("teacher.onnx")
-    onnx.write_bytes(b"x")
+    if not onnx.exists():
+        EXPORT_FORMATS["onnx"].writer(workload.teacher, workload.example_input, onnx)
     return run_study(settings, workload, "size", Constraint(max_drop=1.0), backend, baseline=(onnx, BASELINE))
 
 
@@ -73,6 +75,20 @@ def test_run_study_creates_the_study_then_hands_it_to_the_backend(workload: Work
     info = StudyInfo.load(study)
     assert info == result.info  # type: ignore[attr-defined]
     assert (info.target, info.baseline, info.constraint) == ("size", BASELINE, Constraint(max_drop=1.0))
+
+
+def test_a_new_study_stores_the_teachers_analysis_and_searches_the_space_fitted_to_it(workload: Workload) -> None:
+    backend = FakeBackend()
+    seen: list[SearchSettings] = []
+    backend.run = lambda settings, workload, deadline: seen.append(settings)  # type: ignore[method-assign]
+    result = _run(workload, backend, space=default_space())
+    analysis = result.info.analysis  # type: ignore[attr-defined]
+    assert analysis["structural"] and analysis["blocks"] == []  # the tiny CNN has no residual block
+    assert analysis["train_size"] == len(workload.data.train) and analysis["operators"] > 0
+    # No removable block: the backend is handed a space without the depth dimension.
+    [settings] = seen
+    assert "depth.fraction" in default_space() and "depth.fraction" not in settings.space
+    assert ["depth.fraction", "0.0 .. 1.0"] not in result.info.space  # type: ignore[attr-defined]
 
 
 def test_ctrl_c_in_the_backend_ends_the_run_as_interrupted(workload: Workload) -> None:

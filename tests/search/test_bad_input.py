@@ -402,7 +402,7 @@ def test_a_study_name_used_for_another_workload_or_target_is_refused(
     torch.save(DemoCNN().state_dict(), other)
     journal = _study_for(workdir, ours)
     before = _tree(workdir)
-    run = ("--model", "demo", "--study", "s", "--trials", "2", "--allow-weak-teacher")  # untrained weights
+    run = ("--model", "demo", "--study", "s", "--trials", "2", "--allow-weak-teacher")
     _refused(capsys, *run, "--weights", str(other), says="was run for other settings (weights_sha256: stored")
     _refused(capsys, *run, "--weights", str(ours), "--target", "latency",
              says="(target: stored 'size', given 'latency')")
@@ -517,6 +517,7 @@ def _bad_values(inputs: Path, hand: HandMadeStudy) -> dict[str, dict[str, st.Sea
             "--storage": st.sampled_from([missing, str(inputs), UNREACHABLE_DB]),
         },
         "list": {"--storage": st.sampled_from([missing, str(inputs), str(inputs / "garbage.pt"), UNREACHABLE_DB])},
+        "inspect": {**workload},
         "bench": {
             **workload,
             "--name": st.sampled_from(["", "../up", ".hidden", "a/b", "sp ace"]),
@@ -545,6 +546,7 @@ def _good_values(hand: HandMadeStudy, out: Path) -> dict[str, dict[str, str | No
         "export": {"--study": hand.name, "--trial": "3", "--out": str(out), "--storage": hand.storage,
                    "--format": "onnx"},
         "list": {"--storage": hand.storage},
+        "inspect": {"--device": "cpu", "--json": None},
         "bench": {"--trials": "2", "--round": "1", "--name": "fuzz", "--targets": "size", "--methods": "random",
                   "--device": "cpu", "--report-only": None},
     }

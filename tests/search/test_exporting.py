@@ -56,6 +56,16 @@ def test_export_round_trip(hand: HandMadeStudy, tmp_path: Path, capsys: pytest.C
     assert check["test_acc_measured"] == pytest.approx(check["test_acc_stored"], abs=1e-9)
     assert "verified: test accuracy re-measured in ONNX Runtime" in out
     assert not list(tmp_path.glob(".*"))  # no temporary files left
+    # How to run it as it was measured (a record from before thread counts were kept: 1 thread).
+    assert meta["session"]["intra_op_num_threads"] == 1 and meta["session"]["inter_op_num_threads"] == 1
+    assert meta["session"]["latency_ms"] == meta["metrics"].get("latency_ms")
+
+
+def test_the_sidecar_session_is_the_one_latency_was_best_at() -> None:
+    from search.exporting import _session_settings
+
+    session = _session_settings({"latency_ms": 0.21, "latency_threads": 2.0})
+    assert session["intra_op_num_threads"] == 2 and session["execution_mode"] == "ORT_SEQUENTIAL"
 
 
 def test_export_best_is_the_recommended_trial(hand: HandMadeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

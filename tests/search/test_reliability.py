@@ -38,7 +38,7 @@ from search.interrupts import redeliver_lost_interrupts, stops_deferred
 from search.study import StudyInfo, counted, open_storage
 from search.study.lifecycle import _pid_alive
 from search.study.storage import FlockJournalLock, repair_journal_tail
-from spaces import PROFILES
+from spaces import PROFILES, is_mcaas_profile
 from tests.search.study_fixtures import HandMadeStudy, run_cli
 
 torch.set_num_threads(1)
@@ -214,7 +214,8 @@ def _assert_rerun_finishes(folder: Path, command: list[str], before: Trials, tri
     assert counted(study) == trials
     # Each fixed profile ran to an end exactly once (an interrupted one is run again, not twice).
     ran = [t.user_attrs.get("profile") for t in after.values()
-           if t.user_attrs.get("profile") and not str(t.user_attrs.get("reason", "")).startswith("interrupted")]
+           if is_mcaas_profile(t.user_attrs.get("profile"))
+           and not str(t.user_attrs.get("reason", "")).startswith("interrupted")]
     assert sorted(ran) == sorted(PROFILES)
 
 
@@ -377,6 +378,8 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(
     prune_run, export_run, loss = Prune.run, Export.run, stages.distill.distill_loss
 
     def prune(self: Prune, model: object, ctx: object) -> object:
+        if Path(ctx.workdir).parent.name != "trials":  # the study's pre-flight probe, not a trial
+            return prune_run(self, model, ctx)
         if faults.take("stage"):
             raise StageError("prune: layer features.0 cannot be pruned (injected)")
         if faults.take("oom"):
@@ -436,18 +439,46 @@ def _small_study(path: Path, trials: int = 2) -> optuna.Study:
     return study
 
 
-def test_a_log_cut_short_by_kill_9_is_dropped_and_the_journal_stays_usable(tmp_path: Path) -> None:
+@pytest.mark.parametrize("keep", [1, 12, 30, 0.5, 0.9])
+def test_a_log_cut_short_by_kill_9_is_dropped_and_the_journal_stays_usable(tmp_path: Path, keep: float) -> None:
     journal = tmp_path / "x.journal"
     _small_study(journal)
     intact = journal.read_bytes()
+    last = b'{"op_code":5,"worker_id":"w","trial_id":1,"state":1,"values":[0.5]}'
+    cut = int(keep * len(last)) if isinstance(keep, float) else keep
     with open(journal, "ab") as f:  # what a writer killed in the middle of its append leaves
-        f.write(b'{"op_code":5,"worker_id":"w","trial_id":1,"sta')
+        f.write(last[:cut])
     study = optuna.load_study(study_name="j", storage=open_storage(str(journal), create=True))
     assert journal.read_bytes() == intact
     trial = study.ask()
     study.tell(trial, trial.suggest_float("x", 0.0, 1.0))
     plain = optuna.load_study(study_name="j", storage=JournalStorage(JournalFileBackend(str(journal))))
     assert [t.state for t in plain.trials] == [TrialState.COMPLETE] * 3
+
+
+@pytest.mark.parametrize("keep", [19, 11, 0.5, -1])
+def test_a_journal_cut_inside_its_first_record_is_refused_and_left_as_it_is(
+    tmp_path: Path, keep: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run killed while creating its study (or a file copied half-way) leaves a journal whose
+    only record is cut off: one clear line, exit 2, nothing written, the file kept to inspect."""
+    from search.errors import UserError
+
+    whole = tmp_path / "whole.journal"
+    _small_study(whole)
+    first = whole.read_bytes().split(b"\n")[0]
+    cut = len(first) + keep if keep < 0 else int(keep * len(first)) if isinstance(keep, float) else keep
+    journal = tmp_path / "broken.journal"
+    journal.write_bytes(first[:cut])
+    damaged = journal.read_bytes()
+    with pytest.raises(UserError, match="first record is cut off"):
+        open_storage(str(journal), create=True)
+    for command in (["list"], ["report", "--study", "j"], ["--trials", "1", "--study", "a6"]):
+        code, out, err = run_cli(capsys, *command, "--storage", str(journal))
+        assert code == 2 and err.count("\n") == 1 and "first record is cut off" in err, (command, err)
+        assert "Traceback" not in err
+    assert journal.read_bytes() == damaged
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.journal", "whole.journal", "whole.journal.flock"]
 
 
 def test_a_file_that_is_not_a_journal_is_refused_and_left_alone(tmp_path: Path) -> None:

@@ -148,3 +148,10 @@ def test_front_table_never_cuts_numbers_and_always_shows_settings(
         assert f"  {pick.number}: {settings}" in text
     else:  # a settings column in the table
         assert re.search(r"┃\s*settings\s*┃", text)
+
+
+def test_settings_summary_says_what_depth_removed() -> None:
+    config = {"depth.cut": 2, "depth.fraction": 0.5, "prune.ratio": 0.3, "prune.criterion": "l2",
+              "distill.epochs": 4, "distill.alpha": 0.0, "quantize.mode": "int8-static"}
+    assert settings_summary(config).startswith("cut 2 stages, drop 0.50 of blocks | prune 0.30 l2 | fine-tune 4 ep")
+    assert settings_summary({**config, "depth.cut": 0, "depth.fraction": 0.0}).startswith("prune 0.30")

@@ -143,7 +143,7 @@ def _user_model(tmp_path: Path, body: str) -> str:
 @pytest.mark.parametrize(
     ("argv", "match"),
     [
-        (["--model", "resnet-18", "--dataset", "digits"], "unknown model 'resnet-18'; expected demo, any torchvision"),
+        (["--model", "resnet-18", "--dataset", "digits"], "unknown model 'resnet-18'; expected demo, vit_tiny, any torchvision"),
         (["--model", "demo", "--dataset", "svhn"], "unknown dataset 'svhn'; valid datasets"),
         (
             ["--model", "demo", "--dataset", "fashion-mnist", "--data-root", "{tmp}/nowhere"],

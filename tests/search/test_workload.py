@@ -154,7 +154,6 @@ def test_fingerprint_identifies_split_and_weights(tmp_path: Path, digits_teacher
 def test_fashion_mnist_workload(tmp_path: Path, fashion_mnist_root: Path) -> None:
     ckpt = tmp_path / "fm.pt"
     torch.save(DemoCNN().state_dict(), ckpt)
-    # Untrained weights: the loading is under test, not the teacher.
     spec = WorkloadSpec(
         model="demo", dataset="fashion-mnist", data_root=fashion_mnist_root, weights=ckpt, allow_weak_teacher=True
     )
@@ -181,9 +180,7 @@ def test_user_model_file_workload(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
     torch.save({"state_dict": model.state_dict()}, tmp_path / "small.pt")
-    spec = WorkloadSpec(
-        model=f"{source}:small", dataset="digits", weights=tmp_path / "small.pt", allow_weak_teacher=True
-    )
+    spec = WorkloadSpec(model=f"{source}:small", dataset="digits", weights=tmp_path / "small.pt", allow_weak_teacher=True)
     workload = load_workload(spec, device=CPU)
     assert workload.name == "nets.small-digits"
     assert workload.fingerprint["model_file_sha256"] == sha256(source)

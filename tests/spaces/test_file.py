@@ -179,7 +179,7 @@ def test_cluster_k_fixed_or_listed(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "words"),
     [
-        ('"prune.ratoi" = 0.5', r"unknown setting 'prune.ratoi'; valid settings: prune.ratio, "),
+        ('"prune.ratoi" = 0.5', r"unknown setting 'prune.ratoi'; valid settings: depth.fraction, depth.cut, prune.ratio, "),
         ("[space]\nname = 'x'", "unknown setting 'name'"),
         ('"prune.ratio" = { low = 0.9, high = 0.3 }', r"prune.ratio: `low <= high`"),
         ('"prune.criterion" = []', "prune.criterion has an empty list of choices"),

@@ -237,6 +237,8 @@ class TestSearchSpace:
     def test_default_space_derived_from_the_config_is_the_former_hand_written_one(self) -> None:
         hand_written = SearchSpace(  # spaces/_space.py before the ranges moved beside defaults
             {
+                "depth.fraction": FloatRange(0.0, 1.0),  # added with the depth stage
+                "depth.cut": IntRange(0, 3),
                 "prune.ratio": FloatRange(0.0, 0.95),
                 "prune.criterion": Choice(("l1", "l2", "random", "bn-scale", "lamp", "taylor", "fpgm")),
                 "prune.scope": Choice(("global", "uniform")),
@@ -258,7 +260,7 @@ class TestSearchSpace:
 
     def test_walk_order_and_conditions_are_the_former_hand_written_ones(self) -> None:
         head = (
-            "prune.ratio", "prune.method", "prune.criterion", "prune.scope", "prune.steps",
+            "depth.fraction", "depth.cut", "prune.ratio", "prune.method", "prune.criterion", "prune.scope", "prune.steps",
             "prune.round_to", "distill.epochs", "distill.alpha", "distill.temperature", "distill.lr",
         )
         assert _space._ORDER == head + tuple(k for k in valid_keys() if k not in head)
@@ -275,7 +277,7 @@ class TestSearchSpace:
 
     def test_space_is_a_read_only_mapping_with_value_equality(self) -> None:
         a, b = default_space(), default_space()
-        assert a == b and hash(a) == hash(b) and len(a) == 11
+        assert a == b and hash(a) == hash(b) and len(a) == 13
         assert a != dataclasses.replace(a, profile_epochs=2.0)
         with pytest.raises(TypeError):
             a.dimensions["prune.ratio"] = FloatRange(0, 0.5)  # type: ignore[index]
@@ -326,6 +328,8 @@ class TestSearchSpace:
         config = default_space().suggest(trial)  # type: ignore[arg-type]  # no user_attrs: fine
         # ratio 0: no pruning settings; alpha 0: no temperature; cluster.on False: no k.
         assert trial.asked == [
+            "depth.fraction",
+            "depth.cut",
             "prune.ratio",
             "distill.epochs",
             "distill.alpha",

@@ -280,7 +280,7 @@ def test_measure_onnx_returns_every_metric_measured_on_the_file(
     assert set(result) == {
         metrics.VAL_ACC, metrics.TEST_ACC, metrics.BYTES, metrics.GZIP_BYTES, metrics.PARAMS,
         metrics.MACS, metrics.LATENCY_MS, metrics.TEACHER_LATENCY_MS, metrics.N_VAL,
-        metrics.N_TEST,
+        metrics.N_TEST, metrics.LATENCY_THREADS, metrics.TEACHER_LATENCY_THREADS, metrics.OPS,
     }
     runner = OnnxRunner(path)
     assert result[metrics.VAL_ACC] == onnx_accuracy(runner, data.val, 16)
@@ -317,3 +317,63 @@ def test_measure_torch_gives_cheap_torch_metrics(data: TaskData, tmp_path: Path)
 
     no_accuracy = measure_torch(model, _ctx(data, tmp_path), accuracy=False)
     assert metrics.VAL_ACC not in no_accuracy and no_accuracy[metrics.MACS] == result[metrics.MACS]
+
+
+# --- best thread count, operator count --------------------------------------------------------
+
+
+def test_each_model_is_timed_at_its_best_thread_count_all_sessions_turn_about(
+    fake, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    clock_runners: dict[tuple[str, int], FakeRunner] = {}
+    # The student is fastest on 1 thread, the teacher on 2 (as small and large models here are).
+    costs = {("s.onnx", 1): 1.0, ("s.onnx", 2): 1.5, ("t.onnx", 1): 4.0, ("t.onnx", 2): 3.0}
+    template, _ = fake(0.0, 0.0)
+
+    def runner(path: Path, threads: int = 1) -> FakeRunner:
+        made = FakeRunner(f"{Path(path).name}@{threads}", costs[(Path(path).name, threads)], template.clock, template.calls)
+        clock_runners[(Path(path).name, threads)] = made
+        return made
+
+    monkeypatch.setattr(measure, "OnnxRunner", runner)
+    student, teacher = measure.best_latency(Path("s.onnx"), Path("t.onnx"), EXAMPLE, (1, 2), runs=20, budget_s=1.0)
+    assert student == (1.0, 1) and teacher == (3.0, 2)
+    timed = [c for c in template.calls]
+    assert timed[:4] == ["s.onnx@1", "s.onnx@2", "t.onnx@1", "t.onnx@2"]  # one loop, turn about
+    assert len({timed.count(name) for name in set(timed)}) == 1  # every session as many runs
+    alone, none = measure.best_latency(Path("s.onnx"), None, EXAMPLE, (2, 1, 2), runs=20, budget_s=1.0)
+    assert alone == (1.0, 1) and none is None
+
+
+def test_thread_counts_are_powers_of_two_and_the_core_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(measure.os, "sched_getaffinity", lambda pid: set(range(6)))
+    assert measure.thread_counts() == (1, 2, 4, 6)
+    monkeypatch.setattr(measure.os, "sched_getaffinity", lambda pid: {0})
+    assert measure.thread_counts() == (1,)
+
+
+def test_operator_count_is_that_of_the_graph_onnx_runtime_runs(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    with no_warnings():
+        path = export_onnx(model, torch.zeros(1, 1, 8, 8), tmp_path / "mlp.onnx")
+    exported = len(onnx.load(str(path)).graph.node)
+    optimized = measure.optimized_op_count(path)
+    # ORT fuses MatMul+Add into Gemm-like nodes: never more nodes than exported, at least the
+    # two linear layers and the activation's place.
+    assert 2 <= optimized <= exported
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "by-hand.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    assert optimized == len(onnx.load(str(tmp_path / "by-hand.onnx")).graph.node)
+
+
+def test_measure_onnx_records_thread_counts_and_operators(
+    student: tuple[nn.Module, Path], teacher_onnx: Path, data: TaskData, tmp_path: Path
+) -> None:
+    ctx = Context(data=data, teacher=student[0], workdir=tmp_path, baseline_onnx=teacher_onnx,
+                  latency_runs=20, latency_budget_s=0.2, latency_threads=(1, 2))
+    result = measure_onnx(student[1], ctx)
+    assert result[metrics.LATENCY_THREADS] in (1.0, 2.0)
+    assert result[metrics.TEACHER_LATENCY_THREADS] in (1.0, 2.0)
+    assert result[metrics.OPS] == measure.optimized_op_count(student[1]) > 0

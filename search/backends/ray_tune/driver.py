@@ -104,7 +104,7 @@ def run(
         run_id=uuid.uuid4().hex[:12],
         gpus_per_trial=gpus_per_trial,
     )
-    profiles = profiles_to_run(study, queued_count=False) if settings.profiles else []
+    profiles = profiles_to_run(study, settings.space, queued_count=False) if settings.profiles else []
     try:
         with quiet_env(), connected(address):
             check_fits(cpus_per_trial, gpus_per_trial)

@@ -78,11 +78,7 @@ def _worker(job: RayJob) -> _Worker:
     key = (job.spec, device)
     if key not in _WORKLOADS:
         _WORKLOADS[key] = load_workload(
-            job.spec,
-            device=pick_device(device),
-            studies_dir=job.studies_dir,
-            progress=False,
-            check_teacher=False,  # the driver checked the teacher before starting the study
+            job.spec, device=pick_device(device), studies_dir=job.studies_dir, progress=False
         )
     storage = open_storage(settings.storage, create=False)
     study = optuna.load_study(

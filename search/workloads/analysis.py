@@ -1,0 +1,199 @@
+"""The pre-flight analysis of a teacher: what can be compressed and what it costs, found once per
+study before any trial and stored with it (``mcaas-search inspect`` shows it on its own).
+
+It probes structural pruning (layers torch-pruning breaks on are frozen, with the reason, and the
+rest still prunes), finds and ranks the removable blocks, counts operators, times the teacher at
+each thread count and one training epoch, and sizes the data. The study's search space is fitted
+to it (``spaces.fit_space``), so a model nobody tuned the search for gets a search, not a study of
+failures.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from spaces import ModelFacts
+from stages import Context
+from stages._graph import count_params_macs, weight_layers
+from stages.depth import find_cuts, rank_blocks
+from stages.measure import (
+    OnnxRunner,
+    interleaved_latency,
+    optimized_op_count,
+    thread_counts,
+)
+from stages.prune import probe_structured
+
+# Bumped when what the analysis finds changes, so a cached analysis of an older version is redone.
+VERSION = 4
+
+# Optimizer steps timed to estimate one epoch (after one untimed warm-up step).
+TIMED_STEPS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """What the pre-flight analysis found (JSON-able through ``to_dict`` / ``from_dict``)."""
+
+    structural: bool
+    structural_reason: str | None
+    frozen_layers: dict[str, str]
+    prunable_layers: int
+    weight_layers: int
+    blocks: list[tuple[str, float]]  # removable blocks, least important first, loss increase
+    cuts: list[list[str]]  # cuts[k]: the trailing stages a cut k + 1 deep replaces
+    params: int
+    macs: int
+    operators: int
+    latency_ms: dict[int, float]  # the teacher's fp32 file at each thread count
+    epoch_seconds: float
+    steps_per_epoch: int
+    batch_size: int
+    train_size: int
+    val_size: int
+    test_size: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["blocks"] = [[name, _finite(score)] for name, score in self.blocks]
+        d["latency_ms"] = {str(k): v for k, v in self.latency_ms.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Analysis:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in d.items() if k in fields}
+        values["blocks"] = [(str(name), math.inf if score is None else float(score)) for name, score in d["blocks"]]
+        values["latency_ms"] = {int(k): float(v) for k, v in d["latency_ms"].items()}
+        values["cuts"] = [list(cut) for cut in d.get("cuts", [])]
+        return cls(**values)
+
+    @property
+    def facts(self) -> ModelFacts:
+        """What the search space is fitted to."""
+        return ModelFacts(
+            structural=self.structural,
+            removable_blocks=len(self.blocks),
+            cuttable_stages=len(self.cuts),
+            steps_per_epoch=self.steps_per_epoch,
+            epoch_seconds=self.epoch_seconds,
+        )
+
+    @property
+    def stage_cuts(self) -> tuple[tuple[str, ...], ...]:
+        return tuple(tuple(cut) for cut in self.cuts)
+
+    @property
+    def block_ranking(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.blocks)
+
+    def fastest_threads(self) -> int:
+        return min(self.latency_ms, key=self.latency_ms.__getitem__)
+
+    def rows(self) -> list[tuple[str, str]]:
+        """``(what, finding)`` rows for a table."""
+        if self.structural:
+            pruning = f"{self.prunable_layers} of {self.weight_layers} weight layers can be thinned"
+        else:
+            pruning = f"not possible ({self.structural_reason}); unstructured sparsity instead"
+        rows = [
+            ("parameters / MACs", f"{self.params:,} / {self.macs:,}"),
+            ("ONNX operators (optimized graph)", str(self.operators)),
+            ("structural pruning", pruning),
+        ]
+        for layer, reason in self.frozen_layers.items():
+            rows.append((f"  left whole: {layer}", reason))
+        if self.blocks:
+            ranked = ", ".join(f"{name} ({_shown(score)})" for name, score in self.blocks)
+            rows.append((f"removable blocks ({len(self.blocks)})", f"least important first (loss increase): {ranked}"))
+        else:
+            rows.append(("removable blocks", "none (no residual block keeps its input's shape)"))
+        if self.cuts:
+            deepest = ", ".join(self.cuts[-1])
+            rows.append((f"trailing stages that can be cut ({len(self.cuts)})", f"the last first, a new classifier reading what is left: {deepest}"))
+        else:
+            rows.append(("trailing stages that can be cut", "none"))
+        latency = ", ".join(f"{ms:.3f} ms @{t}t" for t, ms in sorted(self.latency_ms.items()))
+        rows += [
+            ("teacher latency (fp32, batch 1)", f"{latency}; fastest on {self.fastest_threads()} thread(s)"),
+            ("one training epoch", f"{self.epoch_seconds:.1f} s ({self.steps_per_epoch} steps of {self.batch_size})"),
+            ("data", f"{self.train_size} train / {self.val_size} validation / {self.test_size} test"),
+        ]
+        return rows
+
+
+def _finite(score: float) -> float | None:
+    return score if math.isfinite(score) else None
+
+
+def _shown(score: float) -> str:
+    return f"{score:+.3f}" if math.isfinite(score) else "breaks the model"
+
+
+def analyze(ctx: Context, baseline_onnx: Path) -> Analysis:
+    """Analyse ``ctx.teacher`` on ``ctx.data`` (the teacher is not changed); ``baseline_onnx`` is
+    its exported fp32 file (operators and latency are measured on it)."""
+    started = time.perf_counter()
+    teacher = ctx.teacher
+    probe = probe_structured(teacher, ctx)
+    example = ctx.data.example_input(1).to(ctx.device)
+    params, macs = count_params_macs(teacher, example)
+    blocks = rank_blocks(teacher, ctx)
+    cuts = find_cuts(teacher, example, ctx.data.num_classes)
+    latency = {}
+    x = ctx.data.example_input(1).numpy()
+    for threads in thread_counts():
+        latency[threads], _ = interleaved_latency(OnnxRunner(baseline_onnx, threads), None, x, runs=50, budget_s=1.0)
+    steps = math.ceil(len(ctx.data.train) / ctx.batch_size)
+    return Analysis(
+        structural=probe.possible,
+        structural_reason=probe.reason,
+        frozen_layers=probe.frozen,
+        prunable_layers=len(probe.pruned_layers),
+        weight_layers=len(weight_layers(teacher)),
+        blocks=blocks,
+        cuts=[list(cut) for cut in cuts],
+        params=params,
+        macs=macs,
+        operators=optimized_op_count(baseline_onnx),
+        latency_ms=latency,
+        epoch_seconds=_step_seconds(ctx) * steps,
+        steps_per_epoch=steps,
+        batch_size=ctx.batch_size,
+        train_size=len(ctx.data.train),
+        val_size=len(ctx.data.val),
+        test_size=len(ctx.data.test),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _step_seconds(ctx: Context) -> float:
+    """Seconds of one training step of the teacher (a copy) at ``ctx.batch_size``."""
+    model = copy.deepcopy(ctx.teacher).to(ctx.device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    batches = ctx.data.train.batches(ctx.batch_size)
+    timings = []
+    for i, (x, y) in enumerate(batches):
+        if i > TIMED_STEPS:
+            break
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        logits = model(x.to(ctx.device))
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        nn.functional.cross_entropy(logits, y.to(ctx.device)).backward()
+        optimizer.step()
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize()
+        if i > 0:  # the first step warms up
+            timings.append(time.perf_counter() - start)
+    return sum(timings) / len(timings) if timings else 0.0

@@ -1,0 +1,104 @@
+"""Fitting the space to the model: depth only with removable blocks, unstructured sparsity when
+nothing prunes structurally, budgets sized in optimizer steps; and the named configs a study runs
+first (the MCaaS profiles, then quantization alone)."""
+
+from __future__ import annotations
+
+import pytest
+
+from spaces import (
+    MIN_STEPS,
+    PROFILES,
+    QUANT_ONLY,
+    Choice,
+    Fixed,
+    FloatRange,
+    IntRange,
+    ModelFacts,
+    SearchSpace,
+    default_space,
+    demo_space,
+    fit_space,
+    min_epochs,
+    named_configs,
+    profile_config,
+)
+
+RESNET_FMNIST = ModelFacts(structural=True, removable_blocks=5, cuttable_stages=9, steps_per_epoch=422, epoch_seconds=64.0)
+USER_DIGITS = ModelFacts(structural=True, removable_blocks=0, cuttable_stages=0, steps_per_epoch=9, epoch_seconds=0.5)
+
+
+def test_a_large_dataset_keeps_the_default_budget_and_depth_stays_with_blocks() -> None:
+    fitted = fit_space(default_space(), RESNET_FMNIST)
+    assert fitted["distill.epochs"] == default_space()["distill.epochs"]  # 211..1266 steps already
+    assert fitted["depth.fraction"] == FloatRange(0.0, 1.0)
+    assert fitted["depth.cut"] == IntRange(0, 4)  # up to half of ResNet-18's 9 trailing blocks
+    assert fitted.profile_epochs == 1.0
+
+
+def test_a_small_dataset_gets_at_least_min_steps_and_no_depth_without_blocks() -> None:
+    fitted = fit_space(default_space(), USER_DIGITS)
+    epochs = fitted["distill.epochs"]
+    assert isinstance(epochs, FloatRange)
+    assert epochs.low * USER_DIGITS.steps_per_epoch >= MIN_STEPS
+    assert epochs.high > epochs.low and epochs.log
+    assert "depth.fraction" not in fitted and "depth.cut" not in fitted
+    assert fitted.profile_epochs == min_epochs(9) == 14.0  # 126 steps
+
+
+def test_the_top_of_the_budget_is_cut_to_the_training_time_a_trial_may_spend() -> None:
+    slow = ModelFacts(structural=True, removable_blocks=0, cuttable_stages=0, steps_per_epoch=9, epoch_seconds=10.0)
+    high = fit_space(default_space(), slow)["distill.epochs"].high  # type: ignore[union-attr]
+    assert high * 10.0 <= 300.0 + 1e-9
+    # Never below twice the bottom, however slow.
+    slower = ModelFacts(structural=True, removable_blocks=0, cuttable_stages=0, steps_per_epoch=9, epoch_seconds=100.0)
+    epochs = fit_space(default_space(), slower)["distill.epochs"]
+    assert epochs.high == 2 * epochs.low  # type: ignore[union-attr]
+
+
+def test_no_structural_pruning_means_unstructured_sparsity() -> None:
+    facts = ModelFacts(structural=False, removable_blocks=0, cuttable_stages=0, steps_per_epoch=422, epoch_seconds=1.0)
+    fitted = fit_space(default_space(), facts)
+    assert fitted["prune.method"] == Fixed("unstructured")
+
+    class Highest:
+        user_attrs: dict = {}
+
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        def suggest_float(self, name, low, high, *, log=False, step=None):  # noqa: ANN001, ANN202
+            self.asked.append(name)
+            return high
+
+        def suggest_int(self, name, low, high, *, log=False, step=1):  # noqa: ANN001, ANN202
+            self.asked.append(name)
+            return high
+
+        def suggest_categorical(self, name, choices):  # noqa: ANN001, ANN202
+            self.asked.append(name)
+            return choices[0]
+
+    trial = Highest()
+    config = fitted.suggest(trial)  # type: ignore[arg-type]
+    assert config.prune.method == "unstructured" and config.prune.ratio == 0.95
+    # criterion, steps and round_to are structured-only: not asked.
+    assert not {"prune.criterion", "prune.steps", "prune.round_to"} & set(trial.asked)
+
+
+def test_a_space_file_budget_is_kept_as_given() -> None:
+    fitted = fit_space(demo_space(), USER_DIGITS)
+    assert fitted["distill.epochs"] == demo_space()["distill.epochs"]
+    assert fitted.profile_epochs == 15.0
+
+
+def test_named_configs_are_the_profiles_then_quantization_alone_in_the_spaces_modes() -> None:
+    assert named_configs(default_space()) == [*PROFILES, "int8-dynamic only", "int8-static only", "fp16 only"]
+    narrow = SearchSpace({"quantize.mode": Choice(("none", "int8-static"))})
+    assert named_configs(narrow) == [*PROFILES, "int8-static only"]
+    config = profile_config("int8-static only", default_space())
+    assert (config.prune.ratio, config.depth.fraction, config.distill.epochs, config.cluster.k) == (0, 0, 0, 0)
+    assert config.quantize.mode == "int8-static"
+    assert set(QUANT_ONLY) == {"int8-dynamic only", "int8-static only", "fp16 only"}
+    with pytest.raises(Exception, match="unknown profile 'x'"):
+        profile_config("x", default_space())
