@@ -59,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="peak learning rate; none means the model family's recipe (e.g. 0.1 for resnet with "
-        "sgd, 0.002 for mobilenet with adamw, at batch 128), scaled by batch size / 128",
+        "sgd, 0.004 for mobilenet with adamw, at batch 128), scaled to the batch size (linearly "
+        "for sgd, by the square root for adamw)",
     )
     group.add_argument(
         "--batch-size",
