@@ -57,16 +57,17 @@ def distill_loss(
     return loss
 
 
-def cosine_lr(base: float, step: int, total: int) -> float:
-    """Learning rate of 0-based ``step`` of ``total``: linear warm-up, then cosine decay to 0."""
-    warmup = int(total * WARMUP_FRACTION)
+def cosine_lr(base: float, step: int, total: int, *, warmup_fraction: float = WARMUP_FRACTION) -> float:
+    """Learning rate of 0-based ``step`` of ``total``: linear warm-up over ``warmup_fraction`` of
+    the steps, then cosine decay to 0."""
+    warmup = int(total * warmup_fraction)
     factor = 0.5 * (1 + math.cos(math.pi * step / total))
     if step < warmup:
         factor *= (step + 1) / warmup
     return base * factor
 
 
-def _param_groups(model: nn.Module) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float = WEIGHT_DECAY) -> list[dict[str, Any]]:
     """Weight decay on conv / linear weights only; none on BN scales and biases (decaying those
     just shrinks activations without regularising anything)."""
     decay: list[nn.Parameter] = []
@@ -75,7 +76,7 @@ def _param_groups(model: nn.Module) -> list[dict[str, Any]]:
         if p.requires_grad:
             (decay if p.dim() > 1 else no_decay).append(p)
     return [
-        {"params": decay, "weight_decay": WEIGHT_DECAY},
+        {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
 
@@ -124,7 +125,7 @@ class Distill:
         if self.qat:
             prepare_qat(model)
         optimizer = torch.optim.SGD(
-            _param_groups(model), lr=cfg.lr, momentum=MOMENTUM, nesterov=True
+            param_groups(model), lr=cfg.lr, momentum=MOMENTUM, nesterov=True
         )
         report_at = {max(1, round(f * steps)) for f in ctx.report_fractions}
         gen = torch.Generator().manual_seed(ctx.seed)

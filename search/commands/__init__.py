@@ -65,7 +65,9 @@ def add_workload_arguments(
         "--image-size",
         type=int,
         default=None,
-        help="resize inputs to this many pixels square (image folders: 32 when not given)",
+        help="resize inputs to this many pixels square; none means the size recorded beside "
+        "--weights by `train`, else the model family's minimum (28 px for resnet, mobilenet and "
+        "efficientnet, 32 for vgg) for smaller images, else the dataset's own (image folders: 32)",
     )
     group.add_argument(
         "--download",
@@ -101,10 +103,11 @@ def add_workload_arguments(
 
 
 def spec_from_args(args: argparse.Namespace) -> WorkloadSpec:
-    """The workload flags of parsed ``args`` as a ``WorkloadSpec``."""
-    from search.workloads.workload import WorkloadSpec
+    """The workload flags of parsed ``args`` as a ``WorkloadSpec``, its input size resolved
+    (``with_input_size``)."""
+    from search.workloads.workload import WorkloadSpec, with_input_size
 
-    return WorkloadSpec(
+    return with_input_size(WorkloadSpec(
         model=args.model,
         weights=args.weights,
         dataset=args.dataset,
@@ -115,4 +118,4 @@ def spec_from_args(args: argparse.Namespace) -> WorkloadSpec:
         allow_weak_teacher=getattr(args, "allow_weak_teacher", False),
         seed=args.seed,
         val_fraction=args.val_fraction,
-    )
+    ))

@@ -13,11 +13,9 @@ from search.commands import add_workload_arguments, spec_from_args
 from search.errors import UserError
 from search.workloads.datasets import check_dataset_name
 from search.workloads.models import check_model_name
+from search.workloads.recipes import OPTIMIZERS, recipe_family, recipe_for
 from search.workloads.training import (
-    DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
-    DEFAULT_LABEL_SMOOTHING,
-    OPTIMIZERS,
     available_cores,
     check_training_settings,
     metrics_path,
@@ -60,20 +58,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--lr",
         type=float,
         default=None,
-        help="peak learning rate; none means 0.1 (sgd) or 0.002 (adamw), scaled by batch size / 128",
+        help="peak learning rate; none means the model family's recipe (e.g. 0.1 for resnet with "
+        "sgd, 0.004 for mobilenet with adamw, at batch 128), scaled to the batch size (linearly "
+        "for sgd, by the square root for adamw)",
     )
-    group.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="batch size")
+    group.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="batch size; none means the recipe's (128), halved down to 16 until an epoch has "
+        "at least 32 steps",
+    )
     group.add_argument(
         "--optimizer",
         choices=OPTIMIZERS,
-        default="sgd",
-        help="sgd: Nesterov momentum with a one-cycle schedule; adamw: AdamW with cosine decay",
+        default=None,
+        help="none means the model family's recipe; sgd: Nesterov momentum with a one-cycle "
+        "schedule; adamw: AdamW with cosine decay",
     )
     group.add_argument(
         "--label-smoothing",
         type=float,
-        default=DEFAULT_LABEL_SMOOTHING,
-        help="label smoothing of the cross-entropy loss",
+        default=None,
+        help="label smoothing of the cross-entropy loss; none means the recipe's (0.1)",
     )
     group.add_argument(
         "--studies-dir",
@@ -115,16 +122,21 @@ def run(args: argparse.Namespace) -> int:
     model = build_for_data(spec, data, weights=spec.weights)
     out.parent.mkdir(parents=True, exist_ok=True)  # the demo cache folder; only now that all is checked
     progress = not args.no_progress
+    recipe = recipe_for(spec.model_name)
     if progress:
+        resized = data.preprocessing.get("resize")
         print(
             f"training {spec.model_name} on {spec.dataset_name} ({len(data.train)} train / "
-            f"{len(data.val)} val / {len(data.test)} test) for {_epochs(epochs)} on {device}",
+            f"{len(data.val)} val / {len(data.test)} test"
+            f"{f', inputs {resized}' if resized else ''}) for {_epochs(epochs)} on {device}, "
+            f"{recipe_family(spec.model_name)} recipe",
             flush=True,
         )
     metrics = train_teacher(
         model,
         data,
         epochs=epochs,
+        recipe=recipe,
         lr=args.lr,
         batch_size=args.batch_size,
         optimizer=args.optimizer,

@@ -303,6 +303,8 @@ class Dataset:
     expected_files: str
     # False for datasets bundled with a library: a --data-root given for them is a mistake.
     takes_data_root: bool = True
+    # The side of its images as loaded without --image-size (what a recipe's minimum is held to).
+    native_size: int | None = None
 
 
 DATASETS: dict[str, Dataset] = {
@@ -310,17 +312,22 @@ DATASETS: dict[str, Dataset] = {
         load_digits,
         "digits is bundled with scikit-learn and needs no data root",
         takes_data_root=False,
+        native_size=8,
     ),
     "fashion-mnist": Dataset(
         load_fashion_mnist,
         "expected train-images-idx3-ubyte.gz etc. there or in FashionMNIST/raw",
+        native_size=28,
     ),
     "cifar10": Dataset(
-        load_cifar10, f"expected {CIFAR10_DIR}/data_batch_1..5 and test_batch there"
+        load_cifar10,
+        f"expected {CIFAR10_DIR}/data_batch_1..5 and test_batch there",
+        native_size=32,
     ),
     "imagefolder": Dataset(
         load_imagefolder,
         "expected class sub-folders of images, optionally under train/ and test/",
+        native_size=DEFAULT_IMAGE_SIZE,
     ),
 }
 

@@ -20,22 +20,25 @@ import torch
 from torch import nn
 
 from search.errors import UserError
+from search.workloads.recipes import (
+    OPTIMIZERS,
+    RECIPES,
+    Recipe,
+    batch_size_for,
+    regularisation_scale,
+    scale_regularisation,
+)
 from stages import Split, TaskData
+from stages.distill import cosine_lr, param_groups
 from stages.files import atomic_path, write_atomic
 from stages.measure import torch_accuracy
 
-OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_EPOCHS = 5
-DEFAULT_BATCH_SIZE = 128
-DEFAULT_LABEL_SMOOTHING = 0.1
-# Peak learning rates at batch size 128, scaled linearly with the batch size.
-BASE_LR = {"sgd": 0.1, "adamw": 2e-3}
-WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
-
-
-def default_lr(optimizer: str, batch_size: int) -> float:
-    """The peak learning rate used when ``--lr`` is not given (linear scaling rule)."""
-    return BASE_LR[optimizer] * batch_size / DEFAULT_BATCH_SIZE
+# When the training loss has not fallen below this share of ln(classes) (a uniform guess) by
+# ``Recipe.stall_check_epoch``, training restarts from the initial weights at a tenth of the
+# learning rate, at most ``LR_RETRIES`` times; so does a loss that is not finite.
+STALLED_LOSS_SHARE = 0.9
+LR_RETRIES = 2
 
 
 def evaluate_accuracy(
@@ -120,17 +123,22 @@ class _EpochReporter:
 
 
 def check_training_settings(
-    *, epochs: int, lr: float | None, batch_size: int, optimizer: str, label_smoothing: float
+    *,
+    epochs: int,
+    lr: float | None,
+    batch_size: int | None,
+    optimizer: str | None,
+    label_smoothing: float | None,
 ) -> None:
     """A one-line ``UserError`` for a training setting out of range (cheap: the train command
-    checks them before loading any data)."""
+    checks them before loading any data). ``None`` means: the recipe's value."""
     if epochs < 1:
         raise UserError(f"--epochs must be >= 1, but got {epochs}.")
-    if batch_size < 2:
+    if batch_size is not None and batch_size < 2:
         raise UserError(f"--batch-size must be >= 2, but got {batch_size}.")
-    if optimizer not in OPTIMIZERS:
+    if optimizer is not None and optimizer not in OPTIMIZERS:
         raise UserError(f"unknown optimizer {optimizer!r}; valid optimizers: {', '.join(OPTIMIZERS)}.")
-    if not 0.0 <= label_smoothing < 1.0:
+    if label_smoothing is not None and not 0.0 <= label_smoothing < 1.0:
         raise UserError(f"--label-smoothing must lie in [0, 1), but got {label_smoothing}.")
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise UserError(f"--lr must be > 0 and finite, but got {lr}.")
@@ -141,10 +149,11 @@ def train_teacher(
     data: TaskData,
     *,
     epochs: int,
+    recipe: Recipe | None = None,
     lr: float | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    optimizer: str = "sgd",
-    label_smoothing: float = DEFAULT_LABEL_SMOOTHING,
+    batch_size: int | None = None,
+    optimizer: str | None = None,
+    label_smoothing: float | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
     seed: int = 0,
@@ -152,75 +161,73 @@ def train_teacher(
 ) -> dict[str, Any]:
     """Train ``model`` in place on ``data.train`` (with ``data.augment``) and leave it in eval mode.
 
-    Recipe: SGD (momentum 0.9, Nesterov, weight decay 5e-4) with a one-cycle schedule, or AdamW
-    (weight decay 0.05) with cosine decay; cross-entropy with label smoothing; bfloat16 autocast
-    on CUDA. Validation accuracy is measured after every epoch, test accuracy once at the end.
-    ``progress`` False prints nothing; otherwise a progress bar on a terminal, else one line per
-    epoch. ``threads`` sets torch's CPU threads for the run (None keeps the current setting).
+    ``recipe`` (default: ``RECIPES["default"]``, SGD with one-cycle) sets the optimizer, schedule,
+    learning rate, weight decay and label smoothing; ``lr``, ``batch_size``, ``optimizer`` and
+    ``label_smoothing`` override it. Without ``batch_size``, the recipe's is halved until an epoch
+    has enough steps (``batch_size_for``). The model's dropout and stochastic depth are scaled to
+    the data (``regularisation_scale``). If the loss does not fall (``STALLED_LOSS_SHARE``) or is
+    not finite, training restarts from the initial weights at a tenth of the learning rate.
+    Validation accuracy is measured after every epoch, test accuracy once at the end; bfloat16
+    autocast on CUDA. ``progress`` False prints nothing; otherwise a progress bar on a terminal,
+    else one line per epoch. ``threads`` sets torch's CPU threads (None keeps the setting).
 
     Returns ``{"val_acc", "test_acc", "epochs", "seconds", ...}`` (accuracies in percent).
     """
     check_training_settings(
         epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, label_smoothing=label_smoothing
     )
+    recipe = (recipe or RECIPES["default"]).with_overrides(
+        optimizer=optimizer, label_smoothing=label_smoothing
+    )
     n = len(data.train)
+    batch = batch_size if batch_size is not None else batch_size_for(recipe, n)
     # A last batch of one sample would break BatchNorm in train mode: it is dropped.
-    steps = n // batch_size + (1 if n % batch_size >= 2 else 0)
+    steps = n // batch + (1 if n % batch >= 2 else 0)
     if steps == 0:
         raise UserError(f"the training split has {n} sample(s); expected at least 2.")
-    peak_lr = lr if lr is not None else default_lr(optimizer, batch_size)
+    peak_lr = lr if lr is not None else recipe.peak_lr(batch)
     device = torch.device(device)
     started = time.perf_counter()
-    torch.manual_seed(seed)
-    order = torch.Generator().manual_seed(seed)
-
-    model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    total = epochs * steps
-    opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LRScheduler
-    if optimizer == "sgd":
-        opt = torch.optim.SGD(
-            params, lr=peak_lr, momentum=0.9, nesterov=True, weight_decay=WEIGHT_DECAY["sgd"]
-        )
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peak_lr, total_steps=total)
-    else:
-        opt = torch.optim.AdamW(params, lr=peak_lr, weight_decay=WEIGHT_DECAY["adamw"])
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    )
-
-    val_acc = 0.0
-    loss_value = math.nan
-    with _torch_threads(threads), _EpochReporter(enabled=progress, epochs=epochs, steps=steps) as rep:
-        for epoch in range(1, epochs + 1):
-            model.train()
-            perm = torch.randperm(n, generator=order)
-            loss_sum = torch.zeros((), device=device)
-            for step in range(steps):
-                idx = perm[step * batch_size : (step + 1) * batch_size]
-                x = data.train.x[idx].to(device, non_blocking=True)
-                y = data.train.y[idx].to(device, non_blocking=True)
-                if data.augment is not None:
-                    x = data.augment(x)
-                with autocast:
-                    loss = criterion(model(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                loss_sum += loss.detach().float()
-                rep.step()
-            loss_value = float(loss_sum) / steps
-            if not math.isfinite(loss_value):
+    scale_regularisation(model, regularisation_scale(n))
+    model.to(device)
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    stalled_below = STALLED_LOSS_SHARE * math.log(max(2, data.num_classes))
+    check_epoch = recipe.stall_check_epoch(epochs)
+    restarts: list[str] = []
+    val_acc = loss_value = math.nan
+    with _torch_threads(threads):
+        for attempt in range(LR_RETRIES + 1):
+            if attempt:
+                model.load_state_dict(initial)
+            run = _Run(
+                model, data, recipe, epochs=epochs, batch=batch, steps=steps, lr=peak_lr,
+                device=device, seed=seed,
+            )  # fmt: skip
+            with _EpochReporter(enabled=progress, epochs=epochs, steps=steps) as rep:
+                for epoch in range(1, epochs + 1):
+                    loss_value = run.epoch(rep)
+                    stalled = not math.isfinite(loss_value) or (
+                        epoch == check_epoch and loss_value > stalled_below
+                    )
+                    if stalled:
+                        break
+                    val_acc = run.val_acc()
+                    rep.epoch(epoch, loss_value, val_acc, time.perf_counter() - started)
+            if not stalled:
+                break
+            why = "diverged" if not math.isfinite(loss_value) else f"stalled at {loss_value:.3f}"
+            restarts.append(f"lr {peak_lr:g}: loss {why} in epoch {epoch}")
+            if attempt == LR_RETRIES:
                 raise UserError(
-                    f"training diverged (loss {loss_value}) in epoch {epoch}; "
-                    f"try a smaller --lr than {peak_lr:g}."
+                    f"training did not learn ({'; '.join(restarts)}); try another --lr, "
+                    "--optimizer or more --epochs."
                 )
-            val_acc = evaluate_accuracy(model, data.val, device=device)
-            rep.epoch(epoch, loss_value, val_acc, time.perf_counter() - started)
+            if progress:
+                print(
+                    f"loss {why} in epoch {epoch} at lr {peak_lr:g}; restarting at lr {peak_lr / 10:g}",
+                    flush=True,
+                )
+            peak_lr /= 10
         test_acc = evaluate_accuracy(model, data.test, device=device)
     model.eval()
     return {
@@ -229,11 +236,82 @@ def train_teacher(
         "epochs": epochs,
         "seconds": round(time.perf_counter() - started, 2),
         "train_loss": loss_value,
-        "optimizer": optimizer,
+        "optimizer": recipe.optimizer,
+        "schedule": recipe.schedule,
         "lr": peak_lr,
-        "batch_size": batch_size,
-        "label_smoothing": label_smoothing,
+        "weight_decay": recipe.weight_decay,
+        "batch_size": batch,
+        "label_smoothing": recipe.label_smoothing,
+        "lr_restarts": restarts,
     }
+
+
+class _Run:
+    """One training attempt: the optimizer, its schedule and the shuffling, epoch by epoch."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: TaskData,
+        recipe: Recipe,
+        *,
+        epochs: int,
+        batch: int,
+        steps: int,
+        lr: float,
+        device: torch.device,
+        seed: int,
+    ) -> None:
+        self.model, self.data, self.recipe = model, data, recipe
+        self.batch, self.steps, self.device = batch, steps, device
+        torch.manual_seed(seed)
+        self.order = torch.Generator().manual_seed(seed)
+        groups = param_groups(model, recipe.weight_decay)
+        self.opt: torch.optim.Optimizer
+        if recipe.optimizer == "sgd":
+            self.opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+        else:
+            self.opt = torch.optim.AdamW(groups, lr=lr)
+        total = epochs * steps
+        self.sched: torch.optim.lr_scheduler.LRScheduler
+        if recipe.schedule == "onecycle":
+            self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=lr, total_steps=total)
+        else:
+            self.sched = torch.optim.lr_scheduler.LambdaLR(
+                self.opt,
+                lambda step: cosine_lr(1.0, min(step, total - 1), total, warmup_fraction=recipe.warmup),
+            )
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+        self.autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+        )
+
+    def epoch(self, rep: _EpochReporter) -> float:
+        """Train one epoch; the mean training loss (not finite when training diverged)."""
+        model, train, device = self.model, self.data.train, self.device
+        model.train()
+        perm = torch.randperm(len(train), generator=self.order)
+        loss_sum = torch.zeros((), device=device)
+        for step in range(self.steps):
+            idx = perm[step * self.batch : (step + 1) * self.batch]
+            x = train.x[idx].to(device, non_blocking=True)
+            y = train.y[idx].to(device, non_blocking=True)
+            if self.data.augment is not None:
+                x = self.data.augment(x)
+            with self.autocast:
+                loss = self.criterion(model(x), y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.recipe.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), self.recipe.grad_clip)
+            self.opt.step()
+            self.sched.step()
+            loss_sum += loss.detach().float()
+            rep.step()
+        return float(loss_sum) / self.steps
+
+    def val_acc(self) -> float:
+        return evaluate_accuracy(self.model, self.data.val, device=self.device)
 
 
 def metrics_path(checkpoint: Path) -> Path:

@@ -6,6 +6,7 @@ trained once and cached under ``studies/.cache``."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,13 @@ from search.workloads.models import (
     check_model_name,
     model_file_sha256,
 )
-from search.workloads.training import evaluate_accuracy, save_checkpoint, train_teacher
+from search.workloads.recipes import recipe_for
+from search.workloads.training import (
+    evaluate_accuracy,
+    metrics_path,
+    save_checkpoint,
+    train_teacher,
+)
 from spaces import SearchSpace, default_space, demo_space
 from stages import TaskData
 
@@ -203,6 +210,41 @@ def demo_cache_path(studies_dir: Path, spec: WorkloadSpec) -> Path:
     return studies_dir / ".cache" / ("-".join(parts) + ".pt")
 
 
+def with_input_size(spec: WorkloadSpec) -> WorkloadSpec:
+    """``spec`` with the input size its teacher is fed at: ``--image-size`` when given, else the
+    size recorded beside ``--weights`` by ``train`` (so every later stage feeds the model as it was
+    trained), else the model family's minimum (``Recipe.min_input_size``) when the dataset's
+    images are smaller. The resolved size goes into the fingerprint, the checkpoint's JSON and
+    the export sidecar's preprocessing."""
+    if spec.image_size is not None or spec.dataset not in DATASETS:
+        return spec
+    recorded = _recorded_image_size(spec)
+    if recorded is not None:
+        return dataclasses.replace(spec, image_size=recorded[0])
+    minimum = recipe_for(spec.model_name).min_input_size
+    native = DATASETS[spec.dataset].native_size
+    if minimum is not None and native is not None and native < minimum:
+        return dataclasses.replace(spec, image_size=minimum)
+    return spec
+
+
+def _recorded_image_size(spec: WorkloadSpec) -> tuple[int | None] | None:
+    """``(size,)`` as ``train`` recorded it beside ``spec.weights`` for the same model and
+    dataset (``(None,)``: trained at the native size); None when nothing is recorded."""
+    if spec.weights is None:
+        return None
+    try:
+        info = json.loads(metrics_path(spec.weights).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or "preprocessing" not in info:
+        return None
+    if info.get("model") != spec.model_name or info.get("dataset") != spec.dataset:
+        return None
+    size = info.get("image_size")
+    return (size,) if size is None or isinstance(size, int) else None
+
+
 def checkpoint_info(spec: WorkloadSpec, data: TaskData, metrics: dict[str, Any]) -> dict[str, Any]:
     """The JSON written beside a trained checkpoint: its metrics and how to reproduce them."""
     return {
@@ -243,6 +285,7 @@ def _demo_teacher(
         model,
         data,
         epochs=DEMO_EPOCHS,
+        recipe=recipe_for(DEMO_MODEL),
         device=device,
         progress=False,
         seed=spec.seed,

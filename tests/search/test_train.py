@@ -52,7 +52,8 @@ def test_adamw_with_cosine_learns(digits_data: TaskData) -> None:
     result = train_teacher(
         DemoCNN(), digits_data, epochs=2, batch_size=64, optimizer="adamw", progress=False
     )
-    assert result["optimizer"] == "adamw" and result["lr"] == pytest.approx(1e-3)
+    # AdamW's default peak lr, 2e-3 at batch 128, scaled by the square root of 64 / 128.
+    assert result["optimizer"] == "adamw" and result["lr"] == pytest.approx(2e-3 * 0.5**0.5)
     assert result["val_acc"] > 40
 
 
