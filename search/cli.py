@@ -100,9 +100,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"mcaas-search: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if not _lost_database(exc):
+            raise
+        # A database server lost mid-run (restarted, unreachable): what it holds is intact (each
+        # write is a transaction; the trial that was running is re-run on resume).
+        print(
+            f"mcaas-search: error: lost the study database: {one_line(str(exc.orig or exc))}; "
+            "what it holds is intact: run the same command again to continue",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print("mcaas-search: interrupted", file=sys.stderr)
         return 130
+
+
+def _lost_database(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLAlchemy's "the database connection failed" (imported only by a run
+    that used a database, so checked without importing it)."""
+    sqlalchemy = sys.modules.get("sqlalchemy.exc")
+    return sqlalchemy is not None and isinstance(exc, sqlalchemy.OperationalError)
 
 
 if __name__ == "__main__":

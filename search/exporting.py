@@ -24,7 +24,9 @@ import torch
 from objectives import format_violations, metrics
 from search.errors import UserError, first_line
 from search.study import StudyInfo, TrialRecord
+from search.study.artifacts import fetch_trial_file
 from search.study.scoring import closest_records, recommended_record
+from search.study.storage import STUDIES_DIR
 from search.workloads.workload import WorkloadSpec, load_task_data
 from stages import EXPORT_FORMATS, Split, TaskData
 from stages.files import temp_beside
@@ -54,6 +56,23 @@ class ExportResult:
     stored_test_acc: float
     measured_test_acc: float
     n_test: int
+
+
+def fetch_files(study: optuna.Study, selection: Selection) -> Selection:
+    """``selection`` with its trial's ONNX file on this machine: where its worker wrote it, else
+    fetched from the study's artifact store (a trial another machine ran; see ``--artifacts``)."""
+    record = selection.record
+    if not record.artifact:
+        return selection
+    local = fetch_file(study, record.number, record.artifact)
+    return dataclasses.replace(selection, record=dataclasses.replace(record, artifact=str(local)))
+
+
+def fetch_file(study: optuna.Study, number: int, recorded: str) -> Path:
+    """Trial ``number``'s file ``recorded`` on this machine (see ``fetch_trial_file``), fetched
+    into this machine's folder of the study."""
+    into = STUDIES_DIR / study.study_name / "trials" / str(number)
+    return fetch_trial_file(study, number, Path(recorded), into)
 
 
 def select_trial(

@@ -18,8 +18,18 @@ import optuna
 
 from search.backends.settings import SearchSettings
 from search.interrupts import redeliver_lost_interrupts, stops_deferred
-from search.study import ask_lock, counted, mark_interrupted, open_storage, worker_id
+from search.study import (
+    ask_lock,
+    awaited,
+    counted,
+    fail_orphaned,
+    mark_interrupted,
+    open_storage,
+    worker_id,
+)
+from search.study.lifecycle import server_database
 from search.study.records import PROFILE, WORKER, StudyInfo
+from search.study.storage import STUDIES_DIR, heartbeat_seconds
 from search.trials.worker import run_and_record, worker_setup
 from search.workloads.workload import Workload, WorkloadSpec, load_workload, pick_device
 
@@ -50,16 +60,22 @@ def run_worker(
     worker: int = 0,
     deadline: float | None = None,
 ) -> None:
-    """Ask, run and tell trials until the study holds ``settings.trials`` counted trials."""
+    """Ask, run and tell trials until the study holds ``settings.trials`` counted trials. When
+    the total is reached while other workers still run trials, wait for them: one that dies is
+    failed as interrupted (its pid gone, or its heartbeats stopped) and its trial run again."""
     study = optuna.load_study(study_name=settings.study, storage=open_storage(settings.storage, create=False))
     # Seeded by worker and by the trials already there, so a resumed search does not re-draw
     # the values it drew before the interruption.
     study.sampler = settings.make_sampler(worker + len(study.trials))
     info = StudyInfo.load(study)
+    # A study in a database server may be run from machines with no common folder: each writes
+    # its trial files in its own working folder (and uploads them with --artifacts).
+    artifacts = (STUDIES_DIR / settings.study).resolve() if server_database(study) is not None else None
     setup = worker_setup(
         study,
         info,
         workload,
+        artifacts=artifacts,
         threads=settings.threads,
         seed=settings.seed or 0,
         early_stop=settings.early_stop,
@@ -68,11 +84,16 @@ def run_worker(
     while deadline is None or time.time() < deadline:
         trial = None
         try:
-            with stops_deferred(), ask_lock(info):
-                if counted(study) >= settings.trials:
+            with stops_deferred(), ask_lock(study, info):
+                fail_orphaned(study)
+                if counted(study) < settings.trials:
+                    trial = study.ask()
+                    trial.set_user_attr(WORKER, worker_id())
+                elif not awaited(study):
                     return
-                trial = study.ask()
-                trial.set_user_attr(WORKER, worker_id())
+            if trial is None:
+                time.sleep(heartbeat_seconds())
+                continue
             run_and_record(
                 trial, setup, lambda: settings.space.suggest(trial), profile=trial.user_attrs.get(PROFILE)
             )

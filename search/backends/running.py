@@ -24,6 +24,7 @@ from search.study import (
     load_study,
     open_storage,
 )
+from search.study.artifacts import record_store
 from search.trials.context import cached_analysis, make_context, measure_baseline_into
 from search.workloads.analysis import Analysis
 from search.workloads.workload import Workload
@@ -106,6 +107,7 @@ def open_study(
         sampler=settings.make_sampler(),
         profiles=settings.space if settings.profiles else None,
     )
+    record_store(study, settings.artifacts)
     return study, info, settings
 
 

@@ -44,6 +44,8 @@ class SearchSettings:
     early_stop: bool = True
     skip_dominated: bool = True
     device: str = "auto"
+    # An artifact store for the trial files (see search.study.artifacts); None keeps them on disk.
+    artifacts: str | None = None
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:

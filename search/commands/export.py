@@ -14,6 +14,8 @@ from search.exporting import (
     FORMATS,
     check_out_path,
     export_trial,
+    fetch_file,
+    fetch_files,
     select_trial,
     torch_artifact_of,
 )
@@ -51,10 +53,13 @@ def run(args: argparse.Namespace) -> int:
     selection = select_trial(
         info, trial_records(study), study_name=args.study, trial=args.trial, best=args.best
     )
+    selection = fetch_files(study, selection)
     record = selection.record
     torch_artifact = None
     if args.format == "pt2":
         torch_artifact = torch_artifact_of(study, record.number)
+        if torch_artifact is not None:
+            torch_artifact = str(fetch_file(study, record.number, torch_artifact))
     result = export_trial(
         info,
         selection,

@@ -33,6 +33,7 @@ from search.study import (
     storage_url,
     trial_records,
 )
+from search.study.artifacts import open_store
 from search.trials.context import trial_threads
 from search.workloads.workload import (
     Workload,
@@ -146,6 +147,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"study storage: a journal file or an RDB URL such as sqlite:///x.db; none means {STUDIES_DIR}/mcaas.journal",
     )
+    search.add_argument(
+        "--artifacts",
+        default=None,
+        metavar="DIR|s3://BUCKET",
+        help="artifact store for trial files, so any machine with the storage can export them "
+        "(a folder all machines mount, or an S3-compatible bucket); none: files stay in studies/",
+    )
     search.add_argument("--space", type=Path, default=None, help="TOML file fixing, narrowing or dropping dimensions")
     search.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler")
     search.add_argument("--no-profiles", action="store_true", help="do not run the three MCaaS fixed profiles first")
@@ -180,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
     # Every check that needs no workload comes first: bad input must fail before any training.
     space = pick_space(args, spec)
     check_storage(args.storage)
+    if args.artifacts is not None:
+        open_store(args.artifacts)
     backend = make_backend(
         args.backend,
         {"address": args.address, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial},
@@ -191,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
     settings = SearchSettings(
         study=name,
         storage=args.storage,
+        artifacts=args.artifacts,
         trials=args.trials,
         space=space,
         sampler=args.sampler,

@@ -15,7 +15,7 @@ import optuna
 from optuna.storages import BaseStorage
 
 from search.errors import UserError
-from search.exporting import SIDECAR_SUFFIX, export_trial, select_trial
+from search.exporting import SIDECAR_SUFFIX, export_trial, fetch_files, select_trial
 from search.reporting.figures import draw_pareto
 from search.reporting.format import settings_summary, state_counts
 from search.reporting.gather import gather_pareto
@@ -192,6 +192,7 @@ class Studies:
                 return out, sidecar
             try:
                 selection = select_trial(info, trial_records(study), study_name=name, trial=number, best=False)
+                selection = fetch_files(study, selection)
             except UserError as exc:
                 status = 404 if "has no trial" in str(exc) else 409
                 raise ApiError(status, "trial", str(exc)) from None

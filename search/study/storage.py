@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,12 @@ DEFAULT_STORAGE = STUDIES_DIR / "mcaas.journal"
 _RDB_SCHEMES = ("sqlite:", "postgresql:", "postgresql+", "mysql:", "mysql+")
 # Seconds to wait for a database server before giving up (an unreachable host must not hang).
 CONNECT_TIMEOUT_S = 10
+# Database servers are shared by machines, so a dead worker cannot be told by its pid: each running
+# trial's worker writes a heartbeat every HEARTBEAT_S seconds (MCAAS_HEARTBEAT_S overrides it), and
+# a trial with none for GRACE_BEATS heartbeats is taken as its worker's death.
+_SERVER_SCHEMES = ("postgresql:", "postgresql+", "mysql:", "mysql+")
+HEARTBEAT_S = 10
+GRACE_BEATS = 3
 
 
 def storage_url(url: str | None) -> str:
@@ -43,7 +50,11 @@ def open_storage(url: str | None, *, create: bool) -> BaseStorage:
         if url.startswith("sqlite:///") and not create:
             _require_file(Path(url.removeprefix("sqlite:///")), url)
         try:
-            return RDBStorage(url, engine_kwargs=rdb_engine_kwargs(url))
+            with warnings.catch_warnings():  # heartbeats: "experimental" since Optuna 2.9, unchanged
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, engine_kwargs=rdb_engine_kwargs(url), **heartbeat_kwargs(url))
+        except UserError:
+            raise
         except Exception as exc:  # SQLAlchemy raises many kinds for an unreachable database
             raise UserError(f"cannot open storage {url!r}: {first_line(exc)}") from None
     if "://" in url:
@@ -178,10 +189,30 @@ def _require_file(path: Path, url: str) -> None:
 
 def rdb_engine_kwargs(url: str) -> dict[str, Any]:
     """SQLAlchemy engine arguments: SQLite waits for a lock held by a parallel worker instead of
-    failing at once; a database server must answer within ``CONNECT_TIMEOUT_S``."""
+    failing at once; a database server must answer within ``CONNECT_TIMEOUT_S``, and a pooled
+    connection is checked before use, so a restarted server is reconnected to, not failed on."""
     if url.startswith("sqlite:"):
         return {"connect_args": {"timeout": 60}}
-    return {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+    return {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}, "pool_pre_ping": True}
+
+
+def heartbeat_seconds() -> int:
+    """The heartbeat interval of a database server storage: ``MCAAS_HEARTBEAT_S`` or HEARTBEAT_S."""
+    text = os.environ.get("MCAAS_HEARTBEAT_S", "").strip()
+    if not text:
+        return HEARTBEAT_S
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"MCAAS_HEARTBEAT_S must be a whole number of seconds >= 1, but got {text!r}")
+    return int(text)
+
+
+def heartbeat_kwargs(url: str) -> dict[str, int]:
+    """RDBStorage's heartbeat arguments: on for a database server (several machines), off for
+    SQLite (one machine, where a dead worker is told by its pid)."""
+    if not url.startswith(_SERVER_SCHEMES):
+        return {}
+    interval = heartbeat_seconds()
+    return {"heartbeat_interval": interval, "grace_period": GRACE_BEATS * interval}
 
 
 def load_study(name: str, storage: BaseStorage) -> optuna.Study:

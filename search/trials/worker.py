@@ -8,12 +8,14 @@ import statistics
 import traceback
 from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import TrialState
 
 from objectives import EarlyStop, Point
-from search.study import StudyInfo, ask_lock, feasible_front, trial_record
+from search.study import StudyInfo, ask_lock, feasible_front, heartbeat, trial_record
+from search.study.artifacts import STORE_ATTR, open_store, upload_folder
 from search.study.exclusions import (
     Exclusion,
     exclude,
@@ -35,6 +37,9 @@ from search.workloads.analysis import Analysis
 from search.workloads.workload import Workload
 from stages import Context, PipelineConfig, StageError
 from stages.prune import PruneFailure
+
+if TYPE_CHECKING:
+    from search.study.artifacts import ArtifactStore
 
 # Accuracy after pruning recovers mostly late in a cosine schedule: give a trial half its
 # distillation budget, then stop it only when it is far (20 pt, shrinking to 0) below the bound.
@@ -67,10 +72,11 @@ class WorkerSetup:
     base: Context
     scoring: Scoring
     view: LiveStudyView
-
-    @property
-    def artifacts(self) -> Path:
-        return Path(self.info.artifacts_dir)
+    # Where this worker writes trial files: the study's folder, or this machine's own folder for
+    # a study in a database server (machines with no common folder).
+    artifacts: Path
+    # The study's artifact store, which each complete trial's files are uploaded to (or None).
+    store: ArtifactStore | None = None
 
 
 def worker_setup(
@@ -83,9 +89,11 @@ def worker_setup(
     early_stop: bool = True,
     skip_dominated: bool = True,
     cache_dir: Path = CACHE_DIR,
+    artifacts: Path | None = None,
 ) -> WorkerSetup:
-    """A worker's context (teacher logits from the shared cache), scoring and study view."""
-    artifacts = Path(info.artifacts_dir)
+    """A worker's context (teacher logits from the shared cache), scoring and study view.
+    ``artifacts``: where to write trial files instead of the study's recorded folder."""
+    artifacts = Path(info.artifacts_dir) if artifacts is None else artifacts
     base = make_context(workload, artifacts / "trials", threads=threads, seed=seed, cache_dir=cache_dir)
     baseline_onnx = Path(info.baseline_onnx)
     if baseline_onnx.exists():
@@ -94,7 +102,9 @@ def worker_setup(
         base, _ = measure_baseline_into(base, artifacts / "baseline")
     base = with_analysis(base, Analysis.from_dict(info.analysis) if info.analysis else None)
     scoring = Scoring.for_study(info, early_stop=EARLY_STOP if early_stop else None, skip_dominated=skip_dominated)
-    return WorkerSetup(study, info, base, scoring, LiveStudyView(study, info))
+    url = study.user_attrs.get(STORE_ATTR)
+    store = open_store(url) if url is not None else None
+    return WorkerSetup(study, info, base, scoring, LiveStudyView(study, info), artifacts, store)
 
 
 def run_and_record(
@@ -121,12 +131,12 @@ def run_and_record(
         if known is not None:
             raise TrialStopped(f"skipped, not run: {known.describe()}", saved_s=setup.view.median_trial_seconds())
         learned = tuple(layer for layer in frozen_layers(study) if layer not in setup.base.frozen_layers)
-        ctx = trial_context(
-            setup.base,
-            setup.artifacts / "trials" / str(trial.number),
-            frozen_layers=setup.base.frozen_layers + learned,
-        )
-        outcome = run_trial(config, ctx, setup.scoring, setup.view, stop_early=profile is None)
+        folder = setup.artifacts / "trials" / str(trial.number)
+        ctx = trial_context(setup.base, folder, frozen_layers=setup.base.frozen_layers + learned)
+        with heartbeat(study, trial.number):
+            outcome = run_trial(config, ctx, setup.scoring, setup.view, stop_early=profile is None)
+            if setup.store is not None:
+                upload_folder(trial, folder, setup.store)
     except TrialStopped as stop:
         trial.set_user_attr(REASON, str(stop))
         trial.set_user_attr(SAVED_S, stop.saved_s)
@@ -139,7 +149,7 @@ def run_and_record(
     except Exception as exc:  # a failing trial is recorded with its reason; the study goes on
         trial.set_user_attr(REASON, failure_reason(exc))
         if config is not None:
-            with ask_lock(setup.info):
+            with ask_lock(study, setup.info):
                 learn_from_failure(study, trial.number, config, exc, frozen=ctx.frozen_layers)
         study.tell(trial, state=TrialState.FAIL)
         return "failed", None

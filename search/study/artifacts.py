@@ -1,0 +1,120 @@
+"""Trial files in an artifact store, so that a study run by several machines can be exported from
+any of them.
+
+On one machine (the default) a trial's files stay in the study's folder and its record points to
+them. With ``--artifacts`` (a folder every machine mounts, or ``s3://bucket`` for an S3-compatible
+store) each complete trial's files are uploaded through Optuna's artifact API as the trial ends;
+the store is recorded in the study, and ``export`` fetches a file it does not find on disk.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.artifacts import (
+    FileSystemArtifactStore,
+    download_artifact,
+    get_all_artifact_meta,
+    upload_artifact,
+)
+from optuna.artifacts.exceptions import ArtifactNotFound
+
+from search.errors import UserError, first_line
+
+if TYPE_CHECKING:
+    from optuna.artifacts._protocol import ArtifactStore
+
+__all__ = ["STORE_ATTR", "fetch_trial_file", "open_store", "record_store", "store_url", "upload_folder"]
+
+# The study's user attribute naming its store (absent: trial files stay where they were written).
+STORE_ATTR = "artifact_store"
+
+
+def store_url(url: str) -> str:
+    """``url`` as it is recorded in the study: an S3 URL as given, a folder made absolute."""
+    if url.startswith("s3://"):
+        bucket = url.removeprefix("s3://").rstrip("/")
+        if not bucket or "/" in bucket:
+            raise UserError(f"bad --artifacts {url!r}; expected s3://BUCKET (the endpoint comes from AWS_ENDPOINT_URL)")
+        return f"s3://{bucket}"
+    if "://" in url:
+        raise UserError(f"unsupported --artifacts {url!r}; expected a folder or s3://BUCKET")
+    return str(Path(url).expanduser().resolve())
+
+
+def open_store(url: str) -> ArtifactStore:
+    """The artifact store at ``url`` (see ``store_url``); a folder is created if needed."""
+    url = store_url(url)
+    if url.startswith("s3://"):
+        try:
+            import boto3  # noqa: F401  (Optuna's S3 store imports it itself)
+        except ImportError:
+            raise UserError(
+                f"artifact store {url!r} needs boto3: pip install 'mcaas-search[s3]'"
+            ) from None
+        from optuna.artifacts import Boto3ArtifactStore
+
+        return Boto3ArtifactStore(url.removeprefix("s3://"))
+    try:
+        Path(url).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot use artifact store {url!r}: {exc.strerror or exc}") from None
+    if not os.access(url, os.W_OK):
+        raise UserError(f"cannot use artifact store {url!r}: the folder is not writable")
+    return FileSystemArtifactStore(url)
+
+
+def record_store(study: optuna.Study, url: str | None) -> str | None:
+    """Record ``url`` as the study's store on its first run (and check it exists); later runs may
+    repeat it or leave it out, not change it. Returns the study's store URL, if any."""
+    recorded = study.user_attrs.get(STORE_ATTR)
+    if url is None:
+        return recorded
+    url = store_url(url)
+    if recorded is not None and recorded != url:
+        raise UserError(
+            f"study {study.study_name!r} keeps its trial files in {recorded!r}; "
+            "pass that --artifacts (or none) to continue it"
+        )
+    open_store(url)
+    if recorded is None:
+        study.set_user_attr(STORE_ATTR, url)
+    return url
+
+
+def upload_folder(trial: optuna.Trial, folder: Path, store: ArtifactStore) -> int:
+    """Upload every file of a trial's folder, attached to the trial; returns how many."""
+    files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    for path in files:
+        upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+    return len(files)
+
+
+def fetch_trial_file(study: optuna.Study, number: int, recorded: Path, into: Path) -> Path:
+    """Trial ``number``'s file ``recorded`` (the path its worker wrote): that path when it exists
+    here, else the copy fetched from the study's store into ``into`` (kept for the next time)."""
+    if recorded.is_file():
+        return recorded
+    url = study.user_attrs.get(STORE_ATTR)
+    if url is None:
+        return recorded  # the caller says the file is missing
+    local = into / recorded.name
+    if local.is_file():
+        return local
+    trial = study.get_trials(deepcopy=False)[number]
+    meta = [a for a in get_all_artifact_meta(trial, storage=study._storage) if a.filename == recorded.name]
+    if not meta:
+        raise UserError(f"trial {number}'s file {recorded.name!r} is neither at {str(recorded)!r} nor in the artifact store {url!r}")
+    into.mkdir(parents=True, exist_ok=True)
+    partial = local.with_name(local.name + ".part")
+    partial.unlink(missing_ok=True)
+    try:
+        download_artifact(artifact_store=open_store(url), file_path=str(partial), artifact_id=meta[-1].artifact_id)
+    except (ArtifactNotFound, OSError) as exc:
+        partial.unlink(missing_ok=True)
+        raise UserError(f"cannot fetch trial {number}'s {recorded.name!r} from {url!r}: {first_line(exc)}") from None
+    os.replace(partial, local)
+    return local
