@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: demo serve test install clean
+.PHONY: demo serve test install clean gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The GPU path (train, try and a Ray search on CUDA against the CPU): on a machine with a GPU only.
+gpu-check: $(STAMP)
+	$(BIN)/python -m search.bench.gpu_check --out gpu_check.json
 
 clean:
 	rm -rf $(VENV) studies/demo* .pytest_cache
