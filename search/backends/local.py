@@ -29,9 +29,12 @@ from search.study import (
 )
 from search.study.lifecycle import server_database
 from search.study.records import PROFILE, WORKER, StudyInfo
-from search.study.storage import STUDIES_DIR, heartbeat_seconds
+from search.study.storage import STUDIES_DIR
 from search.trials.worker import run_and_record, worker_setup
 from search.workloads.workload import Workload, WorkloadSpec, load_workload, pick_device
+
+# How often a worker that reached the study's total looks again at its peers' running trials.
+AWAIT_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +95,7 @@ def run_worker(
                 elif not awaited(study):
                     return
             if trial is None:
-                time.sleep(heartbeat_seconds())
+                time.sleep(AWAIT_S)
                 continue
             run_and_record(
                 trial, setup, lambda: settings.space.suggest(trial), profile=trial.user_attrs.get(PROFILE)
