@@ -34,10 +34,13 @@ from stages.files import atomic_path, write_atomic
 from stages.measure import torch_accuracy
 
 DEFAULT_EPOCHS = 5
-# When the training loss has not fallen below this share of ln(classes) (a uniform guess) by
-# ``Recipe.stall_check_epoch``, training restarts from the initial weights at a tenth of the
-# learning rate, at most ``LR_RETRIES`` times; so does a loss that is not finite.
+# When the training loss has neither fallen below this share of ln(classes) (a uniform guess) nor
+# by ``STALLED_FALL`` of the first epoch's loss by ``Recipe.stall_check_epoch``, training restarts
+# from the initial weights at a tenth of the learning rate, at most ``LR_RETRIES`` times; so does a
+# loss that is not finite. (A net stuck at chance holds its loss within a percent; a small one that
+# learns slowly has lost 5 % by then.)
 STALLED_LOSS_SHARE = 0.9
+STALLED_FALL = 0.03
 LR_RETRIES = 2
 
 
@@ -165,8 +168,8 @@ def train_teacher(
     learning rate, weight decay and label smoothing; ``lr``, ``batch_size``, ``optimizer`` and
     ``label_smoothing`` override it. Without ``batch_size``, the recipe's is halved until an epoch
     has enough steps (``batch_size_for``). The model's dropout and stochastic depth are scaled to
-    the data (``regularisation_scale``). If the loss does not fall (``STALLED_LOSS_SHARE``) or is
-    not finite, training restarts from the initial weights at a tenth of the learning rate.
+    the data (``regularisation_scale``). If the loss does not fall (``STALLED_LOSS_SHARE``,
+    ``STALLED_FALL``) or is not finite, training restarts from the initial weights at a tenth of the learning rate.
     Validation accuracy is measured after every epoch, test accuracy once at the end; bfloat16
     autocast on CUDA. ``progress`` False prints nothing; otherwise a progress bar on a terminal,
     else one line per epoch. ``threads`` sets torch's CPU threads (None keeps the setting).
@@ -203,11 +206,15 @@ def train_teacher(
                 model, data, recipe, epochs=epochs, batch=batch, steps=steps, lr=peak_lr,
                 device=device, seed=seed,
             )  # fmt: skip
+            first_loss = math.inf
             with _EpochReporter(enabled=progress, epochs=epochs, steps=steps) as rep:
                 for epoch in range(1, epochs + 1):
                     loss_value = run.epoch(rep)
+                    first_loss = min(first_loss, loss_value) if epoch == 1 else first_loss
                     stalled = not math.isfinite(loss_value) or (
-                        epoch == check_epoch and loss_value > stalled_below
+                        epoch == check_epoch
+                        and loss_value > stalled_below
+                        and loss_value > (1 - STALLED_FALL) * first_loss
                     )
                     if stalled:
                         break

@@ -112,7 +112,7 @@ def test_a_user_model_torch_pruning_breaks_on_is_searched_without_failed_trials(
 ) -> None:
     folder = search_folder('[space]\n"distill.epochs" = 2\n"cluster.k" = 0\n"quantize.mode" = ["none", "int8-dynamic"]\nprofile_epochs = 1\n')
     (folder / "user.py").write_text(USER_MODEL)
-    assert run_cli(["train", "--model", "user.py:build", "--dataset", "digits", "--epochs", "8", "--out", "w.pt", "--no-progress"])[0] == 0
+    assert run_cli(["train", "--model", "user.py:build", "--dataset", "digits", "--epochs", "12", "--batch-size", "128", "--out", "w.pt", "--no-progress"])[0] == 0
     code, out, err = run_cli([
         "--model", "user.py:build", "--weights", "w.pt", "--dataset", "digits", "--space", "tiny.toml",
         "--target", "size", "--max-drop", "50", "--trials", "8", "--study", "u", "--no-early-stop",
