@@ -92,7 +92,7 @@ def connected(address: str | None) -> Iterator[None]:
 def worker_runtime_env() -> dict[str, Any]:
     """Ray's ``runtime_env`` for the workers: a PYTHONPATH that finds this package when it runs
     from a source checkout (relative entries made absolute: workers run in other directories)."""
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[3])  # the folder holding search/ (and spaces/ ...)
     entries = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys([root, *entries]))}}
 
