@@ -56,6 +56,8 @@ print(json.dumps(nodes))
 
 @dataclasses.dataclass(frozen=True)
 class Cluster:
+    """The running cluster: its GCS address, its token's file and its nodes' Ray ids."""
+
     address: str
     token_file: Path
     node_ids: frozenset[str]
@@ -97,7 +99,7 @@ def _start_node(folder: Path, name: str, args: list[str], env: dict[str, str]) -
     while READY not in log.read_text(errors="replace"):
         if process.poll() is not None or time.monotonic() > deadline:
             _stop_node(process)
-            pytest.fail(f"`ray start` for the {name} node did not start:\n{log.read_text(errors='replace')[-3000:]}")
+            pytest.fail(f"the {name} node did not start:\n{log.read_text(errors='replace')[-3000:]}")
         time.sleep(0.5)
     return process
 
@@ -116,7 +118,7 @@ def _stop_node(process: subprocess.Popen[bytes]) -> list[int]:
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=10)
-    time.sleep(0.5)
+    time.sleep(0.5)  # for the killed ones to be gone
     return _session_pids(session)
 
 
@@ -131,10 +133,12 @@ def cluster() -> Iterator[Cluster]:
     token_file.chmod(0o600)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
     env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
-    address = f"127.0.0.1:{_free_port()}"
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
     nodes: list[subprocess.Popen[bytes]] = []
     try:
-        nodes.append(_start_node(folder, "head", ["--head", "--port", address.rpartition(":")[2], "--include-dashboard=false"], env))
+        head = ["--head", "--port", str(port), "--include-dashboard=false"]
+        nodes.append(_start_node(folder, "head", head, env))
         nodes.append(_start_node(folder, "node", ["--address", address], env))
         waited = subprocess.run(
             [sys.executable, "-c", WAIT_FOR_NODES, address, "2", str(START_S)],
@@ -182,9 +186,11 @@ def test_a_search_joins_the_cluster_with_its_token_and_runs_on_both_nodes(
     # Two trials at a time and one CPU per node: they ran on both nodes, each in a worker
     # process (host:pid) of the node it names.
     assert {t.user_attrs[RAY_NODE_ATTR] for t in trials} == cluster.node_ids
-    pids = {node: {t.user_attrs[WORKER] for t in trials if t.user_attrs[RAY_NODE_ATTR] == node} for node in cluster.node_ids}
-    first, second = pids.values()
-    assert first and second and not first & second, pids
+    workers = {node: {t.user_attrs[WORKER] for t in trials if t.user_attrs[RAY_NODE_ATTR] == node}
+               for node in cluster.node_ids}
+    first, second = workers.values()
+    assert first and second and not first & second, workers
+
 
 @pytest.mark.parametrize("token", ["missing", "wrong"])
 def test_a_missing_or_wrong_token_is_a_one_line_error(

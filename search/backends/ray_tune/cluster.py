@@ -190,6 +190,7 @@ def _check_token(address: str, mode: str | None) -> None:
 
 
 def _no_token(address: str) -> UserError:
+    """The error for a cluster that requires a token where Ray finds none."""
     return UserError(
         f"cannot join the Ray cluster at {address!r}: it requires its token and none was found; "
         f"write it ({PRINT_TOKEN}) to {DEFAULT_TOKEN_FILE}, or set {TOKEN_PATH_VAR} to a file holding it"
