@@ -1,5 +1,6 @@
-"""Joining Ray: a local instance or a cluster, reached fast or refused with a clear error, quiet,
-with the paths workers need made absolute (they run in other directories)."""
+"""Joining Ray: a local instance or a cluster, reached fast or refused with a clear error (token
+authentication included), quiet, with the paths workers need made absolute (they run in other
+directories)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray._raylet import AuthenticationTokenLoader, Config, GcsClient
+from ray.exceptions import AuthenticationError
 
 from search.errors import UserError, first_line
 from search.study import storage_url
@@ -22,6 +25,14 @@ from search.workloads.workload import WorkloadSpec
 
 CONNECT_TIMEOUT_S = 3.0
 DEFAULT_GCS_PORT = 6379
+
+# Ray's token authentication (https://docs.ray.io/en/latest/ray-security/token-auth.html): a cluster
+# started with RAY_AUTH_MODE=token, or by `ray start --head` where a token already exists, refuses
+# a driver without its token. A driver sends one only with RAY_AUTH_MODE=token, and takes it from
+# RAY_AUTH_TOKEN, else from the file RAY_AUTH_TOKEN_PATH names, else from ~/.ray/auth_token.
+AUTH_MODE_VAR, TOKEN_VAR, TOKEN_PATH_VAR = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+DEFAULT_TOKEN_FILE = "~/.ray/auth_token"
+PRINT_TOKEN = "`ray get-auth-token` on its head node prints it"
 
 # Ray and Tune read these when a run starts: no progress tables (our LiveProgress reads the
 # study), no per-trial CSV/JSON/TensorBoard files, and
@@ -64,24 +75,24 @@ def connected(address: str | None) -> Iterator[None]:
         "logging_level": logging.ERROR,
         "runtime_env": worker_runtime_env(),
     }
-    if address is None:
-        ray.init(num_cpus=default_threads(1), include_dashboard=False, **options)
-    else:
-        check_reachable(address)
-        try:
-            ray.init(address=address, **options)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise UserError(f"cannot join the Ray cluster at {address!r}: {first_line(exc)}") from None
-    try:
+    with contextlib.ExitStack() as stack:
+        if address is None:
+            ray.init(num_cpus=default_threads(1), include_dashboard=False, **options)
+        else:
+            check_reachable(address)
+            stack.enter_context(token_auth(address))
+            try:
+                ray.init(address=address, **options)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise UserError(f"cannot join the Ray cluster at {address!r}: {first_line(exc)}") from None
+        stack.callback(ray.shutdown)  # before token_auth restores the environment
         yield
-    finally:
-        ray.shutdown()
 
 
 def worker_runtime_env() -> dict[str, Any]:
     """Ray's ``runtime_env`` for the workers: a PYTHONPATH that finds this package when it runs
     from a source checkout (relative entries made absolute: workers run in other directories)."""
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[3])  # the folder holding search/ (and spaces/ ...)
     entries = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys([root, *entries]))}}
 
@@ -109,6 +120,105 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
             f"cannot reach the Ray cluster at {address!r} ({why}); start one with `ray start --head` "
             "or pass the address it printed"
         ) from None
+
+
+@contextlib.contextmanager
+def token_auth(address: str) -> Iterator[None]:
+    """Join ``address`` with Ray's token when it needs one: raise UserError, naming the variable or
+    file to set, when the cluster refuses this process (no token, or not its token).
+
+    With RAY_AUTH_MODE unset and a token at hand, the run is in token mode, as ``ray start``
+    decides for a head node and ``ray.init()`` for a local cluster (a cluster without
+    authentication ignores the token); RAY_AUTH_MODE is restored afterwards.
+    """
+    saved = os.environ.get(AUTH_MODE_VAR)
+    has_token = _has_token()
+    if saved == "token" and not has_token:
+        raise _no_token(address)  # else Ray's C++ client aborts the process
+    try:
+        if saved is None and has_token:
+            os.environ[AUTH_MODE_VAR] = "token"
+        Config.initialize("")  # Ray reads RAY_AUTH_MODE once: read it again
+        _check_token(address, saved)
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(AUTH_MODE_VAR, None)
+        else:
+            os.environ[AUTH_MODE_VAR] = saved
+        Config.initialize("")
+
+
+def _has_token() -> bool:
+    """Whether Ray finds a token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)."""
+    loader = AuthenticationTokenLoader.instance()
+    loader.reset_cache()  # the variables may have changed since Ray last read them
+    try:
+        return loader.has_token(ignore_auth_mode=True)
+    except AuthenticationError:  # RAY_AUTH_TOKEN_PATH names no readable, non-empty file
+        path = os.environ.get(TOKEN_PATH_VAR)
+        raise UserError(
+            f"{TOKEN_PATH_VAR}={path} is not a readable token file; write the cluster's token "
+            f"there ({PRINT_TOKEN}) or unset {TOKEN_PATH_VAR}"
+        ) from None
+
+
+def _check_token(address: str, mode: str | None) -> None:
+    """Raise UserError unless the cluster at ``address`` accepts this process: a GCS client
+    answers an authentication failure at once, where ``ray.init`` retries it for many seconds.
+    ``mode`` is RAY_AUTH_MODE as the user set it."""
+    if address in ("auto", "local") or address.startswith("ray://"):
+        return  # Ray's own lookups, or a Ray Client server (no GCS to ask)
+    try:
+        with _quiet_stderr():  # Ray's C++ client logs the refusal as well
+            GcsClient(address=address)
+    except AuthenticationError:
+        if mode is not None and mode != "token":
+            raise UserError(
+                f"cannot join the Ray cluster at {address!r}: it requires its token, and "
+                f"{AUTH_MODE_VAR}={mode}; set {AUTH_MODE_VAR}=token"
+            ) from None
+        if os.environ.get(AUTH_MODE_VAR) != "token":
+            raise _no_token(address) from None
+        source, fix = _token_source()
+        raise UserError(
+            f"cannot join the Ray cluster at {address!r}: it refused the token in {source}; "
+            f"{fix} ({PRINT_TOKEN})"
+        ) from None
+    except Exception as exc:  # Ray raises its own RPC errors (an address that is no Ray GCS)
+        raise UserError(f"cannot join the Ray cluster at {address!r}: {first_line(exc)}") from None
+
+
+def _no_token(address: str) -> UserError:
+    """The error for a cluster that requires a token where Ray finds none."""
+    return UserError(
+        f"cannot join the Ray cluster at {address!r}: it requires its token and none was found; "
+        f"write it ({PRINT_TOKEN}) to {DEFAULT_TOKEN_FILE}, or set {TOKEN_PATH_VAR} to a file holding it"
+    )
+
+
+def _token_source() -> tuple[str, str]:
+    """Where Ray takes this process's token from, in its order, and how to put the right one there."""
+    if os.environ.get(TOKEN_VAR):
+        return TOKEN_VAR, f"set {TOKEN_VAR} to the cluster's token"
+    if path := os.environ.get(TOKEN_PATH_VAR):
+        return f"{TOKEN_PATH_VAR}={path}", f"write the cluster's token to {path}"
+    return DEFAULT_TOKEN_FILE, (
+        f"write the cluster's token to {DEFAULT_TOKEN_FILE}, or set {TOKEN_PATH_VAR} to a file holding it"
+    )
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the block (C++ code writes there, not to sys.stderr)."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def check_fits(cpus_per_trial: float, gpus_per_trial: float) -> None:

@@ -28,7 +28,8 @@ from search.workloads.workload import Workload, WorkloadSpec, load_workload, pic
 from spaces import SearchSpace
 from stages import PipelineConfig
 
-RUN_ATTR, RAY_TRIAL_ATTR = "ray_run", "ray_trial"
+# Which run, Ray trial and Ray node (the machine, on a cluster) a study trial belongs to.
+RUN_ATTR, RAY_TRIAL_ATTR, RAY_NODE_ATTR = "ray_run", "ray_trial", "ray_node"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +113,7 @@ def ray_trial(config: dict[str, Any], job: RayJob) -> None:
     trial.set_user_attr(WORKER, worker_id())
     trial.set_user_attr(RUN_ATTR, job.run_id)
     trial.set_user_attr(RAY_TRIAL_ATTR, tune.get_context().get_trial_id())
+    trial.set_user_attr(RAY_NODE_ATTR, ray.get_runtime_context().get_node_id())
 
     def make_config() -> PipelineConfig:
         _set_params(worker, trial, job.settings.space, params)
