@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import socket
 import threading
@@ -41,7 +40,7 @@ from search.study.records import (
     trial_record,
     was_interrupted,
 )
-from search.study.storage import open_storage
+from search.study.storage import advisory_lock, open_storage
 from spaces import SearchSpace, named_configs, profile_params
 
 ASK_LOCK = ".ask.lock"
@@ -116,7 +115,12 @@ def ask_lock(study: optuna.Study, info: StudyInfo) -> Iterator[None]:
     ``--trials`` stays the study's total whatever the number of workers and machines."""
     database = server_database(study)
     if database is not None:
-        with _advisory_lock(database.engine, f"mcaas-search:{study.study_name}"):
+        if database.engine.dialect.name != "postgresql":
+            raise UserError(
+                f"a study shared through {database.engine.dialect.name} has no cross-machine lock here; "
+                "use PostgreSQL (postgresql://...), or SQLite or a journal file on one machine"
+            )
+        with advisory_lock(database.engine, f"mcaas-search:{study.study_name}"):
             yield
         return
     path = Path(info.artifacts_dir) / ASK_LOCK
@@ -127,25 +131,6 @@ def ask_lock(study: optuna.Study, info: StudyInfo) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _advisory_lock(engine: sqlalchemy.Engine, name: str) -> Iterator[None]:
-    """A database-wide lock on ``name``, held by one connection: PostgreSQL's session advisory
-    lock (the server releases it when the holder's connection ends, e.g. its process is killed)."""
-    if engine.dialect.name != "postgresql":
-        raise UserError(
-            f"a study shared through {engine.dialect.name} has no cross-machine lock here; "
-            "use PostgreSQL (postgresql://...) or SQLite / a journal file on one machine"
-        )
-    key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
-    with engine.connect() as conn:
-        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
-        try:
-            yield
-        finally:
-            with contextlib.suppress(sqlalchemy.exc.DBAPIError):  # a lost connection lost its lock
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
 
 
 @contextlib.contextmanager

@@ -6,13 +6,17 @@ by a kill is repaired before Optuna reads it; a database must answer within a ti
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import hashlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
@@ -50,9 +54,7 @@ def open_storage(url: str | None, *, create: bool) -> BaseStorage:
         if url.startswith("sqlite:///") and not create:
             _require_file(Path(url.removeprefix("sqlite:///")), url)
         try:
-            with warnings.catch_warnings():  # heartbeats: "experimental" since Optuna 2.9, unchanged
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(url, engine_kwargs=rdb_engine_kwargs(url), **heartbeat_kwargs(url))
+            return _open_rdb(url)
         except UserError:
             raise
         except Exception as exc:  # SQLAlchemy raises many kinds for an unreachable database
@@ -82,6 +84,37 @@ def open_storage(url: str | None, *, create: bool) -> BaseStorage:
         raise UserError(f"cannot open storage {url!r}: {exc.strerror or exc}") from None
     except (ValueError, KeyError, TypeError, AssertionError):  # logs Optuna cannot replay
         raise UserError(f"storage {url!r} is not an Optuna journal file (or it is damaged)") from None
+
+
+def _open_rdb(url: str) -> RDBStorage:
+    """Optuna's RDBStorage at ``url``. On PostgreSQL it is opened under an advisory lock: two
+    machines starting on an empty database would both create Optuna's tables, and one would fail
+    on the other's half-made ones."""
+    with warnings.catch_warnings():  # heartbeats: "experimental" since Optuna 2.9, unchanged
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if not url.startswith(("postgresql:", "postgresql+")):
+            return RDBStorage(url, engine_kwargs=rdb_engine_kwargs(url), **heartbeat_kwargs(url))
+        engine = sqlalchemy.create_engine(url, **rdb_engine_kwargs(url))
+        try:
+            with advisory_lock(engine, "mcaas-search:schema"):
+                return RDBStorage(url, engine_kwargs=rdb_engine_kwargs(url), **heartbeat_kwargs(url))
+        finally:
+            engine.dispose()
+
+
+@contextlib.contextmanager
+def advisory_lock(engine: sqlalchemy.Engine, name: str) -> Iterator[None]:
+    """A lock on ``name`` across every connection to a PostgreSQL server, held by one connection:
+    a session advisory lock, which the server releases when that connection ends (its process
+    killed, its machine lost)."""
+    key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        try:
+            yield
+        finally:
+            with contextlib.suppress(sqlalchemy.exc.DBAPIError):  # a lost connection lost its lock
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
 
 
 def check_storage(url: str | None) -> None:

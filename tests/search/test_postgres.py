@@ -25,6 +25,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from objectives import Constraint
+from search.bench import scaling
 from search.study import StudyInfo, counted, open_storage, trial_record
 from search.study.artifacts import STORE_ATTR
 from search.study.lifecycle import ask_lock, server_database
@@ -225,3 +226,17 @@ def test_the_claim_lock_is_the_database_s_and_excludes_other_connections(databas
     finally:
         other.dispose()
     assert not Path("/nonexistent/x").exists()  # no lock file: the database is the lock
+
+
+def test_the_scaling_benchmark_times_one_process_and_two_sharing_postgres(
+    database: str, machine: Callable[[str], Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(machine("bench"))
+    monkeypatch.setenv("MCAAS_HEARTBEAT_S", "1")
+    assert scaling.main(["--trials", "2", "--threads", "2", "--postgres", database, "--space", "tiny.toml"]) == 0
+    out = capsys.readouterr().out
+    table = out.split("vs one\n")[1].strip().splitlines()
+    rows = {line.split("  ")[0]: line.split() for line in table}
+    assert set(rows) == {"one process", "two processes, PostgreSQL"}
+    assert all(float(row[-2]) > 0 for row in rows.values())  # trials per hour
+    assert counted(optuna.load_study(study_name=next(s.study_name for s in optuna.get_all_study_summaries(database)), storage=database)) == 2
