@@ -479,6 +479,8 @@ def _bad_values(inputs: Path, hand: HandMadeStudy) -> dict[str, dict[str, st.Sea
             "--timeout": floats("0", "-5", "5x", "nan", "1 h"),
             "--study": st.sampled_from(["", "../up", ".hidden", "a/b", "x" * 200, "sp ace"]),
             "--storage": st.sampled_from([missing, str(inputs), str(inputs / "garbage.pt"), "redis://h", UNREACHABLE_DB]),
+            "--artifacts": st.sampled_from(["s3://", "s3://b/p", "gs://b", str(inputs / "garbage.pt"),
+                                            str(inputs / "garbage.pt" / "sub")]),
             "--space": st.sampled_from([missing, str(inputs), str(inputs / "bad.toml"), str(inputs / "garbage.pt")]),
             "--cpus-per-trial": floats("0", "-1", "nan", "inf"),
             "--gpus-per-trial": floats("-1", "nan", "inf"),
