@@ -147,6 +147,9 @@ def token_auth(address: str) -> Iterator[None]:
         else:
             os.environ[AUTH_MODE_VAR] = saved
         Config.initialize("")
+        # Ray caches the token it read for this process: a later Ray in the same process (a local
+        # one, another cluster) must read its own.
+        AuthenticationTokenLoader.instance().reset_cache()
 
 
 def _has_token() -> bool:
