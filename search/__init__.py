@@ -7,3 +7,15 @@ trial: context, early stops, scoring, recording), ``workloads`` (datasets, model
 teacher training), ``reporting`` (tables, progress, the HTML report), ``bench`` (the benchmark),
 ``commands`` (argparse only). The ``mcaas-search`` command lives in ``search.cli``.
 """
+
+import os as _os
+from pathlib import Path as _Path
+
+
+def checkout_pythonpath() -> str:
+    """PYTHONPATH for a child process that runs in another folder and must import this package
+    even from a source checkout that is not pip-installed: the checkout's root first, then the
+    caller's own entries made absolute."""
+    root = str(_Path(__file__).resolve().parent.parent)
+    entries = [str(_Path(p).resolve()) for p in _os.environ.get("PYTHONPATH", "").split(_os.pathsep) if p]
+    return _os.pathsep.join(dict.fromkeys([root, *entries]))

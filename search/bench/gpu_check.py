@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from search import checkout_pythonpath
+
 EPOCHS = 4
 TRY_SETTINGS = ("prune.ratio=0.5", "distill.epochs=4", "quantize.mode=int8-static")
 TINY_SPACE = '"distill.epochs" = 2\n"prune.steps" = 1\ndrop = ["cluster.k"]\nprofile_epochs = 2\n'
@@ -33,7 +35,7 @@ TINY_SPACE = '"distill.epochs" = 2\n"prune.steps" = 1\ndrop = ["cluster.k"]\npro
 
 def _cli(args: list[str], cwd: Path) -> tuple[float, str]:
     """Run ``mcaas-search ARGS`` in ``cwd``; its wall time and stdout (raises on failure)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path.cwd()), os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, PYTHONPATH=checkout_pythonpath())
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start

@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from search import checkout_pythonpath
 from search.study.storage import STUDIES_DIR
 
 CACHE = STUDIES_DIR / ".cache"
@@ -46,7 +47,7 @@ def _folder(root: Path, name: str) -> Path:
 
 def _run_all(commands: list[tuple[list[str], Path]]) -> float:
     """Start every command in its folder at once; the seconds until the last one ended."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path.cwd()), os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, PYTHONPATH=checkout_pythonpath())
     start = time.perf_counter()
     procs = [
         subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=open(folder / "stderr.txt", "wb"))

@@ -17,6 +17,7 @@ import ray
 from ray._raylet import AuthenticationTokenLoader, Config, GcsClient
 from ray.exceptions import AuthenticationError
 
+from search import checkout_pythonpath
 from search.errors import UserError, first_line
 from search.study import storage_url
 from search.trials.context import default_threads
@@ -92,9 +93,7 @@ def connected(address: str | None) -> Iterator[None]:
 def worker_runtime_env() -> dict[str, Any]:
     """Ray's ``runtime_env`` for the workers: a PYTHONPATH that finds this package when it runs
     from a source checkout (relative entries made absolute: workers run in other directories)."""
-    root = str(Path(__file__).resolve().parents[3])  # the folder holding search/ (and spaces/ ...)
-    entries = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    return {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys([root, *entries]))}}
+    return {"env_vars": {"PYTHONPATH": checkout_pythonpath()}}
 
 
 def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
