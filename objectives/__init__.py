@@ -10,6 +10,7 @@ from objectives._constraints import (
 )
 from objectives._early_stop import EarlyStop, dominated_before_training
 from objectives._errors import ObjectiveError
+from objectives._paired import Z95, PairedDrop, paired_drop
 from objectives._pareto import Point, hypervolume, pareto_front, recommend
 from objectives._targets import (
     TARGET_METRIC,
@@ -27,9 +28,11 @@ __all__ = [
     "TARGETS",
     "TARGET_METRIC",
     "TARGET_REGISTRY",
+    "Z95",
     "Constraint",
     "EarlyStop",
     "ObjectiveError",
+    "PairedDrop",
     "Point",
     "Target",
     "closest_infeasible",
@@ -38,6 +41,7 @@ __all__ = [
     "estimate_ratio",
     "format_violations",
     "hypervolume",
+    "paired_drop",
     "pareto_front",
     "ratio",
     "ratios",

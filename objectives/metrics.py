@@ -5,7 +5,8 @@ Accuracies are in percent. ``bytes`` is the artifact file size, ``gzip_bytes`` i
 in ONNX Runtime and ``teacher_latency_ms`` the teacher's, measured interleaved in the same run,
 each at its best thread count (``latency_threads``, ``teacher_latency_threads``: the intra-op
 threads a deployer would set). ``ops`` counts the nodes of the graph ONNX Runtime runs after its
-optimisations.
+optimisations. ``val_lost`` and ``val_gained`` count the validation images only the teacher, or
+only the model, classifies correctly: the paired drop and its confidence interval.
 """
 
 VAL_ACC = "val_acc"
@@ -20,4 +21,6 @@ LATENCY_THREADS = "latency_threads"
 TEACHER_LATENCY_THREADS = "teacher_latency_threads"
 OPS = "ops"
 N_VAL = "n_val"
+VAL_LOST = "val_lost"
+VAL_GAINED = "val_gained"
 N_TEST = "n_test"

@@ -226,14 +226,17 @@ def measure_onnx(
     """Every final metric of the ONNX file at ``path``, measured in ONNX Runtime on the CPU.
 
     ``params``/``macs`` are counted on ``torch_model`` (the pruned module the file came from)
-    and left out without it. Latency is the best over ``ctx.latency_threads`` (default: 1, 2, 4,
+    and left out without it. With ``ctx.baseline_onnx`` set, ``val_lost`` and ``val_gained``
+    count the validation images only the teacher, or only this file, gets right (the paired
+    drop and its confidence interval, ``objectives.PairedDrop``). Latency is the best over ``ctx.latency_threads`` (default: 1, 2, 4,
     ... up to the cores), with the thread count that gave it; ``teacher_latency_ms`` is measured
     the same way, interleaved, when ``ctx.baseline_onnx`` is set. Accuracy runs with
     ``ctx.threads``. The file is measured as given, never re-exported.
     """
     runner = OnnxRunner(path, ctx.threads)
+    val_correct = onnx_correct(runner, ctx.data.val, ctx.eval_batch_size)
     result: dict[str, float] = {
-        metrics.VAL_ACC: onnx_accuracy(runner, ctx.data.val, ctx.eval_batch_size),
+        metrics.VAL_ACC: 100.0 * int(val_correct.sum()) / len(val_correct),
         metrics.TEST_ACC: onnx_accuracy(runner, ctx.data.test, ctx.eval_batch_size),
         **onnx_sizes(path, ctx, torch_model=torch_model),
         metrics.N_VAL: float(len(ctx.data.val)),
@@ -247,6 +250,10 @@ def measure_onnx(
         runs=ctx.latency_runs,
         budget_s=ctx.latency_budget_s,
     )
+    if ctx.baseline_onnx is not None:
+        teacher_correct = _baseline_correct(ctx.baseline_onnx, ctx.data.val, ctx)
+        result[metrics.VAL_LOST] = float((teacher_correct & ~val_correct).sum())
+        result[metrics.VAL_GAINED] = float((~teacher_correct & val_correct).sum())
     result[metrics.LATENCY_MS] = latency
     result[metrics.LATENCY_THREADS] = float(threads)
     if teacher is not None:
@@ -254,6 +261,25 @@ def measure_onnx(
         result[metrics.TEACHER_LATENCY_THREADS] = float(teacher[1])
     result[metrics.OPS] = float(optimized_op_count(path))
     return result
+
+
+# The teacher's per-image validation results, per baseline file and split object: a worker measures
+# them once, not once per trial. The split is held so its id cannot be reused by another object.
+_BASELINE_CORRECT: dict[tuple[str, int, int], tuple[Split, np.ndarray]] = {}
+_BASELINE_CACHE_SIZE = 4
+
+
+def _baseline_correct(path: Path, split: Split, ctx: Context) -> np.ndarray:
+    """Per-image correctness of the teacher's file at ``path`` on ``split`` (cached)."""
+    key = (str(Path(path).resolve()), Path(path).stat().st_mtime_ns, id(split))
+    hit = _BASELINE_CORRECT.get(key)
+    if hit is not None and hit[0] is split:
+        return hit[1]
+    correct = onnx_correct(OnnxRunner(path, ctx.threads), split, ctx.eval_batch_size)
+    while len(_BASELINE_CORRECT) >= _BASELINE_CACHE_SIZE:
+        _BASELINE_CORRECT.pop(next(iter(_BASELINE_CORRECT)))
+    _BASELINE_CORRECT[key] = (split, correct)
+    return correct
 
 
 def onnx_sizes(path: Path, ctx: Context, *, torch_model: nn.Module | None = None) -> dict[str, float]:

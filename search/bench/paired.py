@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from search.bench.results import BenchSummary, PairedDrop, paired_drop, test_drop
+from objectives import PairedDrop, paired_drop
+from search.bench.results import BenchSummary, test_drop
 from search.workloads.workload import Workload
 from stages.files import write_atomic
 from stages.measure import OnnxRunner, onnx_correct

@@ -13,16 +13,12 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
-
-from objectives import hypervolume, metrics
+from objectives import PairedDrop, hypervolume, metrics
 from search.bench.plan import BenchPlan
 from search.study import TrialRecord
 from search.study.scoring import scored_points, scored_records
 from spaces import is_mcaas_profile
 
-# 95 % two-sided normal quantile.
-Z95 = 1.959963984540054
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 # Published results of the seed systems (other models, other data): shown for scale only.
@@ -30,36 +26,6 @@ PUBLISHED = (
     ("MCaaS thesis", "ResNet-18 / CIFAR-10", 2.7, 2.4, 3.0),
     ("EasyCompress", "ResNet-50 / CIFAR-10", 5.0, 1.9, 1.0),
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class PairedDrop:
-    """Test accuracy drop of a trial against the teacher on the same ``n`` images, with the
-    counts of images only the teacher (``lost``) or only the trial (``gained``) got right."""
-
-    n: int
-    lost: int
-    gained: int
-
-    @property
-    def drop(self) -> float:
-        return 100.0 * (self.lost - self.gained) / self.n
-
-    def interval(self) -> tuple[float, float]:
-        """95 % Wald interval of the paired difference of proportions, in points."""
-        diff = (self.lost - self.gained) / self.n
-        var = max((self.lost + self.gained) / self.n - diff * diff, 0.0) / self.n
-        half = Z95 * math.sqrt(var)
-        return 100.0 * (diff - half), 100.0 * (diff + half)
-
-
-def paired_drop(teacher_correct: np.ndarray, student_correct: np.ndarray) -> PairedDrop:
-    """Counts of images lost and gained from per-image correctness of teacher and student."""
-    if teacher_correct.shape != student_correct.shape or teacher_correct.size == 0:
-        raise ValueError("need per-image results of teacher and student on the same non-empty split")
-    lost = int(np.sum(teacher_correct & ~student_correct))
-    gained = int(np.sum(~teacher_correct & student_correct))
-    return PairedDrop(int(teacher_correct.size), lost, gained)
 
 
 @dataclasses.dataclass(frozen=True)

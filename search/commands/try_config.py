@@ -15,6 +15,8 @@ from rich.table import Table
 from objectives import ratios
 from search.commands import add_workload_arguments, spec_from_args
 from search.errors import UserError
+from search.reporting.format import drop_text
+from search.study.scoring import paired_val_drop
 from search.trials.context import (
     cached_analysis,
     make_context,
@@ -151,7 +153,8 @@ def print_try_result(console: Console, summary: dict) -> None:
     console.print(
         "ratios vs teacher: "
         + ", ".join(f"{k} {v:.2f}x" for k, v in summary["ratios"].items())
-        + f"; accuracy drop {teacher['val_acc'] - metrics['val_acc']:+.2f} pt (val), "
+        + f"; accuracy drop {drop_text(teacher['val_acc'] - metrics['val_acc'], paired_val_drop(metrics))}"
+        + " pt (val, ± its 95 % interval), "
         + f"{teacher['test_acc'] - metrics['test_acc']:+.2f} pt (test)"
     )
     per_stage = Table(title="after each stage (prune/distill/cluster: PyTorch; export/quantize: ONNX Runtime)")

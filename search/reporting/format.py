@@ -8,7 +8,8 @@ import shlex
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from search.study import TrialRecord
+from objectives import PairedDrop
+from search.study import StudyInfo, TrialRecord
 
 
 def format_bytes(n: float | None) -> str:
@@ -26,6 +27,32 @@ def format_number(value: float | None, spec: str) -> str:
     if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
         return "-"
     return format(value, spec)
+
+
+def drop_text(drop: float | None, paired: PairedDrop | None) -> str:
+    """``0.56±0.82``: a validation drop in points with the half-width of its 95 % interval (left
+    out for records measured without the teacher's per-image results)."""
+    text = format_number(drop, ".2f")
+    if paired is None or text == "-":
+        return text
+    low, high = paired.interval()
+    return f"{text}±{(high - low) / 2:.2f}"
+
+
+def interval_note(info: StudyInfo, pick: TrialRecord, paired: PairedDrop | None) -> str | None:
+    """A sentence when the accuracy bound lies inside the recommended trial's 95 % interval: the
+    validation split is too small to tell that trial from one that breaks the bound."""
+    if paired is None:
+        return None
+    low, high = paired.interval()
+    allowed = info.constraint.allowed_drop(info.teacher_acc)
+    if high <= allowed:
+        return None
+    return (
+        f"the bound ({allowed:.2f} pt) lies inside the 95 % interval of this drop "
+        f"([{low:.1f}, {high:.1f}] pt on {paired.n} validation images): the validation split "
+        "cannot tell this trial from one that breaks the bound; its test accuracy is the check"
+    )
 
 
 def settings_summary(config: Mapping[str, Any]) -> str:

@@ -26,16 +26,23 @@ from search.reporting.figures import (
 )
 from search.reporting.format import (
     describe_counts,
+    drop_text,
     export_command,
     format_bytes,
     format_number,
+    interval_note,
     settings_summary,
 )
 from search.reporting.gather import ReportData, gather_report
 from search.reporting.reference import ReferencePoint
 from search.reporting.tables import latency_text
 from search.study import StudyInfo, TrialRecord, trial_records
-from search.study.scoring import accuracy_drop, front_records, recommended_record
+from search.study.scoring import (
+    accuracy_drop,
+    front_records,
+    paired_val_drop,
+    recommended_record,
+)
 from search.workloads.analysis import Analysis
 from stages.files import write_atomic
 
@@ -81,14 +88,18 @@ def _front_table_html(data: ReportData) -> str:
             "<tr>"
             f"<td>{r.number}{mark}</td><td class='l'>{html.escape(r.profile or '')}</td>"
             f"<td>{format_number(m.get(metrics.VAL_ACC), '.2f')}</td>"
-            f"<td>{format_number(drop, '.2f')}</td>"
+            f"<td>{html.escape(drop_text(drop, paired_val_drop(r.metrics)))}</td>"
             f"<td>{format_number(m.get(metrics.TEST_ACC), '.2f')}</td>"
             f"<td>{format_number(r.ratio(info.target), '.2f')}x</td>"
             f"<td>{format_bytes(m.get(metrics.BYTES))}</td>"
             f"<td>{html.escape(latency_text(m))}</td>"
             f"<td class='l'>{html.escape(settings)}</td></tr>"
         )
-    return f"<p>{caption}</p><table>{head}{''.join(body)}</table>"
+    paired = next((p for p in (paired_val_drop(r.metrics) for r in rows) if p is not None), None)
+    legend = "" if paired is None else (
+        "<p class='muted'>drop pt: validation accuracy lost against the teacher, &plusmn; its 95 % "
+        f"interval (paired, on the same {paired.n} images).</p>")
+    return f"<p>{caption}</p><table>{head}{''.join(body)}</table>{legend}"
 
 
 def _summary_html(data: ReportData) -> str:
@@ -121,10 +132,13 @@ def _summary_html(data: ReportData) -> str:
             f"<p><b>Recommended: trial {pick.number}</b>"
             + (f" (profile {html.escape(pick.profile)})" if pick.profile else "")
             + f": {format_number(pick.ratio(info.target), '.2f')}x {html.escape(info.target)} at "
-            f"{format_number(drop, '.2f')} pt validation drop, test accuracy "
+            f"{html.escape(drop_text(drop, paired_val_drop(pick.metrics)))} pt validation drop, test accuracy "
             f"{format_number(pick.metrics.get(metrics.TEST_ACC), '.2f')} % "
             "(the most compressed feasible trial on the front).</p>"
         )
+        note = interval_note(info, pick, paired_val_drop(pick.metrics))
+        if note is not None:
+            lines.append(f"<p class='muted'>Note: {html.escape(note)}.</p>")
     else:
         closest = (
             f" Closest: trial {data.closest[0][0].number}, which broke "
@@ -220,7 +234,7 @@ def trials_frame(info: StudyInfo, records: Sequence[TrialRecord]) -> pd.DataFram
     front = {r.number for r in front_records(info, records)}
     rows = []
     for r in sorted(records, key=lambda r: r.number):
-        drop = accuracy_drop(info, r)
+        drop, paired = accuracy_drop(info, r), paired_val_drop(r.metrics)
         row: dict[str, Any] = {
             "trial": r.number,
             "state": r.state,
@@ -230,6 +244,8 @@ def trials_frame(info: StudyInfo, records: Sequence[TrialRecord]) -> pd.DataFram
             "recommended": pick is not None and r.number == pick.number,
             metrics.VAL_ACC: r.metrics.get(metrics.VAL_ACC),
             "accuracy_drop": drop,
+            "accuracy_drop_low": None if paired is None else paired.interval()[0],
+            "accuracy_drop_high": None if paired is None else paired.interval()[1],
             f"{info.target}_ratio": r.ratios.get(info.target),
         }
         row.update({f"config.{k}": v for k, v in sorted(r.config.items())})

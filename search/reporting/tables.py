@@ -17,9 +17,11 @@ from rich.table import Table
 from objectives import TARGET_REGISTRY, format_violations, metrics
 from search.reporting.format import (
     describe_counts,
+    drop_text,
     export_command,
     format_bytes,
     format_number,
+    interval_note,
     settings_summary,
     state_counts,
 )
@@ -29,6 +31,7 @@ from search.study.scoring import (
     closest_records,
     front_records,
     objectives_of,
+    paired_val_drop,
     recommended_record,
 )
 from spaces import is_mcaas_profile
@@ -120,17 +123,26 @@ def print_front(
                           highlight=False)
     if profiles:
         console.print("[dim]dimmed: MCaaS profile and quantization-only trials not on the front[/]")
+    paired = next((p for p in (paired_val_drop(r.metrics) for r in rows) if p is not None), None)
+    if paired is not None:
+        console.print(
+            f"[dim]drop pt: validation accuracy lost against the teacher, ± its 95 % interval "
+            f"(paired, on the same {paired.n} images)[/]", highlight=False,
+        )
     assert pick is not None
     drop = accuracy_drop(info, pick)
     console.print(
         f"recommended (*): trial {pick.number}"
         + (f" (profile {escape(pick.profile)})" if pick.profile else "")
         + f": {_ratio_text(pick, info.target)} {escape(info.target)} at "
-        f"{format_number(drop, '.2f')} pt validation drop, test accuracy "
+        f"{drop_text(drop, paired_val_drop(pick.metrics))} pt validation drop, test accuracy "
         f"{format_number(pick.metrics.get(metrics.TEST_ACC), '.2f')} % "
         "(the most compressed feasible trial)",
         highlight=False,
     )
+    note = interval_note(info, pick, paired_val_drop(pick.metrics))
+    if note is not None:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     console.print("export it:", highlight=False)
     console.print("  " + export_command(study_name, storage), markup=False, highlight=False,
                   soft_wrap=True)
@@ -158,7 +170,7 @@ def _front_cells(info: StudyInfo, record: TrialRecord, *, mark: str, note: str =
     return [
         f"{record.number}{mark}",
         format_number(m.get(metrics.VAL_ACC), ".2f"),
-        format_number(accuracy_drop(info, record), ".2f"),
+        drop_text(accuracy_drop(info, record), paired_val_drop(record.metrics)),
         format_number(m.get(metrics.TEST_ACC), ".2f"),
         _ratio_text(record, info.target),
         format_bytes(m.get(metrics.BYTES)),
@@ -187,7 +199,8 @@ def _print_no_feasible(
     table = Table(title="Closest trials and the bound each broke", title_justify="left",
                   header_style="bold")
     for name, justify in (
-        ("trial", "right"), ("profile", "left"), ("val acc %", "right"), ("drop pt", "right"),
+        ("trial", "right"), ("profile", "left"), ("val acc %", "right"),
+        ("drop pt", "right"),
         (f"{info.target} ratio", "right"), ("size", "right"), ("broke", "left"),
         ("settings", "left"),
     ):
@@ -197,7 +210,7 @@ def _print_no_feasible(
             str(record.number),
             escape(record.profile or ""),
             format_number(record.metrics.get(metrics.VAL_ACC), ".2f"),
-            format_number(accuracy_drop(info, record), ".2f"),
+            drop_text(accuracy_drop(info, record), paired_val_drop(record.metrics)),
             _ratio_text(record, info.target),
             format_bytes(record.metrics.get(metrics.BYTES)),
             escape(format_violations(broken)),

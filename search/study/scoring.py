@@ -26,9 +26,16 @@ Four variants existed before; this module keeps the report's rule, for these rea
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from objectives import Point, closest_infeasible, metrics, pareto_front, recommend
+from objectives import (
+    PairedDrop,
+    Point,
+    closest_infeasible,
+    metrics,
+    pareto_front,
+    recommend,
+)
 from search.study.records import StudyInfo, TrialRecord
 
 Scope = StudyInfo | str  # a study (its target is used) or the name of a target
@@ -103,6 +110,16 @@ def accuracy_drop(info: StudyInfo, record: TrialRecord) -> float | None:
     return None if scored is None else info.teacher_acc - scored[0]
 
 
+def paired_val_drop(m: Mapping[str, float]) -> PairedDrop | None:
+    """The validation drop in the metrics ``m`` of a model, paired against the teacher on the
+    same images (its 95 % interval: ``.interval()``), or None for metrics measured without the
+    teacher's per-image results (written before they were recorded, or not complete)."""
+    try:
+        return PairedDrop(int(m[metrics.N_VAL]), int(m[metrics.VAL_LOST]), int(m[metrics.VAL_GAINED]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 __all__ = [
     "Scope",
     "accuracy_drop",
@@ -110,6 +127,7 @@ __all__ = [
     "feasible_front",
     "front_records",
     "objectives_of",
+    "paired_val_drop",
     "recommended_record",
     "scored_points",
     "scored_records",

@@ -15,17 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-from objectives import TARGETS, Constraint
+from objectives import TARGETS, Constraint, PairedDrop
 from search.bench.csvs import write_csvs
 from search.bench.markdown import splice
 from search.bench.plan import BenchPlan
 from search.bench.results import (
     BEGIN,
     END,
-    PairedDrop,
     counted_records,
     gather,
-    paired_drop,
     summarise,
     trial_cost,
 )
@@ -52,33 +50,6 @@ def record(number: int, state: str = "complete", *, val: float = 95.5, test: flo
 
 # ---------------------------------------------------------------------------------------------
 # Paired confidence interval
-
-
-def test_paired_drop_counts_only_the_images_one_model_gets_right() -> None:
-    teacher = np.array([True, True, True, False, False, True])
-    student = np.array([True, False, False, True, False, True])
-    p = paired_drop(teacher, student)
-    assert (p.n, p.lost, p.gained) == (6, 2, 1)
-    assert p.drop == pytest.approx(100 / 6)
-
-
-def test_paired_interval_is_the_wald_interval_of_the_difference() -> None:
-    p = PairedDrop(n=10_000, lost=300, gained=200)
-    low, high = p.interval()
-    diff = 0.01
-    se = math.sqrt((0.05 - diff**2) / 10_000)
-    assert (low + high) / 2 == pytest.approx(1.0)
-    assert high - low == pytest.approx(2 * 1.959963984540054 * se * 100)
-    # Identical predictions: no uncertainty about the difference on these images.
-    assert PairedDrop(n=100, lost=0, gained=0).interval() == (0.0, 0.0)
-    # More disagreement, wider interval at the same drop.
-    wide = PairedDrop(n=10_000, lost=1100, gained=1000).interval()
-    assert wide[1] - wide[0] > high - low
-
-
-def test_paired_drop_needs_the_same_images() -> None:
-    with pytest.raises(ValueError, match="same non-empty split"):
-        paired_drop(np.array([True, False]), np.array([True]))
 
 
 # ---------------------------------------------------------------------------------------------

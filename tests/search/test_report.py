@@ -3,6 +3,7 @@ hand-made study, through the CLI and as the search calls them."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 from rich.console import Console
 
+from objectives import PairedDrop
 from search.reporting import page
 from search.reporting.format import settings_summary
 from search.reporting.tables import print_front
@@ -155,3 +157,44 @@ def test_settings_summary_says_what_depth_removed() -> None:
               "distill.epochs": 4, "distill.alpha": 0.0, "quantize.mode": "int8-static"}
     assert settings_summary(config).startswith("cut 2 stages, drop 0.50 of blocks | prune 0.30 l2 | fine-tune 4 ep")
     assert settings_summary({**config, "depth.cut": 0, "depth.fraction": 0.0}).startswith("prune 0.30")
+
+
+def _with_pairs(info, records: list, lost: int, gained: int) -> list:
+    """The records with paired validation counts whose drop equals each record's own drop."""
+    out = []
+    for r in records:
+        m = dict(r.metrics)
+        if r.state == "complete" and "val_acc" in m:
+            m.update(n_val=360.0, val_lost=float(lost), val_gained=float(gained))
+        out.append(dataclasses.replace(r, metrics=m))
+    return out
+
+
+def test_front_table_shows_the_drop_with_its_interval_and_says_when_the_bound_is_inside(
+    hand: HandMadeStudy, loaded: tuple[optuna.Study, list]
+) -> None:
+    _, records = loaded
+    # Few disagreements: a narrow interval, below the bound.
+    console = Console(width=200, record=True, color_system=None)
+    pick = print_front(console, hand.info, _with_pairs(hand.info, records, 1, 1),
+                       study_name=hand.name, storage=hand.storage)
+    text = console.export_text()
+    assert pick is not None
+    low, high = PairedDrop(360, 1, 1).interval()
+    drop = hand.info.teacher_acc - pick.metrics["val_acc"]
+    assert f"{drop:.2f}±{(high - low) / 2:.2f}" in text
+    assert "± its 95 % interval (paired, on the same 360 images)" in text
+    allowed = hand.info.constraint.allowed_drop(hand.info.teacher_acc)
+    assert high < allowed and "lies inside the 95 % interval" not in text
+    # Many disagreements on 360 images: the interval reaches past the bound, and the table says so.
+    console = Console(width=200, record=True, color_system=None)
+    print_front(console, hand.info, _with_pairs(hand.info, records, 12, 10),
+                study_name=hand.name, storage=hand.storage)
+    text = " ".join(console.export_text().split())
+    assert PairedDrop(360, 12, 10).interval()[1] > allowed
+    assert f"the bound ({allowed:.2f} pt) lies inside the 95 % interval" in text
+    assert "on 360 validation images" in text
+    # Records written before the counts were recorded still print, without an interval.
+    console = Console(width=200, record=True, color_system=None)
+    print_front(console, hand.info, records, study_name=hand.name, storage=hand.storage)
+    assert "lies inside" not in console.export_text()

@@ -30,6 +30,7 @@ from stages.measure import (
     measure_onnx,
     measure_torch,
     onnx_accuracy,
+    onnx_correct,
     torch_accuracy,
 )
 from tests.tiny_models import (
@@ -281,9 +282,20 @@ def test_measure_onnx_returns_every_metric_measured_on_the_file(
         metrics.VAL_ACC, metrics.TEST_ACC, metrics.BYTES, metrics.GZIP_BYTES, metrics.PARAMS,
         metrics.MACS, metrics.LATENCY_MS, metrics.TEACHER_LATENCY_MS, metrics.N_VAL,
         metrics.N_TEST, metrics.LATENCY_THREADS, metrics.TEACHER_LATENCY_THREADS, metrics.OPS,
+        metrics.VAL_LOST, metrics.VAL_GAINED,
     }
     runner = OnnxRunner(path)
     assert result[metrics.VAL_ACC] == onnx_accuracy(runner, data.val, 16)
+    # The paired counts are per image against the teacher's file on the same split.
+    teacher_correct = onnx_correct(OnnxRunner(teacher_onnx), data.val, 16)
+    student_correct = onnx_correct(runner, data.val, 16)
+    assert result[metrics.VAL_LOST] == (teacher_correct & ~student_correct).sum()
+    assert result[metrics.VAL_GAINED] == (~teacher_correct & student_correct).sum()
+    assert result[metrics.VAL_LOST] + result[metrics.VAL_GAINED] > 0  # the two models differ
+    teacher_acc = onnx_accuracy(OnnxRunner(teacher_onnx), data.val, 16)
+    assert 100 * (result[metrics.VAL_LOST] - result[metrics.VAL_GAINED]) / 48 == pytest.approx(
+        teacher_acc - result[metrics.VAL_ACC]
+    )
     assert result[metrics.TEST_ACC] == onnx_accuracy(runner, data.test, 16)
     assert result[metrics.VAL_ACC] != torch_accuracy(untrained, data.val, device=CPU, batch_size=16)
     assert (result[metrics.BYTES], result[metrics.GZIP_BYTES]) == file_sizes(path)
@@ -299,6 +311,7 @@ def test_measure_onnx_leaves_out_what_it_cannot_measure(
 ) -> None:
     result = measure_onnx(student[1], _ctx(data, tmp_path))
     assert metrics.TEACHER_LATENCY_MS not in result  # no baseline to compare with
+    assert metrics.VAL_LOST not in result and metrics.VAL_GAINED not in result
     assert metrics.PARAMS not in result and metrics.MACS not in result  # no torch model
     assert result[metrics.LATENCY_MS] > 0
 
