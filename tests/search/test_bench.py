@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
