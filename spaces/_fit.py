@@ -36,6 +36,7 @@ class ModelFacts:
     cuttable_stages: int  # trailing stages that can be cut (a new classifier reads what is left)
     steps_per_epoch: int  # optimizer steps in one epoch of the training split
     epoch_seconds: float  # measured time of one training epoch of the teacher
+    attention_layers: int = 0  # attention layers whose whole heads can be removed
 
 
 def min_epochs(steps_per_epoch: int) -> float:
@@ -70,13 +71,15 @@ def _round(epochs: float) -> float:
 
 def fit_space(space: SearchSpace, facts: ModelFacts, *, budgets: bool = True) -> SearchSpace:
     """``space`` fitted to the model: no depth dimensions without removable blocks or stages to
-    cut (and cuts up to half the trailing stages), unstructured
+    cut (and cuts up to half the trailing stages), no head removal without attention, unstructured
     sparsity where nothing can be pruned structurally, and (with ``budgets``) the default
     distillation range and profile budget sized in optimizer steps (ranges a space file set are
     kept as given)."""
     dims = dict(space.dimensions)
     if facts.removable_blocks == 0:
         dims.pop("depth.fraction", None)
+    if facts.attention_layers == 0:
+        dims.pop("prune.heads", None)
     if facts.cuttable_stages == 0:
         dims.pop("depth.cut", None)
     elif dims.get("depth.cut") == default_space()["depth.cut"]:

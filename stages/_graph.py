@@ -10,6 +10,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from stages._transformer import HeadAttention
 from stages.errors import StageError
 
 # The layers whose weights prune (unstructured) and cluster rewrite.
@@ -114,4 +115,31 @@ def count_params_macs(model: nn.Module, example_input: torch.Tensor) -> tuple[in
     # The counter prints notes about unknown modules to stdout; keep them from the user.
     with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         macs, params = tp.utils.count_ops_and_params(model, example_input)
-    return int(params), int(macs)
+    return int(params), int(macs) + _head_attention_macs(model, example_input)
+
+
+def _head_attention_macs(model: nn.Module, example_input: torch.Tensor) -> int:
+    """The attention products (QK^T and AV) of ``HeadAttention`` layers, which the counter does
+    not see inside a module it does not know (its projections it counts as ``nn.Linear``);
+    counted as its ``nn.MultiheadAttention`` hook counts them."""
+    layers = [m for m in model.modules() if isinstance(m, HeadAttention)]
+    if not layers:
+        return 0
+    total = 0
+
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...], _output: object) -> None:
+        nonlocal total
+        batch, length = args[0].shape[:2]
+        assert isinstance(module, HeadAttention)
+        total += batch * module.num_heads * length * length * (2 * module.head_dim + 1)
+
+    handles = [layer.register_forward_hook(hook) for layer in layers]
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example_input)
+    finally:
+        model.train(training)
+        for handle in handles:
+            handle.remove()
+    return total

@@ -69,7 +69,8 @@ class PruneConfig:
     ``ratio`` is the fraction of channels (structured) or weights (unstructured) removed;
     ``scope`` global ranks all layers together, uniform prunes every layer by ``ratio``;
     ``steps`` prunes iteratively; ``round_to`` keeps channel counts multiples of it (int8 kernels
-    like multiples of 8).
+    like multiples of 8). ``heads`` is the fraction of whole heads removed from every attention
+    layer after the channels (structured, either method).
     """
 
     ratio: float = setting(0.0, search=Span(0.0, 0.95))
@@ -80,9 +81,13 @@ class PruneConfig:
     scope: str = setting("global", search=OneOf(PRUNE_SCOPES), when=_PRUNING)
     steps: int = setting(1, search=Span(1, 5), when=_STRUCTURED)
     round_to: int = setting(1, search=OneOf((1, 8)), when=_STRUCTURED)
+    # Whole attention heads removed from every attention layer, least important first (each
+    # keeps one); a study searches it only for models with attention (``spaces.fit_space``).
+    heads: float = setting(0.0, search=Span(0.0, 0.75, step=0.25))
 
     def __post_init__(self) -> None:
         _check_range("prune.ratio", self.ratio, 0.0, 0.95)
+        _check_range("prune.heads", self.heads, 0.0, 0.95)
         _check_choice("prune.criterion", self.criterion, tuple(CRITERIA))
         _check_choice("prune.method", self.method, PRUNE_METHODS)
         _check_choice("prune.scope", self.scope, PRUNE_SCOPES)

@@ -69,7 +69,7 @@ def run_pipeline(
         ctx = dataclasses.replace(ctx, on_progress=_remember_final(ctx.on_progress, reported))
     torch_stages = [
         (Depth(config.depth), config.depth.fraction > 0 or config.depth.cut > 0),
-        (Prune(config.prune), config.prune.ratio > 0),
+        (Prune(config.prune), config.prune.ratio > 0 or config.prune.heads > 0),
         (Distill(config.distill, qat=qat), config.distill.epochs > 0),
         (Cluster(config.cluster), config.cluster.k > 0),
     ]

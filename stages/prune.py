@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import traceback
 import warnings
 from typing import ClassVar
@@ -27,8 +28,12 @@ from stages._graph import (
 )
 from stages._transformer import (
     attention_channel_groups,
+    attention_layers,
     attention_ratio_caps,
+    head_importance,
+    remove_heads,
     sync_pruned_widths,
+    to_head_attention,
 )
 from stages.config import PruneConfig
 from stages.criteria import CRITERIA
@@ -122,16 +127,18 @@ class Prune:
     name: ClassVar[str] = "prune"
 
     def run(self, model: nn.Module, ctx: Context) -> nn.Module:
-        if self.config.ratio == 0:
+        if self.config.ratio == 0 and (self.config.heads == 0 or not attention_layers(model)):
             return model
         model.to(ctx.device)
         example = ctx.data.example_input().to(ctx.device)
         num_classes = ctx.data.num_classes
         find_classifier(model, num_classes)  # fail early and clearly when there is no head
-        if self.config.method == "structured":
+        if self.config.ratio > 0 and self.config.method == "structured":
             self._prune_structured(model, ctx, example)
-        else:
+        elif self.config.ratio > 0:
             prune_unstructured(model, self.config.ratio, self.config.scope, num_classes)
+        if self.config.heads > 0:
+            _remove_heads(model, ctx, self.config.heads)
         model.eval()
         check_forward(model, example, num_classes, self.name)
         return model
@@ -156,6 +163,15 @@ class Prune:
                     sync_pruned_widths(model)
         if needs_gradients:
             model.zero_grad(set_to_none=True)
+
+
+def _remove_heads(model: nn.Module, ctx: Context, fraction: float) -> None:
+    """Remove ``fraction`` of every attention layer's heads, ranked on training batches."""
+    layers = to_head_attention(model)
+    if not layers:
+        return
+    batches = itertools.islice(ctx.data.train.batches(ctx.batch_size), GRADIENT_BATCHES)
+    remove_heads(layers, head_importance(model, layers, batches, ctx.device), fraction)
 
 
 def _build_pruner(

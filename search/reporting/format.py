@@ -76,7 +76,10 @@ def settings_summary(config: Mapping[str, Any]) -> str:
         if (config.get("prune.steps") or 1) > 1:
             prune += f" x{config['prune.steps']}"
         parts.append(prune)
-    else:
+    heads = config.get("prune.heads", 0) or 0
+    if heads:
+        parts.append(f"drop {heads:.2f} of heads")
+    elif not ratio:
         parts.append("no pruning")
     epochs = config.get("distill.epochs", 0) or 0
     alpha = config.get("distill.alpha")

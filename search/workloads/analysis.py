@@ -33,7 +33,7 @@ from stages.measure import (
 from stages.prune import probe_structured
 
 # Bumped when what the analysis finds changes, so a cached analysis of an older version is redone.
-VERSION = 4
+VERSION = 5
 
 # Optimizer steps timed to estimate one epoch (after one untimed warm-up step).
 TIMED_STEPS = 3
@@ -61,6 +61,7 @@ class Analysis:
     val_size: int
     test_size: int
     seconds: float
+    attention_heads: list[int] = dataclasses.field(default_factory=list)  # per attention layer
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -84,6 +85,7 @@ class Analysis:
             structural=self.structural,
             removable_blocks=len(self.blocks),
             cuttable_stages=len(self.cuts),
+            attention_layers=len(self.attention_heads),
             steps_per_epoch=self.steps_per_epoch,
             epoch_seconds=self.epoch_seconds,
         )
@@ -122,6 +124,10 @@ class Analysis:
             rows.append((f"trailing stages that can be cut ({len(self.cuts)})", f"the last first, a new classifier reading what is left: {deepest}"))
         else:
             rows.append(("trailing stages that can be cut", "none"))
+        if self.attention_heads:
+            heads = sorted(set(self.attention_heads))
+            rows.append((f"attention layers ({len(self.attention_heads)})",
+                         f"{'/'.join(map(str, heads))} heads each; whole heads can be removed (prune.heads)"))
         latency = ", ".join(f"{ms:.3f} ms @{t}t" for t, ms in sorted(self.latency_ms.items()))
         rows += [
             ("teacher latency (fp32, batch 1)", f"{latency}; fastest on {self.fastest_threads()} thread(s)"),
@@ -174,6 +180,7 @@ def analyze(ctx: Context, baseline_onnx: Path) -> Analysis:
         val_size=len(ctx.data.val),
         test_size=len(ctx.data.test),
         seconds=time.perf_counter() - started,
+        attention_heads=[m.num_heads for m in teacher.modules() if isinstance(m, nn.MultiheadAttention)],
     )
 
 

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from torch import nn
 
 from search.errors import UserError
-from search.study import open_storage
+from search.study import StudyInfo, open_storage
 from search.workloads.models import build_model, check_fits
 from search.workloads.vit import patch_size_for
 from stages import Context, TaskData
@@ -144,3 +144,25 @@ def test_a_study_searches_a_vision_transformer(
         assert Path(t.user_attrs["artifact"]).is_file()
         assert t.user_attrs["metrics"]["bytes"] > 0
     assert "report:" in out
+    # The analysis found the attention layers, so the fitted space searches whole heads.
+    info = StudyInfo.load(study)
+    assert info.analysis["attention_heads"] == [4, 4]
+    assert any(row[0] == "prune.heads" for row in info.space)
+
+
+@pytest.mark.slow
+def test_try_removes_whole_heads_of_a_vision_transformer(
+    vit_folder: Path, run_cli: RunCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(vit_folder)
+    code, out, err = run_cli([
+        "try", "--model", "vit.py:build", "--weights", "vit.pt", "--dataset", "digits",
+        "--set", "prune.heads=0.5", "--set", "quantize.mode=none", "--set", "distill.epochs=2",
+        "--threads", "1", "--json", "--workdir", "heads",
+    ])
+    assert code == 0, err
+    summary = json.loads(out)
+    metrics, teacher = summary["metrics"], summary["teacher"]
+    # Half the heads of both layers: a quarter of each layer's weights (q, k, v, out) go.
+    assert metrics["params"] < teacher["params"] and metrics["macs"] < teacher["macs"]
+    assert metrics["val_acc"] > 30

@@ -46,6 +46,14 @@ def test_a_small_dataset_gets_at_least_min_steps_and_no_depth_without_blocks() -
     assert fitted.profile_epochs == min_epochs(9) == 14.0  # 126 steps
 
 
+def test_head_removal_is_searched_only_where_the_model_has_attention() -> None:
+    assert "prune.heads" in default_space()
+    assert "prune.heads" not in fit_space(default_space(), RESNET_FMNIST)
+    vit = ModelFacts(structural=True, removable_blocks=6, cuttable_stages=0, steps_per_epoch=422,
+                     epoch_seconds=600.0, attention_layers=6)
+    assert fit_space(default_space(), vit)["prune.heads"] == FloatRange(0.0, 0.75, step=0.25)
+
+
 def test_the_top_of_the_budget_is_cut_to_the_training_time_a_trial_may_spend() -> None:
     slow = ModelFacts(structural=True, removable_blocks=0, cuttable_stages=0, steps_per_epoch=9, epoch_seconds=10.0)
     high = fit_space(default_space(), slow)["distill.epochs"].high  # type: ignore[union-attr]

@@ -244,6 +244,7 @@ class TestSearchSpace:
                 "prune.scope": Choice(("global", "uniform")),
                 "prune.steps": IntRange(1, 5),
                 "prune.round_to": Choice((1, 8)),
+                "prune.heads": FloatRange(0.0, 0.75, step=0.25),  # added with head removal
                 "distill.epochs": FloatRange(0.5, 3.0, step=0.5),
                 "distill.temperature": FloatRange(1.0, 20.0, log=True),
                 "distill.alpha": FloatRange(0.0, 1.0, step=0.1),
@@ -261,7 +262,8 @@ class TestSearchSpace:
     def test_walk_order_and_conditions_are_the_former_hand_written_ones(self) -> None:
         head = (
             "depth.fraction", "depth.cut", "prune.ratio", "prune.method", "prune.criterion", "prune.scope", "prune.steps",
-            "prune.round_to", "distill.epochs", "distill.alpha", "distill.temperature", "distill.lr",
+            "prune.round_to", "prune.heads", "distill.epochs", "distill.alpha", "distill.temperature",
+            "distill.lr",
         )
         assert _space._ORDER == head + tuple(k for k in valid_keys() if k not in head)
         assert {k: c.text for k, c in _space._CONDITIONS.items()} == {
@@ -277,7 +279,7 @@ class TestSearchSpace:
 
     def test_space_is_a_read_only_mapping_with_value_equality(self) -> None:
         a, b = default_space(), default_space()
-        assert a == b and hash(a) == hash(b) and len(a) == 13
+        assert a == b and hash(a) == hash(b) and len(a) == 14
         assert a != dataclasses.replace(a, profile_epochs=2.0)
         with pytest.raises(TypeError):
             a.dimensions["prune.ratio"] = FloatRange(0, 0.5)  # type: ignore[index]
@@ -331,6 +333,7 @@ class TestSearchSpace:
             "depth.fraction",
             "depth.cut",
             "prune.ratio",
+            "prune.heads",
             "distill.epochs",
             "distill.alpha",
             "distill.lr",
