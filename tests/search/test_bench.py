@@ -332,3 +332,34 @@ def test_the_summary_csv_and_markdown_give_the_search_efficiency(tmp_path: Path)
     page = write_efficiency(summary, tmp_path / "efficiency.html")
     assert "search reaches random search" in page.read_text()
 
+
+QUICK = ["bench", "--quick", "--name", "q", "--results", "res", "--device", "cpu"]
+
+
+def test_quick_bench_produces_every_row(
+    search_folder: Callable[[str], Path],
+    run_cli: Callable[[list[str]], tuple[int, str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    folder = search_folder("")
+    # Whether or not nncf is installed here, its row is skipped with its line (the test stays fast).
+    monkeypatch.setitem(PEERS, "nncf", dataclasses.replace(PEERS["nncf"], module="mcaas_search_no_such_module"))
+    code, _, err = run_cli(QUICK)
+    assert code == 0, err
+    assert "nncf row skipped: pip install 'mcaas-search[nncf]'" in err and "Traceback" not in err
+    with open(folder / "res" / "summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    expected = {(t, m) for t in ("size", "latency") for m in METHODS if m != "nncf"}
+    assert {(r["target"], r["method"]) for r in rows} == expected
+    assert all(r["trials"] == "1" for r in rows if r["method"] in PEERS)
+    assert [r["search_passes_random_at"] != "" for r in rows if r["method"] == "search"] == [True, True]
+    text = (folder / "res" / "bench.md").read_text()  # --quick never rewrites BENCHMARKS.md by default
+    assert not (folder / "BENCHMARKS.md").exists()
+    for method in METHODS:
+        if method != "nncf":
+            assert text.count(f"| {METHOD_LABELS[method]} |") == 2, method
+    assert "--quick" in text and (folder / "res" / "efficiency.html").is_file()
+    # A rerun finds the peers done: it runs none of them again.
+    code, _, err = run_cli(QUICK)
+    assert code == 0, err
+    assert "peer: " not in err
