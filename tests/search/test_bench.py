@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -363,3 +364,17 @@ def test_quick_bench_produces_every_row(
     code, _, err = run_cli(QUICK)
     assert code == 0, err
     assert "peer: " not in err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="nncf is not installed (the nncf extra)")
+def test_nncf_peer_is_measured_like_a_trial_when_installed(
+    search_folder: Callable[[str], Path], run_cli: Callable[[list[str]], tuple[int, str, str]]
+) -> None:
+    folder = search_folder("")
+    code, _, err = run_cli([*QUICK, "--methods", "nncf"])
+    assert code == 0, err
+    with open(folder / "res" / "summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["target"], r["method"], r["trials"]) for r in rows] == [("size", "nncf", "1"), ("latency", "nncf", "1")]
+    # Accuracy control keeps NNCF within the bound it is given (1 point) on validation.
+    assert rows[0]["best_trial"] and float(rows[0]["val_drop"]) <= 1.0 and float(rows[0]["best_ratio"]) > 1.0
