@@ -32,8 +32,8 @@ from typing import Any
 
 from optuna.trial import TrialState
 
+from objectives import Constraint, ratios
 from objectives import metrics as m
-from objectives import ratios
 from search.backends import SearchSettings
 from search.backends.running import open_study
 from search.study import trial_records
@@ -61,13 +61,15 @@ NNCF_MAX_DROP = 0.01  # NNCF counts accuracy in [0, 1]: 1 point (the bench passe
 @dataclasses.dataclass(frozen=True)
 class Peer:
     """One peer method: the flat pipeline settings it runs (on top of the space's fixed values,
-    with the profiles' distillation budget), or ``run`` for one the pipeline cannot express;
+    with the profiles' distillation budget), or ``run`` for one the pipeline cannot express, with
+    ``described``, what its trial records as its config (``report`` and ``show`` read it);
     ``module`` / ``extra``: the optional package it needs and the extra that installs it."""
 
     name: str
     label: str
     settings: Mapping[str, Any] | None = None
     run: Callable[[Context, float], Path] | None = None
+    described: Mapping[str, Any] | None = None
     module: str | None = None
     extra: str | None = None
 
@@ -137,7 +139,14 @@ PEERS: dict[str, Peer] = {
             "quantize.mode": "none",
         },
     ),
-    "nncf": Peer("nncf", "NNCF accuracy-aware int8", run=nncf_quantize, module="nncf", extra="nncf"),
+    "nncf": Peer(
+        "nncf",
+        "NNCF accuracy-aware int8",
+        run=nncf_quantize,
+        described={**_NO_STRUCTURE_CHANGE, "prune.ratio": 0.0, "distill.epochs": 0.0, "quantize.mode": "nncf int8 (accuracy-aware)"},
+        module="nncf",
+        extra="nncf",
+    ),
 }
 
 
@@ -149,7 +158,7 @@ def run_peers(
     names: tuple[str, ...],
     settings: SearchSettings,
     workload: Workload,
-    constraint: Any,
+    constraint: Constraint,
     *,
     baseline: tuple[Path, dict[str, float]],
     say: Callable[[str], None],
@@ -189,7 +198,7 @@ def _run_and_record_file(trial: Any, setup: WorkerSetup, peer: Peer) -> None:
     folder = setup.artifacts / "trials" / str(trial.number)
     folder.mkdir(parents=True, exist_ok=True)
     ctx = dataclasses.replace(setup.base, workdir=folder)
-    trial.set_user_attr(CONFIG, {"peer": peer.name})
+    trial.set_user_attr(CONFIG, dict(peer.described or {}))
     started = time.perf_counter()
     try:
         path, quant_s = _timed(lambda: peer.run(ctx, setup.scoring.constraint.max_drop / 100.0))  # type: ignore[misc]

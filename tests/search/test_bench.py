@@ -30,6 +30,7 @@ from search.bench.results import (
     summarise,
     trial_cost,
 )
+from search.reporting.format import settings_summary
 from search.study import TrialRecord
 from spaces import demo_space
 
@@ -275,6 +276,8 @@ def test_peers_are_the_pipeline_configs_their_docstring_states() -> None:
     assert tp["distill.alpha"] == 0.0 and tp["distill.epochs"] == space.profile_epochs  # plain cross-entropy
     assert tp["quantize.mode"] == "none" and tp["depth.fraction"] == 0.0
     assert PEERS["nncf"].settings is None and PEERS["nncf"].run is not None
+    # What report and show say of the nncf trial, which is no pipeline config.
+    assert settings_summary(PEERS["nncf"].described or {}) == "no pruning | no training | nncf int8 (accuracy-aware)"
     assert set(PEERS) <= set(METHODS) and all(name in METHOD_LABELS for name in PEERS)
 
 
