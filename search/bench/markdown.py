@@ -140,7 +140,8 @@ def markdown(
         lines.append(f"![test drop vs ratio and hypervolume per trial]({rel})")
         lines.append("")
     lines.append(
-        f"Interactive: `{os.path.relpath(html)}` (written by the run, not committed); "
+        f"Interactive: `{os.path.relpath(html)}` and the search efficiency, hypervolume against trials: "
+        f"`{os.path.relpath(results / EFFICIENCY_HTML)}` (written by the run, not committed); "
         f"numbers: `{os.path.relpath(results / SUMMARY_CSV)}`, every compared trial: `{os.path.relpath(results / TRIALS_CSV)}`."
     )
     if summary.notes:
@@ -181,7 +182,7 @@ def _efficiency(block: TargetResults) -> list[str]:
         return []
     return [
         f"- Search efficiency: random search's final hypervolume ({random[-1]:.3f} after {len(random)} trials) "
-        f"reached by the search at trial **{passes_text(block)}** (hypervolume per trial: `{EFFICIENCY_HTML}`)."
+        f"reached by the search at trial **{passes_text(block)}** (plotted in `{EFFICIENCY_HTML}`)."
     ]
 
 
