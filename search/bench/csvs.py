@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from objectives import TARGETS, metrics
-from search.bench.results import BenchSummary, test_drop, val_drop
+from search.bench.results import BenchSummary, passes_text, test_drop, val_drop
 from stages.files import write_atomic
 
 SUMMARY_CSV, TRIALS_CSV = "summary.csv", "trials.csv"
@@ -35,6 +35,8 @@ def write_csvs(summary: BenchSummary, results: Path) -> list[Path]:
                 "hypervolume": f"{m.hypervolume:.6g}",
                 "wall_s": f"{m.wall_s:.1f}",
                 "trials_per_hour": _num(m.trials_per_hour),
+                # The trial count at which the search reached random search's final hypervolume.
+                "search_passes_random_at": passes_text(block) if m.method == "search" and "random" in block.histories else "",
             })
     summary_csv = _write_csv(results / SUMMARY_CSV, rows)
     trial_rows = []

@@ -15,6 +15,7 @@ import torch
 from objectives import TARGET_REGISTRY, metrics
 from search.bench.csvs import SUMMARY_CSV, TRIALS_CSV
 from search.bench.plan import METHOD_LABELS
+from search.bench.plots import EFFICIENCY_HTML
 from search.bench.results import (
     BEGIN,
     END,
@@ -23,6 +24,8 @@ from search.bench.results import (
     TARGET_GOALS,
     BenchSummary,
     MethodResult,
+    TargetResults,
+    passes_text,
     test_drop,
     val_drop,
 )
@@ -98,7 +101,8 @@ def markdown(
     for block in summary.targets:
         lines += ["", f"### Target: {block.target} ({TARGET_REGISTRY[block.target].description})", ""]
         lines += [
-            f"Compared at **{block.compared} trials** per method (the fixed profiles: their three trials).",
+            f"Compared at **{block.compared} trials** per method (the fixed profiles: their three trials; "
+            "each peer: its one run, same teacher, data and measurement).",
             "",
             "| method | trials | best at bound | trial | val drop (pt) | test drop (pt) [95 % CI] | hypervolume | wall time | trials / h |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -113,7 +117,7 @@ def markdown(
             )
         lines += ["", "Each row on its own (the same studies; the profiles are the search's first three trials):", ""]
         lines += [f"- {METHOD_LABELS[m.method]}: `{method_command(block.target, m.method)}`" for m in block.methods]
-        lines += ["", *_verdicts(summary, block.target, block.methods)]
+        lines += ["", *_verdicts(summary, block.target, block.methods), *_efficiency(block)]
         largest = {m.method: m.largest for m in block.methods}
         far = [
             f"{METHOD_LABELS[k]} {r.ratio(block.target):.1f}x at {test_drop(base, r):+.2f} pt test (trial {r.number})"
@@ -136,7 +140,8 @@ def markdown(
         lines.append(f"![test drop vs ratio and hypervolume per trial]({rel})")
         lines.append("")
     lines.append(
-        f"Interactive: `{os.path.relpath(html)}` (written by the run, not committed); "
+        f"Interactive: `{os.path.relpath(html)}` and the search efficiency, hypervolume against trials: "
+        f"`{os.path.relpath(results / EFFICIENCY_HTML)}` (written by the run, not committed); "
         f"numbers: `{os.path.relpath(results / SUMMARY_CSV)}`, every compared trial: `{os.path.relpath(results / TRIALS_CSV)}`."
     )
     if summary.notes:
@@ -169,6 +174,16 @@ def _verdicts(summary: BenchSummary, target: str, methods: Sequence[MethodResult
                 f"{search.trials} trials: **{'met' if ok else 'missed'}**."
             )
     return out
+
+
+def _efficiency(block: TargetResults) -> list[str]:
+    search, random = block.histories.get("search"), block.histories.get("random")
+    if not search or not random:
+        return []
+    return [
+        f"- Search efficiency: random search's final hypervolume ({random[-1]:.3f} after {len(random)} trials) "
+        f"reached by the search at trial **{passes_text(block)}** (plotted in `{EFFICIENCY_HTML}`)."
+    ]
 
 
 def _cost_lines(summary: BenchSummary) -> list[str]:

@@ -5,6 +5,8 @@ The studies are ordinary studies in the storage (``report``, ``show`` and ``expo
 
 - ``NAME-TARGET-search`` per target: the default search (TPE, the three profiles queued first).
   The profiles row of the benchmark is those three trials.
+- ``NAME-peers``: the peer methods (``search.bench.peers``), one trial each, run once before the
+  rounds; it serves every target, as the random study does.
 - ``NAME-random``: random search, no profiles. Random sampling does not depend on the target, so
   one study serves every target; it skips no config as dominated (that rule needs a target) but
   stops distillation that cannot reach the accuracy bound, as the search does.
@@ -28,6 +30,7 @@ from rich.console import Console
 from objectives import Constraint
 from search.backends import SearchSettings, run_study
 from search.backends.local import OptunaBackend
+from search.bench.peers import PEERS, PEERS_STUDY_TARGET, run_peers
 from search.errors import UserError
 from search.reporting.progress import LiveProgress
 from search.study import STUDIES_DIR, StudyInfo, load_study, open_storage
@@ -36,12 +39,13 @@ from search.workloads.workload import Workload
 from spaces import SearchSpace
 from stages.files import write_atomic
 
-METHODS = ("profiles", "random", "search")
+METHODS = ("profiles", "random", "search", *PEERS)
 # Method -> what the benchmark calls it.
 METHOD_LABELS = {
     "profiles": "MCaaS fixed profiles",
     "random": "random search",
     "search": "default search (TPE)",
+    **{name: peer.label for name, peer in PEERS.items()},
 }
 BASELINE_FILE = "baseline.json"
 RANDOM_STUDY_TARGET = "size"
@@ -88,8 +92,18 @@ class BenchPlan:
         """Where the benchmark keeps its shared baseline (the studies keep their own folders)."""
         return STUDIES_DIR / self.name
 
+    @property
+    def peers(self) -> tuple[str, ...]:
+        """The chosen peer methods, in the order of ``PEERS``."""
+        return tuple(name for name in PEERS if name in self.methods)
+
+    def peer_study(self) -> BenchStudy:
+        """The study holding the peers' trials (one per peer; it serves every target)."""
+        return BenchStudy(f"{self.name}-peers", "peers", PEERS_STUDY_TARGET)
+
     def studies(self) -> list[BenchStudy]:
-        """The studies the chosen methods need (the profiles live in the search studies)."""
+        """The studies the chosen methods need (the profiles live in the search studies); the
+        peers' study, run once and not in rounds, is ``peer_study``."""
         out = []
         if "search" in self.methods or "profiles" in self.methods:
             out += [BenchStudy(f"{self.name}-{t}-search", "search", t) for t in self.targets]
@@ -113,6 +127,7 @@ class BenchPlan:
             seed=self.seed,
             threads=self.threads,
             profiles=study.method == "search",
+            early_stop=study.method != "peers",
             skip_dominated=study.method == "search",
         )
 
@@ -139,7 +154,7 @@ def shared_baseline(plan: BenchPlan, workload: Workload, console: Console) -> tu
 def check_existing(plan: BenchPlan, workload: Workload) -> None:
     """Refuse, before any work, to continue a benchmark's studies under other settings."""
     storage = open_storage(plan.storage, create=True)
-    for study in plan.studies():
+    for study in [*plan.studies(), *([plan.peer_study()] if plan.peers else [])]:
         try:
             stored = StudyInfo.load(load_study(study.name, storage))
         except UserError:
@@ -168,6 +183,10 @@ def run_bench(
     """
     check_existing(plan, workload)
     base = shared_baseline(plan, workload, console)
+    if plan.peers:
+        peers = plan.peer_study()
+        run_peers(plan.peers, plan.settings(peers, len(PEERS)), workload, plan.constraint, baseline=base,
+                  say=lambda line: console.print(line, markup=False, highlight=False))
     studies = plan.studies()
     rounds = plan.rounds()
     for index, upto in enumerate(rounds, 1):

@@ -1,5 +1,7 @@
 """The benchmark's plots: per target, test drop against ratio for every compared trial, and the
-hypervolume after each trial, in one self-contained HTML page."""
+hypervolume after each trial, in one self-contained HTML page; and the search efficiency page
+(hypervolume against trial count for the search and random search, with random search's final
+hypervolume and the trial count at which the search reaches it)."""
 
 from __future__ import annotations
 
@@ -9,11 +11,26 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from search.bench.plan import METHOD_LABELS
-from search.bench.results import BenchSummary, test_drop
+from search.bench.results import BenchSummary, TargetResults, passes_text, test_drop
 from stages.files import write_atomic
 
-PLOT_HTML, PLOT_PNG = "bench.html", "bench.png"
-METHOD_COLOURS = {"profiles": "#8c564b", "random": "#7f7f7f", "search": "#1f77b4"}
+PLOT_HTML, PLOT_PNG, EFFICIENCY_HTML = "bench.html", "bench.png", "efficiency.html"
+METHOD_COLOURS = {"profiles": "#8c564b", "random": "#7f7f7f", "search": "#1f77b4",
+                  "ort-int8": "#2ca02c", "torch-pruning": "#ff7f0e", "nncf": "#9467bd"}
+# One marker for each fixed config (the profiles, the peers): they are points, not a search.
+FIXED_SYMBOLS = {"profiles": "diamond", "ort-int8": "square", "torch-pruning": "triangle-up", "nncf": "star"}
+
+
+def _hypervolume_traces(fig: go.Figure, block: TargetResults, *, row: int, col: int, legend: bool) -> None:
+    """The hypervolume after each trial of each searching method."""
+    for method, volumes in block.histories.items():
+        fig.add_trace(
+            go.Scatter(x=list(range(1, len(volumes) + 1)), y=volumes, mode="lines+markers", name=METHOD_LABELS[method],
+                       legendgroup=method, showlegend=legend, line={"color": METHOD_COLOURS[method]}),
+            row=row, col=col,
+        )
+    fig.update_xaxes(title_text="trials", row=row, col=col)
+    fig.update_yaxes(title_text="hypervolume (pt x log10 ratio)", row=row, col=col)
 
 
 def write_plots(summary: BenchSummary, path: Path) -> Path:
@@ -33,8 +50,8 @@ def write_plots(summary: BenchSummary, path: Path) -> Path:
                     name=METHOD_LABELS[method],
                     legendgroup=method,
                     showlegend=i == 1,
-                    marker={"color": METHOD_COLOURS[method], "size": 11 if method == "profiles" else 8,
-                            "symbol": "diamond" if method == "profiles" else "circle"},
+                    marker={"color": METHOD_COLOURS.get(method, "#17becf"), "size": 11 if method in FIXED_SYMBOLS else 8,
+                            "symbol": FIXED_SYMBOLS.get(method, "circle")},
                     text=[f"{r.profile or ''} trial {r.number}" for r in records],
                 ),
                 row=i, col=1,
@@ -46,18 +63,33 @@ def write_plots(summary: BenchSummary, path: Path) -> Path:
         fig.update_yaxes(range=[min(min(drops, default=0.0), 0.0) - 0.5, top + 0.5], row=i, col=1)
         fig.update_xaxes(type="log", title_text=f"{block.target} ratio vs teacher (log)", row=i, col=1)
         fig.update_yaxes(title_text="test drop (points; larger drops off the chart)", row=i, col=1)
-        for method, volumes in block.histories.items():
-            fig.add_trace(
-                go.Scatter(x=list(range(1, len(volumes) + 1)), y=volumes, mode="lines+markers", name=METHOD_LABELS[method],
-                           legendgroup=method, showlegend=False, line={"color": METHOD_COLOURS[method]}),
-                row=i, col=2,
-            )
-        fig.update_xaxes(title_text="trials", row=i, col=2)
-        fig.update_yaxes(title_text="hypervolume (pt x log10 ratio)", row=i, col=2)
+        _hypervolume_traces(fig, block, row=i, col=2, legend=False)
     fig.update_layout(
-        title=f"{summary.plan.name}: search vs fixed profiles vs random search (<= {summary.plan.constraint.max_drop:g} pt)",
+        title=f"{summary.plan.name}: search vs fixed profiles, random search and peers (<= {summary.plan.constraint.max_drop:g} pt)",
         height=480 * rows + 80, width=1280, template="plotly_white",
     )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, fig.to_html(include_plotlyjs=True, full_html=True))
+    return path
+
+
+def write_efficiency(summary: BenchSummary, path: Path) -> Path:
+    """Per target: hypervolume against trial count for the search and random search, random
+    search's final hypervolume (dashed) and the trial count at which the search reaches it."""
+    blocks = [b for b in summary.targets if b.histories]
+    rows = max(len(blocks), 1)
+    titles = [f"{b.target}: search reaches random search's final hypervolume at trial {passes_text(b)}" for b in blocks]
+    fig = make_subplots(rows=rows, cols=1, subplot_titles=titles or None, vertical_spacing=0.16 / rows)
+    for i, block in enumerate(blocks, 1):
+        _hypervolume_traces(fig, block, row=i, col=1, legend=i == 1)
+        random = block.histories.get("random")
+        if random:
+            fig.add_hline(y=random[-1], line_dash="dash", line_color=METHOD_COLOURS["random"], row=i, col=1)
+        at = block.search_passes_random
+        if at is not None and "search" in block.histories:
+            fig.add_vline(x=at, line_dash="dot", line_color=METHOD_COLOURS["search"], row=i, col=1)
+    fig.update_layout(title=f"{summary.plan.name}: search efficiency (hypervolume against trials)",
+                      height=420 * rows + 80, width=1000, template="plotly_white")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, fig.to_html(include_plotlyjs=True, full_html=True))
     return path

@@ -115,6 +115,12 @@ def history(
     ]
 
 
+def passes_at(volumes: Sequence[float], reference: float) -> int | None:
+    """The 1-based trial count at which ``volumes`` (hypervolume after each trial) first reaches
+    ``reference``; None when it never does."""
+    return next((i for i, v in enumerate(volumes, 1) if v >= reference - 1e-12), None)
+
+
 # ---------------------------------------------------------------------------------------------
 # Cost of a trial
 
@@ -188,6 +194,21 @@ class TargetResults:
     histories: dict[str, list[float]]  # method -> hypervolume after each compared trial
     points: dict[str, list[TrialRecord]]  # method -> compared complete trials
 
+    @property
+    def search_passes_random(self) -> int | None:
+        """The trial count at which the search's hypervolume first reaches random search's final
+        one (None: it never does, or one of them did not run); see ``passes_at``."""
+        search, random = self.histories.get("search"), self.histories.get("random")
+        if not search or not random:
+            return None
+        return passes_at(search, random[-1])
+
+
+def passes_text(block: TargetResults) -> str:
+    """When the search reached random search's final hypervolume: a trial count, or "never"."""
+    at = block.search_passes_random
+    return "never" if at is None else str(at)
+
 
 @dataclasses.dataclass(frozen=True)
 class BenchSummary:
@@ -224,6 +245,12 @@ def gather(plan: BenchPlan, baseline: Mapping[str, float], records: Mapping[str,
             results.append(summarise(method, target, study, cut, baseline, required, plan.constraint.max_drop))
             histories[method] = history(target, cut, required)
             points[method] = [r for r in cut if r.state == "complete"]
+        peers_name = plan.peer_study().name
+        for peer in plan.peers:
+            ran = [r for r in done.get(peers_name, []) if r.profile == peer]
+            if ran:  # a peer that could not run here (a missing extra) has no row
+                results.append(summarise(peer, target, peers_name, ran, baseline, required, plan.constraint.max_drop))
+                points[peer] = [r for r in ran if r.state == "complete"]
         targets.append(TargetResults(target, n, results, histories, points))
     cost = trial_cost([r for rs in compared_all.values() for r in rs], logits_s)
     return BenchSummary(plan, dict(baseline), targets, cost, {k: len(v) for k, v in done.items()}, [])

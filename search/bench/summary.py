@@ -14,7 +14,13 @@ from search.bench.csvs import write_csvs
 from search.bench.markdown import markdown, splice
 from search.bench.paired import add_paired
 from search.bench.plan import BASELINE_FILE, BenchPlan
-from search.bench.plots import PLOT_HTML, PLOT_PNG, write_plots
+from search.bench.plots import (
+    EFFICIENCY_HTML,
+    PLOT_HTML,
+    PLOT_PNG,
+    write_efficiency,
+    write_plots,
+)
 from search.bench.results import gather
 from search.errors import UserError
 from search.reporting.screenshot import find_chromium, take_screenshot
@@ -27,7 +33,7 @@ from stages.files import write_atomic
 def load_records(plan: BenchPlan) -> dict[str, list[TrialRecord]]:
     storage = open_storage(plan.storage, create=False)
     out = {}
-    for study in plan.studies():
+    for study in [*plan.studies(), *([plan.peer_study()] if plan.peers else [])]:
         try:
             out[study.name] = trial_records(load_study(study.name, storage))
         except UserError:
@@ -60,6 +66,7 @@ def write_summary(
     results.mkdir(parents=True, exist_ok=True)
     written = [write_csvs(summary, results)[0]]
     html = write_plots(summary, results / PLOT_HTML)
+    written.append(write_efficiency(summary, results / EFFICIENCY_HTML))
     png: Path | None = None
     if find_chromium() is not None:
         try:

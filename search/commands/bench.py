@@ -1,6 +1,6 @@
-"""``mcaas-search bench``: the default search against the three MCaaS fixed profiles and random
-search on one workload and trial budget, for each target; writes BENCHMARKS.md, a CSV and plots.
-Resumable: the same command continues where it stopped."""
+"""``mcaas-search bench``: the default search against the three MCaaS fixed profiles, random
+search and peer methods on one workload and trial budget, for each target; writes BENCHMARKS.md,
+CSVs and plots. Resumable: the same command continues where it stopped. ``--quick``: a smoke run."""
 
 from __future__ import annotations
 
@@ -30,6 +30,12 @@ from search.workloads.workload import (
     load_workload,
     pick_device,
 )
+from spaces import Fixed, SearchSpace
+
+# --quick: enough trials that the search runs past its three profiles, a distillation of one epoch.
+QUICK_TRIALS = 4
+QUICK_EPOCHS = 1.0
+QUICK_MARKDOWN = "bench.md"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,9 +51,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bench.add_argument("--threads", type=lambda t: positive_int(t, MAX_THREADS), default=None, help="torch and ONNX Runtime threads (default: all cores)")
     bench.add_argument("--timeout", type=duration, default=None, help="start no study round after this (90s, 30m, 2h)")
     bench.add_argument("--storage", default=None, help="study storage (default: studies/mcaas.journal)")
-    bench.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"), help="Markdown file whose bench section is (re)written")
+    bench.add_argument("--out", type=Path, default=None, help="Markdown file whose bench section is (re)written (default: BENCHMARKS.md; with --quick, bench.md in the results folder)")
     bench.add_argument("--results", type=Path, default=None, help="folder for the CSV and plots (default: studies/benchmarks/NAME)")
     bench.add_argument("--report-only", action="store_true", help="run no trial: rewrite the summary from the studies")
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a smoke run that checks every row is produced, not what the ratios are: {QUICK_TRIALS} trials per "
+        f"study in one round, distillation of {QUICK_EPOCHS:g} epoch(s); name NAME-quick, summary in the results folder",
+    )
+
+
+def quick_space(space: SearchSpace) -> SearchSpace:
+    """``space`` with a short distillation: the searched budget and the profiles' (the fit to the
+    workload still raises the profiles' budget to its minimum of optimizer steps)."""
+    dims = {**space.dimensions, "distill.epochs": Fixed(QUICK_EPOCHS)}
+    return SearchSpace(dims, profile_epochs=QUICK_EPOCHS)
 
 
 def _argv(
@@ -78,9 +97,13 @@ def _argv(
         if on:
             argv.append(flag)
     argv += ["--name", plan.name, "--targets", *targets]
+    if args.quick:
+        argv.append("--quick")
     if set(methods) != set(METHODS):
         argv += ["--methods", *methods]
-    argv += ["--max-drop", f"{args.max_drop:g}", "--trials", str(plan.trials), "--round", str(plan.round_size)]
+    argv += ["--max-drop", f"{args.max_drop:g}"]
+    if not args.quick:
+        argv += ["--trials", str(plan.trials), "--round", str(plan.round_size)]
     if args.threads:
         argv += ["--threads", str(args.threads)]
     return argv
@@ -88,19 +111,24 @@ def _argv(
 
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
-    if args.out.exists() and not args.out.is_file():
+    if args.out is None and not args.quick:
+        args.out = Path("BENCHMARKS.md")
+    if args.out is not None and args.out.exists() and not args.out.is_file():
         raise UserError(f"--out {str(args.out)!r} is not a file; expected the Markdown file to write")
-    if not args.out.parent.is_dir():
+    if args.out is not None and not args.out.parent.is_dir():
         raise UserError(f"--out folder {str(args.out.parent)!r} does not exist")
     if args.results is not None and args.results.exists() and not args.results.is_dir():
         raise UserError(f"--results {str(args.results)!r} is a file; expected a folder for the CSV and plots")
     check_storage(args.storage)
     spec = spec_from_args(args)
     space = pick_space(args, spec)
+    if args.quick:
+        space = quick_space(space)
+        args.trials = args.round_size = QUICK_TRIALS
     workload = load_workload(spec, device=pick_device(args.device))
     threads = args.threads or trial_threads(workload, 1)
     torch.set_num_threads(threads)
-    name = args.name or f"bench-{workload.name}"
+    name = args.name or f"bench-{workload.name}" + ("-quick" if args.quick else "")
     targets = tuple(dict.fromkeys(args.targets))
     plan = BenchPlan(
         name=name,
@@ -115,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
         storage=args.storage,
     )
     results = args.results or Path("studies") / "benchmarks" / name
+    if args.quick and args.out is None:  # a smoke run never rewrites BENCHMARKS.md unless told to
+        args.out = results / QUICK_MARKDOWN
+        results.mkdir(parents=True, exist_ok=True)
     command = bench_command(_argv(args, plan))
 
     def method_command(target: str, method: str) -> str:

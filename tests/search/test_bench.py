@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,16 +16,21 @@ import torch
 
 from objectives import TARGETS, Constraint, PairedDrop
 from search.bench.csvs import write_csvs
-from search.bench.markdown import splice
-from search.bench.plan import BenchPlan
+from search.bench.markdown import markdown, splice
+from search.bench.peers import PEERS, run_peers
+from search.bench.plan import METHOD_LABELS, METHODS, BenchPlan
+from search.bench.plots import write_efficiency
 from search.bench.results import (
     BEGIN,
     END,
     counted_records,
     gather,
+    passes_at,
+    passes_text,
     summarise,
     trial_cost,
 )
+from search.reporting.format import settings_summary
 from search.study import TrialRecord
 from spaces import demo_space
 
@@ -81,7 +87,7 @@ def test_no_trial_at_the_bound_gives_no_best_and_zero_hypervolume() -> None:
 
 
 def _plan(**changes: Any) -> BenchPlan:
-    base = {"name": "b", "targets": ("size", "latency"), "methods": ("profiles", "random", "search"),
+    base = {"name": "b", "targets": ("size", "latency"), "methods": METHODS,
             "trials": 10, "round_size": 5, "constraint": Constraint(max_drop=1.0), "space": demo_space()}
     return BenchPlan(**{**base, **changes})
 
@@ -187,7 +193,8 @@ def test_demo_bench_writes_the_summary_and_resumes(
     assert "- random search: `mcaas-search bench --space tiny.toml --name tb --targets size --methods random" in text
     with open(folder / "res" / "summary.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert [(r["method"], r["trials"]) for r in rows] == [("profiles", "3"), ("random", "4"), ("search", "4")]
+    assert [(r["method"], r["trials"]) for r in rows][:5] == [
+        ("profiles", "3"), ("random", "4"), ("search", "4"), ("ort-int8", "1"), ("torch-pruning", "1")]  # nncf if installed
     with_best = [row for row in rows if row["best_trial"]]
     assert with_best, rows
     for row in with_best:  # a best trial has a paired interval around its test drop
@@ -253,3 +260,124 @@ def test_teacher_pass_is_timed_once_when_the_cache_did_not_record_it(
     assert passes == [1]
     cache.with_suffix(".json").write_text('{"seconds": 12.5}')
     assert engine.teacher_pass_seconds(workload, tmp_path) == 12.5  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# Peers, search efficiency and --quick
+
+
+def test_peers_are_the_pipeline_configs_their_docstring_states() -> None:
+    space = demo_space()
+    ort = PEERS["ort-int8"].config(space).to_flat()
+    assert (ort["prune.ratio"], ort["distill.epochs"], ort["cluster.k"], ort["quantize.mode"]) == (0.0, 0.0, 0, "int8-static")
+    tp = PEERS["torch-pruning"].config(space).to_flat()
+    assert (tp["prune.ratio"], tp["prune.criterion"], tp["prune.scope"], tp["prune.steps"], tp["prune.round_to"]) == (
+        0.5, "l2", "uniform", 1, 1)
+    assert tp["distill.alpha"] == 0.0 and tp["distill.epochs"] == space.profile_epochs  # plain cross-entropy
+    assert tp["quantize.mode"] == "none" and tp["depth.fraction"] == 0.0
+    assert PEERS["nncf"].settings is None and PEERS["nncf"].run is not None
+    # What report and show say of the nncf trial, which is no pipeline config.
+    assert settings_summary(PEERS["nncf"].described or {}) == "no pruning | no training | nncf int8 (accuracy-aware)"
+    assert set(PEERS) <= set(METHODS) and all(name in METHOD_LABELS for name in PEERS)
+
+
+def test_a_peer_without_its_package_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(PEERS, "nncf", dataclasses.replace(PEERS["nncf"], module="mcaas_search_no_such_module"))
+    assert PEERS["nncf"].missing() == "nncf row skipped: pip install 'mcaas-search[nncf]'"
+    assert PEERS["ort-int8"].missing() is None
+    said: list[str] = []
+    run_peers(("nncf",), None, None, None, baseline=None, say=said.append)  # type: ignore[arg-type]
+    assert said == ["nncf row skipped: pip install 'mcaas-search[nncf]'"]  # nothing else is touched
+
+
+def test_each_peer_gets_a_row_on_every_target_from_its_one_trial() -> None:
+    peers = [record(0, profile="ort-int8", size=3.0, latency=0.9), record(1, profile="torch-pruning", size=3.5, val=94.0)]
+    search = [record(i, size=2.0 + i) for i in range(4)]
+    summary = gather(_plan(methods=("search", "ort-int8", "torch-pruning", "nncf")), BASELINE,
+                     {"b-size-search": search, "b-latency-search": search, "b-peers": peers}, logits_s=None)
+    for block in summary.targets:
+        by = {m.method: m for m in block.methods}
+        assert set(by) == {"search", "ort-int8", "torch-pruning"}  # nncf did not run: no row
+        assert by["ort-int8"].trials == 1 and by["ort-int8"].study == "b-peers"
+        assert by["torch-pruning"].best is None  # 2 pt lost on validation
+        assert block.points["ort-int8"][0].number == 0
+    assert {m.method: m.ratio for m in summary.targets[0].methods}["ort-int8"] == 3.0
+    assert {m.method: m.ratio for m in summary.targets[1].methods}["ort-int8"] == 0.9
+    assert _plan(methods=("ort-int8",)).studies() == [] and _plan().peer_study().name == "b-peers"
+
+
+def test_search_efficiency_is_the_count_at_which_the_search_reaches_random_search() -> None:
+    assert passes_at([0.0, 0.2, 0.5, 0.9], 0.5) == 3
+    assert passes_at([0.0, 0.2], 0.5) is None
+    assert passes_at([], 0.0) is None
+    # random search: nothing feasible until trial 3, then 10x; the search: 20x from trial 2 on.
+    random = [record(0, val=90.0), record(1, val=90.0), record(2, size=10.0), record(3, size=10.0)]
+    search = [record(0, val=90.0), record(1, size=20.0), record(2, size=20.0), record(3, size=20.0)]
+    summary = gather(_plan(targets=("size",), methods=("random", "search")), BASELINE,
+                     {"b-size-search": search, "b-random": random}, logits_s=None)
+    (block,) = summary.targets
+    assert block.search_passes_random == 2 and passes_text(block) == "2"
+    never = dataclasses.replace(block, histories={"search": [0.0] * 4, "random": block.histories["random"]})
+    assert never.search_passes_random is None and passes_text(never) == "never"
+
+
+def test_the_summary_csv_and_markdown_give_the_search_efficiency(tmp_path: Path) -> None:
+    random = [record(0, size=10.0), record(1, size=10.0)]
+    search = [record(0, size=4.0), record(1, size=20.0)]
+    summary = gather(_plan(targets=("size",), methods=("random", "search")), BASELINE,
+                     {"b-size-search": search, "b-random": random}, logits_s=None)
+    summary_csv, _ = write_csvs(summary, tmp_path)
+    with open(summary_csv) as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    assert rows["search"]["search_passes_random_at"] == "2" and rows["random"]["search_passes_random_at"] == ""
+    text = markdown(summary, command="c", method_command=lambda t, m: m, results=tmp_path, png=None,
+                    html=tmp_path / "bench.html")
+    assert "reached by the search at trial **2**" in text
+    page = write_efficiency(summary, tmp_path / "efficiency.html")
+    assert "search reaches random search" in page.read_text()
+
+
+QUICK = ["bench", "--quick", "--name", "q", "--results", "res", "--device", "cpu"]
+
+
+def test_quick_bench_produces_every_row(
+    search_folder: Callable[[str], Path],
+    run_cli: Callable[[list[str]], tuple[int, str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    folder = search_folder("")
+    # Whether or not nncf is installed here, its row is skipped with its line (the test stays fast).
+    monkeypatch.setitem(PEERS, "nncf", dataclasses.replace(PEERS["nncf"], module="mcaas_search_no_such_module"))
+    code, _, err = run_cli(QUICK)
+    assert code == 0, err
+    assert "nncf row skipped: pip install 'mcaas-search[nncf]'" in err and "Traceback" not in err
+    with open(folder / "res" / "summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    expected = {(t, m) for t in ("size", "latency") for m in METHODS if m != "nncf"}
+    assert {(r["target"], r["method"]) for r in rows} == expected
+    assert all(r["trials"] == "1" for r in rows if r["method"] in PEERS)
+    assert [r["search_passes_random_at"] != "" for r in rows if r["method"] == "search"] == [True, True]
+    text = (folder / "res" / "bench.md").read_text()  # --quick never rewrites BENCHMARKS.md by default
+    assert not (folder / "BENCHMARKS.md").exists()
+    for method in METHODS:
+        if method != "nncf":
+            assert text.count(f"| {METHOD_LABELS[method]} |") == 2, method
+    assert "--quick" in text and (folder / "res" / "efficiency.html").is_file()
+    # A rerun finds the peers done: it runs none of them again.
+    code, _, err = run_cli(QUICK)
+    assert code == 0, err
+    assert "peer: " not in err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="nncf is not installed (the nncf extra)")
+def test_nncf_peer_is_measured_like_a_trial_when_installed(
+    search_folder: Callable[[str], Path], run_cli: Callable[[list[str]], tuple[int, str, str]]
+) -> None:
+    folder = search_folder("")
+    code, _, err = run_cli([*QUICK, "--methods", "nncf"])
+    assert code == 0, err
+    with open(folder / "res" / "summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["target"], r["method"], r["trials"]) for r in rows] == [("size", "nncf", "1"), ("latency", "nncf", "1")]
+    # Accuracy control keeps NNCF within the bound it is given (1 point) on validation.
+    assert rows[0]["best_trial"] and float(rows[0]["val_drop"]) <= 1.0 and float(rows[0]["best_ratio"]) > 1.0
