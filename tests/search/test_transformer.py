@@ -166,3 +166,38 @@ def test_try_removes_whole_heads_of_a_vision_transformer(
     # Half the heads of both layers: a quarter of each layer's weights (q, k, v, out) go.
     assert metrics["params"] < teacher["params"] and metrics["macs"] < teacher["macs"]
     assert metrics["val_acc"] > 30
+
+
+def _tiny_swin() -> nn.Module:
+    """torchvision's Swin Transformer for 1 x 8 x 8 inputs: patch 2, two stages, window 2."""
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    model = SwinTransformer(patch_size=[2, 2], embed_dim=32, depths=[2, 2], num_heads=[2, 4],
+                            window_size=[2, 2], num_classes=10)
+    model.features[0][0] = nn.Conv2d(1, 32, kernel_size=2, stride=2)
+    return model.eval()
+
+
+@pytest.mark.slow
+def test_a_swin_transformer_takes_the_path_torch_pruning_allows(tiny_data: TaskData, tmp_path: Path) -> None:
+    from stages.depth import find_removable_blocks
+    from stages.export import export_onnx
+    from stages.measure import OnnxRunner
+    from stages.prune import probe_structured
+
+    model = _tiny_swin()
+    ctx = Context(data=tiny_data, teacher=model, workdir=tmp_path, batch_size=32)
+    # torch-pruning's grouping never finishes on shifted windows: refused at once, with the reason,
+    # so a study searches unstructured sparsity, depth and quantization instead.
+    probe = probe_structured(model, ctx)
+    assert not probe.possible and "shifted-window attention" in (probe.reason or "")
+    # Its blocks are residual and keep their shape: depth can remove them.
+    assert find_removable_blocks(model, tiny_data.example_input()) == [
+        "features.1.0", "features.1.1", "features.3.0", "features.3.1"]
+    Prune(PruneConfig(ratio=0.5, method="unstructured")).run(model, ctx)
+    path = export_onnx(model, tiny_data.example_input(), tmp_path / "swin.onnx")
+    x = tiny_data.val.x[:8]
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert abs(OnnxRunner(path).predict(x.numpy()) - expected).max() < 1e-4
