@@ -96,7 +96,7 @@ def print_front(
     # Numbers never wrap or get cut. On a narrow terminal the profile and settings columns would
     # be squeezed to nothing, so they are printed under the table instead.
     wide = console.width >= WIDE_TABLE
-    names = ["trial", "val acc %", "drop pt", "test acc %", f"{info.target} ratio", "size", "latency ms"]
+    names = ["trial", "val %", "drop pt", "test %", f"{info.target} ratio", "size", "latency ms"]
     for name in names:
         table.add_column(name, justify="right", no_wrap=True)
     if wide:
