@@ -437,7 +437,7 @@ def test_exports_that_cannot_be_made_write_nothing(
 NUMBER_JUNK = ("", "abc", "1..2", "0x", "one", "--", "1,5")  # not numbers
 NOT_FUZZED = {
     # Flags without a value, and values nothing can refuse: any text is a fine folder or address.
-    "--download", "--allow-pickle", "--allow-weak-teacher", "--no-profiles", "--no-early-stop", "--json", "--no-progress", "--best", "--report-only",
+    "--download", "--allow-pickle", "--allow-weak-teacher", "--no-profiles", "--no-early-stop", "--json", "--no-progress", "--best", "--report-only", "--quick",
     "--allow-model-code",
     "--address", "--workdir", "--studies-dir",
 }
