@@ -9,6 +9,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from objectives import ObjectiveError
 from search.errors import UserError
@@ -101,12 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mcaas-search: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except Exception as exc:
-        if not _lost_database(exc):
+        lost = _lost_database(exc)
+        if lost is None:
             raise
         # A database server lost mid-run (restarted, unreachable): what it holds is intact (each
         # write is a transaction; the trial that was running is re-run on resume).
         print(
-            f"mcaas-search: error: lost the study database: {one_line(str(exc.orig or exc))}; "
+            f"mcaas-search: error: lost the study database: {one_line(str(lost.orig or lost))}; "
             "what it holds is intact: run the same command again to continue",
             file=sys.stderr,
         )
@@ -116,12 +118,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _lost_database(exc: BaseException) -> bool:
-    """Whether ``exc`` is SQLAlchemy's "the database connection failed" (imported only by a run
-    that used a database, so checked without importing it)."""
+def _lost_database(exc: BaseException) -> Any:
+    """SQLAlchemy's "the database connection failed" error that ``exc`` is or wraps (Optuna
+    re-raises it as ``StorageInternalError`` from a failed commit), or None. SQLAlchemy is
+    imported only by a run that used a database, so it is looked up without importing it."""
     sqlalchemy = sys.modules.get("sqlalchemy.exc")
-    return sqlalchemy is not None and isinstance(exc, sqlalchemy.OperationalError)
-
+    if sqlalchemy is None:
+        return None
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, sqlalchemy.OperationalError):
+            return seen
+        seen = seen.__cause__
+    return None
 
 if __name__ == "__main__":
     raise SystemExit(main())

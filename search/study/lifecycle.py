@@ -149,7 +149,8 @@ def heartbeat(study: optuna.Study, number: int) -> Iterator[None]:
     def beat() -> None:
         while True:
             # A server restarting misses a beat or two; the next one reconnects (pool pre-ping).
-            with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
+            # Optuna re-raises a failed commit as StorageInternalError.
+            with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
                 database.record_heartbeat(trial_id)
             if stop.wait(interval):
                 return

@@ -46,3 +46,23 @@ def test_an_empty_load_error_is_a_user_error_not_an_index_error(
     split = Split(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.int64))
     with pytest.raises(UserError, match="cannot load .*: RuntimeError$"):
         measure_accuracy(tmp_path / "m.onnx", "onnx", split)
+
+
+def test_a_lost_database_is_found_behind_optunas_commit_error() -> None:
+    """Optuna re-raises a failed commit as StorageInternalError from SQLAlchemy's error: the CLI
+    must still see "the database connection failed" (one line, not a traceback)."""
+    import optuna
+    import sqlalchemy.exc
+
+    from search.cli import _lost_database
+
+    lost = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+    try:
+        try:
+            raise lost
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from exc
+    except optuna.exceptions.StorageInternalError as wrapped:
+        assert _lost_database(wrapped) is lost
+    assert _lost_database(lost) is lost
+    assert _lost_database(ValueError("not a database")) is None

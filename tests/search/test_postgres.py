@@ -102,8 +102,16 @@ def _finish(proc: subprocess.Popen[bytes], folder: Path) -> int:
     return code
 
 
+_STORAGES: dict[str, object] = {}
+
+
 def _study(url: str) -> optuna.Study:
-    return optuna.load_study(study_name=STUDY, storage=open_storage(url, create=False))
+    """The study, through one storage per database: the tests poll it several times a second, and
+    a new storage each time (an engine with its own pooled connections) ran the throw-away server
+    out of connections ("too many clients already") while a slow first trial was awaited."""
+    if url not in _STORAGES:
+        _STORAGES[url] = open_storage(url, create=False)
+    return optuna.load_study(study_name=STUDY, storage=_STORAGES[url])  # type: ignore[arg-type]
 
 
 def _workers(study: optuna.Study) -> set[str]:
