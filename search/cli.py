@@ -132,5 +132,6 @@ def _lost_database(exc: BaseException) -> Any:
         seen = seen.__cause__
     return None
 
+
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -10,6 +10,7 @@ from typing import Any
 
 from objectives import PairedDrop
 from search.study import StudyInfo, TrialRecord
+from search.study.scoring import paired_val_drop
 
 
 def format_bytes(n: float | None) -> str:
@@ -37,6 +38,17 @@ def drop_text(drop: float | None, paired: PairedDrop | None) -> str:
         return text
     low, high = paired.interval()
     return f"{text}±{(high - low) / 2:.2f}"
+
+
+def drop_legend(records: Iterable[TrialRecord]) -> str | None:
+    """What the drop column's ``±`` means, when some of ``records`` carry paired counts."""
+    paired = next((p for p in (paired_val_drop(r.metrics) for r in records) if p is not None), None)
+    if paired is None:
+        return None
+    return (
+        "drop pt: validation accuracy lost against the teacher, ± its 95 % interval "
+        f"(paired, on the same {paired.n} images)"
+    )
 
 
 def interval_note(info: StudyInfo, pick: TrialRecord, paired: PairedDrop | None) -> str | None:

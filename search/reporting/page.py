@@ -26,6 +26,7 @@ from search.reporting.figures import (
 )
 from search.reporting.format import (
     describe_counts,
+    drop_legend,
     drop_text,
     export_command,
     format_bytes,
@@ -95,10 +96,8 @@ def _front_table_html(data: ReportData) -> str:
             f"<td>{html.escape(latency_text(m))}</td>"
             f"<td class='l'>{html.escape(settings)}</td></tr>"
         )
-    paired = next((p for p in (paired_val_drop(r.metrics) for r in rows) if p is not None), None)
-    legend = "" if paired is None else (
-        "<p class='muted'>drop pt: validation accuracy lost against the teacher, &plusmn; its 95 % "
-        f"interval (paired, on the same {paired.n} images).</p>")
+    legend = drop_legend(rows)
+    legend = "" if legend is None else f"<p class='muted'>{html.escape(legend)}.</p>"
     return f"<p>{caption}</p><table>{head}{''.join(body)}</table>{legend}"
 
 
@@ -234,7 +233,8 @@ def trials_frame(info: StudyInfo, records: Sequence[TrialRecord]) -> pd.DataFram
     front = {r.number for r in front_records(info, records)}
     rows = []
     for r in sorted(records, key=lambda r: r.number):
-        drop, paired = accuracy_drop(info, r), paired_val_drop(r.metrics)
+        paired = paired_val_drop(r.metrics)
+        drop, interval = accuracy_drop(info, r), (None, None) if paired is None else paired.interval()
         row: dict[str, Any] = {
             "trial": r.number,
             "state": r.state,
@@ -244,8 +244,8 @@ def trials_frame(info: StudyInfo, records: Sequence[TrialRecord]) -> pd.DataFram
             "recommended": pick is not None and r.number == pick.number,
             metrics.VAL_ACC: r.metrics.get(metrics.VAL_ACC),
             "accuracy_drop": drop,
-            "accuracy_drop_low": None if paired is None else paired.interval()[0],
-            "accuracy_drop_high": None if paired is None else paired.interval()[1],
+            "accuracy_drop_low": interval[0],
+            "accuracy_drop_high": interval[1],
             f"{info.target}_ratio": r.ratios.get(info.target),
         }
         row.update({f"config.{k}": v for k, v in sorted(r.config.items())})

@@ -17,6 +17,7 @@ from rich.table import Table
 from objectives import TARGET_REGISTRY, format_violations, metrics
 from search.reporting.format import (
     describe_counts,
+    drop_legend,
     drop_text,
     export_command,
     format_bytes,
@@ -123,12 +124,9 @@ def print_front(
                           highlight=False)
     if profiles:
         console.print("[dim]dimmed: MCaaS profile and quantization-only trials not on the front[/]")
-    paired = next((p for p in (paired_val_drop(r.metrics) for r in rows) if p is not None), None)
-    if paired is not None:
-        console.print(
-            f"[dim]drop pt: validation accuracy lost against the teacher, ± its 95 % interval "
-            f"(paired, on the same {paired.n} images)[/]", highlight=False,
-        )
+    legend = drop_legend(rows)
+    if legend is not None:
+        console.print(f"[dim]{escape(legend)}[/]", highlight=False)
     assert pick is not None
     drop = accuracy_drop(info, pick)
     console.print(
