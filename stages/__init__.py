@@ -4,7 +4,7 @@ Each stage is a small class holding its frozen config with ``run(model, ctx) -> 
 ``run_pipeline`` runs a whole ``PipelineConfig``. Nothing here knows of Optuna or Ray.
 """
 
-from stages._base import Model, OnnxFile, PipelineResult, Stage, StageRecord
+from stages._base import Model, OnnxFile, PipelineResult, Stage, StageRecord, timed
 from stages._context import Context, Split, TaskData
 from stages.cluster import Cluster
 from stages.config import (
@@ -64,4 +64,5 @@ __all__ = [
     "TaskData",
     "measure_baseline",
     "run_pipeline",
+    "timed",
 ]

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
 
 from objectives import metrics
-from stages._base import OnnxFile, PipelineResult, StageRecord
+from stages._base import OnnxFile, PipelineResult, StageRecord, timed
 from stages._context import Context
 from stages.cluster import Cluster
 from stages.config import PipelineConfig
@@ -54,11 +53,6 @@ def run_pipeline(
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     records: list[StageRecord] = []
     model: nn.Module = copy.deepcopy(ctx.teacher).to(ctx.device).eval()
-
-    def timed(fn: Callable[[], object]) -> tuple[object, float]:
-        start = time.perf_counter()
-        out = fn()
-        return out, time.perf_counter() - start
 
     qat = QUANT_MODES[config.quantize.mode].fake_quant_training
     # A watched stage reports validation accuracy at the end of its budget: keep that number

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -32,22 +31,23 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from objectives import Constraint, ratios
-from objectives import metrics as m
+from objectives import Constraint
 from search.backends import SearchSettings
 from search.backends.running import open_study
 from search.study import trial_records
 from search.study.lifecycle import worker_id
 from search.study.records import CONFIG, INTERRUPTED, PROFILE, REASON, WORKER
+from search.trials.trial import score
 from search.trials.worker import (
     WorkerSetup,
     failure_reason,
+    record_outcome,
     run_and_record,
     worker_setup,
 )
 from search.workloads.workload import Workload
 from spaces import SearchSpace
-from stages import Context
+from stages import Context, timed
 from stages.config import PipelineConfig
 from stages.measure import OnnxRunner, measure_onnx
 from stages.quant_modes import TrainingCalibration
@@ -203,8 +203,12 @@ def _run_and_record_file(trial: Any, setup: WorkerSetup, peer: Peer) -> None:
     trial.set_user_attr(CONFIG, dict(peer.described or {}))
     started = time.perf_counter()
     try:
-        path, quant_s = _timed(lambda: peer.run(ctx, setup.scoring.constraint.max_drop / 100.0))  # type: ignore[misc]
-        final, measure_s = _timed(lambda: measure_onnx(path, ctx))
+        path, quant_s = timed(lambda: peer.run(ctx, setup.scoring.constraint.max_drop / 100.0))  # type: ignore[misc]
+        final, measure_s = timed(lambda: measure_onnx(path, ctx))
+        outcome = score(final, setup.scoring, artifact=path, seconds=time.perf_counter() - started, stages=[
+            {"stage": "quantize", "seconds": quant_s, "metrics": {}},
+            {"stage": "measure", "seconds": measure_s, "metrics": {}},
+        ])
     except KeyboardInterrupt:
         trial.set_user_attr(REASON, f"{INTERRUPTED} (Ctrl-C)")
         setup.study.tell(trial, state=TrialState.FAIL)
@@ -213,28 +217,4 @@ def _run_and_record_file(trial: Any, setup: WorkerSetup, peer: Peer) -> None:
         trial.set_user_attr(REASON, failure_reason(exc))
         setup.study.tell(trial, state=TrialState.FAIL)
         return
-    scoring = setup.scoring
-    violations = scoring.constraint.violations(scoring.baseline[m.VAL_ACC], final)
-    attrs = {
-        "metrics": final,
-        "ratios": ratios(scoring.baseline, final),
-        "drop": scoring.baseline[m.VAL_ACC] - final[m.VAL_ACC],
-        "test_drop": scoring.baseline[m.TEST_ACC] - final[m.TEST_ACC],
-        "violations": violations,
-        "stages": [{"stage": "quantize", "seconds": quant_s, "metrics": {}}, {"stage": "measure", "seconds": measure_s, "metrics": {}}],
-        "artifact": str(path.resolve()),
-        "seconds": time.perf_counter() - started,
-    }
-    for key, value in violations.items():
-        trial.set_constraint(key, value)
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
-    value = attrs["ratios"][scoring.target]  # type: ignore[index]
-    setup.study.tell(trial, [final[m.VAL_ACC], value if math.isfinite(value) else 0.0])
-
-
-def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
-
+    record_outcome(setup.study, trial, outcome)

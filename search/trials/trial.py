@@ -12,6 +12,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from objectives import (
@@ -137,7 +138,16 @@ def run_trial(
         report_fractions=tuple(f for f in ctx.report_fractions if f >= grace) or (1.0,),
     )
     result = run_pipeline(config, ctx, after_prune=after_prune)
-    metrics = result.metrics
+    return score(result.metrics, scoring, stages=[r.to_dict() for r in result.stages],
+                 artifact=result.artifact, seconds=result.seconds)
+
+
+def score(
+    metrics: dict[str, float], scoring: Scoring, *, stages: list[dict[str, Any]], artifact: Path, seconds: float
+) -> TrialOutcome:
+    """The outcome of a trial whose final file ``artifact`` measured ``metrics``: its objective
+    values, its constraint values and the attributes stored with it (``stages``: what each stage
+    took and measured; a torch.export file beside the artifact is recorded too)."""
     teacher_acc = scoring.baseline[m.VAL_ACC]
     violations = scoring.constraint.violations(teacher_acc, metrics)
     value = ratio(scoring.target, scoring.baseline, metrics)
@@ -147,11 +157,11 @@ def run_trial(
         "drop": teacher_acc - metrics[m.VAL_ACC],
         "test_drop": scoring.baseline[m.TEST_ACC] - metrics[m.TEST_ACC],
         "violations": violations,
-        "stages": [r.to_dict() for r in result.stages],
-        "artifact": str(result.artifact.resolve()),
-        "seconds": result.seconds,
+        "stages": stages,
+        "artifact": str(artifact.resolve()),
+        "seconds": seconds,
     }
-    torch_artifact = result.artifact.parent / TORCH_ARTIFACT
+    torch_artifact = artifact.parent / TORCH_ARTIFACT
     if torch_artifact.exists():
         attrs["torch_artifact"] = str(torch_artifact.resolve())
     if not all(math.isfinite(v) for v in (metrics[m.VAL_ACC], value)):

@@ -153,12 +153,17 @@ def run_and_record(
                 learn_from_failure(study, trial.number, config, exc, frozen=ctx.frozen_layers)
         study.tell(trial, state=TrialState.FAIL)
         return "failed", None
+    record_outcome(study, trial, outcome)
+    return "complete", outcome
+
+
+def record_outcome(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> None:
+    """Store a finished trial's constraint values and attributes, and tell its objective values."""
     for key, value in outcome.constraints.items():
         trial.set_constraint(key, value)
     for key, value in outcome.attrs.items():
         trial.set_user_attr(key, value)
     study.tell(trial, list(outcome.values))
-    return "complete", outcome
 
 
 # The setting a stage's failure is blamed on: the stage's choice among registry entries (a
