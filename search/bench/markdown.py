@@ -198,7 +198,7 @@ def _cost_lines(summary: BenchSummary) -> list[str]:
         f"Over the {c.complete} completed compared trials ({_minutes(c.wall_s)} in all, "
         f"{c.wall_s / c.complete:.0f} s each on average): training (distillation, QAT included) took "
         f"{c.training_s / c.wall_s:.0%}; **{c.outside_share:.0%} of a trial was outside training** "
-        "(goal <= 15 %).",
+        "(goal <= 10 %).",
         "",
         "| " + " | ".join(name for name, _ in parts) + " |",
         "|" + "---:|" * len(parts),
@@ -211,7 +211,7 @@ def _cost_lines(summary: BenchSummary) -> list[str]:
     if c.stopped:
         total = c.wall_s + c.stopped_wall_s
         lines.append(
-            f"- **Early stopping:** {c.stopped} trials stopped or skipped ({_minutes(c.stopped_wall_s)}); "
+            f"- **Early stopping:** {c.stopped} trial{'s' if c.stopped != 1 else ''} stopped or skipped ({_minutes(c.stopped_wall_s)}); "
             f"their own estimate of the training they saved is {_minutes(c.saved_s)}, "
             f"{c.saved_s / (total + c.saved_s):.0%} of what the trials would have taken."
         )
