@@ -7,7 +7,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ from search.study import STUDIES_DIR
 from search.workloads.analysis import VERSION as ANALYSIS_VERSION
 from search.workloads.analysis import Analysis, analyze
 from search.workloads.workload import Workload
-from stages import Context
+from stages import Context, timed
 from stages.files import write_atomic
 from stages.pipeline import measure_baseline
 from stages.teacher import load_logits, save_logits, teacher_logits
@@ -99,9 +98,7 @@ def teacher_pass_seconds(workload: Workload, cache_dir: Path = CACHE_DIR) -> flo
 
 
 def _timed_teacher_pass(workload: Workload, device: torch.device, batch_size: int) -> tuple[torch.Tensor, float]:
-    started = time.perf_counter()
-    logits = teacher_logits(workload.teacher, workload.data.train, device=device, batch_size=batch_size)
-    return logits, time.perf_counter() - started
+    return timed(lambda: teacher_logits(workload.teacher, workload.data.train, device=device, batch_size=batch_size))
 
 
 def _record_pass_seconds(cache: Path, seconds: float, workload: Workload) -> None:
