@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from spaces._dimensions import Fixed, FloatRange, IntRange
+from spaces._dimensions import Choice, Fixed, FloatRange, IntRange
 from spaces._space import SearchSpace, default_space
 
 # Fewer optimizer steps do not recover a pruned model (measured: a concat/depthwise model on
@@ -37,6 +37,7 @@ class ModelFacts:
     steps_per_epoch: int  # optimizer steps in one epoch of the training split
     epoch_seconds: float  # measured time of one training epoch of the teacher
     attention_layers: int = 0  # attention layers whose whole heads can be removed
+    slow_modes: tuple[str, ...] = ()  # quantize.mode values whose teacher file runs slower than fp32
 
 
 def min_epochs(steps_per_epoch: int) -> float:
@@ -69,13 +70,18 @@ def _round(epochs: float) -> float:
     return round(epochs, digits)
 
 
-def fit_space(space: SearchSpace, facts: ModelFacts, *, budgets: bool = True) -> SearchSpace:
+def fit_space(
+    space: SearchSpace, facts: ModelFacts, *, budgets: bool = True, target: str | None = None
+) -> SearchSpace:
     """``space`` fitted to the model: no depth dimensions without removable blocks or stages to
     cut (and cuts up to half the trailing stages), no head removal without attention, unstructured
-    sparsity where nothing can be pruned structurally, and (with ``budgets``) the default
-    distillation range and profile budget sized in optimizer steps (ranges a space file set are
-    kept as given)."""
+    sparsity where nothing can be pruned structurally, for a ``"latency"`` target no number format
+    the teacher runs slower in than in fp32 on this machine, and (with ``budgets``) the default
+    distillation range and profile budget sized in optimizer steps (ranges and choices a space
+    file set are kept as given)."""
     dims = dict(space.dimensions)
+    if target == "latency" and dims.get("quantize.mode") == default_space()["quantize.mode"]:
+        dims["quantize.mode"] = _without(dims["quantize.mode"], facts.slow_modes)
     if facts.removable_blocks == 0:
         dims.pop("depth.fraction", None)
     if facts.attention_layers == 0:
@@ -93,3 +99,11 @@ def fit_space(space: SearchSpace, facts: ModelFacts, *, budgets: bool = True) ->
             dims["distill.epochs"] = distill_range(facts)
         profile_epochs = max(profile_epochs, min_epochs(facts.steps_per_epoch))
     return SearchSpace(dims, profile_epochs=profile_epochs)
+
+
+def _without(dim: Choice, values: tuple[str, ...]) -> Choice | Fixed:
+    """``dim`` without ``values``: fixed at the one value left, unchanged if none would be."""
+    kept = tuple(choice for choice in dim.choices if choice not in values)
+    if not kept:
+        return dim
+    return Fixed(kept[0]) if len(kept) == 1 else Choice(kept)

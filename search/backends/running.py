@@ -78,7 +78,7 @@ def open_study(
         check_resumable(settings.study, stored, info)  # before anything is written to the study
         analysis = Analysis.from_dict(stored.analysis) if stored.analysis else None
         if analysis is not None:
-            settings = dataclasses.replace(settings, space=fit_space(settings.space, analysis.facts))
+            settings = dataclasses.replace(settings, space=fit_space(settings.space, analysis.facts, target=target))
     else:
         artifacts = STUDIES_DIR / settings.study
         ctx = make_context(workload, artifacts / "trials", threads=settings.threads, seed=settings.seed or 0)
@@ -89,7 +89,7 @@ def open_study(
             baseline = (ctx.baseline_onnx, metrics)
         with status("analysing the teacher: what prunes, which blocks can go, how long an epoch takes"):
             analysis = cached_analysis(workload, ctx, baseline[0])
-        settings = dataclasses.replace(settings, space=fit_space(settings.space, analysis.facts))
+        settings = dataclasses.replace(settings, space=fit_space(settings.space, analysis.facts, target=target))
         info = StudyInfo(
             workload=workload.fingerprint,
             target=target,

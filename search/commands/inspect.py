@@ -13,6 +13,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from objectives import TARGETS
 from search.commands import add_workload_arguments, spec_from_args
 from search.trials.context import (
     cached_analysis,
@@ -29,6 +30,12 @@ from spaces import fit_space
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_workload_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the analysis as JSON")
+    parser.add_argument(
+        "--target",
+        choices=TARGETS,
+        default="size",
+        help="the target a study would maximise: a latency study leaves out number formats slower than fp32 here",
+    )
     parser.add_argument(
         "--workdir",
         type=Path,
@@ -49,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     assert ctx.baseline_onnx is not None
     with console.status("analysing the teacher: what prunes, which blocks can go, how long an epoch takes"):
         analysis = cached_analysis(workload, ctx, ctx.baseline_onnx)
-    space = fit_space(workload_space(spec), analysis.facts)
+    space = fit_space(workload_space(spec), analysis.facts, target=args.target)
     if args.json:
         summary = {
             "workload": workload.name,
@@ -62,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     out = Console()
     print_analysis(out, analysis, title=f"{workload.name}: teacher {teacher['val_acc']:.2f} % validation accuracy")
-    table = Table(title="the search space a study of it searches")
+    table = Table(title=f"the search space a study of it searches (--target {args.target})")
     table.add_column("setting")
     table.add_column("values")
     for key, text in space.describe():

@@ -3,7 +3,8 @@ study before any trial and stored with it (``mcaas-search inspect`` shows it on 
 
 It probes structural pruning (layers torch-pruning breaks on are frozen, with the reason, and the
 rest still prunes), finds and ranks the removable blocks, counts operators, times the teacher at
-each thread count and one training epoch, and sizes the data. The study's search space is fitted
+each thread count and in each searched number format (a format whose file runs slower than fp32
+on this machine leaves a latency study's space), times one training epoch, and sizes the data. The study's search space is fitted
 to it (``spaces.fit_space``), so a model nobody tuned the search for gets a search, not a study of
 failures.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from torch import nn
 from spaces import ModelFacts
 from stages import Context
 from stages._graph import count_params_macs, weight_layers
+from stages.config import QuantizeConfig
 from stages.depth import find_cuts, rank_blocks
 from stages.measure import (
     OnnxRunner,
@@ -31,9 +34,14 @@ from stages.measure import (
     thread_counts,
 )
 from stages.prune import probe_structured
+from stages.quant_modes import QUANT_MODES
 
 # Bumped when what the analysis finds changes, so a cached analysis of an older version is redone.
-VERSION = 5
+VERSION = 6
+
+# A number format whose teacher file runs more than this much slower than fp32 (best thread count
+# against best) is slow here: two medians of the same file differ by a few percent.
+SLOW_FORMAT_MARGIN = 0.05
 
 # Optimizer steps timed to estimate one epoch (after one untimed warm-up step).
 TIMED_STEPS = 3
@@ -62,6 +70,9 @@ class Analysis:
     test_size: int
     seconds: float
     attention_heads: list[int] = dataclasses.field(default_factory=list)  # per attention layer
+    # quantize.mode -> the teacher's file in that format, median ms at its best thread count
+    # (modes that share a quantizer share a file; a mode that failed on the teacher is absent)
+    format_latency_ms: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -88,7 +99,16 @@ class Analysis:
             attention_layers=len(self.attention_heads),
             steps_per_epoch=self.steps_per_epoch,
             epoch_seconds=self.epoch_seconds,
+            slow_modes=self.slow_modes(),
         )
+
+    def slow_modes(self) -> tuple[str, ...]:
+        """Modes whose teacher file runs slower than fp32 (``"none"``) here, beyond the margin."""
+        fp32 = self.format_latency_ms.get("none")
+        if fp32 is None:
+            return ()
+        limit = fp32 * (1 + SLOW_FORMAT_MARGIN)
+        return tuple(mode for mode, ms in self.format_latency_ms.items() if ms > limit)
 
     @property
     def stage_cuts(self) -> tuple[tuple[str, ...], ...]:
@@ -129,8 +149,17 @@ class Analysis:
             rows.append((f"attention layers ({len(self.attention_heads)})",
                          f"{'/'.join(map(str, heads))} heads each; whole heads can be removed (prune.heads)"))
         latency = ", ".join(f"{ms:.3f} ms @{t}t" for t, ms in sorted(self.latency_ms.items()))
+        rows.append(("teacher latency (fp32, batch 1)", f"{latency}; fastest on {self.fastest_threads()} thread(s)"))
+        fp32 = self.format_latency_ms.get("none")
+        if fp32 is not None:
+            slow = set(self.slow_modes())
+            formats = ", ".join(
+                f"{mode} {fp32 / ms:.2f}x{' (slower: not searched for latency)' if mode in slow else ''}"
+                for mode, ms in self.format_latency_ms.items()
+                if mode != "none"
+            )
+            rows.append(("teacher in each format, speed vs fp32", formats or "no format could be built"))
         rows += [
-            ("teacher latency (fp32, batch 1)", f"{latency}; fastest on {self.fastest_threads()} thread(s)"),
             ("one training epoch", f"{self.epoch_seconds:.1f} s ({self.steps_per_epoch} steps of {self.batch_size})"),
             ("data", f"{self.train_size} train / {self.val_size} validation / {self.test_size} test"),
         ]
@@ -156,10 +185,15 @@ def analyze(ctx: Context, baseline_onnx: Path) -> Analysis:
     blocks = rank_blocks(teacher, ctx)
     cuts = find_cuts(teacher, example, ctx.data.num_classes)
     counts = thread_counts()
-    medians = interleaved_medians(
-        [OnnxRunner(baseline_onnx, t) for t in counts], ctx.data.example_input(1).numpy(), runs=50, budget_s=len(counts)
-    )
-    latency = dict(zip(counts, medians))
+    with tempfile.TemporaryDirectory(dir=baseline_onnx.parent, prefix=".formats-") as tmp:
+        files = {"none": baseline_onnx, **_format_files(ctx, baseline_onnx, Path(tmp))}
+        paths = list(dict.fromkeys(files.values()))
+        runners = [OnnxRunner(path, t) for path in paths for t in counts]
+        medians = interleaved_medians(runners, ctx.data.example_input(1).numpy(), runs=50, budget_s=len(runners))
+    n = len(counts)
+    per_file = {path: medians[i * n : (i + 1) * n] for i, path in enumerate(paths)}
+    latency = dict(zip(counts, per_file[baseline_onnx]))
+    format_latency = {mode: min(per_file[path]) for mode, path in files.items()}
     steps = math.ceil(len(ctx.data.train) / ctx.batch_size)
     return Analysis(
         structural=probe.possible,
@@ -181,7 +215,30 @@ def analyze(ctx: Context, baseline_onnx: Path) -> Analysis:
         test_size=len(ctx.data.test),
         seconds=time.perf_counter() - started,
         attention_heads=[m.num_heads for m in teacher.modules() if isinstance(m, nn.MultiheadAttention)],
+        format_latency_ms=format_latency,
     )
+
+
+def _format_files(ctx: Context, fp32: Path, workdir: Path) -> dict[str, Path]:
+    """quantize.mode -> the teacher's fp32 file converted by that mode's quantizer in ``workdir``,
+    for every mode the default space searches (one file per quantizer: int8-qat's is int8-static's).
+    A mode whose conversion fails on the teacher is left out: its trials report that themselves."""
+    files: dict[str, Path] = {}
+    built: dict[object, Path] = {}
+    for mode, entry in QUANT_MODES.items():
+        if mode == "none" or not entry.searched_by_default:
+            continue
+        if entry.quantizer not in built:
+            out = workdir / mode / "model.onnx"
+            out.parent.mkdir(parents=True)
+            try:
+                entry.quantizer(fp32, out, QuantizeConfig(mode=mode), ctx)
+                OnnxRunner(out, 1).predict(ctx.data.example_input(1).numpy())
+            except Exception:  # noqa: BLE001 - any failure means "no file in this format"
+                continue
+            built[entry.quantizer] = out
+        files[mode] = built[entry.quantizer]
+    return files
 
 
 def _step_seconds(ctx: Context) -> float:

@@ -73,6 +73,26 @@ def test_inspect_prints_the_analysis_as_json(search_folder: Callable[[str], Path
     assert analysis.operators > 0 and analysis.epoch_seconds > 0
     assert analysis.train_size + analysis.val_size == 1437  # digits' training part
     assert "depth.fraction" not in summary["space"]  # the demo CNN has no residual block
+    # The teacher is timed in every format the default space searches; int8-qat's file is
+    # int8-static's, so both get the same time.
+    assert set(analysis.format_latency_ms) == {"none", "fp16", "int8-dynamic", "int8-static", "int8-qat"}
+    assert analysis.format_latency_ms["int8-qat"] == analysis.format_latency_ms["int8-static"]
+    assert min(analysis.format_latency_ms.values()) > 0
+
+
+def test_inspect_for_latency_leaves_out_the_formats_slower_than_fp32(
+    search_folder: Callable[[str], Path], run_cli: RunCli
+) -> None:
+    search_folder("")
+    code, out, err = run_cli(["inspect", "--json", "--target", "latency"])
+    assert code == 0, err
+    summary = json.loads(out)
+    analysis = Analysis.from_dict(summary["analysis"])
+    fp32 = analysis.format_latency_ms["none"]
+    slow = {mode for mode, ms in analysis.format_latency_ms.items() if ms > 1.05 * fp32}
+    searched = summary["space"]["quantize.mode"]
+    for mode in analysis.format_latency_ms:
+        assert (mode in searched.replace("= ", "").split(" | ")) == (mode not in slow), (mode, searched)
 
 
 def test_analysis_round_trips_through_json_with_blocks_that_break_the_model() -> None:
@@ -88,6 +108,21 @@ def test_analysis_round_trips_through_json_with_blocks_that_break_the_model() ->
     assert back.fastest_threads() == 2 and back.block_ranking == ("layer1.0", "se")
     assert back.stage_cuts == (("layer4.1",), ("layer4.1", "layer4.0")) and back.facts.cuttable_stages == 2
     assert any("breaks the model" in finding for _, finding in back.rows())
+    assert back.facts.slow_modes == ()  # not timed in other formats (an analysis before version 6)
+
+
+def test_formats_measured_slower_than_fp32_beyond_the_margin_are_slow() -> None:
+    analysis = Analysis(
+        structural=True, structural_reason=None, frozen_layers={}, prunable_layers=3, weight_layers=5,
+        blocks=[], cuts=[], params=10, macs=100, operators=7, latency_ms={1: 2.0}, epoch_seconds=1.5,
+        steps_per_epoch=9, batch_size=128, train_size=1077, val_size=360, test_size=360, seconds=2.0,
+        format_latency_ms={"none": 2.0, "fp16": 2.3, "int8-dynamic": 2.08, "int8-static": 1.2, "int8-qat": 1.2},
+    )
+    back = Analysis.from_dict(json.loads(json.dumps(analysis.to_dict())))
+    assert back == analysis
+    assert back.facts.slow_modes == ("fp16",)  # int8-dynamic is within the 5 % margin
+    [row] = [finding for what, finding in back.rows() if what.startswith("teacher in each format")]
+    assert "fp16 0.87x (slower" in row and "int8-static 1.67x," in row
 
 
 def test_a_failure_teaches_the_study_once() -> None:

@@ -36,6 +36,23 @@ def test_a_large_dataset_keeps_the_default_budget_and_depth_stays_with_blocks() 
     assert fitted.profile_epochs == 1.0
 
 
+def test_a_latency_study_leaves_out_the_formats_the_teacher_runs_slower_in() -> None:
+    import dataclasses
+
+    slow = dataclasses.replace(RESNET_FMNIST, slow_modes=("fp16", "int8-dynamic"))
+    assert fit_space(default_space(), slow, target="latency")["quantize.mode"] == Choice(
+        ("none", "int8-static", "int8-qat")
+    )
+    # Only latency depends on the format's speed; a file's size does not.
+    assert fit_space(default_space(), slow, target="size")["quantize.mode"] == default_space()["quantize.mode"]
+    # Every format slower: fp32 alone, fixed.
+    all_slow = dataclasses.replace(RESNET_FMNIST, slow_modes=("fp16", "int8-dynamic", "int8-static", "int8-qat"))
+    assert fit_space(default_space(), all_slow, target="latency")["quantize.mode"] == Fixed("none")
+    # Choices a space file set are kept as given.
+    chosen = SearchSpace({**default_space().dimensions, "quantize.mode": Choice(("none", "fp16"))})
+    assert fit_space(chosen, slow, target="latency")["quantize.mode"] == Choice(("none", "fp16"))
+
+
 def test_a_small_dataset_gets_at_least_min_steps_and_no_depth_without_blocks() -> None:
     fitted = fit_space(default_space(), USER_DIGITS)
     epochs = fitted["distill.epochs"]
