@@ -53,7 +53,7 @@ class ExportResult:
     sidecar: Path
     fmt: str
     bytes: int
-    stored_test_acc: float
+    stored_test_acc: float | None  # None: the search did not measure it (see check_accuracy)
     measured_test_acc: float
     n_test: int
 
@@ -259,15 +259,19 @@ def verify_test_accuracy(
     return measure_accuracy(path, fmt, data.test)
 
 
-def check_accuracy(record: TrialRecord, measured: float, n_test: int) -> float:
-    """The stored test accuracy, if ``measured`` matches it; a UserError otherwise.
+def check_accuracy(record: TrialRecord, measured: float, n_test: int) -> float | None:
+    """The stored test accuracy, if ``measured`` matches it; a UserError otherwise. None when the
+    trial has none: a search measures test accuracy only for trials within its accuracy bound on
+    validation, so the one measured here is the first.
 
     Matching means within one test sample: float summation order may differ with the thread
     count the search ran with, which can flip an arg-max tie, but nothing more.
     """
     stored = record.metrics.get(metrics.TEST_ACC)
-    if stored is None or not math.isfinite(float(stored)):
-        raise UserError(f"trial {record.number} has no stored test accuracy to verify against")
+    if stored is None:
+        return None
+    if not math.isfinite(float(stored)):
+        raise UserError(f"trial {record.number} stored a test accuracy that is not a number: {stored}")
     stored_n = record.metrics.get(metrics.N_TEST)
     if stored_n is not None and int(stored_n) != n_test:
         raise UserError(

@@ -89,6 +89,10 @@ class Context:
     # Intra-op thread counts latency is measured at (each model's best is kept); None: 1, 2, 4,
     # ... up to the cores (``stages.measure.thread_counts``).
     latency_threads: tuple[int, ...] | None = None
+    # The final file's test accuracy is measured only when its validation accuracy reaches this
+    # (a search sets its accuracy bound: a trial that misses it is never picked, so the test
+    # split is spent on candidates alone); None: always measured.
+    test_min_val_acc: float | None = None
     # What the pre-flight analysis of the teacher found, so no trial probes it again: layers
     # structural pruning must leave whole (it breaks on them), and the removable blocks ranked
     # least important first (None: the depth stage ranks them itself).

@@ -47,7 +47,8 @@ def run_pipeline(
     """Compress a copy of ``ctx.teacher`` as ``config`` says and measure the exported artifact.
 
     Returns the final metrics (ONNX Runtime, on the artifact) and a record after each stage that
-    ran: torch metrics after prune/distill/cluster, the exported file's size after export (when
+    ran: torch metrics after depth/prune/distill/cluster (validation accuracy only where no
+    distillation follows), the exported file's size after export (when
     quantization follows), ONNX Runtime metrics of the final file.
     """
     ctx.workdir.mkdir(parents=True, exist_ok=True)
@@ -71,6 +72,7 @@ def run_pipeline(
     # metrics once they are done, before any training.
     structural = {"depth", "prune"}
     heard = after_prune is None
+    enabled_names = [stage.name for stage, enabled in torch_stages if enabled]
     for stage, enabled in torch_stages:
         if stage.name not in structural and not heard:
             heard = True
@@ -84,7 +86,10 @@ def run_pipeline(
             ctx = dataclasses.replace(ctx, teacher_logits=logits)
         model, seconds = timed(lambda s=stage: s.run(model, ctx))  # type: ignore[misc]
         known = reported.get(stage.name) if not (qat and stage.name == "distill") else None
-        stage_metrics = measure_torch(model, ctx, accuracy=known is None)
+        # Distillation measures the student it trains: the accuracy of what it starts from (a
+        # validation pass, as long as several seconds of a trial) tells the search nothing.
+        retrained = "distill" in enabled_names[enabled_names.index(stage.name) + 1 :]
+        stage_metrics = measure_torch(model, ctx, accuracy=known is None and not retrained)
         if known is not None:
             stage_metrics[metrics.VAL_ACC] = known
             stage_metrics[metrics.N_VAL] = float(len(ctx.data.val))

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from search.exporting import library_versions
+from search.errors import UserError
+from search.exporting import check_accuracy, library_versions
 from tests.search.study_fixtures import (
     BASELINE,
     HandMadeStudy,
@@ -141,3 +142,15 @@ def test_export_refuses_a_model_that_does_not_score_the_stored_accuracy(
                          "--out", str(out_dir / "m.onnx"), says="verification failed")
     assert f"{real.good_test_acc:.2f} %" in err
     assert list(out_dir.iterdir()) == []  # neither the model, the sidecar nor a temporary file
+
+
+def test_a_trial_the_search_did_not_measure_on_test_is_exported_with_the_measured_accuracy() -> None:
+    # A search measures test accuracy only for trials within the bound on validation.
+    from types import SimpleNamespace
+
+    unmeasured = SimpleNamespace(number=4, metrics={"val_acc": 80.0, "n_val": 48.0})
+    assert check_accuracy(unmeasured, 91.0, 40) is None  # type: ignore[arg-type]
+    measured = SimpleNamespace(number=3, metrics={"val_acc": 95.0, "test_acc": 90.0, "n_test": 40.0})
+    assert check_accuracy(measured, 90.0, 40) == 90.0  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="verification failed"):
+        check_accuracy(measured, 85.0, 40)  # type: ignore[arg-type]

@@ -57,7 +57,7 @@ def test_watched_distill_keeps_its_final_report_instead_of_measuring_again(
     assert [(s, f) for s, f, _ in reports] == [("distill", 0.5), ("distill", 1.0)]
     distill = next(r for r in result.stages if r.stage == "distill")
     assert distill.metrics["val_acc"] == reports[-1][2]
-    assert len(calls) == 3  # after prune, and the two reports: none after distill
+    assert len(calls) == 2  # the two reports: none after prune (distill follows) or after distill
     # The kept number is the model's: measuring the distilled model again gives the same.
     distilled = measured[1]  # measure_torch after prune, then after distill
     again = torch_accuracy(distilled, data.val, device=ctx.device, batch_size=ctx.eval_batch_size)
@@ -84,8 +84,31 @@ def test_unwatched_pipeline_measures_each_torch_stage(
 ) -> None:
     calls = _count_val_passes(monkeypatch, data)
     result = run_pipeline(PipelineConfig.from_flat(CONFIG), _context(data, teacher, tmp_path))
-    assert len(calls) == 2  # after prune and after distill
-    assert all("val_acc" in r.metrics for r in result.stages if r.stage in ("prune", "distill"))
+    assert len(calls) == 1  # after distill; not after prune, which distillation follows
+    prune, distill = (next(r for r in result.stages if r.stage == s) for s in ("prune", "distill"))
+    assert "val_acc" in distill.metrics and "val_acc" not in prune.metrics
+    assert prune.metrics["params"] < distill.metrics["params"] * 1.0001  # still recorded: its shape
+
+
+def test_a_stage_no_distillation_follows_is_measured(
+    data: TaskData, teacher: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _count_val_passes(monkeypatch, data)
+    config = {"prune.ratio": 0.3, "distill.epochs": 0.0, "cluster.k": 16, "quantize.mode": "none"}
+    result = run_pipeline(PipelineConfig.from_flat(config), _context(data, teacher, tmp_path))
+    assert len(calls) == 2  # after prune and after cluster
+    assert [r.stage for r in result.stages if "val_acc" in r.metrics] == ["prune", "cluster", "export"], result.stages
+
+
+def test_test_accuracy_is_measured_only_within_the_validation_bound(
+    data: TaskData, teacher: torch.nn.Module, tmp_path: Path
+) -> None:
+    config = PipelineConfig.from_flat({"prune.ratio": 0.3})
+    kept = run_pipeline(config, _context(data, teacher, tmp_path / "a", test_min_val_acc=0.0))
+    assert kept.metrics["test_acc"] > 0 and kept.metrics["n_test"] == len(data.test)
+    skipped = run_pipeline(config, _context(data, teacher, tmp_path / "b", test_min_val_acc=100.01))
+    assert "test_acc" not in skipped.metrics and "n_test" not in skipped.metrics
+    assert skipped.metrics["val_acc"] == kept.metrics["val_acc"]
 
 
 def test_fp32_file_before_quantization_is_recorded_by_size_only(
