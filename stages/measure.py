@@ -295,10 +295,13 @@ def onnx_sizes(path: Path, ctx: Context, *, torch_model: nn.Module | None = None
     return result
 
 
-def measure_torch(model: nn.Module, ctx: Context, *, accuracy: bool = True) -> dict[str, float]:
+def measure_torch(
+    model: nn.Module, ctx: Context, *, accuracy: bool = True, gzip_bytes: bool = True
+) -> dict[str, float]:
     """Cheap "torch" metrics of a module between stages: validation accuracy of the PyTorch
     module on ``ctx.device`` (skipped with ``accuracy=False``), params, MACs, and the bytes and
-    gzip bytes of its fp32 state dict as ``torch.save`` writes it. Not artifact numbers."""
+    gzip bytes (skipped with ``gzip_bytes=False``: level 9 takes seconds on tens of MB) of its
+    fp32 state dict as ``torch.save`` writes it. Not artifact numbers."""
     result: dict[str, float] = {}
     if accuracy:
         result[metrics.VAL_ACC] = torch_accuracy(
@@ -310,7 +313,8 @@ def measure_torch(model: nn.Module, ctx: Context, *, accuracy: bool = True) -> d
     torch.save(model.state_dict(), buffer)
     data = buffer.getvalue()
     result[metrics.BYTES] = float(len(data))
-    result[metrics.GZIP_BYTES] = float(len(gzip.compress(data, compresslevel=9, mtime=0)))
+    if gzip_bytes:
+        result[metrics.GZIP_BYTES] = float(len(gzip.compress(data, compresslevel=9, mtime=0)))
     return result
 
 

@@ -48,7 +48,7 @@ def run_pipeline(
 
     Returns the final metrics (ONNX Runtime, on the artifact) and a record after each stage that
     ran: torch metrics after depth/prune/distill/cluster (validation accuracy only where no
-    distillation follows), the exported file's size after export (when
+    distillation follows, gzip bytes after the last), the exported file's size after export (when
     quantization follows), ONNX Runtime metrics of the final file.
     """
     ctx.workdir.mkdir(parents=True, exist_ok=True)
@@ -88,8 +88,12 @@ def run_pipeline(
         known = reported.get(stage.name) if not (qat and stage.name == "distill") else None
         # Distillation measures the student it trains: the accuracy of what it starts from (a
         # validation pass, as long as several seconds of a trial) tells the search nothing.
-        retrained = "distill" in enabled_names[enabled_names.index(stage.name) + 1 :]
-        stage_metrics = measure_torch(model, ctx, accuracy=known is None and not retrained)
+        # Compressibility (gzip bytes) is recorded for the module that is exported: sparsity and
+        # clustering survive every later torch stage, and the intermediate values tell nothing.
+        later = enabled_names[enabled_names.index(stage.name) + 1 :]
+        stage_metrics = measure_torch(
+            model, ctx, accuracy=known is None and "distill" not in later, gzip_bytes=not later
+        )
         if known is not None:
             stage_metrics[metrics.VAL_ACC] = known
             stage_metrics[metrics.N_VAL] = float(len(ctx.data.val))

@@ -330,6 +330,8 @@ def test_measure_torch_gives_cheap_torch_metrics(data: TaskData, tmp_path: Path)
 
     no_accuracy = measure_torch(model, _ctx(data, tmp_path), accuracy=False)
     assert metrics.VAL_ACC not in no_accuracy and no_accuracy[metrics.MACS] == result[metrics.MACS]
+    no_gzip = measure_torch(model, _ctx(data, tmp_path), accuracy=False, gzip_bytes=False)
+    assert metrics.GZIP_BYTES not in no_gzip and no_gzip[metrics.BYTES] == result[metrics.BYTES]
 
 
 # --- best thread count, operator count --------------------------------------------------------

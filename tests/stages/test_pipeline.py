@@ -87,6 +87,7 @@ def test_unwatched_pipeline_measures_each_torch_stage(
     assert len(calls) == 1  # after distill; not after prune, which distillation follows
     prune, distill = (next(r for r in result.stages if r.stage == s) for s in ("prune", "distill"))
     assert "val_acc" in distill.metrics and "val_acc" not in prune.metrics
+    assert "gzip_bytes" in distill.metrics and "gzip_bytes" not in prune.metrics  # the last is exported
     assert prune.metrics["params"] < distill.metrics["params"] * 1.0001  # still recorded: its shape
 
 
