@@ -317,3 +317,12 @@ def test_a_mode_kept_out_of_the_default_space_is_chosen_in_a_space_file(tmp_path
     path = tmp_path / "space.toml"
     path.write_text('[space]\n"quantize.mode" = ["int8-static", "int8-static-percentile"]\n')
     assert load_space(path)["quantize.mode"] == Choice(("int8-static", "int8-static-percentile"))
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[2] / "studies" / "benchmarks").glob("*.toml")), ids=lambda p: p.name
+)
+def test_the_benchmark_space_files_load(path: Path) -> None:
+    # The commands in BENCHMARKS.md pass these files; a typo would only show hours into a run.
+    space = load_space(path)
+    assert space["distill.epochs"].low > 0  # type: ignore[union-attr]
