@@ -394,3 +394,14 @@ def test_nncf_peer_is_measured_like_a_trial_when_installed(
     assert 0 < len(sessions) < 30, len(sessions)
     # Accuracy control keeps NNCF within the bound it is given (1 point) on validation.
     assert rows[0]["best_trial"] and float(rows[0]["val_drop"]) <= 1.0 and float(rows[0]["best_ratio"]) > 1.0
+
+
+def test_a_trial_without_test_accuracy_is_described_by_its_validation_drop() -> None:
+    # A search measures test accuracy only within the bound on validation: the most compressed
+    # trial at any accuracy often has none, and the summary must not print "nan".
+    from search.bench.markdown import _drop_at_any
+
+    measured = record(1, val=95.5, test=94.0)
+    assert _drop_at_any(BASELINE, measured) == "+1.00 pt test"
+    unmeasured = dataclasses.replace(record(2, val=90.0), metrics={"val_acc": 90.0})
+    assert _drop_at_any(BASELINE, unmeasured) == "+6.00 pt validation (test not measured)"
