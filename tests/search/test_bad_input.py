@@ -521,7 +521,7 @@ def _bad_values(inputs: Path, hand: HandMadeStudy) -> dict[str, dict[str, st.Sea
             "--storage": st.sampled_from([missing, str(inputs), UNREACHABLE_DB]),
         },
         "list": {"--storage": st.sampled_from([missing, str(inputs), str(inputs / "garbage.pt"), UNREACHABLE_DB])},
-        "inspect": {**workload},
+        "inspect": {**workload, "--target": choice},
         "serve": {
             "--host": st.sampled_from(["256.0.0.1", "1.2.3.4", "", "example.org", "::g"]),
             "--port": ints("65536", "99999") | huge,

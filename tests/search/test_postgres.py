@@ -151,7 +151,9 @@ def test_two_processes_in_their_own_folders_share_one_study_and_its_total(
         cwd=c, env=_env(), capture_output=True, text=True, timeout=RUN_LIMIT_S,
     )
     assert done.returncode == 0, done.stderr
-    assert "verified" in done.stdout
+    # Verified against the stored test accuracy; or, for a trial outside the bound on validation
+    # (the search did not measure its test accuracy), measured here.
+    assert "verified" in done.stdout or "test accuracy measured in ONNX Runtime" in done.stdout
     assert (c / "m.onnx").stat().st_size == Path(ran_in_b[0].user_attrs["artifact"]).stat().st_size
 
 
