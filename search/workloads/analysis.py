@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from spaces import ModelFacts
-from stages import Context
+from stages import Context, OnnxFile, StageError
 from stages._graph import count_params_macs, weight_layers
 from stages.config import QuantizeConfig
 from stages.depth import find_cuts, rank_blocks
@@ -35,6 +35,7 @@ from stages.measure import (
 )
 from stages.prune import probe_structured
 from stages.quant_modes import QUANT_MODES
+from stages.quantize import Quantize
 
 # Bumped when what the analysis finds changes, so a cached analysis of an older version is redone.
 VERSION = 6
@@ -229,14 +230,12 @@ def _format_files(ctx: Context, fp32: Path, workdir: Path) -> dict[str, Path]:
         if mode == "none" or not entry.searched_by_default:
             continue
         if entry.quantizer not in built:
-            out = workdir / mode / "model.onnx"
-            out.parent.mkdir(parents=True)
-            try:
-                entry.quantizer(fp32, out, QuantizeConfig(mode=mode), ctx)
-                OnnxRunner(out, 1).predict(ctx.data.example_input(1).numpy())
-            except Exception:  # noqa: BLE001 - any failure means "no file in this format"
+            stage = Quantize(QuantizeConfig(mode=mode))
+            try:  # the trials' own stage: converts, then checks that the file runs
+                out = stage.run(OnnxFile(fp32), dataclasses.replace(ctx, workdir=workdir / mode))
+            except StageError:
                 continue
-            built[entry.quantizer] = out
+            built[entry.quantizer] = out.path
         files[mode] = built[entry.quantizer]
     return files
 
