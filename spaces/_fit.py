@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 
 from spaces._dimensions import Choice, Fixed, FloatRange, IntRange
 from spaces._space import SearchSpace, default_space
@@ -71,17 +72,32 @@ def _round(epochs: float) -> float:
 
 
 def fit_space(
-    space: SearchSpace, facts: ModelFacts, *, budgets: bool = True, target: str | None = None
+    space: SearchSpace,
+    facts: ModelFacts,
+    *,
+    budgets: bool = True,
+    target: str | None = None,
+    keep: Iterable[str] = (),
 ) -> SearchSpace:
     """``space`` fitted to the model: no depth dimensions without removable blocks or stages to
     cut (and cuts up to half the trailing stages), no head removal without attention, unstructured
     sparsity where nothing can be pruned structurally, for a ``"latency"`` target no number format
-    the teacher runs slower in than in fp32 on this machine, and (with ``budgets``) the default
+    the teacher runs slower in than in fp32 on this machine and no weight clustering, and (with
+    ``budgets``) the default
     distillation range and profile budget sized in optimizer steps (ranges and choices a space
-    file set are kept as given)."""
+    file set are kept as given).
+
+    ``keep`` names settings that stay searched as ``space`` has them even where a rule would
+    leave them out: a resumed study passes what it searched when it was created, so its later
+    trials are asked what its earlier ones were, whatever rule was added since."""
     dims = dict(space.dimensions)
     if target == "latency" and dims.get("quantize.mode") == default_space()["quantize.mode"]:
         dims["quantize.mode"] = _without(dims["quantize.mode"], facts.slow_modes)
+    if target == "latency" and dims.get("cluster.k") == default_space()["cluster.k"]:
+        # Clustering shares weight values; ONNX Runtime runs the same operators on the same
+        # shapes, so it costs accuracy (it follows distillation, nothing recovers it) and buys
+        # no speed. Left off, it is one dimension fewer for the sampler to learn is useless.
+        dims.pop("cluster.k")
     if facts.removable_blocks == 0:
         dims.pop("depth.fraction", None)
     if facts.attention_layers == 0:
@@ -93,6 +109,9 @@ def fit_space(
         dims["depth.cut"] = IntRange(0, max(1, facts.cuttable_stages // 2))
     if not facts.structural:
         dims["prune.method"] = Fixed("unstructured")
+    for key in keep:
+        if key not in dims and key in space:
+            dims[key] = space[key]
     profile_epochs = space.profile_epochs
     if budgets:
         if dims.get("distill.epochs") == default_space()["distill.epochs"]:

@@ -78,7 +78,9 @@ def open_study(
         check_resumable(settings.study, stored, info)  # before anything is written to the study
         analysis = Analysis.from_dict(stored.analysis) if stored.analysis else None
         if analysis is not None:
-            settings = dataclasses.replace(settings, space=fit_space(settings.space, analysis.facts, target=target))
+            searched = [row[0] for row in stored.space]
+            space = fit_space(settings.space, analysis.facts, target=target, keep=searched)
+            settings = dataclasses.replace(settings, space=space)
     else:
         artifacts = STUDIES_DIR / settings.study
         ctx = make_context(workload, artifacts / "trials", threads=settings.threads, seed=settings.seed or 0)

@@ -53,6 +53,21 @@ def test_a_latency_study_leaves_out_the_formats_the_teacher_runs_slower_in() -> 
     assert fit_space(chosen, slow, target="latency")["quantize.mode"] == Choice(("none", "fp16"))
 
 
+def test_a_latency_study_does_not_cluster_weights() -> None:
+    # Clustering changes weight values, not the operators ONNX Runtime runs: no speed, only loss.
+    latency = fit_space(default_space(), RESNET_FMNIST, target="latency")
+    assert "cluster.k" not in latency
+    assert fit_space(default_space(), RESNET_FMNIST, target="size")["cluster.k"] == default_space()["cluster.k"]
+    # A space file that searches clustering keeps it.
+    chosen = SearchSpace({**default_space().dimensions, "cluster.k": Choice((0, 64))})
+    assert fit_space(chosen, RESNET_FMNIST, target="latency")["cluster.k"] == Choice((0, 64))
+    # A study created before this rule keeps searching clustering when resumed.
+    resumed = fit_space(default_space(), RESNET_FMNIST, target="latency", keep=["cluster.k", "quantize.mode"])
+    assert resumed["cluster.k"] == default_space()["cluster.k"]
+    assert resumed == SearchSpace({**latency.dimensions, "cluster.k": default_space()["cluster.k"]},
+                                  profile_epochs=latency.profile_epochs)
+
+
 def test_a_small_dataset_gets_at_least_min_steps_and_no_depth_without_blocks() -> None:
     fitted = fit_space(default_space(), USER_DIGITS)
     epochs = fitted["distill.epochs"]
