@@ -6,10 +6,11 @@ The studies are ordinary studies in the storage (``report``, ``show`` and ``expo
 - ``NAME-TARGET-search`` per target: the default search (TPE, the three profiles queued first).
   The profiles row of the benchmark is those three trials.
 - ``NAME-peers``: the peer methods (``search.bench.peers``), one trial each, run once before the
-  rounds; it serves every target, as the random study does.
-- ``NAME-random``: random search, no profiles. Random sampling does not depend on the target, so
-  one study serves every target; it skips no config as dominated (that rule needs a target) but
-  stops distillation that cannot reach the accuracy bound, as the search does.
+  rounds; it serves every target.
+- ``NAME-TARGET-random`` per target: random search over the same space as that target's search
+  (a space is fitted to its target: a latency study leaves out number formats slower than fp32
+  here and weight clustering), no profiles; it skips no config as dominated but stops
+  distillation that cannot reach the accuracy bound, as the search does.
 
 They run in rounds (every study to ``round_size`` trials, then every study to twice that, ...),
 so an interrupted or time-limited benchmark leaves every method with about the same number of
@@ -48,7 +49,6 @@ METHOD_LABELS = {
     **{name: peer.label for name, peer in PEERS.items()},
 }
 BASELINE_FILE = "baseline.json"
-RANDOM_STUDY_TARGET = "size"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,12 +106,14 @@ class BenchPlan:
         peers' study, run once and not in rounds, is ``peer_study``."""
         out = []
         if "search" in self.methods or "profiles" in self.methods:
-            out += [BenchStudy(f"{self.name}-{t}-search", "search", t) for t in self.targets]
+            out += [BenchStudy(self.study_name(t, "search"), "search", t) for t in self.targets]
         if "random" in self.methods:
-            # Its target only names the study's second objective (random sampling ignores it):
-            # fixed, so any --targets resumes the same study.
-            out.append(BenchStudy(f"{self.name}-random", "random", RANDOM_STUDY_TARGET))
+            out += [BenchStudy(self.study_name(t, "random"), "random", t) for t in self.targets]
         return out
+
+    def study_name(self, target: str, method: str) -> str:
+        """The study of ``method`` ("search" or "random") for ``target``."""
+        return f"{self.name}-{target}-{method}"
 
     def rounds(self) -> list[int]:
         """The trial count each study is brought to, round after round."""

@@ -224,11 +224,10 @@ def gather(plan: BenchPlan, baseline: Mapping[str, float], records: Mapping[str,
     """The summary from each bench study's trial records (keyed by study name)."""
     required = float(baseline[metrics.VAL_ACC]) - plan.constraint.max_drop
     done = {name: counted_records(rs) for name, rs in records.items()}
-    random_name = f"{plan.name}-random"
     compared_all: dict[str, list[TrialRecord]] = {}
     targets = []
     for target in plan.targets:
-        search_name = f"{plan.name}-{target}-search"
+        search_name, random_name = plan.study_name(target, "search"), plan.study_name(target, "random")
         runs = {m: done[s] for m, s in (("search", search_name), ("random", random_name)) if s in done and m in plan.methods}
         n = min((len(v) for v in runs.values()), default=0)
         results, histories, points = [], {}, {}
@@ -240,8 +239,7 @@ def gather(plan: BenchPlan, baseline: Mapping[str, float], records: Mapping[str,
             if method not in runs:
                 continue
             cut = runs[method][:n]
-            # The random study serves every target: cost counts its longest compared cut once.
-            compared_all[study] = max(compared_all.get(study, []), cut, key=len)
+            compared_all[study] = cut
             results.append(summarise(method, target, study, cut, baseline, required, plan.constraint.max_drop))
             histories[method] = history(target, cut, required)
             points[method] = [r for r in cut if r.state == "complete"]

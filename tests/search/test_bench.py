@@ -99,7 +99,7 @@ def test_methods_are_compared_at_the_trial_count_all_reached() -> None:
     profiles[2] = record(2, profile="max-compression", size=50.0, val=80.0)  # breaks the bound
     search = [*profiles, *(record(i, size=10.0 + i) for i in range(3, 9))]  # 9 done
     random = [record(i, size=4.0 + i) for i in range(6)]  # 6 done
-    summary = gather(_plan(targets=("size",)), BASELINE, {"b-size-search": search, "b-random": random}, logits_s=2.0)
+    summary = gather(_plan(targets=("size",)), BASELINE, {"b-size-search": search, "b-size-random": random}, logits_s=2.0)
     (block,) = summary.targets
     assert block.compared == 6
     by = {m.method: m for m in block.methods}
@@ -107,19 +107,20 @@ def test_methods_are_compared_at_the_trial_count_all_reached() -> None:
     assert by["search"].trials == 6 and by["search"].ratio == 15.0  # trials 0..5 only
     assert by["random"].trials == 6 and by["random"].ratio == 9.0
     assert len(block.histories["search"]) == 6
-    assert summary.studies == {"b-size-search": 9, "b-random": 6}
+    assert summary.studies == {"b-size-search": 9, "b-size-random": 6}
 
 
 def test_plans_name_their_studies_and_rounds() -> None:
     plan = _plan(trials=12, round_size=5)
-    assert [s.name for s in plan.studies()] == ["b-size-search", "b-latency-search", "b-random"]
+    assert [s.name for s in plan.studies()] == ["b-size-search", "b-latency-search", "b-size-random", "b-latency-random"]
     assert plan.rounds() == [5, 10, 12]
     assert plan.settings(plan.studies()[2], 5).sampler == "random"
     assert not plan.settings(plan.studies()[2], 5).profiles
-    assert not plan.settings(plan.studies()[2], 5).skip_dominated  # target-blind: no dominance skip
-    assert [s.name for s in _plan(methods=("random",)).studies()] == ["b-random"]
-    # One random study for every target: its stored target does not depend on --targets.
-    assert _plan(targets=("latency",), methods=("random",)).studies()[0].target == "size"
+    assert not plan.settings(plan.studies()[2], 5).skip_dominated  # random search skips nothing
+    assert [s.name for s in _plan(methods=("random",)).studies()] == ["b-size-random", "b-latency-random"]
+    # Random search for a target searches that target's space: the study has the target.
+    (latency,) = _plan(targets=("latency",), methods=("random",)).studies()
+    assert (latency.name, latency.target) == ("b-latency-random", "latency")
 
 
 def test_trial_cost_splits_time_by_stage_and_counts_stops_apart() -> None:
@@ -140,7 +141,7 @@ def test_summary_csv_gives_each_best_trial_its_paired_interval(tmp_path: Path) -
     search = [record(0, size=5.0), record(1, size=12.0, val=95.4, test=94.4)]
     random = [record(0, size=3.0, val=90.0), record(1, size=4.0, val=90.0)]  # nothing at the bound
     summary = gather(_plan(targets=("size",), methods=("random", "search")), BASELINE,
-                     {"b-size-search": search, "b-random": random}, logits_s=None)
+                     {"b-size-search": search, "b-size-random": random}, logits_s=None)
     paired = PairedDrop(n=1000, lost=20, gained=14)  # 0.6 pt, the stored test drop
     (block,) = summary.targets
     methods = [dataclasses.replace(m, paired=paired) if m.best is not None else m for m in block.methods]
@@ -185,7 +186,7 @@ def test_demo_bench_writes_the_summary_and_resumes(
     folder = search_folder('[space]\n"distill.epochs" = { low = 1, high = 2, step = 1 }\nprofile_epochs = 1\n')
     code, _, err = run_cli([*BENCH, "--space", "tiny.toml"])
     assert code == 0, err
-    assert "round 2/2: tb-random" in err
+    assert "round 2/2: tb-size-random" in err
     text = (folder / "B.md").read_text()
     assert text.count(BEGIN) == 1 and text.count(END) == 1
     assert "mcaas-search bench --space tiny.toml --name tb --targets size --max-drop 50 --trials 4 --round 2" in text
@@ -237,7 +238,7 @@ def test_a_failing_summary_between_rounds_does_not_stop_the_benchmark(
                               "--name", "tf", "--out", "B.md", "--space", "tiny.toml", "--device", "cpu"])
     assert code == 0, err
     assert len(calls) == 2 and "could not write the summary after round 1: TypeError" in err
-    assert "round 2/2: tf-random" in err  # the second round ran all the same
+    assert "round 2/2: tf-size-random" in err  # the second round ran all the same
     assert not (folder / "B.md").exists()
 
 
@@ -315,7 +316,7 @@ def test_search_efficiency_is_the_count_at_which_the_search_reaches_random_searc
     random = [record(0, val=90.0), record(1, val=90.0), record(2, size=10.0), record(3, size=10.0)]
     search = [record(0, val=90.0), record(1, size=20.0), record(2, size=20.0), record(3, size=20.0)]
     summary = gather(_plan(targets=("size",), methods=("random", "search")), BASELINE,
-                     {"b-size-search": search, "b-random": random}, logits_s=None)
+                     {"b-size-search": search, "b-size-random": random}, logits_s=None)
     (block,) = summary.targets
     assert block.search_passes_random == 2 and passes_text(block) == "2"
     never = dataclasses.replace(block, histories={"search": [0.0] * 4, "random": block.histories["random"]})
@@ -326,7 +327,7 @@ def test_the_summary_csv_and_markdown_give_the_search_efficiency(tmp_path: Path)
     random = [record(0, size=10.0), record(1, size=10.0)]
     search = [record(0, size=4.0), record(1, size=20.0)]
     summary = gather(_plan(targets=("size",), methods=("random", "search")), BASELINE,
-                     {"b-size-search": search, "b-random": random}, logits_s=None)
+                     {"b-size-search": search, "b-size-random": random}, logits_s=None)
     summary_csv, _ = write_csvs(summary, tmp_path)
     with open(summary_csv) as handle:
         rows = {row["method"]: row for row in csv.DictReader(handle)}
