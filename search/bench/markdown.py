@@ -77,7 +77,10 @@ def markdown(
     results: Path,
     png: Path | None,
     html: Path,
+    links_from: Path,
 ) -> str:
+    """The Markdown section of ``summary``; its links to the results are relative to the folder
+    ``links_from`` (the one the Markdown file is written to)."""
     plan, base = summary.plan, summary.baseline
     lines = [
         f"## `{plan.name}`",
@@ -137,14 +140,16 @@ def markdown(
     ]
     lines += ["", *_cost_lines(summary)]
     lines += ["", "### Plots", ""]
-    rel = os.path.relpath(png or html, start=Path.cwd())
+    def link(path: Path) -> str:
+        return os.path.relpath(path.resolve(), start=links_from.resolve())
+
     if png is not None:
-        lines.append(f"![test drop vs ratio and hypervolume per trial]({rel})")
+        lines.append(f"![test drop vs ratio and hypervolume per trial]({link(png)})")
         lines.append("")
     lines.append(
-        f"Interactive: `{os.path.relpath(html)}` and the search efficiency, hypervolume against trials: "
-        f"`{os.path.relpath(results / EFFICIENCY_HTML)}` (written by the run, not committed); "
-        f"numbers: `{os.path.relpath(results / SUMMARY_CSV)}`, every compared trial: `{os.path.relpath(results / TRIALS_CSV)}`."
+        f"Interactive: `{link(html)}` and the search efficiency, hypervolume against trials: "
+        f"`{link(results / EFFICIENCY_HTML)}` (written by the run, not committed); "
+        f"numbers: `{link(results / SUMMARY_CSV)}`, every compared trial: `{link(results / TRIALS_CSV)}`."
     )
     if summary.notes:
         lines += ["", "Notes: " + "; ".join(summary.notes) + "."]

@@ -73,6 +73,7 @@ def write_summary(
             png = take_screenshot(html, results / PLOT_PNG, size=(1300, 520 * len(summary.targets) + 80))
         except UserError as exc:
             console.print(f"bench: no PNG of the plots: {exc}")
-    section = markdown(summary, command=command, method_command=method_command, results=results, png=png, html=html)
+    section = markdown(summary, command=command, method_command=method_command, results=results, png=png, html=html,
+                       links_from=out.parent)
     write_atomic(out, splice(out.read_text() if out.is_file() else "", section))
     return [out, *written, png or html]

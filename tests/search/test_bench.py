@@ -332,9 +332,11 @@ def test_the_summary_csv_and_markdown_give_the_search_efficiency(tmp_path: Path)
     with open(summary_csv) as handle:
         rows = {row["method"]: row for row in csv.DictReader(handle)}
     assert rows["search"]["search_passes_random_at"] == "2" and rows["random"]["search_passes_random_at"] == ""
-    text = markdown(summary, command="c", method_command=lambda t, m: m, results=tmp_path, png=None,
-                    html=tmp_path / "bench.html")
+    text = markdown(summary, command="c", method_command=lambda t, m: m, results=tmp_path / "res", png=None,
+                    html=tmp_path / "res" / "bench.html", links_from=tmp_path / "docs")
     assert "reached by the search at trial **2**" in text
+    # Links are relative to the Markdown file's folder, wherever the command ran.
+    assert "`../res/bench.html`" in text and "`../res/summary.csv`" in text
     page = write_efficiency(summary, tmp_path / "efficiency.html")
     assert "search reaches random search" in page.read_text()
 
