@@ -83,9 +83,8 @@ def fit_space(
     cut (and cuts up to half the trailing stages), no head removal without attention, unstructured
     sparsity where nothing can be pruned structurally, for a ``"latency"`` target no number format
     the teacher runs slower in than in fp32 on this machine and no weight clustering, and (with
-    ``budgets``) the default
-    distillation range and profile budget sized in optimizer steps (ranges and choices a space
-    file set are kept as given).
+    ``budgets``) the default distillation range and profile budget sized in optimizer steps
+    (ranges and choices a space file set are kept as given).
 
     ``keep`` names settings that stay searched as ``space`` has them even where a rule would
     leave them out: a resumed study passes what it searched when it was created, so its later
