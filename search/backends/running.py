@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +28,7 @@ from search.study.artifacts import record_store
 from search.trials.context import cached_analysis, make_context, measure_baseline_into
 from search.workloads.analysis import Analysis
 from search.workloads.workload import Workload
-from spaces import fit_space
+from spaces import SearchSpace, fit_space
 
 if TYPE_CHECKING:
     from search.backends import Backend
@@ -75,12 +75,9 @@ def open_study(
     stored = _stored_info(settings)
     if stored is not None:
         info = dataclasses.replace(stored, workload=workload.fingerprint, target=target, constraint=constraint)
-        check_resumable(settings.study, stored, info)  # before anything is written to the study
-        analysis = Analysis.from_dict(stored.analysis) if stored.analysis else None
-        if analysis is not None:
-            searched = [row[0] for row in stored.space]
-            space = fit_space(settings.space, analysis.facts, target=target, keep=searched)
-            settings = dataclasses.replace(settings, space=space)
+        # Both before anything is written to the study.
+        check_resumable(settings.study, stored, info)
+        settings = dataclasses.replace(settings, space=resumed_space(settings.study, settings.space, stored))
     else:
         artifacts = STUDIES_DIR / settings.study
         ctx = make_context(workload, artifacts / "trials", threads=settings.threads, seed=settings.seed or 0)
@@ -111,6 +108,38 @@ def open_study(
     )
     record_store(study, settings.artifacts)
     return study, info, settings
+
+
+def resumed_space(name: str, space: SearchSpace, stored: StudyInfo, *, option: str = "--study name") -> SearchSpace:
+    """``space`` fitted as study ``name`` was fitted when created (by its stored analysis, keeping
+    every setting it searched then); refuses a space that differs from the one it searched (a
+    space file edited since, or other --space): its earlier trials were asked other questions,
+    and its report would show a space the new trials were not drawn from. ``option`` is what names the
+    study on the command line, for the refusal."""
+    if not stored.analysis:  # made before the pre-flight analysis: nothing to fit to
+        return space
+    facts = Analysis.from_dict(stored.analysis).facts
+    fitted = fit_space(space, facts, target=stored.target, keep=[row[0] for row in stored.space])
+    if stored.space:
+        why = space_difference(stored.space, fitted.describe())
+        if why:
+            raise UserError(
+                f"study {name!r} searched another space ({why}); use another {option}, or "
+                "the space it was created with to resume it"
+            )
+    return fitted
+
+
+def space_difference(stored: Sequence[Sequence[str]], given: Sequence[Sequence[str]]) -> str | None:
+    """The settings whose search range differs between two ``SearchSpace.describe()`` listings,
+    as "key: stored ..., given ..." (None when they agree)."""
+    before, after = dict((row[0], row[1]) for row in stored), dict((row[0], row[1]) for row in given)
+    diffs = [
+        f"{key}: stored {before.get(key, 'not searched')!r}, given {after.get(key, 'not searched')!r}"
+        for key in [*before, *(key for key in after if key not in before)]
+        if before.get(key) != after.get(key)
+    ]
+    return "; ".join(diffs) or None
 
 
 def _stored_info(settings: SearchSettings) -> StudyInfo | None:

@@ -31,6 +31,7 @@ from rich.console import Console
 from objectives import Constraint
 from search.backends import SearchSettings, run_study
 from search.backends.local import OptunaBackend
+from search.backends.running import resumed_space
 from search.bench.peers import PEERS, PEERS_STUDY_TARGET, run_peers
 from search.errors import UserError
 from search.reporting.progress import LiveProgress
@@ -154,7 +155,8 @@ def shared_baseline(plan: BenchPlan, workload: Workload, console: Console) -> tu
 
 
 def check_existing(plan: BenchPlan, workload: Workload) -> None:
-    """Refuse, before any work, to continue a benchmark's studies under other settings."""
+    """Refuse, before any work, to continue a benchmark's studies under other settings or over
+    another space (a space file edited since)."""
     storage = open_storage(plan.storage, create=True)
     for study in [*plan.studies(), *([plan.peer_study()] if plan.peers else [])]:
         try:
@@ -167,6 +169,8 @@ def check_existing(plan: BenchPlan, workload: Workload) -> None:
                 f"bench study {study.name!r} was run for other settings ({why}); "
                 "use another --name, or the same settings to resume it"
             )
+        if study.method != "peers":
+            resumed_space(study.name, plan.space, stored, option="--name")
 
 
 def run_bench(

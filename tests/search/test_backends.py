@@ -17,7 +17,7 @@ from search.backends.local import OptunaBackend
 from search.errors import UserError
 from search.study import StudyInfo, open_storage
 from search.workloads.workload import Workload, WorkloadSpec
-from spaces import SearchSpace, default_space
+from spaces import FloatRange, SearchSpace, default_space
 from stages import EXPORT_FORMATS
 from tests.tiny_models import make_tiny_cnn, tiny_task_data
 
@@ -103,3 +103,16 @@ def test_a_study_run_for_another_goal_is_refused_before_the_backend_runs(workloa
     with pytest.raises(UserError, match="study 's' was run for other settings .*target"):
         run_study(settings, workload, "latency", Constraint(max_drop=1.0), backend)
     assert backend.calls == []
+
+
+def test_a_study_resumes_with_the_space_it_searched_and_refuses_another(workload: Workload) -> None:
+    _run(workload, FakeBackend(), space=default_space())
+    again = FakeBackend()
+    _run(workload, again, space=default_space())
+    assert again.calls == [("s", None)]
+    # The same study with a space file that widened the distillation range since.
+    wider = SearchSpace({**default_space().dimensions, "distill.epochs": FloatRange(0.5, 10.0, log=True)})
+    refused = FakeBackend()
+    with pytest.raises(UserError, match=r"study 's' searched another space \(distill\.epochs: stored .*, given '0\.5 \.\. 10\.0 log'\)"):
+        _run(workload, refused, space=wider)
+    assert refused.calls == []

@@ -33,6 +33,7 @@ from search.cli import COMMANDS, build_parser, main
 from search.errors import UserError
 from search.study import StudyInfo, open_storage
 from search.study.storage import CONNECT_TIMEOUT_S, rdb_engine_kwargs
+from search.workloads.analysis import Analysis
 from search.workloads.models import DemoCNN
 from search.workloads.workload import WorkloadSpec, load_workload
 from tests.search.study_fixtures import HandMadeStudy
@@ -380,8 +381,12 @@ def test_a_file_that_is_not_a_journal_is_refused_and_left_untouched(
     assert notes.read_bytes() == b"not a journal, and no newline at the end"
 
 
-def _study_for(workdir: Path, weights: Path, *, target: str = "size") -> Path:
-    """Study ``s`` in the default journal, recorded for the workload ``demo + weights``."""
+def _study_for(
+    workdir: Path, weights: Path, *, target: str = "size", analysis: dict[str, Any] | None = None,
+    space: list[list[str]] | None = None,
+) -> Path:
+    """Study ``s`` in the default journal, recorded for the workload ``demo + weights`` (with a
+    pre-flight ``analysis`` and the ``space`` it searched, where given)."""
     workload = load_workload(WorkloadSpec(model="demo", weights=weights, allow_weak_teacher=True), device=torch.device("cpu"),
                              studies_dir=workdir / "studies", progress=False)
     journal = workdir / "studies" / "mcaas.journal"
@@ -390,7 +395,8 @@ def _study_for(workdir: Path, weights: Path, *, target: str = "size") -> Path:
                                 directions=["maximize", "maximize"])
     StudyInfo(workload=workload.fingerprint, target=target, constraint=Constraint(max_drop=1.0),
               baseline={"val_acc": 90.0, "test_acc": 90.0, "bytes": 1e5, "latency_ms": 0.1},
-              baseline_onnx=str(workdir / "b.onnx"), artifacts_dir=str(workdir / "studies" / "s")).save(study)
+              baseline_onnx=str(workdir / "b.onnx"), artifacts_dir=str(workdir / "studies" / "s"),
+              space=space or [], analysis=analysis or {}).save(study)
     return journal
 
 
@@ -410,6 +416,26 @@ def test_a_study_name_used_for_another_workload_or_target_is_refused(
     _refused(capsys, *run, "--weights", str(ours), "--max-drop", "2", says="constraint: stored")
     _refused(capsys, *run, "--weights", str(ours), "--seed", "3", says="seed: stored 0, given 3")
     assert _tree(workdir) == before  # not a byte written: no trial, no teacher logits, no baseline
+    assert _digest(journal) == hashlib.sha256(before["studies/mcaas.journal"]).hexdigest()
+
+
+def test_a_study_resumed_with_another_space_is_refused(
+    workdir: Path, tmp_path: Path, tripwires: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weights = tmp_path / "w.pt"
+    torch.save(DemoCNN().state_dict(), weights)
+    analysis = Analysis(
+        structural=True, structural_reason=None, frozen_layers={}, prunable_layers=2, weight_layers=3,
+        blocks=[], cuts=[], params=10, macs=100, operators=7, latency_ms={1: 0.1}, epoch_seconds=1.0,
+        steps_per_epoch=9, batch_size=128, train_size=1077, val_size=360, test_size=360, seconds=1.0,
+    )
+    # Created searching 0.5-1 epochs of distillation; the space given now searches the default.
+    journal = _study_for(workdir, weights, analysis=analysis.to_dict(),
+                         space=[["distill.epochs", "0.5 .. 1.0"], ["prune.ratio", "0.0 .. 0.95"]])
+    before = _tree(workdir)
+    _refused(capsys, "--model", "demo", "--weights", str(weights), "--study", "s", "--trials", "2",
+             "--allow-weak-teacher", says="searched another space (distill.epochs: stored '0.5 .. 1.0', given")
+    assert _tree(workdir) == before
     assert _digest(journal) == hashlib.sha256(before["studies/mcaas.journal"]).hexdigest()
 
 

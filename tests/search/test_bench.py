@@ -219,6 +219,12 @@ def test_demo_bench_writes_the_summary_and_resumes(
     # The same name with another bound is another benchmark: refused before any work.
     code, _, err = run_cli([*BENCH, "--space", "tiny.toml", "--max-drop", "2"])
     assert code == 2 and "use another --name" in err and err.count("\n") == 1
+    # So is the same name over a space file edited since.
+    (folder / "tiny.toml").write_text('[space]\n"distill.epochs" = { low = 1, high = 3, step = 1 }\nprofile_epochs = 1\n')
+    code, _, err = run_cli([*BENCH, "--space", "tiny.toml"])
+    assert code == 2 and err.count("\n") == 1, err
+    assert "study 'tb-size-search' searched another space (distill.epochs: stored '1.0 .. 2.0 step 1.0'" in err
+    assert "use another --name" in err
 
 
 def test_a_failing_summary_between_rounds_does_not_stop_the_benchmark(
