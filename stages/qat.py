@@ -91,15 +91,18 @@ class FakeQuantized(nn.Module):
 
 
 def prepare_qat(model: nn.Module) -> nn.Module:
-    """Wrap every ``nn.Conv2d`` and ``nn.Linear`` of ``model`` (the head included) in
-    ``FakeQuantized``, in place; returns ``model``. Already wrapped layers are left as they are."""
+    """Wrap every ``nn.Conv2d`` and ``nn.Linear`` of ``model`` (the head included; not the output
+    projection of an ``nn.MultiheadAttention``) in ``FakeQuantized``, in place; returns ``model``.
+    Already wrapped layers are left as they are."""
     if isinstance(model, QUANTIZABLE):
         raise TypeError(
             f"prepare_qat needs a container module to wrap layers in place, but got a bare "
             f"{type(model).__name__}; wrap it in nn.Sequential first."
         )
     for parent in list(model.modules()):
-        if isinstance(parent, FakeQuantized):
+        # nn.MultiheadAttention reads its out_proj's weight itself (F.multi_head_attention_forward)
+        # instead of calling it: that projection trains unwrapped, in fp32.
+        if isinstance(parent, (FakeQuantized, nn.MultiheadAttention)):
             continue
         for name, child in list(parent.named_children()):
             if isinstance(child, QUANTIZABLE):
