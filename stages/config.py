@@ -107,9 +107,15 @@ class DistillConfig:
     temperature: float = setting(4.0, search=Span(1.0, 20.0, log=True), when=_SOFT_TARGETS)
     alpha: float = setting(0.7, search=Span(0.0, 1.0, step=0.1), when=_DISTILLING)
     lr: float = setting(0.01, search=Span(1e-3, 0.1, log=True), when=_DISTILLING)
+    # Weight of a feature loss beside the logits' (FitNets-style, Romero et al. 2015): the mean
+    # squared error between the teacher's classifier input and the student's mapped to the
+    # teacher's width by a learned projection, over the teacher features' variance. 0 is off;
+    # not searched by default (a space file can add it), see README "Transformers".
+    features: float = setting(0.0, when=_DISTILLING)
 
     def __post_init__(self) -> None:
         _check_range("distill.epochs", self.epochs, 0.0, 1000.0)
+        _check_range("distill.features", self.features, 0.0, 100.0)
         _check_range("distill.temperature", self.temperature, 1.0, 20.0)
         _check_range("distill.alpha", self.alpha, 0.0, 1.0)
         _check_range("distill.lr", self.lr, 1e-6, 1.0)

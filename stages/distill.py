@@ -1,5 +1,6 @@
-"""Fine-tuning with knowledge distillation from the cached teacher logits, optionally
-quantization-aware (fake-quantized weights and activations, see ``stages.qat``)."""
+"""Fine-tuning with knowledge distillation from the cached teacher logits, optionally with a
+feature term (the teacher run on each batch) and quantization-aware (fake-quantized weights and
+activations, see ``stages.qat``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from stages._context import Context
 from stages.config import DistillConfig
 from stages.errors import StageError
 from stages.measure import torch_accuracy
-from stages.qat import prepare_qat, strip_qat
+from stages.qat import FakeQuantized, prepare_qat, strip_qat
 from stages.teacher import teacher_logits
 
 MOMENTUM = 0.9
@@ -95,6 +96,90 @@ def _batch_indices(
         done += per_epoch
 
 
+def _linear(module: nn.Module) -> nn.Linear | None:
+    """``module`` if it is an ``nn.Linear``, the one it fake-quantizes if it wraps one (QAT)."""
+    inner = module.module if isinstance(module, FakeQuantized) else module
+    return inner if isinstance(inner, nn.Linear) else None
+
+
+def classifier(model: nn.Module, x: torch.Tensor) -> nn.Module | None:
+    """The ``nn.Linear`` (or its QAT wrapper) that produces ``model``'s output on ``x`` (the last
+    one called whose output has the model's output shape), found by running ``x`` through it in
+    eval mode; None if no linear layer does (a convolutional classifier)."""
+    called: list[tuple[nn.Module, tuple[int, ...]]] = []
+    handles = [
+        module.register_forward_hook(lambda mod, _, out: called.append((mod, tuple(out.shape))))
+        for module in model.modules()
+        if _linear(module) is not None
+    ]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            shape = tuple(model.eval()(x).shape)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    matching = [module for module, out in called if out == shape]
+    return matching[-1] if matching else None
+
+
+class FeatureLoss:
+    """The feature term of ``distill.features``, as a context: the teacher's and the student's
+    classifier inputs captured by forward hooks, the student's mapped to the teacher's width by a
+    learned linear projection (pruning narrows it; ``projection`` trains with the student),
+    compared by mean squared error over the teacher features' variance (so the weight means the
+    same for any model). The teacher runs on the student's device in eval mode; its place and mode
+    are put back on exit, since the same teacher is the trials' baseline."""
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, probe: torch.Tensor) -> None:
+        self.teacher, self.student, self.probe = teacher, student, probe
+        self._seen: dict[str, torch.Tensor] = {}
+        self._handles: list[Any] = []
+        first = next(teacher.parameters(), None)
+        self._home = first.device if first is not None else torch.device("cpu")
+        self._was_training = teacher.training
+
+    def __enter__(self) -> FeatureLoss:
+        self.teacher.to(self.probe.device).eval()
+        try:
+            heads = classifier(self.teacher, self.probe), classifier(self.student, self.probe)
+            if heads[0] is None or heads[1] is None:
+                raise StageError(
+                    "distill: distill.features needs a model whose output comes from an nn.Linear "
+                    "classifier (its input is the feature compared); set distill.features=0."
+                )
+        except BaseException:
+            self.__exit__()
+            raise
+        for key, head in zip(("teacher", "student"), heads, strict=True):
+            self._handles.append(head.register_forward_hook(self._keeper(key)))
+        widths = [linear.in_features for linear in map(_linear, heads) if linear is not None]
+        self.projection = nn.Linear(widths[1], widths[0], bias=False)
+        if widths[1] == widths[0]:
+            nn.init.eye_(self.projection.weight)
+        self.projection.to(self.probe.device)
+        return self
+
+    def _keeper(self, key: str) -> Any:
+        def keep(_: nn.Module, args: tuple[torch.Tensor, ...], __: torch.Tensor) -> None:
+            self._seen[key] = args[0]
+
+        return keep
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature loss of the student's forward pass just run on the batch ``x``."""
+        with torch.no_grad():
+            self.teacher(x)
+        target, feature = self._seen.pop("teacher").float().flatten(1), self._seen.pop("student").flatten(1)
+        return F.mse_loss(self.projection(feature), target) / target.var().clamp_min(1e-8)
+
+    def __exit__(self, *_: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self.teacher.to(self._home).train(self._was_training)
+
+
 @dataclasses.dataclass(frozen=True)
 class Distill:
     """Fine-tunes the (pruned) student against ``ctx.teacher_logits`` and the labels.
@@ -124,18 +209,39 @@ class Distill:
         model.to(ctx.device)
         if self.qat:
             prepare_qat(model)
-        optimizer = torch.optim.SGD(
-            param_groups(model), lr=cfg.lr, momentum=MOMENTUM, nesterov=True
-        )
+        if cfg.features > 0:
+            with FeatureLoss(ctx.teacher, model, train.x[:2].to(ctx.device)) as features:
+                self._train(model, ctx, soft, steps, batch_size, features)
+        else:
+            self._train(model, ctx, soft, steps, batch_size, None)
+        if self.qat:
+            strip_qat(model)
+        return model.eval()
+
+    def _train(
+        self,
+        model: nn.Module,
+        ctx: Context,
+        soft: torch.Tensor | None,
+        steps: int,
+        batch_size: int,
+        features: FeatureLoss | None,
+    ) -> None:
+        cfg, train = self.config, ctx.data.train
+        groups = param_groups(model)
+        if features is not None:
+            groups.append({"params": list(features.projection.parameters()), "weight_decay": 0.0})
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=MOMENTUM, nesterov=True)
         report_at = {max(1, round(f * steps)) for f in ctx.report_fractions}
         gen = torch.Generator().manual_seed(ctx.seed)
 
         model.train()
-        for step, idx in enumerate(_batch_indices(n, batch_size, steps, gen)):
+        for step, idx in enumerate(_batch_indices(int(train.x.shape[0]), batch_size, steps, gen)):
             lr = cosine_lr(cfg.lr, step, steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            out = model(train.x[idx].to(ctx.device, non_blocking=True))
+            x = train.x[idx].to(ctx.device, non_blocking=True)
+            out = model(x)
             labels = train.y[idx].to(ctx.device, non_blocking=True) if cfg.alpha < 1 else None
             targets = soft[idx.to(soft.device)] if soft is not None else None
             if targets is not None and targets.shape != out.shape:
@@ -144,6 +250,8 @@ class Distill:
                     f"teacher logits have {tuple(targets.shape[1:])}; they must match."
                 )
             loss = distill_loss(out, targets, labels, alpha=cfg.alpha, temperature=cfg.temperature)
+            if features is not None:
+                loss = loss + cfg.features * features(x)
             if not torch.isfinite(loss):
                 kind = "NaN" if torch.isnan(loss) else "inf"
                 raise StageError(
@@ -158,10 +266,6 @@ class Distill:
                     model, ctx.data.val, device=ctx.device, batch_size=ctx.eval_batch_size
                 )
                 ctx.report(self.name, (step + 1) / steps, val_acc)
-
-        if self.qat:
-            strip_qat(model)
-        return model.eval()
 
     @staticmethod
     def _teacher_logits(ctx: Context, n: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ from torch import nn
 
 from stages._context import Context, Split, TaskData
 from stages.config import DistillConfig
-from stages.distill import Distill, cosine_lr, distill_loss
+from stages.distill import Distill, FeatureLoss, classifier, cosine_lr, distill_loss
 from stages.errors import StageError
 from stages.teacher import load_logits, save_logits, teacher_logits
 from tests.tiny_models import make_tiny_cnn
@@ -304,3 +304,100 @@ def test_logits_cache_roundtrip_and_rejects_stale_files(tmp_path: Path) -> None:
     assert load_logits(path, 12) is None
     torch.save({"logits": logits}, path)
     assert load_logits(path, 12) is None
+
+
+# --- feature term (distill.features) ------------------------------------------------------------
+
+
+class UnusedLinearFirst(nn.Module):
+    """A TinyCNN whose classifier is registered after a linear layer forward never reaches and
+    before a projection of the same output size that runs first: the classifier is found by what
+    runs last, not by registration order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = make_tiny_cnn(seed=5)
+        self.spare = nn.Linear(32, 10)  # never called
+        self.head = nn.Linear(10, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+class ConvHead(nn.Module):
+    """Logits from a 1x1 convolution: no linear classifier to read features from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 10, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean((2, 3))
+
+
+def test_the_classifier_is_the_last_linear_layer_run_with_the_output_shape(data: TaskData) -> None:
+    model = UnusedLinearFirst()
+    assert classifier(model, data.train.x[:2]) is model.head
+    assert classifier(ConvHead(), data.train.x[:2]) is None
+    tiny = make_tiny_cnn().train()
+    assert classifier(tiny, data.train.x[:2]) is tiny.fc and tiny.training  # its mode is kept
+
+
+def test_the_feature_term_pulls_a_narrower_students_features_to_the_teachers(
+    data: TaskData, teacher: nn.Module, tmp_path: Path
+) -> None:
+    from tests.tiny_models import TinyCNN
+
+    torch.manual_seed(6)
+    student = TinyCNN(width=8).eval()  # classifier input 16 wide, the teacher's 32
+    probe = data.val.x[:256]
+
+    def feature_error(projection: nn.Module) -> float:
+        with FeatureLoss(teacher, student, probe[:2]) as loss:
+            loss.projection.load_state_dict(projection.state_dict())
+            with torch.no_grad():
+                student(probe)
+                return float(loss(probe))
+
+    teacher.train()  # put back as found (the trials' baseline must not change mode)
+    ctx = _ctx(data, teacher, tmp_path)
+    with FeatureLoss(teacher, student, probe[:2]) as loss:
+        assert tuple(loss.projection.weight.shape) == (32, 16)
+        untrained = copy.deepcopy(loss.projection)
+    assert teacher.training
+    before = feature_error(untrained)
+    # alpha = 0: the labels and the feature term only, no logits.
+    cfg = DistillConfig(epochs=4, alpha=0.0, lr=0.05, features=5.0)
+    trained: list[nn.Module] = []
+    original = FeatureLoss.__exit__
+
+    def keep_projection(self: FeatureLoss, *exc: object) -> None:
+        trained.append(copy.deepcopy(self.projection))
+        original(self, *exc)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FeatureLoss, "__exit__", keep_projection)
+        Distill(cfg).run(student, ctx)
+    teacher.eval()
+    assert teacher.training is False and not student.training
+    assert feature_error(trained[0]) < 0.5 * before
+
+
+def test_the_feature_term_needs_a_linear_classifier_and_says_so(data: TaskData, tmp_path: Path) -> None:
+    teacher = ConvHead().train()
+    ctx = _ctx(data, teacher, tmp_path)
+    with pytest.raises(StageError, match="distill.features needs a model whose output comes from an nn.Linear"):
+        Distill(DistillConfig(epochs=1, alpha=0.5, features=1.0)).run(make_tiny_cnn(), ctx)
+    assert teacher.training  # put back as found
+
+
+def test_the_feature_term_runs_on_a_transformer_under_qat_and_leaves_no_hook(tmp_path: Path) -> None:
+    from tests.tiny_models import make_tiny_vit, tiny_task_data
+
+    data = tiny_task_data(n_train=64, n_val=16, n_test=16, size=8)
+    teacher, student = make_tiny_vit(seed=1), make_tiny_vit(seed=2)
+    Distill(DistillConfig(epochs=1, alpha=0.5, features=1.0), qat=True).run(student, _ctx(data, teacher, tmp_path))
+    for model in (teacher, student):
+        assert all(not module._forward_hooks for module in model.modules())
+    assert not teacher.training and not student.training
+    assert all(torch.isfinite(p).all() for p in student.parameters())
