@@ -28,7 +28,7 @@ from search.study.artifacts import record_store
 from search.trials.context import cached_analysis, make_context, measure_baseline_into
 from search.workloads.analysis import Analysis
 from search.workloads.workload import Workload
-from spaces import SearchSpace, fit_space
+from spaces import SearchSpace, default_space, fit_space
 
 if TYPE_CHECKING:
     from search.backends import Backend
@@ -119,8 +119,14 @@ def resumed_space(name: str, space: SearchSpace, stored: StudyInfo, *, option: s
     if not stored.analysis:  # made before the pre-flight analysis: nothing to fit to
         return space
     facts = Analysis.from_dict(stored.analysis).facts
-    fitted = fit_space(space, facts, target=stored.target, keep=[row[0] for row in stored.space])
+    searched = [row[0] for row in stored.space]
+    fitted = fit_space(space, facts, target=stored.target, keep=searched)
     if stored.space:
+        # A setting added to the default space since the study was created stays at its default
+        # in this study, as in its earlier trials (one the given space file sets is a difference).
+        defaults = default_space()
+        added = [k for k in fitted if k not in searched and k in defaults and k in space and space[k] == defaults[k]]
+        fitted = SearchSpace({k: v for k, v in fitted.dimensions.items() if k not in added}, profile_epochs=fitted.profile_epochs)
         why = space_difference(stored.space, fitted.describe())
         if why:
             raise UserError(

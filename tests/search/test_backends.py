@@ -116,3 +116,21 @@ def test_a_study_resumes_with_the_space_it_searched_and_refuses_another(workload
     with pytest.raises(UserError, match=r"study 's' searched another space \(distill\.epochs: stored .*, given '0\.5 \.\. 10\.0 log'\)"):
         _run(workload, refused, space=wider)
     assert refused.calls == []
+
+
+def test_a_setting_added_to_the_defaults_since_stays_unsearched_in_an_older_study(workload: Workload) -> None:
+    _run(workload, FakeBackend(), space=default_space())
+    study = optuna.load_study(study_name="s", storage=open_storage(None, create=False))
+    # As if distill.temperature had joined the default space after this study was created.
+    rows = [row for row in study.user_attrs["space"] if row[0] != "distill.temperature"]
+    study.set_user_attr("space", rows)
+    seen: list[SearchSettings] = []
+    backend = FakeBackend()
+    backend.run = lambda settings, workload, deadline: seen.append(settings)  # type: ignore[method-assign]
+    _run(workload, backend, space=default_space())
+    [settings] = seen
+    assert "distill.temperature" not in settings.space and "distill.alpha" in settings.space
+    # A space file that sets it, though, asks for a space the study did not search.
+    hot = SearchSpace({**default_space().dimensions, "distill.temperature": FloatRange(2.0, 8.0)})
+    with pytest.raises(UserError, match="distill.temperature: stored 'not searched', given '2.0 .. 8.0 "):
+        _run(workload, FakeBackend(), space=hot)
