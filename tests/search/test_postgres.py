@@ -175,7 +175,12 @@ def test_kill_9_of_one_of_two_workers_the_other_ends_the_study_with_its_total(
         assert victim.poll() is None and time.time() < deadline, "the first worker never ran a trial"
         time.sleep(0.2)
     survivor = _search(b, database, 6)
-    time.sleep(2.0)  # let it join while the victim's trial runs
+    # Let it join while the victim's trial runs: once it holds a trial of its own it has opened
+    # the study with the victim alive, so only the missing heartbeats can tell it the victim died
+    # (a survivor that opened it after the kill tells by the pid, as on one machine: CI saw it).
+    while not _claimed_by(database, survivor.pid):
+        assert survivor.poll() is None and time.time() < deadline, "the second worker never ran a trial"
+        time.sleep(0.2)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     assert _finish(survivor, b) == 0, (b / "stderr.txt").read_text()
