@@ -4,6 +4,7 @@ activations, see ``stages.qat``)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from stages.config import DistillConfig
 from stages.errors import StageError
 from stages.measure import torch_accuracy
 from stages.qat import FakeQuantized, prepare_qat, strip_qat
-from stages.teacher import teacher_logits
+from stages.teacher import teacher_logits, teacher_on
 
 MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
@@ -135,25 +136,20 @@ class FeatureLoss:
     def __init__(self, teacher: nn.Module, student: nn.Module, probe: torch.Tensor) -> None:
         self.teacher, self.student, self.probe = teacher, student, probe
         self._seen: dict[str, torch.Tensor] = {}
-        self._handles: list[Any] = []
-        first = next(teacher.parameters(), None)
-        self._home = first.device if first is not None else torch.device("cpu")
-        self._was_training = teacher.training
+        self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> FeatureLoss:
-        self.teacher.to(self.probe.device).eval()
-        try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(teacher_on(self.teacher, self.probe.device))
             heads = classifier(self.teacher, self.probe), classifier(self.student, self.probe)
             if heads[0] is None or heads[1] is None:
                 raise StageError(
                     "distill: distill.features needs a model whose output comes from an nn.Linear "
                     "classifier (its input is the feature compared); set distill.features=0."
                 )
-        except BaseException:
-            self.__exit__()
-            raise
-        for key, head in zip(("teacher", "student"), heads, strict=True):
-            self._handles.append(head.register_forward_hook(self._keeper(key)))
+            for key, head in zip(("teacher", "student"), heads, strict=True):
+                stack.callback(head.register_forward_hook(self._keeper(key)).remove)
+            self._stack = stack.pop_all()
         widths = [linear.in_features for linear in map(_linear, heads) if linear is not None]
         self.projection = nn.Linear(widths[1], widths[0], bias=False)
         if widths[1] == widths[0]:
@@ -175,9 +171,7 @@ class FeatureLoss:
         return F.mse_loss(self.projection(feature), target) / target.var().clamp_min(1e-8)
 
     def __exit__(self, *_: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self.teacher.to(self._home).train(self._was_training)
+        self._stack.close()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,8 +3,10 @@ study, and shared by every trial's distillation (the teacher never changes betwe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -14,30 +16,36 @@ from stages._context import Split
 from stages.files import atomic_path
 
 
-def teacher_logits(
-    teacher: nn.Module, split: Split, *, device: torch.device | str, batch_size: int = 512
-) -> torch.Tensor:
-    """The teacher's outputs on ``split.x`` in order: float32 on CPU, N x classes.
-
-    Runs in eval mode under ``torch.inference_mode``. The teacher is moved to ``device`` for the
-    computation and its original device and train/eval mode are restored afterwards, because the
-    same teacher object also serves as the baseline the trials are measured against.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, but got {batch_size}.")
-    device = torch.device(device)
+@contextlib.contextmanager
+def teacher_on(teacher: nn.Module, device: torch.device | str) -> Iterator[nn.Module]:
+    """``teacher`` on ``device`` in eval mode for the block; its device and train/eval mode are
+    put back afterwards, because the same teacher object also serves as the baseline the trials
+    are measured against."""
     first = next(teacher.parameters(), None)
     home = first.device if first is not None else torch.device("cpu")
     was_training = teacher.training
     teacher.to(device).eval()
     try:
-        chunks: list[torch.Tensor] = []
-        with torch.inference_mode():
-            for start in range(0, split.x.shape[0], batch_size):
-                batch = split.x[start : start + batch_size].to(device, non_blocking=True)
-                chunks.append(teacher(batch).float().cpu())
+        yield teacher
     finally:
         teacher.to(home).train(was_training)
+
+
+def teacher_logits(
+    teacher: nn.Module, split: Split, *, device: torch.device | str, batch_size: int = 512
+) -> torch.Tensor:
+    """The teacher's outputs on ``split.x`` in order: float32 on CPU, N x classes.
+
+    Runs in eval mode under ``torch.inference_mode``, on ``device`` (``teacher_on``).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, but got {batch_size}.")
+    device = torch.device(device)
+    chunks: list[torch.Tensor] = []
+    with teacher_on(teacher, device), torch.inference_mode():
+        for start in range(0, split.x.shape[0], batch_size):
+            batch = split.x[start : start + batch_size].to(device, non_blocking=True)
+            chunks.append(teacher(batch).float().cpu())
     if not chunks:
         raise ValueError("cannot compute teacher logits on an empty split.")
     # inference_mode tensors cannot be saved for backward; a plain clone can be used anywhere.
