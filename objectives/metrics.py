@@ -6,7 +6,8 @@ in ONNX Runtime and ``teacher_latency_ms`` the teacher's, measured interleaved i
 each at its best thread count (``latency_threads``, ``teacher_latency_threads``: the intra-op
 threads a deployer would set). ``ops`` counts the nodes of the graph ONNX Runtime runs after its
 optimisations. ``val_lost`` and ``val_gained`` count the validation images only the teacher, or
-only the model, classifies correctly: the paired drop and its confidence interval.
+only the model, classifies correctly: the paired drop and its confidence interval. ``epochs``
+(of the distill stage) is what it trained where ``distill.size_boost`` lengthened it.
 """
 
 VAL_ACC = "val_acc"
@@ -24,3 +25,4 @@ N_VAL = "n_val"
 VAL_LOST = "val_lost"
 VAL_GAINED = "val_gained"
 N_TEST = "n_test"
+EPOCHS = "epochs"

@@ -101,6 +101,8 @@ class DistillConfig:
 
     loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE. ``alpha`` 0 is plain
     fine-tuning, 1 uses no labels. ``epochs`` is the budget (fractions allowed; 0 skips the stage).
+    ``size_boost`` > 1 lets a student cheaper than the teacher train longer: see
+    ``stages.distill.trained_epochs``.
     """
 
     epochs: float = setting(1.0, search=Span(0.5, 3.0, step=0.5))
@@ -112,10 +114,16 @@ class DistillConfig:
     # teacher's width by a learned projection, over the teacher features' variance. 0 is off;
     # not searched by default (a space file can add it), see README "Transformers".
     features: float = setting(0.0, when=_DISTILLING)
+    # The most times ``epochs`` a student trains for having fewer MACs than the teacher (1: off):
+    # it trains ``epochs * min(size_boost, teacher MACs / student MACs)`` epochs, so a small
+    # student gets a long distillation at about the cost of a short one of a big student, without
+    # the sampler having to learn that pairing. Not searched by default (a space file can set it).
+    size_boost: float = setting(1.0, when=_DISTILLING)
 
     def __post_init__(self) -> None:
         _check_range("distill.epochs", self.epochs, 0.0, 1000.0)
         _check_range("distill.features", self.features, 0.0, 100.0)
+        _check_range("distill.size_boost", self.size_boost, 1.0, 1000.0)
         _check_range("distill.temperature", self.temperature, 1.0, 20.0)
         _check_range("distill.alpha", self.alpha, 0.0, 1.0)
         _check_range("distill.lr", self.lr, 1e-6, 1.0)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stages._context import Context
+from stages._graph import count_params_macs
 from stages.config import DistillConfig
 from stages.errors import StageError
 from stages.measure import torch_accuracy
@@ -174,6 +175,26 @@ class FeatureLoss:
         self._stack.close()
 
 
+def trained_epochs(cfg: DistillConfig, student: nn.Module, ctx: Context) -> float:
+    """The epochs ``student`` distils for: ``cfg.epochs``, times ``teacher MACs / student MACs``
+    capped at ``cfg.size_boost`` (so never fewer than ``cfg.epochs``; 1 leaves them as set).
+
+    The teacher's logits are cached, so a step costs about the student's forward and backward
+    pass: a student with k times fewer MACs runs an epoch several times faster (less than k times:
+    per-step costs do not shrink with it), and a boosted trial costs about what ``cfg.epochs`` of
+    a student the teacher's size would."""
+    if cfg.size_boost <= 1 or cfg.epochs <= 0:
+        return cfg.epochs
+    x = ctx.data.example_input()
+    _, teacher_macs = count_params_macs(ctx.teacher, x.to(_device_of(ctx.teacher)))
+    _, student_macs = count_params_macs(student, x.to(_device_of(student)))
+    return cfg.epochs * min(cfg.size_boost, max(1.0, teacher_macs / max(1, student_macs)))
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 @dataclasses.dataclass(frozen=True)
 class Distill:
     """Fine-tunes the (pruned) student against ``ctx.teacher_logits`` and the labels.
@@ -197,7 +218,7 @@ class Distill:
         if n == 0:
             raise StageError("distill: the training split is empty; expected at least one sample.")
         batch_size = min(ctx.batch_size, n)
-        steps = max(1, round(cfg.epochs * (n // batch_size)))
+        steps = max(1, round(trained_epochs(cfg, model, ctx) * (n // batch_size)))
 
         soft = self._teacher_logits(ctx, n) if cfg.alpha > 0 else None
         model.to(ctx.device)

@@ -20,7 +20,7 @@ from stages._context import Context
 from stages.cluster import Cluster
 from stages.config import PipelineConfig
 from stages.depth import Depth
-from stages.distill import Distill
+from stages.distill import Distill, trained_epochs
 from stages.export import EXPORT_FORMATS, Export
 from stages.measure import measure_onnx, measure_torch, onnx_sizes
 from stages.prune import Prune
@@ -97,6 +97,8 @@ def run_pipeline(
         if known is not None:
             stage_metrics[metrics.VAL_ACC] = known
             stage_metrics[metrics.N_VAL] = float(len(ctx.data.val))
+        if stage.name == "distill" and config.distill.size_boost > 1:
+            stage_metrics[metrics.EPOCHS] = trained_epochs(config.distill, model, ctx)
         records.append(StageRecord(stage.name, seconds, stage_metrics))
 
     model = model.cpu().eval()

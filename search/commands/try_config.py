@@ -158,23 +158,23 @@ def print_try_result(console: Console, summary: dict) -> None:
         + f"{teacher['test_acc'] - metrics['test_acc']:+.2f} pt (test)"
     )
     per_stage = Table(title="after each stage (prune/distill/cluster: PyTorch; export/quantize: ONNX Runtime)")
-    for col in ("stage", "seconds", "val acc %", "bytes", "gzip bytes", "params", "latency ms"):
+    columns = [
+        ("val acc %", "val_acc", "{:.2f}"),
+        ("bytes", "bytes", "{:,.0f}"),
+        ("gzip bytes", "gzip_bytes", "{:,.0f}"),
+        ("params", "params", "{:,.0f}"),
+        ("latency ms", "latency_ms", "{:.3f}"),
+    ]
+    if any("epochs" in record["metrics"] for record in summary["stages"]):  # distill.size_boost
+        columns.append(("epochs", "epochs", "{:.3g}"))
+    for col in ("stage", "seconds", *(title for title, _, _ in columns)):
         per_stage.add_column(col, justify="left" if col == "stage" else "right")
     for record in summary["stages"]:
         m = record["metrics"]
         per_stage.add_row(
             record["stage"],
             f"{record['seconds']:.1f}",
-            *(
-                fmt.format(m[key]) if key in m else "-"
-                for key, fmt in (
-                    ("val_acc", "{:.2f}"),
-                    ("bytes", "{:,.0f}"),
-                    ("gzip_bytes", "{:,.0f}"),
-                    ("params", "{:,.0f}"),
-                    ("latency_ms", "{:.3f}"),
-                )
-            ),
+            *(fmt.format(m[key]) if key in m else "-" for _, key, fmt in columns),
         )
     console.print(per_stage)
     console.print(f"artifact: {summary['artifact']}")

@@ -106,6 +106,8 @@ def settings_summary(config: Mapping[str, Any]) -> str:
         if alpha is not None:
             kd += f" a{alpha:.2g}"
         parts.append(kd)
+    if epochs and (config.get("distill.size_boost") or 1) > 1:
+        parts[-1] += f" (up to x{config['distill.size_boost']:g} for a smaller student)"
     if config.get("cluster.k"):
         parts.append(f"k-means {config['cluster.k']}")
     mode = config.get("quantize.mode", "none")

@@ -48,6 +48,7 @@ _METRIC_COLUMNS: dict[str, tuple[str, Any]] = {
     metrics.OPS: ("ops", lambda v: f"{v:.0f}"),
     metrics.PARAMS: ("params", lambda v: f"{v:,.0f}"),
     metrics.MACS: ("MACs", lambda v: f"{v:,.0f}"),
+    metrics.EPOCHS: ("epochs", lambda v: f"{v:.3g}"),  # trained, where distill.size_boost lengthened them
 }
 
 

@@ -157,6 +157,8 @@ def test_settings_summary_says_what_depth_removed() -> None:
               "distill.epochs": 4, "distill.alpha": 0.0, "quantize.mode": "int8-static"}
     assert settings_summary(config).startswith("cut 2 stages, drop 0.50 of blocks | prune 0.30 l2 | fine-tune 4 ep")
     assert settings_summary({**config, "depth.cut": 0, "depth.fraction": 0.0}).startswith("prune 0.30")
+    boosted = settings_summary({**config, "distill.size_boost": 8.0})
+    assert "fine-tune 4 ep (up to x8 for a smaller student)" in boosted
 
 
 def _with_pairs(info, records: list, lost: int, gained: int) -> list:

@@ -276,6 +276,7 @@ class TestSearchSpace:
             "distill.temperature": "distill.epochs > 0, distill.alpha > 0",
             "distill.lr": "distill.epochs > 0",
             "distill.features": "distill.epochs > 0",
+            "distill.size_boost": "distill.epochs > 0",
         }
 
     def test_space_is_a_read_only_mapping_with_value_equality(self) -> None:

@@ -13,8 +13,16 @@ import torch
 from torch import nn
 
 from stages._context import Context, Split, TaskData
+from stages._graph import count_params_macs
 from stages.config import DistillConfig
-from stages.distill import Distill, FeatureLoss, classifier, cosine_lr, distill_loss
+from stages.distill import (
+    Distill,
+    FeatureLoss,
+    classifier,
+    cosine_lr,
+    distill_loss,
+    trained_epochs,
+)
 from stages.errors import StageError
 from stages.teacher import load_logits, save_logits, teacher_logits
 from tests.tiny_models import make_tiny_cnn
@@ -190,6 +198,41 @@ def test_fractional_epochs_set_the_number_of_steps(data: TaskData, tmp_path: Pat
     student = CountingModule(make_tiny_cnn(seed=8))
     # 256 samples / batch 32 = 8 steps per epoch; 1.5 epochs = 12 steps.
     Distill(DistillConfig(epochs=1.5, alpha=0.0)).run(student, _ctx(data, nn.Identity(), tmp_path))
+    assert student.train_calls == 12
+
+
+def _narrow_student() -> nn.Module:
+    """Far fewer MACs than ``make_tiny_cnn``: two channels, then a linear classifier."""
+    torch.manual_seed(3)
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(32, 10)
+    ).eval()
+
+
+@pytest.mark.parametrize("boost", [1.0, 3.0, 1000.0])
+def test_a_smaller_student_trains_longer_up_to_its_size_boost(
+    data: TaskData, tmp_path: Path, boost: float
+) -> None:
+    teacher = make_tiny_cnn(seed=1)
+    x = data.example_input()
+    ratio = count_params_macs(teacher, x)[1] / count_params_macs(_narrow_student(), x)[1]
+    assert ratio > 3  # the boost of 3 is the cap, 1000 is not
+    student = CountingModule(_narrow_student())
+    cfg = DistillConfig(epochs=1.0, alpha=0.0, size_boost=boost)
+    ctx = _ctx(data, teacher, tmp_path)
+    assert trained_epochs(cfg, student, ctx) == pytest.approx(min(boost, ratio))
+    Distill(cfg).run(student, ctx)
+    # 256 samples / batch 32 = 8 steps per epoch, times min(boost, ratio).
+    assert student.train_calls == round(8 * min(boost, ratio))
+
+
+def test_a_student_the_teachers_size_trains_its_epochs_whatever_the_boost(
+    data: TaskData, tmp_path: Path
+) -> None:
+    teacher = make_tiny_cnn(seed=1)
+    student = CountingModule(copy.deepcopy(teacher))
+    cfg = DistillConfig(epochs=1.5, alpha=0.0, size_boost=50.0)
+    Distill(cfg).run(student, _ctx(data, teacher, tmp_path))
     assert student.train_calls == 12
 
 

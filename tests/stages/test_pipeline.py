@@ -120,3 +120,18 @@ def test_fp32_file_before_quantization_is_recorded_by_size_only(
     assert set(export.metrics) == {"bytes", "gzip_bytes", "params", "macs"}
     assert export.metrics["bytes"] > 2 * quantize.metrics["bytes"]  # int8 weights
     assert {"val_acc", "test_acc", "latency_ms"} <= set(quantize.metrics)
+
+
+def test_a_boosted_distillation_records_the_epochs_it_trained(
+    data: TaskData, teacher: torch.nn.Module, tmp_path: Path
+) -> None:
+    config = {**CONFIG, "prune.ratio": 0.6, "quantize.mode": "none"}
+    plain = run_pipeline(PipelineConfig.from_flat(config), _context(data, teacher, tmp_path / "a"))
+    boosted = run_pipeline(
+        PipelineConfig.from_flat({**config, "distill.size_boost": 100.0}), _context(data, teacher, tmp_path / "b")
+    )
+    plain_distill, distill = (next(r for r in res.stages if r.stage == "distill") for res in (plain, boosted))
+    assert "epochs" not in plain_distill.metrics
+    ratio = measure.measure_torch(teacher, _context(data, teacher, tmp_path), accuracy=False)["macs"] / distill.metrics["macs"]
+    assert ratio > 1.5  # 60 % of the channels pruned
+    assert distill.metrics["epochs"] == pytest.approx(ratio, rel=1e-6)  # 1 epoch times the MACs ratio
