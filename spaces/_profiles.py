@@ -25,6 +25,9 @@ _L1_FILTER_PRUNING: dict[str, Any] = {
     "prune.scope": "uniform",
     "prune.steps": 1,
     "prune.round_to": 1,
+    # As published: the profile's epochs whatever the student's size (a space file's
+    # distill.size_boost is the search's, not the profiles').
+    "distill.size_boost": 1.0,
 }
 _KNOWLEDGE_DISTILLATION: dict[str, Any] = {"distill.alpha": 0.7, "distill.temperature": 4.0}
 

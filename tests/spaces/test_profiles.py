@@ -75,6 +75,12 @@ def test_profiles_train_for_the_space_budget() -> None:
     assert {profile_config(name, space).distill.epochs for name in PROFILES} == {15.0}
 
 
+def test_profiles_train_their_epochs_whatever_size_boost_the_search_has() -> None:
+    space = SearchSpace({**default_space().dimensions, "distill.size_boost": Fixed(8.0)})
+    assert {profile_config(name, space).distill.size_boost for name in PROFILES} == {1.0}
+    assert space.fixed_values()["distill.size_boost"] == 8.0  # the search's trials get it
+
+
 def test_profile_keeps_fixed_settings_it_does_not_name_but_wins_over_the_rest() -> None:
     config = profile_config("balanced", NARROW)
     assert (config.quantize.format, config.export.opset) == ("qoperator", 17)
