@@ -167,8 +167,9 @@ def print_try_result(console: Console, summary: dict) -> None:
     ]
     if any("epochs" in record["metrics"] for record in summary["stages"]):  # distill.size_boost
         columns.append(("epochs", "epochs", "{:.3g}"))
-    for col in ("stage", "seconds", *(title for title, _, _ in columns)):
-        per_stage.add_column(col, justify="left" if col == "stage" else "right")
+    per_stage.add_column("stage", no_wrap=True, min_width=len("quantize"))
+    for col in ("seconds", *(title for title, _, _ in columns)):
+        per_stage.add_column(col, justify="right", overflow="fold")
     for record in summary["stages"]:
         m = record["metrics"]
         per_stage.add_row(
