@@ -39,6 +39,8 @@ class ModelFacts:
     epoch_seconds: float  # measured time of one training epoch of the teacher
     attention_layers: int = 0  # attention layers whose whole heads can be removed
     slow_modes: tuple[str, ...] = ()  # quantize.mode values whose teacher file runs slower than fp32
+    # Removable blocks that can go together (a ViT keeps an encoder layer); None: all of them.
+    removable_at_once: int | None = None
 
 
 def min_epochs(steps_per_epoch: int) -> float:
@@ -63,6 +65,12 @@ def distill_range(facts: ModelFacts) -> FloatRange:
     return FloatRange(low, high, log=True)
 
 
+def fraction_removing(count: int, blocks: int) -> float:
+    """The largest ``depth.fraction``, in hundredths, that removes at most ``count`` of ``blocks``
+    (the depth stage removes ``round(fraction * blocks)``)."""
+    return math.floor(100 * (count + 0.49) / blocks) / 100
+
+
 def _round(epochs: float) -> float:
     """Two significant figures: budgets need no more."""
     if epochs <= 0:
@@ -80,7 +88,8 @@ def fit_space(
     keep: Iterable[str] = (),
 ) -> SearchSpace:
     """``space`` fitted to the model: no depth dimensions without removable blocks or stages to
-    cut (and cuts up to half the trailing stages), no head removal without attention, unstructured
+    cut (cuts up to half the trailing stages, and block removal only as far as the output still
+    depends on the input), no head removal without attention, unstructured
     sparsity where nothing can be pruned structurally, for a ``"latency"`` target no number format
     the teacher runs slower in than in fp32 on this machine and no weight clustering, and (with
     ``budgets``) the default distillation range and profile budget sized in optimizer steps
@@ -97,8 +106,11 @@ def fit_space(
         # shapes, so it costs accuracy (it follows distillation, nothing recovers it) and buys
         # no speed. Left off, it is one dimension fewer for the sampler to learn is useless.
         dims.pop("cluster.k")
-    if facts.removable_blocks == 0:
+    at_once = facts.removable_blocks if facts.removable_at_once is None else facts.removable_at_once
+    if min(facts.removable_blocks, at_once) == 0:
         dims.pop("depth.fraction", None)
+    elif at_once < facts.removable_blocks and dims.get("depth.fraction") == default_space()["depth.fraction"]:
+        dims["depth.fraction"] = FloatRange(0.0, fraction_removing(at_once, facts.removable_blocks))
     if facts.attention_layers == 0:
         dims.pop("prune.heads", None)
     if facts.cuttable_stages == 0:

@@ -30,7 +30,10 @@ __all__ = [
     "find_cuts",
     "find_removable_blocks",
     "is_residual",
+    "most_removable",
+    "probe_inputs",
     "rank_blocks",
+    "reads_its_input",
     "remove_blocks",
 ]
 
@@ -127,6 +130,43 @@ def remove_blocks(model: nn.Module, blocks: Sequence[str]) -> None:
             model.set_submodule(name, nn.Identity(), strict=True)
         except AttributeError:
             raise StageError(f"depth: the model has no block {name!r} to remove.") from None
+
+
+@torch.no_grad()
+def reads_its_input(model: nn.Module, inputs: torch.Tensor) -> bool:
+    """Whether ``model`` (in eval mode) gives different outputs for the different samples of
+    ``inputs`` (at least two). A Vision Transformer without encoder layers does not: its class
+    token never sees a patch, so it says the same for every image."""
+    was_training = model.training
+    try:
+        out = model.eval()(inputs)
+    finally:
+        model.train(was_training)
+    return not torch.allclose(out[:1].expand_as(out), out)
+
+
+def probe_inputs(ctx: Context) -> torch.Tensor:
+    """Two different inputs to tell a model that reads its input: the first two training
+    samples (the first and seeded noise where the split has one)."""
+    x = ctx.data.train.x[:2]
+    if x.shape[0] < 2:
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(ctx.seed))
+        x = torch.cat([x, noise])
+    return x.to(ctx.device)
+
+
+def most_removable(model: nn.Module, ranking: Sequence[str], inputs: torch.Tensor) -> int:
+    """How many of ``ranking``'s blocks, least important first, can go together while the model
+    still reads its input (``reads_its_input``): all of them when ``model`` itself does not (an
+    untrained one, say: nothing to tell). ``model`` is not changed."""
+    if not reads_its_input(model, inputs):
+        return len(ranking)
+    student = copy.deepcopy(model)
+    for count, name in enumerate(ranking):
+        remove_blocks(student, [name])
+        if not reads_its_input(student, inputs):
+            return count
+    return len(ranking)
 
 
 @torch.no_grad()
@@ -260,9 +300,15 @@ class Depth:
         present = set(dict(model.named_modules()))
         ranking = tuple(name for name in ranking if name in present)
         count = round(self.config.fraction * len(ranking))
+        reads = count > 0 and reads_its_input(model, probe_inputs(ctx))
         if count:
             remove_blocks(model, ranking[:count])
         check_forward(model, example, ctx.data.num_classes, self.name)
+        if reads and not reads_its_input(model, probe_inputs(ctx)):
+            raise StageError(
+                f"depth: removing {count} of the {len(ranking)} removable blocks leaves a model "
+                "whose output does not depend on its input; remove fewer (a lower depth.fraction)."
+            )
         return model
 
 

@@ -26,7 +26,7 @@ from spaces import ModelFacts
 from stages import Context, OnnxFile, StageError
 from stages._graph import count_params_macs, weight_layers
 from stages.config import QuantizeConfig
-from stages.depth import find_cuts, rank_blocks
+from stages.depth import find_cuts, most_removable, probe_inputs, rank_blocks
 from stages.measure import (
     OnnxRunner,
     interleaved_medians,
@@ -38,7 +38,7 @@ from stages.quant_modes import QUANT_MODES
 from stages.quantize import Quantize
 
 # Bumped when what the analysis finds changes, so a cached analysis of an older version is redone.
-VERSION = 6
+VERSION = 7
 
 # A number format whose teacher file runs more than this much slower than fp32 (best thread count
 # against best) is slow here: two medians of the same file differ by a few percent.
@@ -74,6 +74,9 @@ class Analysis:
     # quantize.mode -> the teacher's file in that format, median ms at its best thread count
     # (modes that share a quantizer share a file; a mode that failed on the teacher is absent)
     format_latency_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    # How many removable blocks, least important first, can go together while the output still
+    # depends on the input (a ViT keeps one encoder layer); None: not measured (older analyses).
+    removable_at_once: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -96,6 +99,7 @@ class Analysis:
         return ModelFacts(
             structural=self.structural,
             removable_blocks=len(self.blocks),
+            removable_at_once=self.removable_at_once,
             cuttable_stages=len(self.cuts),
             attention_layers=len(self.attention_heads),
             steps_per_epoch=self.steps_per_epoch,
@@ -138,6 +142,8 @@ class Analysis:
         if self.blocks:
             ranked = ", ".join(f"{name} ({_shown(score)})" for name, score in self.blocks)
             rows.append((f"removable blocks ({len(self.blocks)})", f"least important first (loss increase): {ranked}"))
+            if self.removable_at_once is not None and self.removable_at_once < len(self.blocks):
+                rows.append(("  removed together, at most", f"{self.removable_at_once} (without the rest the output no longer depends on the input)"))
         else:
             rows.append(("removable blocks", "none (no residual block keeps its input's shape)"))
         if self.cuts:
@@ -184,6 +190,7 @@ def analyze(ctx: Context, baseline_onnx: Path) -> Analysis:
     example = ctx.data.example_input(1).to(ctx.device)
     params, macs = count_params_macs(teacher, example)
     blocks = rank_blocks(teacher, ctx)
+    at_once = most_removable(teacher, [name for name, _ in blocks], probe_inputs(ctx))
     cuts = find_cuts(teacher, example, ctx.data.num_classes)
     counts = thread_counts()
     with tempfile.TemporaryDirectory(dir=baseline_onnx.parent, prefix=".formats-") as tmp:
@@ -203,6 +210,7 @@ def analyze(ctx: Context, baseline_onnx: Path) -> Analysis:
         prunable_layers=len(probe.pruned_layers),
         weight_layers=len(weight_layers(teacher)),
         blocks=blocks,
+        removable_at_once=at_once,
         cuts=[list(cut) for cut in cuts],
         params=params,
         macs=macs,

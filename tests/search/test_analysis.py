@@ -111,6 +111,21 @@ def test_analysis_round_trips_through_json_with_blocks_that_break_the_model() ->
     assert back.facts.slow_modes == ()  # not timed in other formats (an analysis before version 6)
 
 
+def test_how_many_blocks_can_go_together_is_stored_shown_and_fitted_to() -> None:
+    vit = Analysis(
+        structural=True, structural_reason=None, frozen_layers={}, prunable_layers=20, weight_layers=21,
+        blocks=[("encoder.layers.encoder_layer_1", 0.1), ("encoder.layers.encoder_layer_0", 2.0)],
+        cuts=[], params=10, macs=100, operators=7, latency_ms={1: 2.0}, epoch_seconds=1.5,
+        steps_per_epoch=9, batch_size=128, train_size=1077, val_size=360, test_size=360, seconds=2.0,
+        removable_at_once=1,
+    )
+    back = Analysis.from_dict(json.loads(json.dumps(vit.to_dict())))
+    assert back == vit and back.facts.removable_at_once == 1
+    assert ("  removed together, at most", "1 (without the rest the output no longer depends on the input)") in back.rows()
+    older = {k: v for k, v in vit.to_dict().items() if k != "removable_at_once"}  # before version 7
+    assert Analysis.from_dict(older).facts.removable_at_once is None
+
+
 def test_formats_measured_slower_than_fp32_beyond_the_margin_are_slow() -> None:
     analysis = Analysis(
         structural=True, structural_reason=None, frozen_layers={}, prunable_layers=3, weight_layers=5,

@@ -148,6 +148,9 @@ def test_a_study_searches_a_vision_transformer(
     info = StudyInfo.load(study)
     assert info.analysis["attention_heads"] == [4, 4]
     assert any(row[0] == "prune.heads" for row in info.space)
+    # Removing both encoder layers would leave one answer for every image: depth keeps one.
+    assert info.analysis["removable_at_once"] == 1
+    assert ("depth.fraction", "0.0 .. 0.74") in [tuple(row[:2]) for row in info.space]
 
 
 @pytest.mark.slow

@@ -4,6 +4,8 @@ first (the MCaaS profiles, then quantization alone)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from spaces import (
@@ -23,6 +25,7 @@ from spaces import (
     named_configs,
     profile_config,
 )
+from spaces._fit import fraction_removing
 
 RESNET_FMNIST = ModelFacts(structural=True, removable_blocks=5, cuttable_stages=9, steps_per_epoch=422, epoch_seconds=64.0)
 USER_DIGITS = ModelFacts(structural=True, removable_blocks=0, cuttable_stages=0, steps_per_epoch=9, epoch_seconds=0.5)
@@ -84,6 +87,23 @@ def test_head_removal_is_searched_only_where_the_model_has_attention() -> None:
     vit = ModelFacts(structural=True, removable_blocks=6, cuttable_stages=0, steps_per_epoch=422,
                      epoch_seconds=600.0, attention_layers=6)
     assert fit_space(default_space(), vit)["prune.heads"] == FloatRange(0.0, 0.75, step=0.25)
+
+
+def test_block_removal_stops_where_the_output_would_no_longer_depend_on_the_input() -> None:
+    vit = ModelFacts(structural=True, removable_blocks=6, cuttable_stages=0, steps_per_epoch=422,
+                     epoch_seconds=120.0, attention_layers=6, removable_at_once=5)
+    fraction = fit_space(default_space(), vit)["depth.fraction"]
+    assert fraction == FloatRange(0.0, 0.91)
+    assert round(fraction.high * 6) == 5  # type: ignore[union-attr]
+    assert fraction_removing(1, 2) == 0.74 and round(0.74 * 2) == 1  # not 0.75: round(1.5) is 2
+    lone = dataclasses.replace(vit, removable_blocks=1, removable_at_once=0)
+    assert "depth.fraction" not in fit_space(default_space(), lone)
+    # Unmeasured (an older study's analysis) or every block: the default range.
+    for facts in (dataclasses.replace(vit, removable_at_once=None), dataclasses.replace(vit, removable_at_once=6)):
+        assert fit_space(default_space(), facts)["depth.fraction"] == default_space()["depth.fraction"]
+    # A range a space file set is kept as given.
+    narrow = SearchSpace({**default_space().dimensions, "depth.fraction": FloatRange(0.5, 1.0)})
+    assert fit_space(narrow, vit)["depth.fraction"] == FloatRange(0.5, 1.0)
 
 
 def test_the_top_of_the_budget_is_cut_to_the_training_time_a_trial_may_spend() -> None:

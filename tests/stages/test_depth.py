@@ -4,6 +4,7 @@ probe freezes the layers torch-pruning breaks on, so the rest still prunes."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -19,15 +20,18 @@ from stages.depth import (
     find_cuts,
     find_removable_blocks,
     is_residual,
+    most_removable,
     rank_blocks,
+    reads_its_input,
     remove_blocks,
 )
-from stages.errors import ConfigError
+from stages.errors import ConfigError, StageError
 from stages.prune import probe_structured
 from tests.tiny_models import (
     _BasicBlock,
     _SqueezeExcite,
     make_concat_depthwise_se,
+    make_tiny_vit,
     tiny_task_data,
     train_briefly,
 )
@@ -118,6 +122,38 @@ def test_a_pipeline_with_depth_records_the_stage_and_measures_the_artifact(tmp_p
     depth = result.stages[0].metrics
     assert depth["params"] < count_params_macs(model, DATA.example_input())[0]
     assert result.metrics["val_acc"] >= 0 and result.artifact.is_file()
+
+
+def _answering(vit: nn.Module) -> nn.Module:
+    """``vit`` with a random head instead of torchvision's zeros, so its answer depends on the image."""
+    torch.manual_seed(0)
+    nn.init.normal_(vit.heads.head.weight)
+    return vit
+
+
+def test_a_vision_transformer_keeps_an_encoder_layer_a_cnn_can_lose_every_removable_block(
+    tmp_path: Path,
+) -> None:
+    data = tiny_task_data(size=8)
+    vit = _answering(make_tiny_vit(size=8))  # 2 encoder layers, both removable
+    ranking = [name for name, _ in rank_blocks(vit, _ctx(tmp_path, vit, data))]
+    assert len(ranking) == 2 and reads_its_input(vit, data.train.x[:2])
+    # Without encoder layers the class token never sees a patch: one answer for every image.
+    assert most_removable(vit, ranking, data.train.x[:2]) == 1
+    with pytest.raises(StageError, match="removing 2 of the 2 removable blocks leaves a model whose output does not depend on its input"):
+        Depth(DepthConfig(fraction=1.0)).run(copy.deepcopy(vit), _ctx(tmp_path, vit, data))
+    assert reads_its_input(Depth(DepthConfig(fraction=0.5)).run(vit, _ctx(tmp_path, vit, data)), data.train.x[:2])
+    # torchvision starts a ViT's head at zero: one answer for every image before training, so
+    # there is nothing to tell and nothing is refused.
+    untrained = make_tiny_vit(size=8)
+    assert not reads_its_input(untrained, data.train.x[:2])
+    assert most_removable(untrained, ranking, data.train.x[:2]) == 2
+    Depth(DepthConfig(fraction=1.0)).run(untrained, _ctx(tmp_path, untrained, data))
+
+    cnn = _Stacked().eval()
+    blocks = find_removable_blocks(cnn, DATA.example_input())
+    assert most_removable(cnn, blocks, DATA.train.x[:2]) == len(blocks) == 3
+    assert reads_its_input(Depth(DepthConfig(fraction=1.0)).run(cnn, _ctx(tmp_path, cnn)), DATA.train.x[:2])
 
 
 def test_depth_fraction_is_validated_and_unknown_blocks_are_refused() -> None:
