@@ -22,7 +22,6 @@ from search.bench.results import (
     END,
     PROFILE_FACTOR,
     PUBLISHED,
-    TARGET_GOALS,
     BenchSummary,
     MethodResult,
     TargetResults,
@@ -161,7 +160,7 @@ def _verdicts(summary: BenchSummary, target: str, methods: Sequence[MethodResult
     search, random, profiles = by.get("search"), by.get("random"), by.get("profiles")
     out = []
     if search is not None:
-        goal = TARGET_GOALS.get(target)
+        goal = summary.plan.goals.get(target)
         if goal is not None:
             got = search.ratio or 0.0
             out.append(f"- Default search, {target}: {got:.1f}x at the bound; goal >= {goal:g}x: **{'met' if got >= goal else 'missed'}**.")

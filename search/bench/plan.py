@@ -23,7 +23,7 @@ import dataclasses
 import json
 import shlex
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -80,6 +80,8 @@ class BenchPlan:
     seed: int = 0
     threads: int = 1
     storage: str | None = None
+    # target -> the ratio at the bound the default search should reach (``WORKLOAD_GOALS``)
+    goals: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.targets:

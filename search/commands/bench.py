@@ -13,6 +13,7 @@ from rich.console import Console
 
 from objectives import TARGETS, Constraint
 from search.bench.plan import METHODS, BenchPlan, bench_command, run_bench
+from search.bench.results import WORKLOAD_GOALS
 from search.commands import add_workload_arguments, spec_from_args
 from search.commands.run import (
     MAX_THREADS,
@@ -141,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         threads=threads,
         storage=args.storage,
+        goals=WORKLOAD_GOALS.get(workload.name, {}),
     )
     results = args.results or Path("studies") / "benchmarks" / name
     if args.quick and args.out is None:  # a smoke run never rewrites BENCHMARKS.md unless told to

@@ -24,6 +24,7 @@ from search.bench.plots import write_efficiency
 from search.bench.results import (
     BEGIN,
     END,
+    WORKLOAD_GOALS,
     counted_records,
     gather,
     passes_at,
@@ -414,3 +415,16 @@ def test_a_trial_without_test_accuracy_is_described_by_its_validation_drop() -> 
     assert _drop_at_any(BASELINE, measured) == "+1.00 pt test"
     unmeasured = dataclasses.replace(record(2, val=90.0), metrics={"val_acc": 90.0})
     assert _drop_at_any(BASELINE, unmeasured) == "+6.00 pt validation (test not measured)"
+
+
+def test_a_goal_is_judged_only_for_the_workload_it_was_set_for(tmp_path: Path) -> None:
+    search = [record(0, size=4.0), record(1, size=20.0)]
+    texts = {}
+    for name, goals in (("reference", WORKLOAD_GOALS["vit_tiny-fashion-mnist"]), ("other", {})):
+        summary = gather(_plan(targets=("size",), methods=("search",), goals=goals), BASELINE,
+                         {"b-size-search": search}, logits_s=None)
+        texts[name] = markdown(summary, command="c", method_command=lambda t, m: m, results=tmp_path / "res",
+                               png=None, html=tmp_path / "res" / "bench.html", links_from=tmp_path)
+    assert "- Default search, size: 20.0x at the bound; goal >= 10x: **met**." in texts["reference"]
+    assert "goal >=" not in texts["other"]  # a user's workload is not judged by the project's goals
+    assert set(WORKLOAD_GOALS) == {"resnet18-fashion-mnist", "vit_tiny-fashion-mnist"}
