@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Iterator
 
 import torch
 import torch_pruning as tp
@@ -64,6 +65,24 @@ def module_name(model: nn.Module, module: nn.Module) -> str:
         if candidate is module:
             return name or "<root>"
     return type(module).__name__
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+@contextlib.contextmanager
+def on_device_in_eval(model: nn.Module, device: torch.device | str) -> Iterator[nn.Module]:
+    """``model`` on ``device`` in eval mode for the block; its device and train/eval mode are put
+    back afterwards (the teacher a stage borrows is also the baseline the trials are measured
+    against; a student is exported on the CPU and goes back to its device)."""
+    home, was_training = device_of(model), model.training
+    model.to(device).eval()
+    try:
+        yield model
+    finally:
+        model.to(home).train(was_training)
 
 
 def check_forward(

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from stages._context import Context
-from stages._graph import check_forward, weight_layers
+from stages._graph import check_forward, device_of, weight_layers
 from stages.config import ClusterConfig
 
 __all__ = ["Cluster", "cluster_tensor", "kmeans_1d"]
@@ -37,7 +37,7 @@ class Cluster:
             for _, layer in weight_layers(model):
                 layer.weight.copy_(cluster_tensor(layer.weight, self.config.k))
         model.eval()
-        example = ctx.data.example_input().to(next(model.parameters(), torch.empty(0)).device)
+        example = ctx.data.example_input().to(device_of(model))
         check_forward(model, example, ctx.data.num_classes, self.name)
         return model
 

@@ -304,11 +304,12 @@ class Depth:
         present = set(dict(model.named_modules()))
         ranking = tuple(name for name in ranking if name in present)
         count = round(self.config.fraction * len(ranking))
-        reads = count > 0 and reads_its_input(model, probe_inputs(ctx))
+        probe = probe_inputs(ctx)
+        reads = count > 0 and reads_its_input(model, probe)
         if count:
             remove_blocks(model, ranking[:count])
         check_forward(model, example, ctx.data.num_classes, self.name)
-        if reads and not reads_its_input(model, probe_inputs(ctx)):
+        if reads and not reads_its_input(model, probe):
             raise StageError(
                 f"depth: removing {count} of the {len(ranking)} removable blocks leaves a model "
                 "whose output does not depend on its input; remove fewer (a lower depth.fraction)."

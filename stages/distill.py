@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from stages._context import Context
-from stages._graph import count_params_macs
+from stages._graph import count_params_macs, device_of, on_device_in_eval
 from stages.config import DistillConfig
 from stages.errors import StageError
 from stages.measure import torch_accuracy
 from stages.qat import FakeQuantized, prepare_qat, strip_qat
-from stages.teacher import teacher_logits, teacher_on
+from stages.teacher import teacher_logits
 
 MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
@@ -141,7 +141,7 @@ class FeatureLoss:
 
     def __enter__(self) -> FeatureLoss:
         with contextlib.ExitStack() as stack:
-            stack.enter_context(teacher_on(self.teacher, self.probe.device))
+            stack.enter_context(on_device_in_eval(self.teacher, self.probe.device))
             heads = classifier(self.teacher, self.probe), classifier(self.student, self.probe)
             if heads[0] is None or heads[1] is None:
                 raise StageError(
@@ -186,13 +186,9 @@ def trained_epochs(cfg: DistillConfig, student: nn.Module, ctx: Context) -> floa
     if cfg.size_boost <= 1 or cfg.epochs <= 0:
         return cfg.epochs
     x = ctx.data.example_input()
-    _, teacher_macs = count_params_macs(ctx.teacher, x.to(_device_of(ctx.teacher)))
-    _, student_macs = count_params_macs(student, x.to(_device_of(student)))
+    _, teacher_macs = count_params_macs(ctx.teacher, x.to(device_of(ctx.teacher)))
+    _, student_macs = count_params_macs(student, x.to(device_of(student)))
     return cfg.epochs * min(cfg.size_boost, max(1.0, teacher_macs / max(1, student_macs)))
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,8 +5,7 @@ on its quantized successor, never on the torch object."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -16,6 +15,7 @@ from torch import nn
 
 from stages._base import OnnxFile
 from stages._context import Context
+from stages._graph import on_device_in_eval
 from stages.config import ExportConfig
 from stages.errors import StageError
 from stages.files import atomic_path, write_atomic
@@ -50,7 +50,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int 
     be a sizeable share of the bytes the size ratio is computed from.
     """
     path = Path(path)
-    with _on_cpu_in_eval(model):
+    with on_device_in_eval(model, "cpu"):  # exported on the CPU, then put back
         try:
             program = torch.onnx.export(
                 model,
@@ -90,7 +90,7 @@ def export_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
     TorchScript one, but torch 2.14 deprecates them with a ``FutureWarning``.
     """
     path = Path(path)
-    with _on_cpu_in_eval(model):
+    with on_device_in_eval(model, "cpu"):  # exported on the CPU, then put back
         try:
             program = torch.export.export(
                 model,
@@ -137,17 +137,6 @@ def _batch_of_two(example: torch.Tensor) -> torch.Tensor:
     return example[:1].repeat(2, *([1] * (example.dim() - 1)))
 
 
-@contextmanager
-def _on_cpu_in_eval(model: nn.Module) -> Iterator[None]:
-    """Export on the CPU in eval mode, then put the module back where and how it was."""
-    first = next(model.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
-    training = model.training
-    model.cpu().eval()
-    try:
-        yield
-    finally:
-        model.to(device).train(training)
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -27,7 +27,7 @@ from torch import nn
 
 from objectives import metrics
 from stages._context import Context, Split
-from stages._graph import count_params_macs
+from stages._graph import count_params_macs, device_of
 
 __all__ = [
     "MIN_LATENCY_RUNS",
@@ -338,7 +338,5 @@ def torch_accuracy(
 
 
 def _params_macs(model: nn.Module, ctx: Context) -> dict[str, float]:
-    first = next(model.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
-    params, macs = count_params_macs(model, ctx.data.example_input(1).to(device))
+    params, macs = count_params_macs(model, ctx.data.example_input(1).to(device_of(model)))
     return {metrics.PARAMS: float(params), metrics.MACS: float(macs)}

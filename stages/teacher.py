@@ -3,32 +3,16 @@ study, and shared by every trial's distillation (the teacher never changes betwe
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from stages._context import Split
+from stages._graph import on_device_in_eval
 from stages.files import atomic_path
-
-
-@contextlib.contextmanager
-def teacher_on(teacher: nn.Module, device: torch.device | str) -> Iterator[nn.Module]:
-    """``teacher`` on ``device`` in eval mode for the block; its device and train/eval mode are
-    put back afterwards, because the same teacher object also serves as the baseline the trials
-    are measured against."""
-    first = next(teacher.parameters(), None)
-    home = first.device if first is not None else torch.device("cpu")
-    was_training = teacher.training
-    teacher.to(device).eval()
-    try:
-        yield teacher
-    finally:
-        teacher.to(home).train(was_training)
 
 
 def teacher_logits(
@@ -36,13 +20,14 @@ def teacher_logits(
 ) -> torch.Tensor:
     """The teacher's outputs on ``split.x`` in order: float32 on CPU, N x classes.
 
-    Runs in eval mode under ``torch.inference_mode``, on ``device`` (``teacher_on``).
+    Runs in eval mode under ``torch.inference_mode``, on ``device``; the teacher's device and mode
+    are put back afterwards (``on_device_in_eval``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, but got {batch_size}.")
     device = torch.device(device)
     chunks: list[torch.Tensor] = []
-    with teacher_on(teacher, device), torch.inference_mode():
+    with on_device_in_eval(teacher, device), torch.inference_mode():
         for start in range(0, split.x.shape[0], batch_size):
             batch = split.x[start : start + batch_size].to(device, non_blocking=True)
             chunks.append(teacher(batch).float().cpu())

@@ -29,6 +29,7 @@ from search.workloads.recipes import (
     scale_regularisation,
 )
 from stages import Split, TaskData
+from stages._graph import device_of
 from stages.distill import cosine_lr, param_groups
 from stages.files import atomic_path, write_atomic
 from stages.measure import torch_accuracy
@@ -49,8 +50,7 @@ def evaluate_accuracy(
 ) -> float:
     """Top-1 accuracy on ``split`` in percent (eval mode; the model's mode is restored)."""
     if device is None:
-        first = next(model.parameters(), None)
-        device = first.device if first is not None else torch.device("cpu")
+        device = device_of(model)
     if len(split) == 0:
         raise UserError("cannot measure accuracy on an empty split.")
     return torch_accuracy(model, split, device=torch.device(device), batch_size=batch_size)
