@@ -181,6 +181,15 @@ def test_kill_9_of_one_of_two_workers_the_other_ends_the_study_with_its_total(
     while not _claimed_by(database, survivor.pid):
         assert survivor.poll() is None and time.time() < deadline, "the second worker never ran a trial"
         time.sleep(0.2)
+    # Killed holding a trial: frozen first, so the trial it holds cannot end between the look and
+    # the kill (CI once killed it between two trials, and there was nothing to recover).
+    while True:
+        os.kill(victim.pid, signal.SIGSTOP)
+        if _claimed_by(database, victim.pid):
+            break
+        os.kill(victim.pid, signal.SIGCONT)
+        assert victim.poll() is None and time.time() < deadline, "the first worker never held a trial again"
+        time.sleep(0.1)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     assert _finish(survivor, b) == 0, (b / "stderr.txt").read_text()
