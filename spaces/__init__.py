@@ -15,7 +15,7 @@ from spaces._dimensions import (
     TrialLike,
 )
 from spaces._file import DEMO_SPACE, demo_space, load_space
-from spaces._fit import MIN_STEPS, ModelFacts, fit_space, min_epochs
+from spaces._fit import MIN_STEPS, SIZE_BOOST, ModelFacts, fit_space, min_epochs
 from spaces._profiles import (
     PROFILES,
     QUANT_ONLY,
@@ -29,6 +29,7 @@ from spaces._space import CLUSTER_ON, SearchSpace, default_space
 __all__ = [
     "CLUSTER_ON",
     "MIN_STEPS",
+    "SIZE_BOOST",
     "PROFILES",
     "QUANT_ONLY",
     "Choice",

@@ -117,7 +117,8 @@ class DistillConfig:
     # The most times ``epochs`` a student trains for having fewer MACs than the teacher (1: off):
     # it trains ``epochs * min(size_boost, teacher MACs / student MACs)`` epochs, so a small
     # student gets a long distillation at about the cost of a short one of a big student, without
-    # the sampler having to learn that pairing. Not searched by default (a space file can set it).
+    # the sampler having to learn that pairing. Not searched; the fitted space holds it at
+    # ``spaces.SIZE_BOOST`` where the teacher's epoch time cut the distillation range.
     size_boost: float = setting(1.0, when=_DISTILLING)
 
     def __post_init__(self) -> None:

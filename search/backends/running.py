@@ -122,10 +122,11 @@ def resumed_space(name: str, space: SearchSpace, stored: StudyInfo, *, option: s
     searched = [row[0] for row in stored.space]
     fitted = fit_space(space, facts, target=stored.target, keep=searched)
     if stored.space:
-        # A setting added to the default space since the study was created stays at its default
-        # in this study, as in its earlier trials (one the given space file sets is a difference).
+        # A setting added to the default space, or by a fitting rule, since the study was created
+        # stays at its default in this study, as in its earlier trials (one the given space file
+        # sets is a difference).
         defaults = default_space()
-        added = [k for k in fitted if k not in searched and k in defaults and k in space and space[k] == defaults[k]]
+        added = [k for k in fitted if k not in searched and (k not in space or (k in defaults and space[k] == defaults[k]))]
         fitted = SearchSpace({k: v for k, v in fitted.dimensions.items() if k not in added}, profile_epochs=fitted.profile_epochs)
         why = space_difference(stored.space, fitted.describe())
         if why:

@@ -134,3 +134,20 @@ def test_a_setting_added_to_the_defaults_since_stays_unsearched_in_an_older_stud
     hot = SearchSpace({**default_space().dimensions, "distill.temperature": FloatRange(2.0, 8.0)})
     with pytest.raises(UserError, match="distill.temperature: stored 'not searched', given '2.0 .. 8.0 "):
         _run(workload, FakeBackend(), space=hot)
+
+
+def test_a_setting_a_fitting_rule_adds_since_stays_unset_in_an_older_study(
+    workload: Workload, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A teacher epoch slower than a trial may train: the fitted space holds distill.size_boost.
+    monkeypatch.setattr("spaces._fit.MAX_TRIAL_TRAINING_S", 1e-6)
+    seen: list[SearchSettings] = []
+    backend = FakeBackend()
+    backend.run = lambda settings, workload, deadline: seen.append(settings)  # type: ignore[method-assign]
+    _run(workload, backend, space=default_space())
+    assert "distill.size_boost" in seen[0].space
+    # As if the study had been created before that rule: resumed without it, not refused.
+    study = optuna.load_study(study_name="s", storage=open_storage(None, create=False))
+    study.set_user_attr("space", [row for row in study.user_attrs["space"] if row[0] != "distill.size_boost"])
+    _run(workload, backend, space=default_space())
+    assert "distill.size_boost" not in seen[1].space and "distill.epochs" in seen[1].space

@@ -12,6 +12,7 @@ from spaces import (
     MIN_STEPS,
     PROFILES,
     QUANT_ONLY,
+    SIZE_BOOST,
     Choice,
     Fixed,
     FloatRange,
@@ -116,30 +117,51 @@ def test_the_top_of_the_budget_is_cut_to_the_training_time_a_trial_may_spend() -
     assert epochs.high == 2 * epochs.low  # type: ignore[union-attr]
 
 
+def test_small_students_train_longer_only_where_the_teacher_s_epoch_time_cut_the_budget() -> None:
+    # ResNet-18 on Fashion-MNIST: the step count sets the top (3 epochs), 64 s epochs allow 4.7.
+    assert "distill.size_boost" not in fit_space(default_space(), RESNET_FMNIST)
+    assert "distill.size_boost" not in fit_space(default_space(), USER_DIGITS)
+    # A ViT's 120 s epoch cuts it to 2.5: a student k times cheaper trains up to min(k, 4) times that.
+    vit = dataclasses.replace(RESNET_FMNIST, epoch_seconds=120.0)
+    fitted = fit_space(default_space(), vit)
+    assert fitted["distill.epochs"].high == 2.5  # type: ignore[union-attr]
+    assert fitted["distill.size_boost"] == Fixed(SIZE_BOOST) and SIZE_BOOST > 1
+    assert fitted.suggest(_Highest()).distill.size_boost == SIZE_BOOST  # type: ignore[arg-type]
+    # A space file that sets it, or its own budget, is kept as given.
+    off = SearchSpace({**default_space().dimensions, "distill.size_boost": Fixed(1.0)})
+    assert fit_space(off, vit)["distill.size_boost"] == Fixed(1.0)
+    assert "distill.size_boost" not in fit_space(demo_space(), dataclasses.replace(USER_DIGITS, epoch_seconds=100.0))
+    # The profiles keep their published budgets.
+    assert all(profile_config(name, fitted).distill.size_boost == 1.0 for name in PROFILES)
+
+
+class _Highest:
+    """A trial that answers every question with the top of its range (or the first choice)."""
+
+    user_attrs: dict = {}
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def suggest_float(self, name, low, high, *, log=False, step=None):  # noqa: ANN001, ANN202
+        self.asked.append(name)
+        return high
+
+    def suggest_int(self, name, low, high, *, log=False, step=1):  # noqa: ANN001, ANN202
+        self.asked.append(name)
+        return high
+
+    def suggest_categorical(self, name, choices):  # noqa: ANN001, ANN202
+        self.asked.append(name)
+        return choices[0]
+
+
 def test_no_structural_pruning_means_unstructured_sparsity() -> None:
     facts = ModelFacts(structural=False, removable_blocks=0, cuttable_stages=0, steps_per_epoch=422, epoch_seconds=1.0)
     fitted = fit_space(default_space(), facts)
     assert fitted["prune.method"] == Fixed("unstructured")
 
-    class Highest:
-        user_attrs: dict = {}
-
-        def __init__(self) -> None:
-            self.asked: list[str] = []
-
-        def suggest_float(self, name, low, high, *, log=False, step=None):  # noqa: ANN001, ANN202
-            self.asked.append(name)
-            return high
-
-        def suggest_int(self, name, low, high, *, log=False, step=1):  # noqa: ANN001, ANN202
-            self.asked.append(name)
-            return high
-
-        def suggest_categorical(self, name, choices):  # noqa: ANN001, ANN202
-            self.asked.append(name)
-            return choices[0]
-
-    trial = Highest()
+    trial = _Highest()
     config = fitted.suggest(trial)  # type: ignore[arg-type]
     assert config.prune.method == "unstructured" and config.prune.ratio == 0.95
     # criterion, steps and round_to are structured-only: not asked.
