@@ -98,11 +98,11 @@ def settings_summary(config: Mapping[str, Any]) -> str:
     if not epochs:
         parts.append("no training")
     elif alpha == 0:
-        parts.append(f"fine-tune {epochs:g} ep")
+        parts.append(f"fine-tune {epochs:.3g} ep")
     else:
-        kd = f"KD {epochs:g} ep"
+        kd = f"KD {epochs:.3g} ep"
         if "distill.temperature" in config:
-            kd += f" T{config['distill.temperature']:g}"
+            kd += f" T{config['distill.temperature']:.3g}"
         if alpha is not None:
             kd += f" a{alpha:.2g}"
         parts.append(kd)

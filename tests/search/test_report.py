@@ -159,6 +159,9 @@ def test_settings_summary_says_what_depth_removed() -> None:
     assert settings_summary({**config, "depth.cut": 0, "depth.fraction": 0.0}).startswith("prune 0.30")
     boosted = settings_summary({**config, "distill.size_boost": 8.0})
     assert "fine-tune 4 ep (up to x8 for a smaller student)" in boosted
+    # Sampled floats read at three figures (the ViT latency report said "KD 2.0412 ep T2.78917").
+    sampled = {**config, "distill.epochs": 2.041234, "distill.alpha": 0.2, "distill.temperature": 2.789171}
+    assert "KD 2.04 ep T2.79 a0.2" in settings_summary(sampled)
 
 
 def _with_pairs(info, records: list, lost: int, gained: int) -> list:
