@@ -137,8 +137,6 @@ def _batch_of_two(example: torch.Tensor) -> torch.Tensor:
     return example[:1].repeat(2, *([1] * (example.dim() - 1)))
 
 
-
-
 def _root_cause(exc: BaseException) -> str:
     """The innermost cause in one line (the exporter wraps it in a page of advice)."""
     while exc.__cause__ is not None:
