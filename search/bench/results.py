@@ -19,7 +19,15 @@ from search.study import TrialRecord
 from search.study.scoring import scored_points, scored_records
 from spaces import is_mcaas_profile
 
+# The one unnamed pair of markers that files written by older versions hold (``splice`` replaces
+# it when it holds the benchmark being written); ``markers`` gives each benchmark its own pair.
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def markers(name: str) -> tuple[str, str]:
+    """The comments around benchmark ``name``'s generated section (one pair per benchmark, so a
+    file holds a section for each workload and a rerun rewrites only its own)."""
+    return f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
 
 # Published results of the seed systems (other models, other data): shown for scale only.
 PUBLISHED = (

@@ -75,5 +75,5 @@ def write_summary(
             console.print(f"bench: no PNG of the plots: {exc}")
     section = markdown(summary, command=command, method_command=method_command, results=results, png=png, html=html,
                        links_from=out.parent)
-    write_atomic(out, splice(out.read_text() if out.is_file() else "", section))
+    write_atomic(out, splice(out.read_text() if out.is_file() else "", section, plan.name))
     return [out, *written, png or html]

@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bench.add_argument("--threads", type=lambda t: positive_int(t, MAX_THREADS), default=None, help="torch and ONNX Runtime threads (default: all cores)")
     bench.add_argument("--timeout", type=duration, default=None, help="start no study round after this (90s, 30m, 2h)")
     bench.add_argument("--storage", default=None, help="study storage (default: studies/mcaas.journal)")
-    bench.add_argument("--out", type=Path, default=None, help="Markdown file whose bench section is (re)written (default: BENCHMARKS.md; with --quick, bench.md in the results folder)")
+    bench.add_argument("--out", type=Path, default=None, help="Markdown file whose section for this benchmark (--name) is (re)written, others kept (default: BENCHMARKS.md; with --quick, bench.md in the results folder)")
     bench.add_argument("--results", type=Path, default=None, help="folder for the CSV and plots (default: studies/benchmarks/NAME)")
     bench.add_argument("--report-only", action="store_true", help="run no trial: rewrite the summary from the studies")
     bench.add_argument(

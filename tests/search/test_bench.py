@@ -27,6 +27,7 @@ from search.bench.results import (
     WORKLOAD_GOALS,
     counted_records,
     gather,
+    markers,
     passes_at,
     passes_text,
     summarise,
@@ -161,13 +162,28 @@ def test_summary_csv_gives_each_best_trial_its_paired_interval(tmp_path: Path) -
     assert {f"{t}_ratio" for t in TARGETS} <= set(header)  # every target of objectives, none hard-coded
 
 
-def test_splice_rewrites_only_between_the_markers() -> None:
-    doc = f"# Benchmarks\n\nintro by hand\n\n{BEGIN}\nold table\n{END}\n\n## Analysis\nkept\n"
-    out = splice(doc, "new table\n")
+def test_splice_rewrites_only_its_own_benchmark_s_section() -> None:
+    a_begin, a_end = markers("a")
+    doc = f"# Benchmarks\n\nintro by hand\n\n{a_begin}\nold table\n{a_end}\n\n## Analysis\nkept\n"
+    out = splice(doc, "new table\n", "a")
     assert "old table" not in out and "new table" in out
     assert out.startswith("# Benchmarks\n\nintro by hand\n\n") and out.endswith("## Analysis\nkept\n")
-    assert splice("", "t").startswith("# Benchmarks\n\n" + BEGIN)
-    assert splice("notes\n", "t") == f"notes\n\n{BEGIN}\nt\n{END}\n"
+    # another benchmark gets a section of its own, appended; a's stays as it was
+    b_begin, b_end = markers("b")
+    both = splice(out, "b table", "b")
+    assert both == f"{out.rstrip()}\n\n{b_begin}\nb table\n{b_end}\n"
+    again = splice(both, "newer b", "b")
+    assert "b table" not in again and again.count("newer b") == 1 and "new table" in again
+    assert splice("", "t", "a").startswith("# Benchmarks\n\n" + a_begin)
+    assert splice("notes\n", "t", "a") == f"notes\n\n{a_begin}\nt\n{a_end}\n"
+
+
+def test_splice_takes_over_the_unnamed_markers_of_an_older_file_only_for_their_benchmark() -> None:
+    doc = f"intro\n\n{BEGIN}\n## `a`\nold a\n{END}\n\nby hand\n"
+    a_begin, a_end = markers("a")
+    assert splice(doc, "## `a`\nnew a", "a") == f"intro\n\n{a_begin}\n## `a`\nnew a\n{a_end}\n\nby hand\n"
+    other = splice(doc, "## `b`\nb", "b")
+    assert other.startswith(doc.rstrip()) and other.endswith(f"{markers('b')[1]}\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +205,7 @@ def test_demo_bench_writes_the_summary_and_resumes(
     assert code == 0, err
     assert "round 2/2: tb-size-random" in err
     text = (folder / "B.md").read_text()
-    assert text.count(BEGIN) == 1 and text.count(END) == 1
+    assert text.count(markers("tb")[0]) == 1 and text.count(markers("tb")[1]) == 1 and BEGIN not in text
     assert "mcaas-search bench --space tiny.toml --name tb --targets size --max-drop 50 --trials 4 --round 2" in text
     assert "| MCaaS fixed profiles | 3 |" in text
     assert "| random search | 4 |" in text and "| default search (TPE) | 4 |" in text
