@@ -54,36 +54,19 @@ def min_epochs(steps_per_epoch: int) -> float:
     return float(math.ceil(epochs)) if epochs > 1 else 0.5 * math.ceil(2 * epochs)
 
 
-def distill_range(facts: ModelFacts) -> FloatRange:
+def distill_budget(facts: ModelFacts) -> tuple[FloatRange, bool]:
     """The distillation budget to search, in epochs: ``MIN_STEPS``..``MAX_STEPS`` optimizer
-    steps (at least the default 0.5..3 epochs), the top cut to ``MAX_TRIAL_TRAINING_S``."""
-    default = _default_epochs()
-    low, high, _ = _budget(facts)
-    high = max(high, 2 * low)
-    if (low, high) == (default.low, default.high):
-        return default
-    return FloatRange(low, high, log=True)
-
-
-def time_cut(facts: ModelFacts) -> bool:
-    """Whether the teacher's epoch time, not the step count, set the top of the range."""
-    return _budget(facts)[2]
-
-
-def _default_epochs() -> FloatRange:
+    steps (at least the default 0.5..3 epochs), the top cut to ``MAX_TRIAL_TRAINING_S``; and
+    whether that cut, the teacher's epoch time rather than the step count, set the top."""
     default = default_space()["distill.epochs"]
     assert isinstance(default, FloatRange)
-    return default
-
-
-def _budget(facts: ModelFacts) -> tuple[float, float, bool]:
-    """The range's ends in epochs, and whether the time cut its top."""
-    default = _default_epochs()
     steps = max(1, facts.steps_per_epoch)
     low = max(default.low, min_epochs(steps))
     high = max(default.high, _round(MAX_STEPS / steps))
     timed = _round(MAX_TRIAL_TRAINING_S / facts.epoch_seconds) if facts.epoch_seconds > 0 else high
-    return low, min(high, timed), timed < high
+    top = max(min(high, timed), 2 * low)
+    budget = default if (low, top) == (default.low, default.high) else FloatRange(low, top, log=True)
+    return budget, timed < high
 
 
 def fraction_removing(count: int, blocks: int) -> float:
@@ -148,8 +131,8 @@ def fit_space(
     profile_epochs = space.profile_epochs
     if budgets:
         if dims.get("distill.epochs") == default_space()["distill.epochs"]:
-            dims["distill.epochs"] = distill_range(facts)
-            if time_cut(facts) and "distill.size_boost" not in dims:
+            dims["distill.epochs"], cut = distill_budget(facts)
+            if cut and "distill.size_boost" not in dims:
                 dims["distill.size_boost"] = Fixed(SIZE_BOOST)
         profile_epochs = max(profile_epochs, min_epochs(facts.steps_per_epoch))
     return SearchSpace(dims, profile_epochs=profile_epochs)
