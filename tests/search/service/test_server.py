@@ -6,6 +6,7 @@ worker: the job completes with the right trial count, and a queued job starts af
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import signal
@@ -191,21 +192,26 @@ def test_kill_9_of_server_and_worker_then_restart_completes_the_jobs(folder: Pat
         before = wait_for(client, first, lambda s: s["trials"].get("finished", 0) >= 1 and s["trials"].get("running", 0) >= 1)
         assert client.get(f"/api/studies/{queued}").json()["state"] == "queued"
     server.kill()
-    # The worker has its own session: the server's death leaves it running.
+    # The worker has its own session: the server's death leaves it running. It is held stopped
+    # until the new server has looked, or on a loaded machine it can finish the whole job first.
+    pid = json.loads((job_folder / "worker.json").read_text())["pid"]
+    os.killpg(pid, signal.SIGSTOP)
     assert worker_alive(job_folder)
 
     server = start_server(folder, log="serve2")
     try:
         with server.client() as client:
             assert client.get(f"/api/studies/{first}").json()["state"] == "running"  # found again
+            os.killpg(pid, signal.SIGCONT)
             wait_for(client, first, lambda s: s["trials"].get("running", 0) >= 1
                      and s["trials"]["finished"] >= before["trials"]["finished"])
-            pid = json.loads((job_folder / "worker.json").read_text())["pid"]
             os.killpg(pid, signal.SIGKILL)  # now the worker dies mid-trial too
             done = wait_for(client, first, lambda s: s["state"] == "done")
             assert done["job"]["state"] == "done"
             wait_for(client, queued, lambda s: s["state"] == "done")
     finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGCONT)
         server.stop()
     study = _study(folder, first)
     assert counted(study) == 5
