@@ -29,6 +29,7 @@ def markers(name: str) -> tuple[str, str]:
     file holds a section for each workload and a rerun rewrites only its own)."""
     return f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
 
+
 # Published results of the seed systems (other models, other data): shown for scale only.
 PUBLISHED = (
     ("MCaaS thesis", "ResNet-18 / CIFAR-10", 2.7, 2.4, 3.0),
