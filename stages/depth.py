@@ -124,12 +124,20 @@ def is_residual(block: nn.Module) -> bool:
 
 
 def remove_blocks(model: nn.Module, blocks: Sequence[str]) -> None:
-    """Replace each named block of ``model`` by ``nn.Identity`` (in place)."""
+    """Replace each named block of ``model`` by ``nn.Identity`` (in place).
+
+    An identity hands on the very tensor it gets, so an in-place activation that used to read a
+    block's fresh output may now overwrite one that autograd saved (a ReLU after a removed
+    squeeze-excitation gate, rewriting the ReLU output before it): every ``inplace`` module of
+    the model is made out-of-place. The exported graph is the same."""
     for name in blocks:
         try:
             model.set_submodule(name, nn.Identity(), strict=True)
         except AttributeError:
             raise StageError(f"depth: the model has no block {name!r} to remove.") from None
+    for module in model.modules():
+        if isinstance(getattr(module, "inplace", None), bool):
+            module.inplace = False
 
 
 @torch.no_grad()

@@ -242,3 +242,13 @@ def test_torchvision_cuts_end_at_whole_stages() -> None:
     assert find_cuts(DemoCNN().eval(), torch.randn(1, 1, 8, 8), 10) == []  # a chain of layers, no blocks
     vit = torchvision.models.VisionTransformer(32, 8, 2, 2, 32, 64, num_classes=10).eval()
     assert find_cuts(vit, torch.randn(1, 3, 32, 32), 10) == []  # its depth is its encoder layers
+
+
+def test_a_removed_block_leaves_no_in_place_activation_to_break_training() -> None:
+    # Removing the SE gate and cutting the last conv + BN (what the analysis offers on this model)
+    # left pointwise's ReLU(inplace) rewriting depthwise's ReLU output, which its backward needs.
+    model = make_concat_depthwise_se()
+    remove_blocks(model, ["se", "pointwise.0", "pointwise.1"])
+    model.fc = nn.Linear(24, 10)
+    model.train()(DATA.train.x[:8]).sum().backward()
+    assert not any(getattr(m, "inplace", False) for m in model.modules())
