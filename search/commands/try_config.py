@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import sys
+import traceback
 from pathlib import Path
 
 import torch
@@ -13,8 +14,9 @@ from rich.console import Console
 from rich.table import Table
 
 from objectives import ratios
+from search.cli import USER_ERRORS
 from search.commands import add_workload_arguments, spec_from_args
-from search.errors import UserError
+from search.errors import UserError, first_line
 from search.reporting.format import drop_text
 from search.study.scoring import paired_val_drop
 from search.trials.context import (
@@ -24,6 +26,7 @@ from search.trials.context import (
     trial_threads,
     with_analysis,
 )
+from search.trials.worker import raised_at
 from search.workloads.workload import (
     WorkloadSpec,
     load_workload,
@@ -37,7 +40,9 @@ from stages.pipeline import run_pipeline
 
 # Optimizer steps a default distillation gets at least: a 50 % pruned demo CNN recovered to within
 # 3 points of its teacher in 15 epochs of 9 steps (135); one epoch (9 steps) left it near 20 %.
-MAX_THREADS = 1024  # more is a typo, and torch would fail only after the workload loaded
+MAX_THREADS = 1024
+# Where a failed run's traceback goes (in --workdir): the terminal gets one line.
+FAILURE_LOG = "failure.log"  # more is a typo, and torch would fail only after the workload loaded
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,8 +115,13 @@ def run(args: argparse.Namespace) -> int:
         assert ctx.baseline_onnx is not None
         with console.status("analysing the teacher: what prunes, which blocks can go"):
             ctx = with_analysis(ctx, cached_analysis(workload, ctx, ctx.baseline_onnx))
-    with console.status("running " + " ".join(f"{k}={v}" for k, v in sorted(config.to_flat().items()))):
-        result = run_pipeline(config, ctx)
+    try:
+        with console.status("running " + " ".join(f"{k}={v}" for k, v in sorted(config.to_flat().items()))):
+            result = run_pipeline(config, ctx)
+    except USER_ERRORS:
+        raise
+    except Exception as exc:  # the config does not run on this model: say why in one line
+        return report_failure(exc, args.workdir / FAILURE_LOG)
     summary = {
         "config": config.to_flat(),
         "metrics": result.metrics,
@@ -126,6 +136,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_try_result(Console(), summary)
     return 0
+
+
+def report_failure(exc: BaseException, log: Path) -> int:
+    """A config that fails in the pipeline (the model, not the input, is at fault): one line on
+    stderr (the first line of what a search records for such a trial), the traceback kept in ``log``; exit code 1."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("".join(traceback.format_exception(exc)))
+    reason = first_line(exc, typed=True) + raised_at(exc)
+    print(f"mcaas-search: error: the pipeline failed: {reason} (traceback in {log})", file=sys.stderr)
+    return 1
 
 
 _FINAL_ROWS = (

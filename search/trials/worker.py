@@ -203,6 +203,10 @@ def failure_reason(exc: BaseException) -> str:
     """One line saying why a trial failed, with where it was raised."""
     if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
         return f"out of memory: {exc}"
+    return f"{type(exc).__name__}: {exc}{raised_at(exc)}"
+
+
+def raised_at(exc: BaseException) -> str:
+    """`` (at file.py:LINE)`` where ``exc`` was raised, or "" when it carries no traceback."""
     where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-    place = f" (at {Path(where.filename).name}:{where.lineno})" if where else ""
-    return f"{type(exc).__name__}: {exc}{place}"
+    return f" (at {Path(where.filename).name}:{where.lineno})" if where else ""

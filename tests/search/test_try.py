@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from search.cli import build_parser, main
+from search.commands import try_config
 from search.commands.try_config import workload_defaults
 from search.workloads import workload as workload_module
 from search.workloads.workload import WorkloadSpec
@@ -63,3 +64,26 @@ def test_defaults_on_the_demo_land_near_the_teacher(
     drop = summary["teacher"]["val_acc"] - summary["metrics"]["val_acc"]
     assert drop < 3.0, summary["metrics"]
     assert summary["config"]["distill.epochs"] == demo_space().profile_epochs
+
+
+def test_a_config_that_fails_in_the_pipeline_is_one_line_and_the_traceback_is_kept(
+    tmp_path: Path,
+    demo_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A pipeline error (the model, not the input, at fault: here autograd's in-place error, the
+    failure a removed block once caused) is one line with exit code 1, the traceback in a file."""
+    shutil.copytree(demo_cache, tmp_path / "studies" / ".cache")
+    monkeypatch.chdir(tmp_path)
+
+    def failing(config: object, ctx: object, **_: object) -> None:
+        raise RuntimeError("one of the variables needed for gradient computation has been modified\nHint: ...")
+
+    monkeypatch.setattr(try_config, "run_pipeline", failing)
+    assert main(["try", "--set", "prune.ratio=0.5", "--threads", "1", "--workdir", "w"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("mcaas-search: error: the pipeline failed: RuntimeError: one of the variables")
+    assert "Hint" not in err and "Traceback" not in err
+    log = (tmp_path / "w" / try_config.FAILURE_LOG).read_text()
+    assert log.startswith("Traceback") and "Hint: ..." in log and "in failing" in log
