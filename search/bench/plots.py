@@ -21,6 +21,18 @@ METHOD_COLOURS = {"profiles": "#8c564b", "random": "#7f7f7f", "search": "#1f77b4
 FIXED_SYMBOLS = {"profiles": "diamond", "ort-int8": "square", "torch-pruning": "triangle-up", "nncf": "star"}
 
 
+def ratio_ticks(ratios: list[float]) -> list[float]:
+    """Ticks at 1, 2, 5, 10, 20, 50, ... over ``ratios`` (and one step beyond each end): plotly's
+    own log ticks label 20 as "2" between 10 and 100."""
+    positive = [r for r in ratios if r > 0]
+    if not positive:
+        return []
+    ticks = [m * 10.0**e for e in range(-3, 7) for m in (1, 2, 5)]
+    low = max((t for t in ticks if t <= min(positive)), default=ticks[0])
+    high = min((t for t in ticks if t >= max(positive)), default=ticks[-1])
+    return [t for t in ticks if low <= t <= high]
+
+
 def _hypervolume_traces(fig: go.Figure, block: TargetResults, *, row: int, col: int, legend: bool) -> None:
     """The hypervolume after each trial of each searching method."""
     for method, volumes in block.histories.items():
@@ -61,7 +73,9 @@ def write_plots(summary: BenchSummary, path: Path) -> Path:
         # Trials that lost far more than the bound would squash the interesting band: cut off.
         top = min(max(drops, default=1.0), 5 * summary.plan.constraint.max_drop + 1)
         fig.update_yaxes(range=[min(min(drops, default=0.0), 0.0) - 0.5, top + 0.5], row=i, col=1)
-        fig.update_xaxes(type="log", title_text=f"{block.target} ratio vs teacher (log)", row=i, col=1)
+        ticks = ratio_ticks([r.ratio(block.target) for rs in block.points.values() for r in rs])
+        fig.update_xaxes(type="log", title_text=f"{block.target} ratio vs teacher (log)", tickvals=ticks,
+                         ticktext=[f"{t:g}x" for t in ticks], row=i, col=1)
         fig.update_yaxes(title_text="test drop (points; larger drops off the chart)", row=i, col=1)
         _hypervolume_traces(fig, block, row=i, col=2, legend=False)
     fig.update_layout(

@@ -20,7 +20,7 @@ from search.bench.csvs import write_csvs
 from search.bench.markdown import markdown, splice
 from search.bench.peers import PEERS, run_peers
 from search.bench.plan import METHOD_LABELS, METHODS, BenchPlan
-from search.bench.plots import write_efficiency
+from search.bench.plots import ratio_ticks, write_efficiency
 from search.bench.results import (
     BEGIN,
     END,
@@ -444,3 +444,11 @@ def test_a_goal_is_judged_only_for_the_workload_it_was_set_for(tmp_path: Path) -
     assert "- Default search, size: 20.0x at the bound; goal >= 10x: **met**." in texts["reference"]
     assert "goal >=" not in texts["other"]  # a user's workload is not judged by the project's goals
     assert set(WORKLOAD_GOALS) == {"resnet18-fashion-mnist", "vit_tiny-fashion-mnist"}
+
+
+def test_ratio_axis_ticks_name_every_decade_in_full() -> None:
+    """The ratio axes get 1-2-5 ticks spanning the points: plotly's own log ticks label 20 "2"."""
+    assert ratio_ticks([1.9, 6.0, 18.2]) == [1, 2, 5, 10, 20]
+    assert ratio_ticks([15.6, 345.4]) == [10, 20, 50, 100, 200, 500]
+    assert ratio_ticks([0.9, 1.0]) == [0.5, 1]
+    assert ratio_ticks([]) == [] and ratio_ticks([0.0]) == []
