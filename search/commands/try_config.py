@@ -38,11 +38,9 @@ from stages import Context
 from stages.config import PipelineConfig, valid_keys
 from stages.pipeline import run_pipeline
 
-# Optimizer steps a default distillation gets at least: a 50 % pruned demo CNN recovered to within
-# 3 points of its teacher in 15 epochs of 9 steps (135); one epoch (9 steps) left it near 20 %.
-MAX_THREADS = 1024
+MAX_THREADS = 1024  # more is a typo, and torch would fail only after the workload loaded
 # Where a failed run's traceback goes (in --workdir): the terminal gets one line.
-FAILURE_LOG = "failure.log"  # more is a typo, and torch would fail only after the workload loaded
+FAILURE_LOG = "failure.log"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -140,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
 
 def report_failure(exc: BaseException, log: Path) -> int:
     """A config that fails in the pipeline (the model, not the input, is at fault): one line on
-    stderr (the first line of what a search records for such a trial), the traceback kept in ``log``; exit code 1."""
+    stderr (the first line of what a search records for such a trial), the traceback kept in
+    ``log``; exit code 1."""
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("".join(traceback.format_exception(exc)))
     reason = first_line(exc, typed=True) + raised_at(exc)
