@@ -135,6 +135,20 @@ def test_small_students_train_longer_only_where_the_teacher_s_epoch_time_cut_the
     assert all(profile_config(name, fitted).distill.size_boost == 1.0 for name in PROFILES)
 
 
+def test_a_latency_target_trains_small_students_longer() -> None:
+    # The step count sets ResNet-18's top on Fashion-MNIST, so only the target turns it on.
+    fitted = fit_space(default_space(), RESNET_FMNIST, target="latency")
+    assert fitted["distill.size_boost"] == Fixed(SIZE_BOOST)
+    assert fitted["distill.epochs"] == fit_space(default_space(), RESNET_FMNIST)["distill.epochs"]
+    assert "distill.size_boost" not in fit_space(default_space(), RESNET_FMNIST, target="size")
+    # A space file that holds it off, or sets its own budget, is kept as given; without budgets
+    # (nothing fitted to the data) it is not added.
+    off = SearchSpace({**default_space().dimensions, "distill.size_boost": Fixed(1.0)})
+    assert fit_space(off, RESNET_FMNIST, target="latency")["distill.size_boost"] == Fixed(1.0)
+    assert "distill.size_boost" not in fit_space(demo_space(), USER_DIGITS, target="latency")
+    assert "distill.size_boost" not in fit_space(default_space(), RESNET_FMNIST, target="latency", budgets=False)
+
+
 class _Highest:
     """A trial that answers every question with the top of its range (or the first choice)."""
 
