@@ -7,7 +7,8 @@ each at its best thread count (``latency_threads``, ``teacher_latency_threads``:
 threads a deployer would set). ``ops`` counts the nodes of the graph ONNX Runtime runs after its
 optimisations. ``val_lost`` and ``val_gained`` count the validation images only the teacher, or
 only the model, classifies correctly: the paired drop and its confidence interval. ``epochs``
-(of the distill stage) is what it trained where ``distill.size_boost`` lengthened it.
+(of the distill stage) is what it trained where ``distill.size_boost`` lengthened it, and
+``samples_seen`` the training samples it saw (optimizer steps x batch size: a trial's compute).
 """
 
 VAL_ACC = "val_acc"
@@ -26,3 +27,4 @@ VAL_LOST = "val_lost"
 VAL_GAINED = "val_gained"
 N_TEST = "n_test"
 EPOCHS = "epochs"
+SAMPLES_SEEN = "samples_seen"

@@ -191,6 +191,18 @@ def trained_epochs(cfg: DistillConfig, student: nn.Module, ctx: Context) -> floa
     return cfg.epochs * min(cfg.size_boost, max(1.0, teacher_macs / max(1, student_macs)))
 
 
+def training_plan(cfg: DistillConfig, student: nn.Module, ctx: Context) -> tuple[int, int]:
+    """The optimizer steps and the batch size ``student`` distils with under ``cfg``: steps for
+    ``trained_epochs`` of the training split in full batches (at least one), so ``steps *
+    batch_size`` is the training samples it sees, the compute a search spends on it; (0, 0)
+    when ``cfg`` trains nothing."""
+    n = int(ctx.data.train.x.shape[0])  # not len(train): with alpha == 1 the labels are never read
+    if cfg.epochs <= 0 or n == 0:
+        return 0, 0
+    batch_size = min(ctx.batch_size, n)
+    return max(1, round(trained_epochs(cfg, student, ctx) * (n // batch_size))), batch_size
+
+
 @dataclasses.dataclass(frozen=True)
 class Distill:
     """Fine-tunes the (pruned) student against ``ctx.teacher_logits`` and the labels.
@@ -209,19 +221,17 @@ class Distill:
         cfg = self.config
         if cfg.epochs <= 0:
             return model.eval()
-        train = ctx.data.train
-        n = int(train.x.shape[0])  # not len(train): with alpha == 1 the labels are never read
+        n = int(ctx.data.train.x.shape[0])
         if n == 0:
             raise StageError("distill: the training split is empty; expected at least one sample.")
-        batch_size = min(ctx.batch_size, n)
-        steps = max(1, round(trained_epochs(cfg, model, ctx) * (n // batch_size)))
+        steps, batch_size = training_plan(cfg, model, ctx)
 
         soft = self._teacher_logits(ctx, n) if cfg.alpha > 0 else None
         model.to(ctx.device)
         if self.qat:
             prepare_qat(model)
         if cfg.features > 0:
-            with FeatureLoss(ctx.teacher, model, train.x[:2].to(ctx.device)) as features:
+            with FeatureLoss(ctx.teacher, model, ctx.data.train.x[:2].to(ctx.device)) as features:
                 self._train(model, ctx, soft, steps, batch_size, features)
         else:
             self._train(model, ctx, soft, steps, batch_size, None)

@@ -20,7 +20,7 @@ from stages._context import Context
 from stages.cluster import Cluster
 from stages.config import PipelineConfig
 from stages.depth import Depth
-from stages.distill import Distill, trained_epochs
+from stages.distill import Distill, trained_epochs, training_plan
 from stages.export import EXPORT_FORMATS, Export
 from stages.measure import measure_onnx, measure_torch, onnx_sizes
 from stages.prune import Prune
@@ -29,8 +29,9 @@ from stages.quantize import Quantize
 from stages.teacher import teacher_logits
 
 # Called once the structural stages (depth, prune) are done, with the student's torch metrics
-# (params, macs, ...), before any training; the search raises from it to skip a config that is
-# already dominated.
+# (params, macs, ...) and the training samples distillation is to see (``samples_seen``, 0 when
+# it does not run), before any training; the search raises from it to skip a config that is
+# already dominated, and counts what a trial it stops during training saw.
 AfterPrune = Callable[[dict[str, float]], None]
 
 # The torch.export file a trial leaves beside its ONNX artifact when it is not quantized.
@@ -73,10 +74,15 @@ def run_pipeline(
     structural = {"depth", "prune"}
     heard = after_prune is None
     enabled_names = [stage.name for stage, enabled in torch_stages if enabled]
+    samples = 0
     for stage, enabled in torch_stages:
+        if stage.name == "distill" and enabled:
+            steps, batch_size = training_plan(config.distill, model, ctx)
+            samples = steps * batch_size
         if stage.name not in structural and not heard:
             heard = True
-            after_prune(records[-1].metrics if records else measure_torch(model, ctx, accuracy=False))  # type: ignore[misc]
+            pruned = records[-1].metrics if records else measure_torch(model, ctx, accuracy=False)
+            after_prune({**pruned, metrics.SAMPLES_SEEN: float(samples)})  # type: ignore[misc]
         if not enabled:
             continue
         if stage.name == "distill" and config.distill.alpha > 0 and ctx.teacher_logits is None:
@@ -99,6 +105,8 @@ def run_pipeline(
             stage_metrics[metrics.N_VAL] = float(len(ctx.data.val))
         if stage.name == "distill" and config.distill.size_boost > 1:
             stage_metrics[metrics.EPOCHS] = trained_epochs(config.distill, model, ctx)
+        if stage.name == "distill":
+            stage_metrics[metrics.SAMPLES_SEEN] = float(samples)
         records.append(StageRecord(stage.name, seconds, stage_metrics))
 
     model = model.cpu().eval()

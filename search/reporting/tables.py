@@ -49,6 +49,7 @@ _METRIC_COLUMNS: dict[str, tuple[str, Any]] = {
     metrics.PARAMS: ("params", lambda v: f"{v:,.0f}"),
     metrics.MACS: ("MACs", lambda v: f"{v:,.0f}"),
     metrics.EPOCHS: ("epochs", lambda v: f"{v:.3g}"),  # trained, where distill.size_boost lengthened them
+    metrics.SAMPLES_SEEN: ("samples seen", lambda v: f"{v:,.0f}"),  # the training compute
 }
 
 

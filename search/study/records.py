@@ -151,6 +151,13 @@ class TrialRecord:
     def ratio(self, target: str) -> float:
         return self.ratios.get(target, math.nan)
 
+    @property
+    def samples_seen(self) -> int:
+        """Training samples the trial's distillation saw (its compute): from its distill stage
+        record, a stopped trial's included; 0 when it did not train, and for journals written
+        before the figure was recorded (their stage records do not hold what it derives from)."""
+        return sum(int(s.get("metrics", {}).get(m.SAMPLES_SEEN, 0)) for s in self.stages if s.get("stage") == "distill")
+
 
 _STATE_NAMES = {
     TrialState.COMPLETE: "complete",

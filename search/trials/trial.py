@@ -26,17 +26,19 @@ from objectives import (
 )
 from objectives import metrics as m
 from search.study import StudyInfo
-from stages import QUANT_MODES, Context
+from stages import QUANT_MODES, Context, StageRecord
 from stages.config import PipelineConfig
 from stages.pipeline import TORCH_ARTIFACT, run_pipeline
 
 
 class TrialStopped(Exception):
-    """A trial stopped early on purpose; ``saved_s`` estimates the time this saved."""
+    """A trial stopped early on purpose; ``saved_s`` estimates the time this saved, ``stages``
+    records what ran before the stop (a stop during distillation: the samples it had seen)."""
 
-    def __init__(self, reason: str, saved_s: float) -> None:
+    def __init__(self, reason: str, saved_s: float, *, stages: Sequence[dict[str, Any]] = ()) -> None:
         super().__init__(reason)
         self.saved_s = saved_s
+        self.stages = list(stages)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,9 +100,11 @@ def run_trial(
     study shows complete as reference points) disarms both stops.
     """
     started = time.perf_counter()
-    distill_started: list[float] = []
+    # When distillation starts (after_prune runs right before it) and the samples it is to see.
+    distill_plan: list[float] = []
 
     def after_prune(pruned: dict[str, float]) -> None:
+        distill_plan[:] = [time.perf_counter(), pruned.get(m.SAMPLES_SEEN, 0.0)]
         if not (stop_early and scoring.skip_dominated):
             return
         est = estimated_ratio(scoring.target, scoring.baseline, pruned, config.quantize.mode)
@@ -120,15 +124,16 @@ def run_trial(
         # At the end of its budget a trial is measured, feasible or not: it is data for the front.
         if stage != "distill" or scoring.early_stop is None or not stop_early or fraction >= 1.0:
             return
-        if not distill_started:
-            distill_started.append(time.perf_counter())
         if scoring.early_stop.should_stop(fraction, val_acc, scoring.required_accuracy):
-            spent = time.perf_counter() - distill_started[0]
+            distill_started, planned = distill_plan
+            spent = time.perf_counter() - distill_started
             saved = spent / max(fraction, 1e-6) * (1 - fraction)
+            seen = StageRecord("distill", spent, {m.SAMPLES_SEEN: float(round(fraction * planned))})
             raise TrialStopped(
                 f"stopped at {fraction:.0%} of distillation: validation accuracy {val_acc:.2f} % "
                 f"cannot plausibly reach the required {scoring.required_accuracy:.2f} %",
                 saved_s=saved,
+                stages=[seen.to_dict()],
             )
 
     # Each report is a pass over the validation split: only those a stop can act on, and the

@@ -140,6 +140,8 @@ def run_and_record(
     except TrialStopped as stop:
         trial.set_user_attr(REASON, str(stop))
         trial.set_user_attr(SAVED_S, stop.saved_s)
+        if stop.stages:
+            trial.set_user_attr("stages", stop.stages)
         study.tell(trial, state=TrialState.PRUNED)
         return "pruned", None
     except KeyboardInterrupt:

@@ -160,6 +160,10 @@ def test_hopeless_trial_stops_during_distillation(tiny_context, tmp_path: Path) 
         run_trial(config, tiny_context, _scoring(baseline, early_stop=stop), _View([]))
     assert info.value.saved_s > 0
     assert not (tiny_context.workdir / "model.onnx").exists()  # stopped before export
+    # What it trained before the stop is its compute: a quarter of 1 epoch (8 steps of 32).
+    [distill] = info.value.stages
+    assert distill["stage"] == "distill" and distill["seconds"] > 0
+    assert distill["metrics"]["samples_seen"] == 2 * 32
 
 
 def test_dominated_config_is_skipped_before_training(tiny_context) -> None:  # type: ignore[no-untyped-def]

@@ -36,6 +36,7 @@ def test_show_completed_trial(hand: HandMadeStudy, capsys: pytest.CaptureFixture
         s for s in stage_rows if s in ("teacher", "prune", "distill", "export", "quantize", "measure")
     ]
     assert "12.00x smaller" in out
+    assert "samples seen" in out and "2,560" in out  # the distill stage's training compute
     assert "accuracy_drop -0.1 (ok)" in out
     assert str(hand.artifacts_dir / "trials" / "3" / "model.onnx") in out
     assert "pt2 artifact:" in out

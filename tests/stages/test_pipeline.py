@@ -135,3 +135,20 @@ def test_a_boosted_distillation_records_the_epochs_it_trained(
     ratio = measure.measure_torch(teacher, _context(data, teacher, tmp_path), accuracy=False)["macs"] / distill.metrics["macs"]
     assert ratio > 1.5  # 60 % of the channels pruned
     assert distill.metrics["epochs"] == pytest.approx(ratio, rel=1e-6)  # 1 epoch times the MACs ratio
+    # The samples each saw: 256 / batch 32 = 8 steps an epoch, times the epochs, times the batch.
+    assert plain_distill.metrics["samples_seen"] == 8 * 32
+    assert distill.metrics["samples_seen"] == round(8 * ratio) * 32
+
+
+def test_distillation_reports_the_samples_it_will_see_before_it_trains(
+    data: TaskData, teacher: torch.nn.Module, tmp_path: Path
+) -> None:
+    heard: list[dict[str, float]] = []
+    for epochs in (1.5, 0.0):
+        run_pipeline(
+            PipelineConfig.from_flat({**CONFIG, "distill.epochs": epochs}),
+            _context(data, teacher, tmp_path / str(epochs)),
+            after_prune=heard.append,
+        )
+    assert [h["samples_seen"] for h in heard] == [12 * 32, 0]  # 1.5 epochs of 8 steps
+    assert all("macs" in h for h in heard)
