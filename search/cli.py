@@ -93,9 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `mcaas-search --target size ...` means `mcaas-search run --target size ...`.
     if not args_list or args_list[0] not in COMMANDS:
         args_list.insert(0, "run")
-    parser = build_parser(args_list[0])
-    args = parser.parse_args(args_list)
     try:
+        # Inside the try: a command's flags may need an optional extra (serve: the service).
+        parser = build_parser(args_list[0])
+        args = parser.parse_args(args_list)
         with redeliver_lost_interrupts():
             return int(args.handler(args) or 0)
     except USER_ERRORS as exc:

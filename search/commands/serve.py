@@ -52,7 +52,22 @@ def _megabytes(text: str) -> float:
     return value
 
 
+def require_service_packages() -> None:
+    """Refuse in one line, before ``search.service`` is imported, when the ``service`` extra is
+    not installed (a plain ``pip install mcaas-search`` leaves it out)."""
+    try:
+        import fastapi  # noqa: F401
+        import python_multipart  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise UserError(
+            f"serve needs FastAPI, uvicorn and python-multipart ({exc.name} is missing): "
+            "pip install 'mcaas-search[service]'"
+        ) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    require_service_packages()  # `serve --help` too: its defaults come from search.service
     from search.service.config import DEFAULT_FOLDER, DEFAULT_MAX_UPLOAD_MB
 
     parser.add_argument(
@@ -109,15 +124,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        import fastapi  # noqa: F401
-        import python_multipart  # noqa: F401
-        import uvicorn
-    except ImportError as exc:
-        raise UserError(
-            f"serve needs FastAPI, uvicorn and python-multipart ({exc.name} is missing): "
-            "pip install 'mcaas-search[service]'"
-        ) from None
+    import uvicorn  # present: add_arguments checked the service extra
 
     from search.service.app import create_app
     from search.service.auth import load_or_create_token

@@ -15,6 +15,8 @@ import contextlib
 import hashlib
 import io
 import os
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -345,6 +347,26 @@ def test_bad_flag_values_are_refused(
 ) -> None:
     _refused(capsys, *argv, says=says)
     assert _tree(workdir) == {}
+
+
+# A Python without the `service` extra: every import of fastapi fails as a missing module would.
+WITHOUT_FASTAPI = (
+    "import sys; sys.modules['fastapi'] = None; from search.cli import main; "
+    "raise SystemExit(main(sys.argv[1:]))"
+)
+
+
+@pytest.mark.parametrize("argv", [["serve"], ["serve", "--help"]])
+def test_serve_without_the_service_extra_names_it_in_one_line(argv: list[str], tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_FASTAPI, *argv], cwd=tmp_path, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}, timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert "fastapi is missing" in done.stderr
+    assert "pip install 'mcaas-search[service]'" in done.stderr
+    assert done.stdout == ""
 
 
 def test_an_unreachable_storage_fails_fast_and_writes_nothing(
