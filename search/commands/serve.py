@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     if not ipaddress.ip_address(host).is_loopback:
         print("note: listening beyond loopback; anyone who can reach it and holds the token can run jobs", flush=True)
     print("Ctrl-C stops the server; running jobs go on and the next start picks them up", flush=True)
-    app = create_app(config, token)
+    app = create_app(config, token, token_file=args.token_file)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
     server.run(sockets=[sock])
     return 0

@@ -1,4 +1,5 @@
-"""The FastAPI application: the ``/api`` routes (bearer token on every one), the page at ``/``
+"""The FastAPI application: the ``/api`` routes (bearer token on every one but ``/api/health``,
+which a liveness probe reads and which says nothing but status and version), the page at ``/``
 and its static files (plotly.js from the installed plotly package: no CDN).
 
 Blocking work (storage reads, upload checks, exports) runs in FastAPI's thread pool; training
@@ -8,6 +9,7 @@ runs only in job worker processes, so status requests are answered while jobs tr
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
@@ -15,11 +17,11 @@ from typing import Any
 
 import plotly
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from search.service.auth import token_matches
+from search.service.auth import token_matches, where_the_token_is
 from search.service.config import ServerConfig
 from search.service.errors import ApiError, error_response, install_handlers
 from search.service.events import status_events
@@ -30,6 +32,17 @@ from search.service.uploads import list_models, load_model, save_upload
 
 STATIC = Path(__file__).with_name("static")
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+def _installed_version() -> str:
+    """This package's version, as pip installed it ("unknown" for a checkout run from source)."""
+    try:
+        return importlib.metadata.version("mcaas-search")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+VERSION = _installed_version()
 # Bodies other than uploads are small JSON documents (a space file is a few hundred bytes).
 MAX_JSON_BYTES = 1_000_000
 MULTIPART_SLACK = 1_000_000  # form fields and part headers around the uploaded files
@@ -80,10 +93,13 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
-def create_app(config: ServerConfig, token: str, *, start_jobs: bool = True) -> FastAPI:
-    """The app for ``config``; ``token`` guards ``/api``. With ``start_jobs`` the job scheduler
-    runs while the app does and each upload is inspected in its own process (``start_jobs=False``:
-    requests are accepted and kept, nothing is run; for tests)."""
+def create_app(
+    config: ServerConfig, token: str, *, token_file: Path | None = None, start_jobs: bool = True
+) -> FastAPI:
+    """The app for ``config``; ``token`` guards ``/api`` (``token_file``: the ``--token-file`` it
+    came from, which the log-in page mentions; None: the server folder's). With ``start_jobs`` the
+    job scheduler runs while the app does and each upload is inspected in its own process
+    (``start_jobs=False``: requests are accepted and kept, nothing is run; for tests)."""
     jobs = Jobs(config)
     studies = Studies(config, jobs)
     inspections = Inspections(config)
@@ -111,10 +127,15 @@ def create_app(config: ServerConfig, token: str, *, start_jobs: bool = True) -> 
         return error_response(413, str(exc))
 
     app.add_middleware(BodyLimit, upload_limit=config.max_upload_bytes)
+    @app.get("/api/health")
+    def health() -> dict[str, str]:
+        """Liveness, for probes that send no token: nothing about jobs, models or settings."""
+        return {"status": "ok", "version": VERSION}
+
     api = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
 
-    @api.get("/health")
-    def health() -> dict[str, Any]:
+    @api.get("/server")
+    def server() -> dict[str, Any]:
         names = jobs.names()
         states = [jobs.state(n)["state"] for n in names]
         return {
@@ -236,8 +257,9 @@ def create_app(config: ServerConfig, token: str, *, start_jobs: bool = True) -> 
     app.include_router(api)
 
     @app.get("/", include_in_schema=False)
-    def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
+    def page() -> HTMLResponse:
+        html = (STATIC / "index.html").read_text(encoding="utf-8")
+        return HTMLResponse(html.replace("{{where_the_token_is}}", where_the_token_is(token_file)))
 
     @app.get("/static/{name}", include_in_schema=False)
     def static(name: str) -> FileResponse:

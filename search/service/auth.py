@@ -19,6 +19,16 @@ TOKEN_FILE = "token"
 MIN_TOKEN_CHARS = 16
 
 
+def where_the_token_is(token_file: Path | None) -> str:
+    """The log-in page's hint (HTML): how this server was given its token. It names no path, since
+    anyone who can reach the page reads it."""
+    if token_file is not None:
+        return ("The server was started with <code>--token-file</code>: the token is that file's "
+                "content (whoever started the server has it).")
+    return ("The server printed it at its first start (and keeps it in its folder, file "
+            f"<code>{TOKEN_FILE}</code>).")
+
+
 def load_or_create_token(folder: Path, token_file: Path | None = None) -> tuple[str, bool]:
     """``(token, created)``: the token of ``token_file`` or of the server folder, generated and
     written there (0600) when the folder has none yet."""

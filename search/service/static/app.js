@@ -36,13 +36,13 @@ const fmt = (x, digits = 2) => (typeof x === "number" && isFinite(x) ? x.toFixed
 async function login() {
   token = $("token").value.trim() || token;
   try {
-    const health = await getJson("/health");
+    const server = await getJson("/server");
     sessionStorage.setItem("mcaas-token", token);
     showError("");
     $("login").hidden = true;
     $("main").hidden = false;
     const datasets = $("upload-dataset");
-    datasets.replaceChildren(...health.datasets.map((d) => new Option(d, d)));
+    datasets.replaceChildren(...server.datasets.map((d) => new Option(d, d)));
     await refreshModels();
     await refreshStudies();
     setInterval(() => refreshStudies().catch(() => {}), 5000);

@@ -4,6 +4,7 @@ still serving), the page and its offline plotly, and the server's data roots."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
 import os
@@ -80,16 +81,31 @@ def _upload(client: TestClient, data: bytes, **fields: str):  # type: ignore[no-
 # Token
 
 
-def test_every_api_route_needs_the_token(config: ServerConfig) -> None:
+def test_every_api_route_but_health_needs_the_token(config: ServerConfig) -> None:
     with TestClient(create_app(config, TOKEN, start_jobs=False)) as c:
-        for method, path in [("get", "/api/health"), ("get", "/api/studies"), ("post", "/api/studies"),
-                             ("get", "/api/studies/x/front"), ("post", "/api/models")]:
+        for method, path in [("get", "/api/server"), ("get", "/api/studies"), ("post", "/api/studies"),
+                             ("get", "/api/studies/x/front"), ("post", "/api/models"), ("get", "/api/models")]:
             _error(getattr(c, method)(path), 401, "token")
             _error(getattr(c, method)(path, headers={"Authorization": "Bearer wrong" + TOKEN}), 401, "token")
             _error(getattr(c, method)(path, headers={"Authorization": TOKEN}), 401, "token")
-        assert c.get("/api/health", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        server = c.get("/api/server", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert server.status_code == 200 and server.json()["datasets"] == ["digits"]
+        # A liveness probe sends no token, and learns nothing but that the server is up.
+        health = c.get("/api/health")
+        assert health.status_code == 200
+        assert health.json() == {"status": "ok", "version": importlib.metadata.version("mcaas-search")}
         # The page and its scripts need none: the token is typed into the page.
         assert c.get("/").status_code == 200
+
+
+@pytest.mark.parametrize("token_file", [None, Path("secret")])
+def test_the_log_in_page_says_how_the_token_was_given(config: ServerConfig, token_file: Path | None) -> None:
+    with TestClient(create_app(config, TOKEN, token_file=token_file, start_jobs=False)) as c:
+        page = c.get("/").text
+    assert "{{" not in page
+    assert ("printed it at its first start" in page) == (token_file is None)
+    assert ("started with <code>--token-file</code>" in page) == (token_file is not None)
+    assert "secret" not in page  # the page is public: it names no path
 
 
 def test_the_token_is_made_once_owner_only_and_kept(tmp_path: Path) -> None:
