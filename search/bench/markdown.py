@@ -147,7 +147,7 @@ def markdown(
         "",
         "| system | model / data | size ratio | CPU latency ratio | accuracy drop |",
         "|---|---|---:|---:|---:|",
-        *(f"| {s} | {task} | {size:g}x | {lat:g}x | -{drop:g} pt |" for s, task, size, lat, drop in PUBLISHED),
+        *(f"| {s} | {task} | {size:g}x | {lat:g}x | {drop:g} pt |" for s, task, size, lat, drop in PUBLISHED),
     ]
     lines += ["", *_cost_lines(summary)]
     lines += ["", "### Plots", ""]

@@ -29,7 +29,7 @@ class Snapshot:
     def describe(self, target: str) -> str:
         parts = [f"{self.running} running", f"{self.pruned} pruned", f"{self.failed} failed"]
         if self.best_ratio is not None and self.best_drop is not None:
-            parts.append(f"best feasible: {self.best_ratio:.1f}x {target}, {-self.best_drop:+.2f} pt")
+            parts.append(f"best feasible: {self.best_ratio:.1f}x {target}, drop {self.best_drop:.2f} pt")
         else:
             parts.append("no feasible trial yet")
         if self.eta_s is not None:

@@ -16,6 +16,7 @@ from rich.console import Console
 from objectives import PairedDrop
 from search.reporting import page
 from search.reporting.format import settings_summary
+from search.reporting.progress import snapshot
 from search.reporting.tables import print_front
 from search.study import load_study, open_storage, trial_records
 from tests.search.study_fixtures import (
@@ -150,6 +151,22 @@ def test_front_table_never_cuts_numbers_and_always_shows_settings(
         assert f"  {pick.number}: {settings}" in text
     else:  # a settings column in the table
         assert re.search(r"┃\s*settings\s*┃", text)
+
+
+def test_the_progress_line_and_the_front_table_give_the_drop_one_sign(
+    hand: HandMadeStudy, loaded: tuple[optuna.Study, list]
+) -> None:
+    study, records = loaded
+    console = Console(width=200, record=True, color_system=None)
+    pick = print_front(console, hand.info, records, study_name=hand.name, storage=hand.storage)
+    assert pick is not None
+    lost = hand.info.teacher_acc - pick.metrics["val_acc"]
+    assert lost > 0  # the recommended trial lost points: both must print them positive
+    line = snapshot(study, hand.info, total=8, jobs=1).describe(hand.info.target)
+    assert f"drop {lost:.2f} pt" in line and "-" not in line.partition("best feasible")[2]
+    rows = [r.split("│") for r in console.export_text().splitlines() if r.startswith("│")]
+    row = next(cells for cells in rows if cells[1].strip() == f"{pick.number}*")
+    assert row[3].strip() == f"{lost:.2f}"  # trial, val %, drop pt
 
 
 def test_settings_summary_says_what_depth_removed() -> None:
