@@ -174,7 +174,7 @@ def print_try_result(console: Console, summary: dict) -> None:
         + ", ".join(f"{k} {v:.2f}x" for k, v in summary["ratios"].items())
         + f"; accuracy drop {drop_text(teacher['val_acc'] - metrics['val_acc'], paired_val_drop(metrics))}"
         + " pt (val, ± its 95 % interval), "
-        + f"{teacher['test_acc'] - metrics['test_acc']:+.2f} pt (test)"
+        + f"{teacher['test_acc'] - metrics['test_acc']:.2f} pt (test)"
     )
     per_stage = Table(title="after each stage (prune/distill/cluster: PyTorch; export/quantize: ONNX Runtime)")
     columns = [

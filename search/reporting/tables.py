@@ -343,7 +343,7 @@ def _final_table(info: StudyInfo, record: TrialRecord) -> Table:
             teacher = record.metrics.get(metrics.TEACHER_LATENCY_THREADS, teacher)
         elif key in (metrics.VAL_ACC, metrics.TEST_ACC):
             if teacher is not None:
-                change = f"{value - teacher:+.2f} pt"
+                change = f"drop {teacher - value:.2f} pt"  # lost points positive, as the front's
         elif key in ratio_of and ratio_of[key][0] in record.ratios:
             change = f"{record.ratios[ratio_of[key][0]]:.2f}x {ratio_of[key][1]}"
         elif teacher is not None and value > 0:

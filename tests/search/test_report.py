@@ -17,7 +17,7 @@ from objectives import PairedDrop
 from search.reporting import page
 from search.reporting.format import settings_summary
 from search.reporting.progress import snapshot
-from search.reporting.tables import print_front
+from search.reporting.tables import print_front, print_trial
 from search.study import load_study, open_storage, trial_records
 from tests.search.study_fixtures import (
     HandMadeStudy,
@@ -167,6 +167,9 @@ def test_the_progress_line_and_the_front_table_give_the_drop_one_sign(
     rows = [r.split("│") for r in console.export_text().splitlines() if r.startswith("│")]
     row = next(cells for cells in rows if cells[1].strip() == f"{pick.number}*")
     assert row[3].strip() == f"{lost:.2f}"  # trial, val %, drop pt
+    console = Console(width=200, record=True, color_system=None)
+    print_trial(console, hand.info, pick, records, study_name=hand.name, storage=hand.storage)
+    assert f"drop {lost:.2f} pt" in console.export_text()  # `show`'s final metrics
 
 
 def test_settings_summary_says_what_depth_removed() -> None:
