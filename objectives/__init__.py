@@ -1,5 +1,6 @@
 """Scoring of compression trials: ratios against the teacher, constraints, Pareto front,
-hypervolume, the recommended trial and early stopping. Pure Python (no torch, no Optuna)."""
+hypervolume, the recommended trial (and the rule that picks it) and early stopping. Pure Python
+(no torch, no Optuna)."""
 
 from objectives._constraints import (
     DROP_TYPES,
@@ -12,6 +13,15 @@ from objectives._early_stop import EarlyStop, dominated_before_training
 from objectives._errors import ObjectiveError
 from objectives._paired import Z95, PairedDrop, paired_drop
 from objectives._pareto import Point, hypervolume, pareto_front, recommend
+from objectives._selection import (
+    DEFAULT_SELECTION,
+    SELECTIONS,
+    Selection,
+    recommend_confident,
+    selection,
+    tightest_vouched,
+    vouched,
+)
 from objectives._targets import (
     TARGET_METRIC,
     TARGET_REGISTRY,
@@ -24,6 +34,8 @@ from objectives._targets import (
 )
 
 __all__ = [
+    "DEFAULT_SELECTION",
+    "SELECTIONS",
     "DROP_TYPES",
     "TARGETS",
     "TARGET_METRIC",
@@ -34,6 +46,7 @@ __all__ = [
     "ObjectiveError",
     "PairedDrop",
     "Point",
+    "Selection",
     "Target",
     "closest_infeasible",
     "dominated_before_training",
@@ -46,5 +59,9 @@ __all__ = [
     "ratio",
     "ratios",
     "recommend",
+    "recommend_confident",
+    "selection",
     "target",
+    "tightest_vouched",
+    "vouched",
 ]

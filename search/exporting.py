@@ -21,11 +21,11 @@ from typing import Any
 import optuna
 import torch
 
-from objectives import format_violations, metrics
+from objectives import DEFAULT_SELECTION, SELECTIONS, format_violations, metrics
 from search.errors import UserError, first_line
 from search.study import StudyInfo, TrialRecord
 from search.study.artifacts import fetch_trial_file
-from search.study.scoring import closest_records, recommended_record
+from search.study.scoring import closest_records, recommended_record, unvouched_note
 from search.study.storage import STUDIES_DIR
 from search.workloads.workload import WorkloadSpec, load_task_data
 from stages import EXPORT_FORMATS, Split, TaskData
@@ -82,27 +82,15 @@ def select_trial(
     study_name: str,
     trial: int | None,
     best: bool,
+    select: str = DEFAULT_SELECTION,
 ) -> Selection:
     """The trial ``--trial N`` or ``--best`` names, refusing any that has no model to export.
 
-    ``--best`` is ``objectives.recommend`` over the feasible trials: the most compressed trial
-    on the feasible Pareto front.
+    ``--best`` is the recommended trial under the selection rule ``select`` (see
+    :func:`best_trial`).
     """
     if best:
-        pick = recommended_record(info, records)
-        if pick is None:
-            closest = closest_records(info, records, 1)
-            hint = (
-                f"closest: trial {closest[0][0].number}, which broke "
-                f"{format_violations(closest[0][1])}"
-                if closest
-                else "no trial has completed yet"
-            )
-            raise UserError(
-                f"--best: no trial of study {study_name!r} is feasible "
-                f"({info.constraint.describe()}); {hint}; export one explicitly with --trial N"
-            )
-        record, why = pick, "--best: the most compressed feasible trial on the Pareto front"
+        record, why = best_trial(info, records, study_name=study_name, select=select)
     else:
         if trial is None:
             raise UserError("name the trial to export with --trial N, or pass --best")
@@ -113,6 +101,29 @@ def select_trial(
         record, why = by_number[trial], f"--trial {trial}"
     _check_exportable(record)
     return Selection(record, why)
+
+
+def best_trial(
+    info: StudyInfo, records: Sequence[TrialRecord], *, study_name: str, select: str
+) -> tuple[TrialRecord, str]:
+    """``--best``: the recommended trial under ``select`` (``objectives.SELECTIONS``; by default
+    the most compressed feasible trial whose validation drop the split vouches for) and why it
+    was chosen; a UserError saying what the data allows when there is none."""
+    pick = recommended_record(info, records, select)
+    if pick is not None:
+        return pick, f"--best: {SELECTIONS[select].describe}"
+    if recommended_record(info, records, "point") is not None:
+        raise UserError(f"--best: {unvouched_note(info, records)}; or export one with --trial N")
+    closest = closest_records(info, records, 1)
+    hint = (
+        f"closest: trial {closest[0][0].number}, which broke {format_violations(closest[0][1])}"
+        if closest
+        else "no trial has completed yet"
+    )
+    raise UserError(
+        f"--best: no trial of study {study_name!r} is feasible "
+        f"({info.constraint.describe()}); {hint}; export one explicitly with --trial N"
+    )
 
 
 def _check_exportable(record: TrialRecord) -> None:

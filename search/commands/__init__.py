@@ -13,7 +13,7 @@ from search.study import storage_url
 if TYPE_CHECKING:
     from search.workloads.workload import WorkloadSpec
 
-__all__ = ["add_storage_argument", "add_workload_arguments", "spec_from_args"]
+__all__ = ["add_select_argument", "add_storage_argument", "add_workload_arguments", "spec_from_args"]
 
 
 def add_storage_argument(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +22,21 @@ def add_storage_argument(parser: argparse.ArgumentParser) -> None:
         "--storage",
         default=None,
         help=f"study storage: journal file or RDB URL (default: {storage_url(None)})",
+    )
+
+
+def add_select_argument(parser: argparse.ArgumentParser) -> None:
+    """``--select``, the rule for the recommended trial, as every command that names it takes it."""
+    from objectives import DEFAULT_SELECTION, SELECTIONS
+
+    parser.add_argument(
+        "--select",
+        choices=tuple(SELECTIONS),
+        default=DEFAULT_SELECTION,
+        help="which feasible trial is recommended: "
+        + "; ".join(f"{s.name}: {s.describe}" for s in SELECTIONS.values())
+        + f" (default {DEFAULT_SELECTION}: on a small validation split the most compressed "
+        "trial on its point estimate is often one that got lucky on those images)",
     )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from objectives import format_violations
-from search.commands import add_storage_argument
+from search.commands import add_select_argument, add_storage_argument
 from search.exporting import (
     FORMATS,
     check_out_path,
@@ -30,8 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument(
         "--best",
         action="store_true",
-        help="export the recommended trial: the most compressed feasible trial on the Pareto front",
+        help="export the recommended trial (see --select)",
     )
+    add_select_argument(parser)
     parser.add_argument(
         "--out", type=Path, required=True, metavar="PATH", help="model file to write (its folder must exist)"
     )
@@ -51,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     info = StudyInfo.load(study)
     check_out_path(args.out)
     selection = select_trial(
-        info, trial_records(study), study_name=args.study, trial=args.trial, best=args.best
+        info, trial_records(study), study_name=args.study, trial=args.trial, best=args.best,
+        select=args.select,
     )
     selection = fetch_files(study, selection)
     record = selection.record

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from search.commands import add_storage_argument
+from search.commands import add_select_argument, add_storage_argument
 from search.errors import UserError
 from search.reporting.page import TRIALS_CSV, write_report
 from search.reporting.reference import read_reference
@@ -20,6 +20,7 @@ from search.study import StudyInfo, load_study, open_storage, trial_records
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--study", required=True, help="name of the study to report on")
     add_storage_argument(parser)
+    add_select_argument(parser)
     parser.add_argument(
         "--reference",
         type=Path,
@@ -72,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     out = _out_dir(args.out if args.out is not None else Path(info.artifacts_dir))
 
     console = Console()
-    print_front(console, info, records, study_name=args.study, storage=args.storage)
+    print_front(console, info, records, study_name=args.study, storage=args.storage,
+                select=args.select)
     print_failures(console, records)
     html_path = write_report(study, info, out_dir=out, storage=args.storage, references=references)
     console.print(f"report: {html_path}", highlight=False, soft_wrap=True)

@@ -23,7 +23,7 @@ from search.backends import (
     make_backend,
     run_study,
 )
-from search.commands import add_workload_arguments, spec_from_args
+from search.commands import add_select_argument, add_workload_arguments, spec_from_args
 from search.errors import UserError
 from search.reporting.progress import LiveProgress
 from search.study import (
@@ -129,6 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     goal.add_argument("--max-size", type=float, default=None, metavar="BYTES", help="largest file size allowed")
     goal.add_argument("--max-latency", type=float, default=None, metavar="MS", help="largest batch-1 latency allowed")
+    add_select_argument(parser)
     search = parser.add_argument_group("search")
     search.add_argument(
         "--trials", type=_int_up_to(MAX_TRIALS), default=40, help="the study's total trials, fixed profiles included"
@@ -233,7 +234,8 @@ def _finish(out: Console, console: Console, result: StudyRun, args: argparse.Nam
 
     study, info = result.study, result.info
     records = trial_records(study)
-    print_front(out, info, records, study_name=study.study_name, storage=args.storage)
+    print_front(out, info, records, study_name=study.study_name, storage=args.storage,
+                select=args.select)
     print_failures(out, records)
     pruned = [r for r in records if r.state == "pruned"]
     if pruned:

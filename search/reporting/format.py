@@ -10,7 +10,7 @@ from typing import Any
 
 from objectives import PairedDrop
 from search.study import StudyInfo, TrialRecord
-from search.study.scoring import paired_val_drop
+from search.study.scoring import accuracy_drop, paired_val_drop, recommended_record
 
 
 def format_bytes(n: float | None) -> str:
@@ -64,6 +64,21 @@ def interval_note(info: StudyInfo, pick: TrialRecord, paired: PairedDrop | None)
         f"the bound ({allowed:.2f} pt) lies inside the 95 % interval of this drop "
         f"([{low:.1f}, {high:.1f}] pt on {paired.n} validation images): the validation split "
         "cannot tell this trial from one that breaks the bound; its test accuracy is the check"
+    )
+
+
+def passed_over_note(info: StudyInfo, records: Iterable[TrialRecord], pick: TrialRecord) -> str | None:
+    """A sentence naming the trial the point estimate would have recommended, when the
+    recommended ``pick`` is another one (the validation split cannot vouch for that trial)."""
+    point = recommended_record(info, list(records), "point")
+    if point is None or point.number == pick.number:
+        return None
+    paired = paired_val_drop(point.metrics)
+    upper = "" if paired is None else f", its 95 % interval reaching {paired.interval()[1]:.2f} pt"
+    return (
+        f"trial {point.number} ({point.ratio(info.target):.2f}x) is within the bound only on its "
+        f"measured drop ({format_number(accuracy_drop(info, point), '.2f')} pt{upper}), so it is "
+        "not recommended; --select point takes it"
     )
 
 

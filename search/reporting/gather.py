@@ -17,15 +17,22 @@ import optuna
 
 from objectives import Point, format_violations, hypervolume, metrics
 from search.errors import first_line
-from search.reporting.format import format_bytes, settings_summary, state_counts
+from search.reporting.format import (
+    format_bytes,
+    passed_over_note,
+    settings_summary,
+    state_counts,
+)
 from search.reporting.reference import ReferencePoint
 from search.study import StudyInfo, TrialRecord
 from search.study.scoring import (
     accuracy_drop,
     closest_records,
     front_records,
+    held_on_test,
     objectives_of,
     recommended_record,
+    unvouched_note,
 )
 
 # The drop axis shows losses up to this many times the bound, plus one point (as the bench's
@@ -283,6 +290,11 @@ class ReportData:
     recommended: TrialRecord | None
     closest: list[tuple[TrialRecord, dict[str, float]]]
     export_line: str | None  # the command that exports the recommended trial
+    # Lines on the recommendation: the point-estimate trial it passed over, what the data vouches
+    # for when it recommends none, and how often the bound held on test.
+    passed_over: str | None = None
+    unvouched: str | None = None
+    held_on_test: str | None = None
 
 
 def gather_report(
@@ -294,6 +306,9 @@ def gather_report(
     export_line: str | None = None,
 ) -> ReportData:
     """Every record the HTML page shows, gathered once from ``records``."""
+    pick = recommended_record(info, records)
+    front = front_records(info, records)
+    held = held_on_test(info, records)
     return ReportData(
         study_name=study.study_name,
         info=info,
@@ -301,8 +316,11 @@ def gather_report(
         stages=gather_stages(info, records),
         importances=gather_importances(study),
         history=gather_history(info, records),
-        front=front_records(info, records),
-        recommended=recommended_record(info, records),
+        front=front,
+        recommended=pick,
         closest=closest_records(info, records),
         export_line=export_line,
+        passed_over=None if pick is None else passed_over_note(info, records, pick),
+        unvouched=unvouched_note(info, records) if pick is None and front else None,
+        held_on_test=None if held is None else held.describe(info.constraint.allowed_drop(info.teacher_acc)),
     )

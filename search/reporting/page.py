@@ -17,7 +17,7 @@ import optuna
 import pandas as pd
 import plotly.graph_objects as go
 
-from objectives import format_violations, metrics
+from objectives import DEFAULT_SELECTION, SELECTIONS, format_violations, metrics
 from search.reporting.figures import (
     draw_history,
     draw_importances,
@@ -133,11 +133,13 @@ def _summary_html(data: ReportData) -> str:
             + f": {format_number(pick.ratio(info.target), '.2f')}x {html.escape(info.target)} at "
             f"{html.escape(drop_text(drop, paired_val_drop(pick.metrics)))} pt validation drop, test accuracy "
             f"{format_number(pick.metrics.get(metrics.TEST_ACC), '.2f')} % "
-            "(the most compressed feasible trial on the front).</p>"
+            f"({html.escape(SELECTIONS[DEFAULT_SELECTION].describe)}).</p>"
         )
-        note = interval_note(info, pick, paired_val_drop(pick.metrics))
-        if note is not None:
-            lines.append(f"<p class='muted'>Note: {html.escape(note)}.</p>")
+        for note in (interval_note(info, pick, paired_val_drop(pick.metrics)), data.passed_over):
+            if note is not None:
+                lines.append(f"<p class='muted'>Note: {html.escape(note)}.</p>")
+    elif data.unvouched is not None:
+        lines.append(f"<p><b>Nothing recommended:</b> {html.escape(data.unvouched)}.</p>")
     else:
         closest = (
             f" Closest: trial {data.closest[0][0].number}, which broke "
@@ -146,6 +148,8 @@ def _summary_html(data: ReportData) -> str:
             else ""
         )
         lines.append(f"<p><b>No trial is feasible yet.</b>{closest}</p>")
+    if data.held_on_test is not None:
+        lines.append(f"<p class='muted'>{html.escape(data.held_on_test)}.</p>")
     if data.export_line:
         lines.append(f"<p>Export it: <code>{html.escape(data.export_line)}</code></p>")
     return "\n".join(lines)

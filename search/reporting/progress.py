@@ -1,5 +1,5 @@
 """Live progress of a search, read from the study storage (so it works for any number of
-workers and either backend): trials done / running / pruned / failed, best feasible, ETA."""
+workers and either backend): trials done / running / pruned / failed, recommended, ETA."""
 
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ class Snapshot:
     def describe(self, target: str) -> str:
         parts = [f"{self.running} running", f"{self.pruned} pruned", f"{self.failed} failed"]
         if self.best_ratio is not None and self.best_drop is not None:
-            parts.append(f"best feasible: {self.best_ratio:.1f}x {target}, drop {self.best_drop:.2f} pt")
+            parts.append(f"recommended: {self.best_ratio:.1f}x {target}, drop {self.best_drop:.2f} pt")
         else:
-            parts.append("no feasible trial yet")
+            parts.append("none recommended yet")
         if self.eta_s is not None:
             parts.append(f"ETA {_duration(self.eta_s)}")
         return " · ".join(parts)

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from objectives import TARGET_REGISTRY, format_violations, metrics
+from objectives import DEFAULT_SELECTION, SELECTIONS, TARGET_REGISTRY, format_violations, metrics
 from search.reporting.format import (
     describe_counts,
     drop_legend,
@@ -23,6 +23,7 @@ from search.reporting.format import (
     format_bytes,
     format_number,
     interval_note,
+    passed_over_note,
     settings_summary,
     state_counts,
 )
@@ -31,9 +32,11 @@ from search.study.scoring import (
     accuracy_drop,
     closest_records,
     front_records,
+    held_on_test,
     objectives_of,
     paired_val_drop,
     recommended_record,
+    unvouched_note,
 )
 from spaces import is_mcaas_profile
 
@@ -72,10 +75,12 @@ def print_front(
     *,
     study_name: str,
     storage: str | None,
+    select: str = DEFAULT_SELECTION,
 ) -> TrialRecord | None:
-    """Print the feasible Pareto front (plus the MCaaS profile trials beside it), the recommended
-    trial and the command that exports it; or, when no trial is feasible, the closest trials and
-    the bound each broke. Returns the recommended trial (None when none is feasible)."""
+    """Print the feasible Pareto front (plus the MCaaS profile trials beside it), the trial
+    recommended under ``select`` and the command that exports it (or, when that rule vouches
+    for no trial, one line saying what the data can vouch for); when no trial is feasible, the
+    closest trials and the bound each broke. Returns the recommended trial or None."""
     counts = state_counts(records)
     required = info.constraint.required_accuracy(info.teacher_acc)
     console.print(
@@ -85,7 +90,7 @@ def print_front(
         highlight=False,
     )
     front = front_records(info, records)
-    pick = recommended_record(info, records)
+    pick = recommended_record(info, records, select)
     if not front:
         _print_no_feasible(console, info, records, study_name=study_name, storage=storage)
         return None
@@ -129,7 +134,14 @@ def print_front(
     legend = drop_legend(rows)
     if legend is not None:
         console.print(f"[dim]{escape(legend)}[/]", highlight=False)
-    assert pick is not None
+    held = held_on_test(info, records)
+    if held is not None:
+        allowed = info.constraint.allowed_drop(info.teacher_acc)
+        console.print(f"[dim]{escape(held.describe(allowed))}[/]", highlight=False)
+    if pick is None:
+        console.print(f"[yellow]nothing recommended:[/] {escape(unvouched_note(info, records))}",
+                      highlight=False)
+        return None
     drop = accuracy_drop(info, pick)
     console.print(
         f"recommended (*): trial {pick.number}"
@@ -137,15 +149,17 @@ def print_front(
         + f": {_ratio_text(pick, info.target)} {escape(info.target)} at "
         f"{drop_text(drop, paired_val_drop(pick.metrics))} pt validation drop, test accuracy "
         f"{format_number(pick.metrics.get(metrics.TEST_ACC), '.2f')} % "
-        "(the most compressed feasible trial)",
+        f"({escape(SELECTIONS[select].describe)})",
         highlight=False,
     )
-    note = interval_note(info, pick, paired_val_drop(pick.metrics))
-    if note is not None:
-        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    for note in (interval_note(info, pick, paired_val_drop(pick.metrics)),
+                 passed_over_note(info, records, pick)):
+        if note is not None:
+            console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     console.print("export it:", highlight=False)
-    console.print("  " + export_command(study_name, storage), markup=False, highlight=False,
-                  soft_wrap=True)
+    trial = None if select == DEFAULT_SELECTION else pick.number
+    console.print("  " + export_command(study_name, storage, trial=trial), markup=False,
+                  highlight=False, soft_wrap=True)
     return pick
 
 
@@ -384,7 +398,7 @@ def study_row(name: str, info: StudyInfo | None, records: Sequence[TrialRecord],
 
 
 def print_studies(console: Console, rows: Sequence[StudyRow], *, storage: str) -> None:
-    """The studies of a storage with trial counts, target, constraint and best feasible ratio."""
+    """The studies of a storage with trial counts, target, constraint and recommended ratio."""
     if not rows:
         console.print(f"no studies in {escape(storage)}", highlight=False)
         return
@@ -392,7 +406,7 @@ def print_studies(console: Console, rows: Sequence[StudyRow], *, storage: str) -
     for name, justify in (
         ("study", "left"), ("trials", "right"), ("complete", "right"), ("feasible", "right"),
         ("pruned", "right"), ("failed", "right"), ("target", "left"), ("constraint", "left"),
-        ("best feasible ratio", "right"),
+        ("recommended ratio", "right"),
     ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for row in rows:

@@ -521,6 +521,7 @@ def _bad_values(inputs: Path, hand: HandMadeStudy) -> dict[str, dict[str, st.Sea
             **workload,
             "--target": choice, "--drop-type": choice, "--backend": choice, "--sampler": choice,
             "--max-drop": floats("-1", "100", "nan", "inf", "1e9"),
+            "--select": choice,
             "--max-size": floats("0", "-5", "nan", "inf"),
             "--max-latency": floats("0", "-5", "nan", "inf"),
             "--trials": ints("0") | huge, "--jobs": ints("0") | huge, "--threads": ints("0") | huge,
@@ -554,6 +555,7 @@ def _bad_values(inputs: Path, hand: HandMadeStudy) -> dict[str, dict[str, st.Sea
             "--reference": st.sampled_from([missing, str(inputs / "garbage.pt"), str(inputs)]),
             "--out": st.just(hand.storage),  # a file, not a folder
             "--screenshot": st.just(missing),
+            "--select": choice,
         },
         "show": {
             "--study": st.sampled_from(["", "nope", "foreign"]),
@@ -566,6 +568,7 @@ def _bad_values(inputs: Path, hand: HandMadeStudy) -> dict[str, dict[str, st.Sea
             | junk,
             "--out": st.sampled_from([missing, str(inputs)]),
             "--format": choice,
+            "--select": choice,
             "--storage": st.sampled_from([missing, str(inputs), UNREACHABLE_DB]),
         },
         "list": {"--storage": st.sampled_from([missing, str(inputs), str(inputs / "garbage.pt"), UNREACHABLE_DB])},

@@ -71,9 +71,29 @@ def test_the_sidecar_session_is_the_one_latency_was_best_at() -> None:
 
 def test_export_best_is_the_recommended_trial(hand: HandMadeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = export(capsys, hand, "--best", "--out", str(tmp_path / "best.onnx"))
-    assert "exported trial 3 (--best: the most compressed feasible trial on the Pareto front)" in out
+    assert "exported trial 3 (--best: the most compressed feasible trial whose 95 % interval" in out
     meta = json.loads((tmp_path / "best.onnx.json").read_text())
     assert meta["trial"] == 3 and meta["selected_by"].startswith("--best")
+
+
+def test_export_best_on_a_small_split_is_the_trial_the_split_vouches_for(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The same trials on 1,000 validation images: only trial 0 (0.2 pt lost, 3.9x) has an
+    # interval within the 1-point bound; trial 3 (0.9 pt, 12x) is within it on its point estimate.
+    small = make_study(tmp_path / "studies", tiny_artifacts(tmp_path_factory), name="small", n_val=1000)
+    out = export(capsys, small, "--best", "--out", str(tmp_path / "safe.onnx"))
+    assert "exported trial 0 (--best: the most compressed feasible trial whose 95 % interval" in out
+    assert json.loads((tmp_path / "safe.onnx.json").read_text())["trial"] == 0
+    out = export(capsys, small, "--best", "--select", "point", "--out", str(tmp_path / "point.onnx"))
+    assert "exported trial 3 (--best: the most compressed feasible trial on its measured" in out
+    # On 130 images no trial can be vouched for: one line says what the data vouches for.
+    tiny = make_study(tmp_path / "studies", tiny_artifacts(tmp_path_factory), name="tiny", n_val=130)
+    err = assert_refused(capsys, "export", "--study", "tiny", "--storage", tiny.storage, "--best",
+                         "--out", str(tmp_path / "none.onnx"),
+                         says="no feasible trial holds 1.00 pt at 95 % confidence on 130 validation images")
+    assert "the data vouches for 1.48 pt: trial 0 (3.90x size); --select point takes trial 3" in err
+    assert not (tmp_path / "none.onnx").exists()
 
 
 def test_export_infeasible_trial_says_so(hand: HandMadeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

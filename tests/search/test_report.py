@@ -212,10 +212,16 @@ def test_front_table_shows_the_drop_with_its_interval_and_says_when_the_bound_is
     assert "± its 95 % interval (paired, on the same 360 images)" in " ".join(text.split())
     allowed = hand.info.constraint.allowed_drop(hand.info.teacher_acc)
     assert high < allowed and "lies inside the 95 % interval" not in text
-    # Many disagreements on 360 images: the interval reaches past the bound, and the table says so.
+    # Many disagreements on 360 images: the interval reaches past the bound. The default rule
+    # recommends nothing and says what the data vouches for; the point rule recommends the
+    # trial and says the bound lies inside its interval.
+    wide = _with_pairs(hand.info, records, 12, 10)
     console = Console(width=200, record=True, color_system=None)
-    print_front(console, hand.info, _with_pairs(hand.info, records, 12, 10),
-                study_name=hand.name, storage=hand.storage)
+    assert print_front(console, hand.info, wide, study_name=hand.name, storage=hand.storage) is None
+    text = " ".join(console.export_text().split())
+    assert "nothing recommended: no feasible trial holds 1.00 pt at 95 % confidence on 360" in text
+    console = Console(width=200, record=True, color_system=None)
+    print_front(console, hand.info, wide, study_name=hand.name, storage=hand.storage, select="point")
     text = " ".join(console.export_text().split())
     assert PairedDrop(360, 12, 10).interval()[1] > allowed
     assert f"the bound ({allowed:.2f} pt) lies inside the 95 % interval" in text
