@@ -169,7 +169,7 @@ class HeldOnTest:
         return (
             f"held on test ({self.n_test} images, drop <= {allowed:.2f} pt): "
             f"{share(self.feasible_held, self.feasible)} of the trials within the bound on "
-            f"validation; {share(self.vouched_held, self.vouched)} of those it vouched for"
+            f"validation; {share(self.vouched_held, self.vouched)} of those the validation split vouched for"
         )
 
 
