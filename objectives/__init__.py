@@ -11,7 +11,7 @@ from objectives._constraints import (
 )
 from objectives._early_stop import EarlyStop, dominated_before_training
 from objectives._errors import ObjectiveError
-from objectives._paired import Z95, PairedDrop, paired_drop
+from objectives._paired import Z95, PairedDrop, images_to_decide, paired_drop, zero_drop_upper
 from objectives._pareto import Point, hypervolume, pareto_front, recommend
 from objectives._selection import (
     DEFAULT_SELECTION,
@@ -54,6 +54,7 @@ __all__ = [
     "estimate_ratio",
     "format_violations",
     "hypervolume",
+    "images_to_decide",
     "paired_drop",
     "pareto_front",
     "ratio",
@@ -64,4 +65,5 @@ __all__ = [
     "target",
     "tightest_vouched",
     "vouched",
+    "zero_drop_upper",
 ]

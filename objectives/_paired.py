@@ -53,3 +53,26 @@ def paired_drop(teacher_correct: Any, student_correct: Any) -> PairedDrop:
     lost = int((teacher_correct & ~student_correct).sum())
     gained = int((~teacher_correct & student_correct).sum())
     return PairedDrop(int(teacher_correct.size), lost, gained)
+
+
+def zero_drop_upper(n: int) -> float:
+    """The upper end (points) of the 95 % interval of a student that agrees with the teacher on
+    every one of ``n`` images: the smallest drop bound a split of ``n`` images can vouch for."""
+    return PairedDrop(n, 0, 0).interval()[1]
+
+
+def images_to_decide(allowed_drop: float) -> int | None:
+    """The fewest validation images on which a student that agrees with the teacher everywhere
+    is vouched for within ``allowed_drop`` points (``zero_drop_upper(n) <= allowed_drop``); None
+    for a bound of 0, which no split can vouch for."""
+    if not math.isfinite(allowed_drop) or allowed_drop < 0:
+        raise ValueError(f"allowed_drop must be a finite number >= 0, but got {allowed_drop!r}")
+    if allowed_drop == 0:
+        return None
+    # zero_drop_upper(n) is 100 * Z95 / (n + 2): solve, then step past rounding at the edge.
+    n = max(1, math.ceil(100.0 * Z95 / allowed_drop) - 2)
+    while n > 1 and zero_drop_upper(n - 1) <= allowed_drop:
+        n -= 1
+    while zero_drop_upper(n) > allowed_drop:
+        n += 1
+    return n

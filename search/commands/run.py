@@ -4,6 +4,7 @@ accuracy-drop limit. With no model it searches the built-in demo workload."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import re
 import shlex
@@ -35,6 +36,8 @@ from search.study import (
 )
 from search.study.artifacts import open_store
 from search.trials.context import trial_threads
+from search.workloads.analysis import val_split_note
+from search.workloads.training import evaluate_accuracy
 from search.workloads.workload import (
     Workload,
     WorkloadSpec,
@@ -186,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
         max_drop=args.max_drop, drop_type=args.drop_type, max_size=args.max_size, max_latency=args.max_latency
     )
     spec = spec_from_args(args)
+    if args.val_fraction is None:  # the default split grows until it can decide the bound
+        spec = dataclasses.replace(spec, decide_drop=args.max_drop)
     # Every check that needs no workload comes first: bad input must fail before any training.
     space = pick_space(args, spec)
     check_storage(args.storage)
@@ -196,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
         {"address": args.address, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial},
     )
     workload = load_workload(spec, device=pick_device(args.device))
+    _say_how_the_split_decides(console, workload, spec, constraint)
     threads = args.threads or trial_threads(workload, args.jobs)
     torch.set_num_threads(threads)
     name = args.study or study_name(workload, args.target)
@@ -226,6 +232,28 @@ def run(args: argparse.Namespace) -> int:
     result = run_study(settings, workload, args.target, constraint, backend, status=console.status, watch=watch)
     _finish(out, console, result, args)
     return 130 if result.interrupted else 0
+
+
+def _say_how_the_split_decides(
+    console: Console, workload: Workload, asked: WorkloadSpec, constraint: Constraint
+) -> None:
+    """Before trial 0: one line when the default validation split was grown to decide the bound,
+    and one when the split cannot decide it (even a trial that agrees with the teacher on every
+    validation image would not be vouched for), naming the remedy."""
+    data = workload.data
+    n_val, pool = len(data.val), len(data.train) + len(data.val)
+    if workload.spec.val_fraction != asked.val_fraction:
+        console.print(
+            f"validation split grown to {workload.spec.val_fraction:g} of the training data "
+            f"({n_val} of {pool} images) so it can decide {constraint.describe()}",
+            highlight=False, soft_wrap=True,
+        )
+    relative = constraint.drop_type == "relative"
+    teacher_acc = evaluate_accuracy(workload.teacher, data.val) if relative else 100.0
+    note = val_split_note(n_val, pool, constraint.allowed_drop(teacher_acc),
+                          flag_per_point=100.0 / max(teacher_acc, 1.0) if relative else 1.0)
+    if note is not None:
+        console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
 
 
 def _finish(out: Console, console: Console, result: StudyRun, args: argparse.Namespace) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from objectives import images_to_decide, zero_drop_upper
 from spaces import ModelFacts
 from stages import Context, OnnxFile, StageError
 from stages._graph import count_params_macs, weight_layers
@@ -169,8 +170,34 @@ class Analysis:
         rows += [
             ("one training epoch", f"{self.epoch_seconds:.1f} s ({self.steps_per_epoch} steps of {self.batch_size})"),
             ("data", f"{self.train_size} train / {self.val_size} validation / {self.test_size} test"),
+            ("validation split vouches for", f"a drop bound of {zero_drop_upper(self.val_size):.2f} pt at best "
+             "(the 95 % interval of a trial that agrees with the teacher on every image)"),
         ]
         return rows
+
+
+def val_split_note(n_val: int, n_pool: int, allowed_drop: float, *, flag_per_point: float = 1.0) -> str | None:
+    """One line when a validation split of ``n_val`` images (carved from ``n_pool`` training
+    images) cannot decide an ``allowed_drop``-point bound: even a trial that agrees with the
+    teacher on every image has a 95 % interval reaching past it, so the ``confident`` rule can
+    recommend nothing. It names the remedies: the ``--val-fraction`` that would decide it (when
+    the data has the images), more data, or the ``--max-drop`` this split can decide
+    (``flag_per_point`` turns points into ``--max-drop``'s unit: 100 / teacher accuracy for a
+    relative bound). None when the split decides the bound."""
+    upper = zero_drop_upper(n_val)
+    if upper <= allowed_drop:
+        return None
+    needed = images_to_decide(allowed_drop)
+    remedies = ["more data"]
+    if needed is not None and needed < n_pool:
+        fraction = math.ceil(1000 * needed / n_pool) / 1000
+        remedies.insert(0, f"--val-fraction {fraction:g} ({needed} images)")
+    widest = math.ceil(100 * upper * flag_per_point) / 100
+    return (
+        f"the validation split ({n_val} images) cannot decide a {allowed_drop:.2f}-point bound: a trial "
+        f"that agrees with the teacher on every image is vouched for only within {upper:.2f} pt, "
+        f"so no trial can be recommended; use {', '.join(remedies)}, or --max-drop {widest:g}"
+    )
 
 
 def _finite(score: float) -> float | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from objectives import images_to_decide
 from search.errors import UserError
 from search.workloads.checkpoints import file_sha256, load_state, read_checkpoint
 from search.workloads.datasets import (
@@ -48,6 +50,9 @@ DEMO_EPOCHS = 30
 # digits has 1437 training images: 10 % would be 144, one image 0.7 points of accuracy, too
 # coarse for a 1-point bound; a quarter (359) halves the noise.
 DEFAULT_VAL_FRACTION = {"digits": 0.25}
+# The most of the training data a default validation split grows to (``grown_val_fraction``):
+# the teacher and every student keep at least 70 % to train on.
+MAX_GROWN_VAL_FRACTION = 0.3
 
 
 def default_val_fraction(dataset: str | None) -> float:
@@ -68,6 +73,9 @@ class WorkloadSpec:
     allow_weak_teacher: bool = False  # go on with a teacher near chance level (see weak_teacher)
     seed: int = 0
     val_fraction: float | None = None  # None: the dataset's default (DEFAULT_VAL_FRACTION)
+    # With the default val_fraction: grow it (see grown_val_fraction) until the split can vouch
+    # for this many points of drop. None (and any explicit val_fraction): the fraction as it is.
+    decide_drop: float | None = None
 
     def __post_init__(self) -> None:
         if self.model is not None and not self.model.strip():
@@ -164,6 +172,24 @@ def workload_space(spec: WorkloadSpec) -> SearchSpace:
     return demo_space() if spec.is_demo else default_space()
 
 
+def grown_val_fraction(spec: WorkloadSpec, data: TaskData) -> float | None:
+    """The validation fraction that lets ``data``'s split vouch for ``spec.decide_drop`` points
+    (``objectives.images_to_decide``), at most ``MAX_GROWN_VAL_FRACTION``; None to keep
+    ``spec.val_fraction`` (no ``decide_drop``, the split already decides it, or ``--weights``
+    were trained by ``train`` on the rest of this very split: a larger split would hold images
+    the teacher learned). Depends only on the data's size and the bound, so a rerun with the
+    same flags resumes the same study."""
+    if spec.decide_drop is None or (spec.weights is not None and _recorded_info(spec) is not None):
+        return None
+    needed = images_to_decide(spec.decide_drop)
+    if needed is None or len(data.val) >= needed:
+        return None
+    pool = len(data.train) + len(data.val)
+    fraction = min(MAX_GROWN_VAL_FRACTION, math.ceil(1000 * needed / pool) / 1000)
+    assert spec.val_fraction is not None
+    return fraction if fraction > spec.val_fraction else None
+
+
 def load_task_data(spec: WorkloadSpec) -> TaskData:
     """The dataset of ``spec`` with its seeded validation split."""
     return load_dataset(spec.dataset_name, spec.dataset_request())
@@ -228,9 +254,8 @@ def with_input_size(spec: WorkloadSpec) -> WorkloadSpec:
     return spec
 
 
-def _recorded_image_size(spec: WorkloadSpec) -> tuple[int | None] | None:
-    """``(size,)`` as ``train`` recorded it beside ``spec.weights`` for the same model and
-    dataset (``(None,)``: trained at the native size); None when nothing is recorded."""
+def _recorded_info(spec: WorkloadSpec) -> dict[str, Any] | None:
+    """What ``train`` recorded beside ``spec.weights`` for the same model and dataset, or None."""
     if spec.weights is None:
         return None
     try:
@@ -240,6 +265,15 @@ def _recorded_image_size(spec: WorkloadSpec) -> tuple[int | None] | None:
     if not isinstance(info, dict) or "preprocessing" not in info:
         return None
     if info.get("model") != spec.model_name or info.get("dataset") != spec.dataset:
+        return None
+    return info
+
+
+def _recorded_image_size(spec: WorkloadSpec) -> tuple[int | None] | None:
+    """``(size,)`` as ``train`` recorded it beside ``spec.weights`` for the same model and
+    dataset (``(None,)``: trained at the native size); None when nothing is recorded."""
+    info = _recorded_info(spec)
+    if info is None:
         return None
     size = info.get("image_size")
     return (size,) if size is None or isinstance(size, int) else None
@@ -375,6 +409,10 @@ def load_workload(
             "--out CHECKPOINT.pt`."
         )
     data = load_task_data(spec)
+    grown = grown_val_fraction(spec, data)
+    if grown is not None:
+        spec = dataclasses.replace(spec, val_fraction=grown)
+        data = load_task_data(spec)
     if spec.is_demo:
         teacher, weights = _demo_teacher(
             spec, data, device=device, studies_dir=studies_dir, progress=progress

@@ -4,8 +4,10 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from objectives import Z95, PairedDrop, paired_drop
+from objectives import Z95, PairedDrop, images_to_decide, paired_drop, zero_drop_upper
 
 
 def test_paired_drop_counts_only_the_images_one_model_gets_right() -> None:
@@ -46,3 +48,19 @@ def test_bad_counts_and_splits_are_refused() -> None:
         paired_drop(np.array([True, False]), np.array([True]))
     with pytest.raises(ValueError, match="lost \\+ gained <= n"):
         PairedDrop(n=3, lost=2, gained=2)
+
+
+@given(st.integers(min_value=1, max_value=400).map(lambda k: k / 100))
+def test_images_to_decide_is_the_smallest_split_that_vouches_for_a_perfect_student(allowed: float) -> None:
+    """Against brute force: every split size from 1 up, the first whose zero-drop interval ends
+    within the bound."""
+    n = images_to_decide(allowed)
+    brute = next(k for k in range(1, 100_000) if PairedDrop(k, 0, 0).interval()[1] <= allowed)
+    assert n == brute and zero_drop_upper(brute) <= allowed
+
+
+def test_a_split_of_144_images_cannot_decide_one_point_and_360_can() -> None:
+    assert zero_drop_upper(144) == pytest.approx(1.34, abs=0.005)
+    assert zero_drop_upper(360) == pytest.approx(0.54, abs=0.005)
+    assert images_to_decide(1.0) == 194
+    assert images_to_decide(0.0) is None

@@ -175,3 +175,28 @@ def test_dominated_config_is_skipped_before_training(tiny_context) -> None:  # t
     # A profile (stop_early=False) runs to the end however it compares.
     outcome = run_trial(config, tiny_context, _scoring(baseline), _View(front), stop_early=False)
     assert outcome.values[1] > 0
+
+
+def test_a_split_too_small_for_the_bound_says_so_in_one_line_before_trial_0(
+    demo_dir: Path, run_cli: RunCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --val-fraction 0.1 of digits' 1,437 training images: 144, whose interval at zero drop
+    # reaches 1.34 pt. The search itself is replaced by a stand-in that only notes it started.
+    from search.commands import run as run_command
+    from search.errors import UserError
+
+    def trial_0(*_args: object, **_kwargs: object) -> None:
+        raise UserError("trial 0 would start here")
+
+    monkeypatch.setattr(run_command, "run_study", trial_0)
+    code, _, err = _search(run_cli, "--val-fraction", "0.1", "--max-drop", "1")
+    assert code == 2 and err.rstrip().endswith("trial 0 would start here"), err
+    [line] = [line for line in err.splitlines() if "cannot decide" in line]
+    assert line == (
+        "warning: the validation split (144 images) cannot decide a 1.00-point bound: a trial that "
+        "agrees with the teacher on every image is vouched for only within 1.34 pt, so no trial can be "
+        "recommended; use --val-fraction 0.136 (194 images), more data, or --max-drop 1.35"
+    )
+    # A bound the split can decide: no warning.
+    code, _, err = _search(run_cli, "--val-fraction", "0.1", "--max-drop", "1.5")
+    assert code == 2 and "cannot decide" not in err, err

@@ -259,3 +259,22 @@ def test_user_model_fingerprint_and_name_are_unchanged(
         "num_classes", "seed", "val_fraction", "weights_sha256",
     ]  # fmt: skip
     assert _display_name(spec) == "my_net.make-digits"
+
+
+def test_the_default_validation_split_grows_until_it_can_decide_the_bound() -> None:
+    from search.workloads.workload import grown_val_fraction, load_task_data
+
+    # The demo's default quarter of digits (360 images) decides 1 pt; 0.5 pt needs 390 images.
+    demo = WorkloadSpec(decide_drop=1.0)
+    assert grown_val_fraction(demo, load_task_data(demo)) is None
+    strict = WorkloadSpec(decide_drop=0.5)
+    grown = grown_val_fraction(strict, load_task_data(strict))
+    assert grown == 0.272
+    assert len(load_task_data(WorkloadSpec(val_fraction=grown)).val) >= 390
+    # A tenth (144 images) grows to the 194 images a 1-point bound needs.
+    small = WorkloadSpec(val_fraction=0.1, decide_drop=1.0)
+    assert grown_val_fraction(small, load_task_data(small)) == 0.136
+    # Never past 30 % of the training data: 0.2 pt would need 978 images (68 %).
+    assert grown_val_fraction(WorkloadSpec(decide_drop=0.2), load_task_data(demo)) == 0.3
+    # No bound to decide (an explicit --val-fraction): the fraction stays.
+    assert grown_val_fraction(WorkloadSpec(val_fraction=0.1), load_task_data(small)) is None
