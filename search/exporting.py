@@ -23,7 +23,7 @@ import torch
 
 from objectives import DEFAULT_SELECTION, SELECTIONS, format_violations, metrics
 from search.errors import UserError, first_line
-from search.study import StudyInfo, TrialRecord
+from search.study import StudyInfo, TrialRecord, trial_record
 from search.study.artifacts import fetch_trial_file
 from search.study.scoring import closest_records, recommended_record, unvouched_note
 from search.study.storage import STUDIES_DIR
@@ -168,11 +168,10 @@ def source_file(record: TrialRecord, fmt: str, torch_artifact: str | None) -> Pa
 
 
 def torch_artifact_of(study: optuna.Study, number: int) -> str | None:
-    """The trial's optional torch.export (.pt2) file (``torch_artifact`` user attribute)."""
+    """The trial's optional torch.export (.pt2) file (its record's ``torch_artifact``)."""
     for trial in study.get_trials(deepcopy=False):
         if trial.number == number:
-            value = trial.user_attrs.get("torch_artifact")
-            return str(value) if value else None
+            return trial_record(trial).torch_artifact or None
     return None
 
 

@@ -1,8 +1,9 @@
 """Search-space declarations: dimensions, the default space, the MCaaS profiles, space files.
 
-``SearchSpace.suggest(trial)`` is the one define-by-run function both backends call (Optuna's
-``Trial``; Ray Tune's ``OptunaSearch`` hands over the same), and ``config_from_params`` rebuilds a
-finished trial's ``PipelineConfig`` from its params.
+``trial_config(space, trial, profile=...)`` is the one define-by-run function both backends call
+(Optuna's ``Trial``; Ray Tune's ``OptunaSearch`` hands over the same): ``SearchSpace.suggest``
+samples, and a trial that runs a named profile gets that profile's exact config.
+``rebuilt_config`` rebuilds a finished trial's ``PipelineConfig`` from its params.
 """
 
 from spaces._dimensions import (
@@ -23,6 +24,8 @@ from spaces._profiles import (
     named_configs,
     profile_config,
     profile_params,
+    rebuilt_config,
+    trial_config,
 )
 from spaces._space import CLUSTER_ON, SearchSpace, default_space
 
@@ -51,4 +54,6 @@ __all__ = [
     "named_configs",
     "profile_config",
     "profile_params",
+    "rebuilt_config",
+    "trial_config",
 ]

@@ -24,9 +24,6 @@ class TrialLike(Protocol):
     """What a define-by-run function needs from a trial: Optuna's ``Trial`` (also what Ray
     Tune's ``OptunaSearch`` hands over) has all of it."""
 
-    @property
-    def user_attrs(self) -> dict[str, Any]: ...
-
     def suggest_float(
         self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
     ) -> float: ...

@@ -2,20 +2,20 @@
 then quantization-only configs (no pruning, no training: seconds each), so every study has a
 feasible point whenever quantization alone meets the bound.
 
-A study enqueues them as its first trials (``study.enqueue_trial(profile_params(name, space),
-user_attrs={"profile": name})``), so its results show the profiles beside what the search finds.
+A study enqueues them as its first trials (``profile_params``), naming each trial's profile in its
+record, so its results show the profiles beside what the search finds. ``trial_config`` and
+``rebuilt_config`` give such a trial its profile's exact config.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
-from spaces._dimensions import SpaceError
+from spaces._dimensions import SpaceError, TrialLike
+from spaces._space import SearchSpace
 from stages.config import PipelineConfig
 from stages.quant_modes import QUANT_MODES
-
-if TYPE_CHECKING:
-    from spaces._space import SearchSpace
 
 # MCaaS pruned with the L1 norm of whole filters, layer by layer (Li et al.'s filter pruning);
 # per-layer (uniform) is also the scope that cannot empty a layer at the 90 % profile.
@@ -103,11 +103,25 @@ def profile_config(name: str, space: SearchSpace) -> PipelineConfig:
 
 def profile_params(name: str, space: SearchSpace) -> dict[str, Any]:
     """The params to enqueue for profile ``name``: those ``space`` searches whose profile value
-    lies inside the dimension (the sampler would reject or warn about the others; the
-    ``profile`` user attr makes ``suggest`` return the exact profile config anyway)."""
+    lies inside the dimension (the sampler would reject or warn about the others;
+    ``trial_config`` gives the trial the exact profile config anyway)."""
     params = space.params_from_config(profile_config(name, space))
     return {
         param: value
         for param, value in params.items()
         if space.param_dimension(param).contains(value)
     }
+
+
+def trial_config(space: SearchSpace, trial: TrialLike, *, profile: str | None) -> PipelineConfig:
+    """Ask ``trial`` for every active setting of ``space`` (so it records its params) and return
+    its config: named config ``profile``'s exact one when it runs one, whatever the sampler chose
+    for parameters the profile could not pin (see ``profile_params``), else the sampled one."""
+    sampled = space.suggest(trial)
+    return sampled if profile is None else profile_config(profile, space)
+
+
+def rebuilt_config(space: SearchSpace, params: Mapping[str, Any], *, profile: str | None) -> PipelineConfig:
+    """A finished trial's config from its ``params``: named config ``profile``'s when it ran one
+    (its params may be partial), else ``space.config_from_params(params)``."""
+    return space.config_from_params(params) if profile is None else profile_config(profile, space)

@@ -26,7 +26,6 @@ from spaces._dimensions import (
     TrialLike,
     _is_number,
 )
-from spaces._profiles import profile_config
 from stages.config import PipelineConfig, search_hints, valid_keys
 from stages.errors import ConfigError
 from stages.quant_modes import QUANT_MODES
@@ -214,30 +213,22 @@ class SearchSpace(Mapping[str, Dimension]):
         return dim
 
     def suggest(self, trial: TrialLike) -> PipelineConfig:
-        """Ask ``trial`` for every active setting and return the trial's config.
+        """Ask ``trial`` for every active setting and return the sampled config.
 
-        Parameter names are the flat keys (plus ``cluster.on``). A trial whose
-        ``user_attrs["profile"]`` names a profile gets exactly that profile's config, whatever
-        the sampler chose for parameters the profile could not pin (see ``profile_params``).
+        Parameter names are the flat keys (plus ``cluster.on``). A trial that runs a named
+        config (a profile) gets it from ``spaces.trial_config``, which asks through this.
         """
         decided = self._walk(lambda name, dim: dim.suggest(trial, name))  # type: ignore[union-attr]
-        profile = (getattr(trial, "user_attrs", None) or {}).get("profile")
-        if profile is not None:
-            return profile_config(profile, self)
         return PipelineConfig.from_flat(decided)
 
-    def config_from_params(
-        self, params: Mapping[str, Any], *, profile: str | None = None
-    ) -> PipelineConfig:
+    def config_from_params(self, params: Mapping[str, Any]) -> PipelineConfig:
         """Rebuild a finished trial's config from its params (those ``suggest`` recorded).
 
         Fixed settings are applied; settings whose condition does not hold keep their defaults
-        (clustering off without ``cluster.on``). Pass the trial's ``user_attrs["profile"]`` as
-        ``profile`` to get a profile trial's config. Params that do not match this space (one
-        missing, or one it does not search) raise ``SpaceError``: the trial came from another space.
+        (clustering off without ``cluster.on``); a profile trial's config comes from
+        ``spaces.rebuilt_config``. Params that do not match this space (one missing, or one it
+        does not search) raise ``SpaceError``: the trial came from another space.
         """
-        if profile is not None:
-            return profile_config(profile, self)
         searched = set(self._param_names())
         extra = sorted(name for name in params if name not in searched)
         if extra:

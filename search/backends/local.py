@@ -28,10 +28,11 @@ from search.study import (
     worker_id,
 )
 from search.study.lifecycle import server_database
-from search.study.records import PROFILE, WORKER, StudyInfo
+from search.study.records import StudyInfo, TrialRecord
 from search.study.storage import STUDIES_DIR
 from search.trials.worker import run_and_record, worker_setup
 from search.workloads.workload import Workload, WorkloadSpec, load_workload, pick_device
+from spaces import trial_config
 
 # How often a worker that reached the study's total looks again at its peers' running trials.
 AWAIT_S = 1.0
@@ -91,14 +92,15 @@ def run_worker(
                 fail_orphaned(study)
                 if counted(study) < settings.trials:
                     trial = study.ask()
-                    trial.set_user_attr(WORKER, worker_id())
+                    TrialRecord(worker=worker_id()).save(trial)
                 elif not awaited(study):
                     return
             if trial is None:
                 time.sleep(AWAIT_S)
                 continue
+            profile = TrialRecord.from_attrs(trial.user_attrs).profile
             run_and_record(
-                trial, setup, lambda: settings.space.suggest(trial), profile=trial.user_attrs.get(PROFILE)
+                trial, setup, lambda: trial_config(settings.space, trial, profile=profile), profile=profile
             )
         except KeyboardInterrupt:
             if trial is not None:  # Ctrl-C outside the trial's own handler (claiming, telling)

@@ -36,7 +36,7 @@ from search.backends import SearchSettings
 from search.backends.running import open_study
 from search.study import trial_records
 from search.study.lifecycle import worker_id
-from search.study.records import CONFIG, INTERRUPTED, PROFILE, REASON, WORKER
+from search.study.records import INTERRUPTED, TrialRecord
 from search.trials.trial import score
 from search.trials.worker import (
     WorkerSetup,
@@ -186,8 +186,7 @@ def run_peers(
     for peer in todo:
         say(f"peer: {peer.name} ({peer.label})")
         trial = study.ask()
-        trial.set_user_attr(WORKER, worker_id())
-        trial.set_user_attr(PROFILE, peer.name)
+        TrialRecord(worker=worker_id(), profile=peer.name).save(trial)
         if peer.run is None:
             run_and_record(trial, setup, lambda p=peer: p.config(settings.space), profile=peer.name)
         else:
@@ -200,7 +199,7 @@ def _run_and_record_file(trial: Any, setup: WorkerSetup, peer: Peer) -> None:
     folder = setup.artifacts / "trials" / str(trial.number)
     folder.mkdir(parents=True, exist_ok=True)
     ctx = dataclasses.replace(setup.base, workdir=folder)
-    trial.set_user_attr(CONFIG, dict(peer.described or {}))
+    TrialRecord(config=dict(peer.described or {})).save(trial)
     started = time.perf_counter()
     try:
         path, quant_s = timed(lambda: peer.run(ctx, setup.scoring.constraint.max_drop / 100.0))  # type: ignore[misc]
@@ -210,11 +209,11 @@ def _run_and_record_file(trial: Any, setup: WorkerSetup, peer: Peer) -> None:
             {"stage": "measure", "seconds": measure_s, "metrics": {}},
         ])
     except KeyboardInterrupt:
-        trial.set_user_attr(REASON, f"{INTERRUPTED} (Ctrl-C)")
+        TrialRecord(reason=f"{INTERRUPTED} (Ctrl-C)").save(trial)
         setup.study.tell(trial, state=TrialState.FAIL)
         raise
     except Exception as exc:  # a failing peer is recorded with its reason; the bench goes on
-        trial.set_user_attr(REASON, failure_reason(exc))
+        TrialRecord(reason=failure_reason(exc)).save(trial)
         setup.study.tell(trial, state=TrialState.FAIL)
         return
     record_outcome(setup.study, trial, outcome)

@@ -33,10 +33,8 @@ from search.interrupts import stops_deferred
 from search.study.records import (
     BASELINE,
     INTERRUPTED,
-    PROFILE,
-    REASON,
-    WORKER,
     StudyInfo,
+    TrialRecord,
     trial_record,
     was_interrupted,
 )
@@ -174,7 +172,8 @@ def mark_interrupted(study: optuna.Study, number: int, why: str) -> bool:
         if storage.get_trial(trial_id).state != TrialState.RUNNING:
             return False
         try:
-            storage.set_trial_user_attr(trial_id, REASON, f"{INTERRUPTED} ({why})")
+            for key, value in TrialRecord(reason=f"{INTERRUPTED} ({why})").to_attrs().items():
+                storage.set_trial_user_attr(trial_id, key, value)
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
         except UpdateFinishedTrialError:  # its worker (or another machine) finished it meanwhile
             return False
@@ -190,7 +189,7 @@ def fail_orphaned(study: optuna.Study) -> list[int]:
     stale = _stale_numbers(study)
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = t.user_attrs.get(WORKER)
+        owner = trial_record(t).worker
         if owner is None:
             why = "its worker was stopped before it claimed the trial"
         elif t.number in stale:
@@ -228,7 +227,7 @@ def awaited(study: optuna.Study) -> int:
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if server_database(study) is not None:
         return len(running)
-    return sum(str(t.user_attrs.get(WORKER, "")).rpartition(":")[0] == host for t in running)
+    return sum(str(trial_record(t).worker or "").rpartition(":")[0] == host for t in running)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -251,7 +250,7 @@ def profiles_to_run(study: optuna.Study, space: SearchSpace, *, queued_count: bo
     ran or runs (an interrupted one runs again). A queued (waiting) trial counts as present
     unless ``queued_count`` is False (a backend that asks its own sampler must still run it)."""
     present = {
-        t.user_attrs.get(PROFILE)
+        trial_record(t).profile
         for t in study.get_trials(deepcopy=False)
         if not was_interrupted(t) and (queued_count or t.state != TrialState.WAITING)
     }
@@ -262,7 +261,7 @@ def queue_profiles(study: optuna.Study, space: SearchSpace) -> None:
     """Queue each named config (MCaaS profiles, quantization alone) that has neither run nor is
     waiting."""
     for name in profiles_to_run(study, space):
-        study.enqueue_trial(profile_params(name, space), user_attrs={PROFILE: name})
+        study.enqueue_trial(profile_params(name, space), user_attrs=TrialRecord(profile=name).to_attrs())
 
 
 def counted(study: optuna.Study) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
@@ -35,9 +35,6 @@ WORKLOAD, TARGET, CONSTRAINT, BASELINE, BASELINE_ONNX, ARTIFACTS, SPACE, ANALYSI
 )
 
 
-# Keys of a trial's user attributes that more than one module reads or writes.
-PROFILE, REASON, WORKER, CONFIG, SAVED_S = "profile", "reason", "worker", "config", "saved_s"
-
 # A failed trial whose reason starts so was interrupted (its worker was stopped or died): it is
 # not counted towards --trials and a resumed search replaces it.
 INTERRUPTED = "interrupted"
@@ -49,7 +46,7 @@ def is_interrupted(reason: str | None) -> bool:
 
 
 def was_interrupted(trial: FrozenTrial) -> bool:
-    return trial.state == TrialState.FAIL and is_interrupted(trial.user_attrs.get(REASON))
+    return trial.state == TrialState.FAIL and is_interrupted(TrialRecord.from_attrs(trial.user_attrs).reason)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,23 +112,56 @@ class StudyInfo:
         return "; ".join(diffs) or None
 
 
+ATTR = "attr"
+"""Field metadata key: the trial user attribute a ``TrialRecord`` field is stored under."""
+
+
+def _stored(attr: str, default: Any = None, *, factory: Callable[[], Any] | None = None) -> Any:
+    """A ``TrialRecord`` field stored as the trial user attribute ``attr``. Studies made by earlier
+    versions hold these names: a field may be added, never renamed or re-keyed."""
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={ATTR: attr})
+    return dataclasses.field(default=default, metadata={ATTR: attr})
+
+
 @dataclasses.dataclass(frozen=True)
 class TrialRecord:
-    """One trial as the report, show and export read it."""
+    """One trial as every part of mcaas-search writes and reads it: the one schema of a trial's
+    user attributes (``to_attrs`` writes them, ``from_trial`` reads them back), beside what
+    Optuna itself knows of the trial (number, state, objective values, wall time).
 
-    number: int
-    state: str  # complete | pruned | failed | running | waiting
-    profile: str | None
-    config: dict[str, Any]
-    metrics: dict[str, float]
-    ratios: dict[str, float]
-    violations: dict[str, float]
-    stages: list[dict[str, Any]]
-    artifact: str | None
-    reason: str | None
-    seconds: float | None
-    values: tuple[float, ...] | None
-    saved_s: float = 0.0  # a stopped trial: the training time its stop saved (estimated)
+    A record made to be stored names only what it stores, as the trial learns it
+    (``TrialRecord(reason=...).to_attrs()``); fields left at their default are not written, and
+    read back as that default (so are the attributes an older study lacks). Adding an attribute
+    is adding a field here, with ``_stored``.
+    """
+
+    # Optuna's, never stored as attributes (read by from_trial).
+    number: int = -1
+    state: str = "running"  # complete | pruned | failed | running | waiting
+    # Stored as user attributes.
+    profile: str | None = _stored("profile")  # the named config (MCaaS profile) the trial runs
+    config: dict[str, Any] = _stored("config", factory=dict)  # the flat pipeline config
+    metrics: dict[str, float] = _stored("metrics", factory=dict)  # measured on the final file
+    ratios: dict[str, float] = _stored("ratios", factory=dict)  # teacher / trial, per target
+    violations: dict[str, float] = _stored("violations", factory=dict)  # <= 0: feasible
+    stages: list[dict[str, Any]] = _stored("stages", factory=list)  # what each stage took, measured
+    artifact: str | None = _stored("artifact")  # the final file
+    reason: str | None = _stored("reason")  # why it stopped early or failed
+    # Optuna's: start to completion, in seconds, and the objective values.
+    seconds: float | None = None
+    values: tuple[float, ...] | None = None
+    # Stored as user attributes.
+    saved_s: float = _stored("saved_s", 0.0)  # a stopped trial: the training time its stop saved (estimated)
+    drop: float | None = _stored("drop")  # validation accuracy drop from the teacher, points
+    # Measured only for a trial within the accuracy bound on validation (see run_trial).
+    test_drop: float | None = _stored("test_drop")
+    run_seconds: float | None = _stored("seconds")  # the pipeline's own time
+    torch_artifact: str | None = _stored("torch_artifact")  # a torch.export file beside the artifact
+    worker: str | None = _stored("worker")  # host:pid of the process that runs it
+    ray_run: str | None = _stored("ray_run")  # the Ray run that placed it
+    ray_trial: str | None = _stored("ray_trial")  # its Ray Tune trial id
+    ray_node: str | None = _stored("ray_node")  # the Ray node it ran on
 
     @property
     def feasible(self) -> bool:
@@ -158,6 +188,52 @@ class TrialRecord:
         before the figure was recorded (their stage records do not hold what it derives from)."""
         return sum(int(s.get("metrics", {}).get(m.SAMPLES_SEEN, 0)) for s in self.stages if s.get("stage") == "distill")
 
+    def to_attrs(self) -> dict[str, Any]:
+        """The trial user attributes that store this record: each stored field not at its default."""
+        return {
+            field.metadata[ATTR]: getattr(self, field.name)
+            for field in _STORED
+            if getattr(self, field.name) != _default(field)
+        }
+
+    def save(self, trial: optuna.Trial) -> None:
+        """Store this record's attributes (``to_attrs``) in the running ``trial``."""
+        for key, value in self.to_attrs().items():
+            trial.set_user_attr(key, value)
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any], **optuna_fields: Any) -> TrialRecord:
+        """The record stored in user attributes ``attrs`` (a live trial's, or a study's trial);
+        ``optuna_fields``: number, state, seconds, values where they are known."""
+        stored = {field.name: attrs.get(field.metadata[ATTR], _default(field)) for field in _STORED}
+        stored["saved_s"] = float(stored["saved_s"])
+        return cls(**stored, **optuna_fields)
+
+    @classmethod
+    def from_trial(cls, trial: FrozenTrial) -> TrialRecord:
+        """The record of a study's trial: its stored attributes and what Optuna knows of it."""
+        seconds = (
+            (trial.datetime_complete - trial.datetime_start).total_seconds()
+            if trial.datetime_complete and trial.datetime_start
+            else None
+        )
+        return cls.from_attrs(
+            trial.user_attrs,
+            number=trial.number,
+            state=_STATE_NAMES[trial.state],
+            seconds=seconds,
+            values=tuple(trial.values) if trial.values else None,
+        )
+
+
+_STORED = tuple(field for field in dataclasses.fields(TrialRecord) if ATTR in field.metadata)
+
+
+def _default(field: dataclasses.Field[Any]) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
 
 _STATE_NAMES = {
     TrialState.COMPLETE: "complete",
@@ -169,27 +245,7 @@ _STATE_NAMES = {
 
 
 def trial_record(trial: FrozenTrial) -> TrialRecord:
-    attrs = trial.user_attrs
-    seconds = (
-        (trial.datetime_complete - trial.datetime_start).total_seconds()
-        if trial.datetime_complete and trial.datetime_start
-        else None
-    )
-    return TrialRecord(
-        number=trial.number,
-        state=_STATE_NAMES[trial.state],
-        profile=attrs.get(PROFILE),
-        config=attrs.get(CONFIG, {}),
-        metrics=attrs.get("metrics", {}),
-        ratios=attrs.get("ratios", {}),
-        violations=attrs.get("violations", {}),
-        stages=attrs.get("stages", []),
-        artifact=attrs.get("artifact"),
-        reason=attrs.get(REASON),
-        seconds=seconds,
-        values=tuple(trial.values) if trial.values else None,
-        saved_s=float(attrs.get(SAVED_S, 0.0)),
-    )
+    return TrialRecord.from_trial(trial)
 
 
 def trial_records(study: optuna.Study) -> list[TrialRecord]:

@@ -25,7 +25,7 @@ from objectives import (
     ratios,
 )
 from objectives import metrics as m
-from search.study import StudyInfo
+from search.study import StudyInfo, TrialRecord
 from stages import QUANT_MODES, Context, StageRecord
 from stages.config import PipelineConfig
 from stages.pipeline import TORCH_ARTIFACT, run_pipeline
@@ -71,11 +71,11 @@ class StudyView(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class TrialOutcome:
-    """A finished trial's objective values, constraint values and the attributes to store."""
+    """A finished trial's objective values, constraint values and the record to store."""
 
     values: tuple[float, float]
     constraints: dict[str, float]
-    attrs: dict[str, Any]
+    record: TrialRecord
 
 
 def estimated_ratio(target: str, baseline: dict[str, float], pruned: dict[str, float], mode: str) -> float | None:
@@ -154,26 +154,25 @@ def score(
     metrics: dict[str, float], scoring: Scoring, *, stages: list[dict[str, Any]], artifact: Path, seconds: float
 ) -> TrialOutcome:
     """The outcome of a trial whose final file ``artifact`` measured ``metrics``: its objective
-    values, its constraint values and the attributes stored with it (``stages``: what each stage
+    values, its constraint values and the record stored with it (``stages``: what each stage
     took and measured; a torch.export file beside the artifact is recorded too)."""
     teacher_acc = scoring.baseline[m.VAL_ACC]
     violations = scoring.constraint.violations(teacher_acc, metrics)
     value = ratio(scoring.target, scoring.baseline, metrics)
-    attrs: dict[str, Any] = {
-        "metrics": metrics,
-        "ratios": ratios(scoring.baseline, metrics),
-        "drop": teacher_acc - metrics[m.VAL_ACC],
-        # Measured only for a trial within the accuracy bound on validation (see run_trial).
-        "test_drop": scoring.baseline[m.TEST_ACC] - metrics[m.TEST_ACC] if m.TEST_ACC in metrics else None,
-        "violations": violations,
-        "stages": stages,
-        "artifact": str(artifact.resolve()),
-        "seconds": seconds,
-    }
     torch_artifact = artifact.parent / TORCH_ARTIFACT
-    if torch_artifact.exists():
-        attrs["torch_artifact"] = str(torch_artifact.resolve())
+    record = TrialRecord(
+        metrics=metrics,
+        ratios=ratios(scoring.baseline, metrics),
+        drop=teacher_acc - metrics[m.VAL_ACC],
+        # Measured only for a trial within the accuracy bound on validation (see run_trial).
+        test_drop=scoring.baseline[m.TEST_ACC] - metrics[m.TEST_ACC] if m.TEST_ACC in metrics else None,
+        violations=violations,
+        stages=stages,
+        artifact=str(artifact.resolve()),
+        run_seconds=seconds,
+        torch_artifact=str(torch_artifact.resolve()) if torch_artifact.exists() else None,
+    )
     if not all(math.isfinite(v) for v in (metrics[m.VAL_ACC], value)):
         raise ValueError(f"non-finite objective values: accuracy {metrics['val_acc']}, ratio {value}")
-    return TrialOutcome(values=(metrics[m.VAL_ACC], value), constraints=violations, attrs=attrs)
+    return TrialOutcome(values=(metrics[m.VAL_ACC], value), constraints=violations, record=record)
 

@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 from objectives import EarlyStop, Point
-from search.study import StudyInfo, ask_lock, feasible_front, heartbeat, trial_record
+from search.study import StudyInfo, TrialRecord, ask_lock, feasible_front, heartbeat, trial_record
 from search.study.artifacts import STORE_ATTR, open_store, upload_folder
 from search.study.exclusions import (
     Exclusion,
@@ -24,7 +24,7 @@ from search.study.exclusions import (
     freeze_layer,
     frozen_layers,
 )
-from search.study.records import CONFIG, INTERRUPTED, REASON, SAVED_S
+from search.study.records import INTERRUPTED
 from search.trials.context import (
     CACHE_DIR,
     make_context,
@@ -59,7 +59,8 @@ class LiveStudyView:
         return feasible_front(self.info, [trial_record(t) for t in self._complete()])
 
     def median_trial_seconds(self) -> float:
-        secs = [t.user_attrs["seconds"] for t in self._complete() if "seconds" in t.user_attrs]
+        records = [trial_record(t) for t in self._complete()]
+        secs = [r.run_seconds for r in records if r.run_seconds is not None]
         return statistics.median(secs) if secs else 0.0
 
 
@@ -126,7 +127,7 @@ def run_and_record(
     try:
         config = make_config()
         flat = config.to_flat()
-        trial.set_user_attr(CONFIG, flat)
+        TrialRecord(config=flat).save(trial)
         known = excluded_by(exclusions(study), flat)
         if known is not None:
             raise TrialStopped(f"skipped, not run: {known.describe()}", saved_s=setup.view.median_trial_seconds())
@@ -138,18 +139,15 @@ def run_and_record(
             if setup.store is not None:
                 upload_folder(trial, folder, setup.store)
     except TrialStopped as stop:
-        trial.set_user_attr(REASON, str(stop))
-        trial.set_user_attr(SAVED_S, stop.saved_s)
-        if stop.stages:
-            trial.set_user_attr("stages", stop.stages)
+        TrialRecord(reason=str(stop), saved_s=stop.saved_s, stages=stop.stages).save(trial)
         study.tell(trial, state=TrialState.PRUNED)
         return "pruned", None
     except KeyboardInterrupt:
-        trial.set_user_attr(REASON, f"{INTERRUPTED} (Ctrl-C)")
+        TrialRecord(reason=f"{INTERRUPTED} (Ctrl-C)").save(trial)
         study.tell(trial, state=TrialState.FAIL)
         raise
     except Exception as exc:  # a failing trial is recorded with its reason; the study goes on
-        trial.set_user_attr(REASON, failure_reason(exc))
+        TrialRecord(reason=failure_reason(exc)).save(trial)
         if config is not None:
             with ask_lock(study, setup.info):
                 learn_from_failure(study, trial.number, config, exc, frozen=ctx.frozen_layers)
@@ -160,11 +158,10 @@ def run_and_record(
 
 
 def record_outcome(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> None:
-    """Store a finished trial's constraint values and attributes, and tell its objective values."""
+    """Store a finished trial's constraint values and record, and tell its objective values."""
     for key, value in outcome.constraints.items():
         trial.set_constraint(key, value)
-    for key, value in outcome.attrs.items():
-        trial.set_user_attr(key, value)
+    outcome.record.save(trial)
     study.tell(trial, list(outcome.values))
 
 

@@ -28,7 +28,7 @@ from optuna.trial import TrialState, create_trial
 
 from objectives import Constraint, ratios
 from search.cli import main
-from search.study import StudyInfo
+from search.study import StudyInfo, TrialRecord
 from search.workloads.datasets import DatasetRequest, load_dataset
 from stages.export import export_onnx, export_pt2
 from stages.measure import OnnxRunner, onnx_accuracy
@@ -220,26 +220,24 @@ def _complete(
     }
     violations = info.constraint.violations(info.teacher_acc, metrics)
     trial_ratios = ratios(base, metrics)
-    attrs: dict[str, Any] = {
-        "config": config,
-        "metrics": metrics,
-        "ratios": trial_ratios,
-        "drop": drop,
-        "test_drop": base["test_acc"] - test_acc,
-        "violations": violations,
-        "stages": _stages(metrics, config["quantize.mode"]),
-        "artifact": str(Path(artifact).resolve()),
-    }
-    if profile:
-        attrs["profile"] = profile
-    if torch_file is not None:
-        attrs["torch_artifact"] = str(shutil.copyfile(torch_file, trial_dir / "model.pt2"))
+    record = TrialRecord(
+        profile=profile,
+        config=config,
+        metrics=metrics,
+        ratios=trial_ratios,
+        drop=drop,
+        test_drop=base["test_acc"] - test_acc,
+        violations=violations,
+        stages=_stages(metrics, config["quantize.mode"]),
+        artifact=str(Path(artifact).resolve()),
+        torch_artifact=str(shutil.copyfile(torch_file, trial_dir / "model.pt2")) if torch_file is not None else None,
+    )
     return create_trial(
         state=TrialState.COMPLETE,
         values=[metrics["val_acc"], trial_ratios[TARGET]],
         params={k: config[k] for k in DISTRIBUTIONS},
         distributions=DISTRIBUTIONS,
-        user_attrs=attrs,
+        user_attrs=record.to_attrs(),
         constraints=violations,
     )
 
@@ -249,7 +247,7 @@ def _stopped(state: TrialState, config: dict[str, Any], reason: str) -> optuna.t
         state=state,
         params={k: config[k] for k in DISTRIBUTIONS},
         distributions=DISTRIBUTIONS,
-        user_attrs={"config": config, "reason": reason},
+        user_attrs=TrialRecord(config=config, reason=reason).to_attrs(),
     )
 
 

@@ -12,7 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.study import load_study, open_storage
+from search.study import load_study, open_storage, trial_record
 from search.study.exclusions import Exclusion, excluded_by, exclusions, frozen_layers
 from search.trials.worker import learn_from_failure
 from search.workloads.analysis import Analysis, thread_counts
@@ -177,13 +177,13 @@ def test_a_user_model_torch_pruning_breaks_on_is_searched_without_failed_trials(
         name for name, _ in stored["blocks"]
     ] == ["block2", "block1"]
     trials = study.get_trials(deepcopy=False)
-    assert len(trials) == 8 and not [t.user_attrs.get("reason") for t in trials if t.state == TrialState.FAIL]
+    assert len(trials) == 8 and not [trial_record(t).reason for t in trials if t.state == TrialState.FAIL]
     pruned = [
-        t for t in trials
-        if t.state == TrialState.COMPLETE and (t.user_attrs["config"]["prune.ratio"] > 0 or t.user_attrs["config"]["depth.fraction"] > 0)
+        r for r in map(trial_record, trials)
+        if r.state == "complete" and (r.config["prune.ratio"] > 0 or r.config["depth.fraction"] > 0)
     ]
     assert pruned  # structure removed, not quantization alone
-    first = pruned[0].user_attrs["stages"][0]
+    first = pruned[0].stages[0]
     assert first["metrics"]["params"] < stored["params"]
     # show (no --trial) and the report show the stored analysis.
     code, out, err = run_cli(["show", "--study", "u"])

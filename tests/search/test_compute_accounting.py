@@ -11,7 +11,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.study import trial_record, trial_records
+from search.study import TrialRecord, trial_record, trial_records
 from search.trials import worker
 from search.trials.trial import TrialStopped
 from stages import Context, PipelineConfig
@@ -23,7 +23,7 @@ def _trial(state: TrialState, stages: list[dict[str, Any]]) -> optuna.trial.Froz
         values=[90.0, 3.0] if state == TrialState.COMPLETE else None,
         params={"x": 0.5},
         distributions={"x": FloatDistribution(0, 1)},
-        user_attrs={"stages": stages},
+        user_attrs=TrialRecord(stages=stages).to_attrs(),
     )
 
 

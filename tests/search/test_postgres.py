@@ -29,7 +29,6 @@ from search.bench import scaling
 from search.study import StudyInfo, counted, open_storage, trial_record
 from search.study.artifacts import STORE_ATTR
 from search.study.lifecycle import ask_lock, server_database
-from search.study.records import WORKER
 from tests.search.postgres_server import PostgresServer, remove, start_server
 from tests.search.study_fixtures import TINY_SPACE
 
@@ -116,8 +115,8 @@ def _study(url: str) -> optuna.Study:
 
 def _workers(study: optuna.Study) -> set[str]:
     """The ``host:pid`` of every worker that ran a trial to the end."""
-    return {str(t.user_attrs[WORKER]) for t in study.get_trials(deepcopy=False)
-            if t.state != TrialState.RUNNING and WORKER in t.user_attrs}
+    return {str(r.worker) for r in map(trial_record, study.get_trials(deepcopy=False))
+            if r.state != "running" and r.worker is not None}
 
 
 def test_two_processes_in_their_own_folders_share_one_study_and_its_total(
@@ -134,14 +133,14 @@ def test_two_processes_in_their_own_folders_share_one_study_and_its_total(
     assert counted(study) == 8  # reserved in the database: neither process overshot
     assert not [r for r in records if r.state == "running"]
     assert len(_workers(study)) == 2, "both processes ran trials"
-    profiles = [t.user_attrs.get("profile") for t in study.get_trials(deepcopy=False) if t.user_attrs.get("profile")]
+    profiles = [r.profile for r in records if r.profile]
     assert len(profiles) == len(set(profiles)), f"a profile was queued twice: {profiles}"
     assert study.user_attrs[STORE_ATTR] == str(store.resolve())
     # Each process wrote its trial files in its own folder, never in the other's.
-    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    ran_in_b = [t for t in complete if str(t.user_attrs["artifact"]).startswith(str(b))]
+    complete = [r for r in records if r.state == "complete"]
+    ran_in_b = [r for r in complete if str(r.artifact).startswith(str(b))]
     assert ran_in_b, "b completed no trial"
-    assert all(str(t.user_attrs["artifact"]).startswith((str(a), str(b))) for t in complete)
+    assert all(str(r.artifact).startswith((str(a), str(b))) for r in complete)
 
     # A third machine with the storage URL and the store exports a trial that b ran.
     number = ran_in_b[0].number
@@ -154,7 +153,7 @@ def test_two_processes_in_their_own_folders_share_one_study_and_its_total(
     # Verified against the stored test accuracy; or, for a trial outside the bound on validation
     # (the search did not measure its test accuracy), measured here.
     assert "verified" in done.stdout or "test accuracy measured in ONNX Runtime" in done.stdout
-    assert (c / "m.onnx").stat().st_size == Path(ran_in_b[0].user_attrs["artifact"]).stat().st_size
+    assert (c / "m.onnx").stat().st_size == Path(str(ran_in_b[0].artifact)).stat().st_size
 
 
 def _claimed_by(url: str, pid: int) -> bool:
@@ -162,7 +161,7 @@ def _claimed_by(url: str, pid: int) -> bool:
         trials = _study(url).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     except Exception:  # the study is not created yet
         return False
-    return any(str(t.user_attrs.get(WORKER, "")).endswith(f":{pid}") for t in trials)
+    return any(str(trial_record(t).worker or "").endswith(f":{pid}") for t in trials)
 
 
 def test_kill_9_of_one_of_two_workers_the_other_ends_the_study_with_its_total(

@@ -28,9 +28,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.backends.ray_tune.trials import RAY_NODE_ATTR
-from search.study import open_storage
-from search.study.records import WORKER
+from search.study import open_storage, trial_record
 from tests.search.study_fixtures import TINY_SPACE
 
 pytestmark = pytest.mark.slow
@@ -181,12 +179,13 @@ def test_a_search_joins_the_cluster_with_its_token_and_runs_on_both_nodes(
 
     assert code == 0, err
     assert "c: 4 trials" in out
-    trials = optuna.load_study(study_name="c", storage=open_storage(None, create=False)).get_trials()
+    study = optuna.load_study(study_name="c", storage=open_storage(None, create=False))
+    trials = [trial_record(t) for t in study.get_trials()]
     assert len(trials) == 4
     # Two trials at a time and one CPU per node: they ran on both nodes, each in a worker
     # process (host:pid) of the node it names.
-    assert {t.user_attrs[RAY_NODE_ATTR] for t in trials} == cluster.node_ids
-    workers = {node: {t.user_attrs[WORKER] for t in trials if t.user_attrs[RAY_NODE_ATTR] == node}
+    assert {t.ray_node for t in trials} == cluster.node_ids
+    workers = {node: {t.worker for t in trials if t.ray_node == node}
                for node in cluster.node_ids}
     first, second = workers.values()
     assert first and second and not first & second, workers

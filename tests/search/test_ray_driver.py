@@ -24,7 +24,7 @@ from objectives import Constraint
 from search.backends import SearchSettings
 from search.backends import ray_tune as ray_driver
 from search.errors import UserError
-from search.study import StudyInfo, open_storage, profiles_to_run, trial_records
+from search.study import StudyInfo, TrialRecord, open_storage, profiles_to_run, trial_record, trial_records
 from search.workloads.workload import WorkloadSpec
 from spaces import (
     PROFILES,
@@ -93,7 +93,7 @@ def test_distributions_refuse_params_of_another_space() -> None:
 def test_define_by_run_names_profile_trials_only() -> None:
     space = default_space()
     study = optuna.create_study(directions=["maximize", "maximize"])
-    study.enqueue_trial(profile_params("balanced", space), user_attrs={"profile": "balanced"})
+    study.enqueue_trial(profile_params("balanced", space), user_attrs=TrialRecord(profile="balanced").to_attrs())
     search_space = ray_driver.DefineByRun(space)
 
     assert search_space(study.ask()) == {"profile": "balanced"}
@@ -161,9 +161,10 @@ def _study_with(tmp_path: Path, states: dict[str, TrialState]) -> tuple[SearchSe
     dist = {"prune.ratio": FloatDistribution(0.0, 0.9)}
     for name, state in states.items():
         if state == TrialState.WAITING:
-            study.enqueue_trial({"prune.ratio": 0.3}, user_attrs={"profile": name})
+            study.enqueue_trial({"prune.ratio": 0.3}, user_attrs=TrialRecord(profile=name).to_attrs())
             continue
-        attrs = {"profile": name, **({"reason": "interrupted (Ctrl-C)"} if state == TrialState.FAIL else {})}
+        reason = "interrupted (Ctrl-C)" if state == TrialState.FAIL else None
+        attrs = TrialRecord(profile=name, reason=reason).to_attrs()
         study.add_trial(
             optuna.trial.create_trial(
                 state=state,
@@ -195,7 +196,7 @@ def test_searcher_study_learns_from_finished_trials_and_queues_profiles(tmp_path
     finished = searcher.get_trials(states=(TrialState.COMPLETE,))
     waiting = searcher.get_trials(states=(TrialState.WAITING,))
     assert [t.values for t in finished] == [[90.0, 2.0]]
-    assert [t.user_attrs["profile"] for t in waiting] == ["high-accuracy"]
+    assert [trial_record(t).profile for t in waiting] == ["high-accuracy"]
 
 
 def test_searcher_skips_trials_whose_dimensions_clash_with_the_space() -> None:
@@ -317,7 +318,7 @@ def test_ray_search_writes_the_study_format(
         assert record.config and record.metrics["val_acc"] == t.values[0]
         assert set(t.constraints) == set(record.violations)  # Optuna sees our constraints
         assert Path(record.artifact).is_file() and Path(record.artifact).is_absolute()
-        assert t.user_attrs["ray_trial"] and t.params and set(t.params) == set(t.distributions)
+        assert record.ray_trial and t.params and set(t.params) == set(t.distributions)
         assert record.seconds and record.seconds > 0
     # Optuna's front of a constrained study holds feasible trials only, and is empty only when
     # no trial is feasible: so Optuna read the constraints the Ray workers stored.

@@ -35,7 +35,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from search.interrupts import redeliver_lost_interrupts, stops_deferred
-from search.study import StudyInfo, counted, open_storage
+from search.study import StudyInfo, TrialRecord, counted, open_storage, trial_record
 from search.study.lifecycle import _pid_alive
 from search.study.storage import FlockJournalLock, repair_journal_tail
 from spaces import PROFILES, is_mcaas_profile
@@ -196,18 +196,18 @@ def _assert_rerun_finishes(folder: Path, command: list[str], before: Trials, tri
     for number, old in finished.items():
         new = after[number]
         assert (new.state, new.params, new.values) == (old.state, old.params, old.values), number
-        assert new.user_attrs.get("config") == old.user_attrs.get("config")
-        assert new.user_attrs.get("metrics") == old.user_attrs.get("metrics")
+        assert trial_record(new).config == trial_record(old).config
+        assert trial_record(new).metrics == trial_record(old).metrics
     for number in cut:
         assert after[number].state == TrialState.FAIL, number
-        assert after[number].user_attrs["reason"].startswith("interrupted"), after[number].user_attrs
+        assert trial_record(after[number]).reason.startswith("interrupted"), after[number].user_attrs
     assert not _numbers(list(after.values()), TrialState.RUNNING, TrialState.WAITING)
     study = optuna.load_study(study_name=STUDY, storage=open_storage(str(_journal(folder)), create=False))
     assert counted(study) == trials
     # Each fixed profile ran to an end exactly once (an interrupted one is run again, not twice).
-    ran = [t.user_attrs.get("profile") for t in after.values()
-           if is_mcaas_profile(t.user_attrs.get("profile"))
-           and not str(t.user_attrs.get("reason", "")).startswith("interrupted")]
+    ran = [trial_record(t).profile for t in after.values()
+           if is_mcaas_profile(trial_record(t).profile)
+           and not str(trial_record(t).reason or "").startswith("interrupted")]
     assert sorted(ran) == sorted(PROFILES)
 
 
@@ -222,7 +222,7 @@ def _assert_ctrl_c_recorded(folder: Path, proc: subprocess.Popen[bytes], command
     assert not _numbers(after, TrialState.RUNNING), [(t.number, t.state) for t in after]
     failed = [t for t in after if t.state == TrialState.FAIL]
     assert failed, [(t.number, t.state) for t in after]
-    assert {t.user_attrs.get("reason") for t in failed} == {"interrupted (Ctrl-C)"}
+    assert {trial_record(t).reason for t in failed} == {"interrupted (Ctrl-C)"}
     _assert_journal_valid(folder)
 
 
@@ -291,11 +291,11 @@ def test_a_trial_killed_before_its_worker_claimed_it_is_failed_on_resume(tmp_pat
     study, _ = create_or_resume("s", journal, info, sampler=optuna.samplers.RandomSampler())
     orphan = study.ask()  # the worker died right here
     alive = study.ask()
-    alive.set_user_attr("worker", worker_id())  # this very process: alive
+    TrialRecord(worker=worker_id()).save(alive)  # this very process: alive
     create_or_resume("s", journal, info, sampler=optuna.samplers.RandomSampler())
     trials = optuna.load_study(study_name="s", storage=open_storage(journal, create=False)).trials
     assert trials[orphan.number].state == TrialState.FAIL
-    assert trials[orphan.number].user_attrs["reason"].startswith("interrupted")
+    assert trial_record(trials[orphan.number]).reason.startswith("interrupted")
     assert trials[alive.number].state == TrialState.RUNNING
 
 
@@ -398,7 +398,7 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(
     assert not faults.queue
     trials = _trials(search_dir) or []
     assert [t.state for t in trials] == [TrialState.FAIL] * 4 + [TrialState.COMPLETE]
-    reasons = [t.user_attrs["reason"] for t in trials[:4]]
+    reasons = [trial_record(t).reason for t in trials[:4]]
     assert reasons[0].startswith("StageError: prune: layer features.0 cannot be pruned (injected)")
     assert reasons[1].startswith("StageError: distill: loss became NaN at step 0")
     assert reasons[2].startswith("RuntimeError: injected: the ONNX exporter gave up")

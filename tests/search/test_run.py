@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from objectives import Constraint, EarlyStop, Point
-from search.study import open_storage, trial_records
+from search.study import TrialRecord, open_storage, trial_record, trial_records
 from search.trials.trial import Scoring, TrialStopped, run_trial
 from spaces import PROFILES
 from stages.config import PipelineConfig
@@ -48,14 +48,14 @@ def test_search_runs_profiles_first_and_prints_the_front(demo_dir: Path, run_cli
     assert code == 0, err
     trials = _study("s").trials
     assert len(trials) == 4
-    assert [t.user_attrs.get("profile") for t in trials[:3]] == list(PROFILES)
+    assert [trial_record(t).profile for t in trials[:3]] == list(PROFILES)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert complete, [t.user_attrs.get("reason") for t in trials]
+    assert complete, [trial_record(t).reason for t in trials]
     for t in complete:
-        assert Path(t.user_attrs["artifact"]).is_file()
-        assert t.user_attrs["metrics"]["bytes"] > 0
+        assert Path(trial_record(t).artifact).is_file()
+        assert trial_record(t).metrics["bytes"] > 0
         assert set(t.constraints) == {"accuracy_drop"}
-        assert {r["stage"] for r in t.user_attrs["stages"]} >= {"export", "measure"}
+        assert {r["stage"] for r in trial_record(t).stages} >= {"export", "measure"}
     assert "report:" in out and (demo_dir / "studies" / "s" / "report.html").is_file()
     assert "export" in out
 
@@ -64,12 +64,12 @@ def test_search_runs_profiles_first_and_prints_the_front(demo_dir: Path, run_cli
 def test_rerun_resumes_without_repeating_or_losing_trials(demo_dir: Path, run_cli: RunCli) -> None:
     assert _search(run_cli, "--trials", "3")[0] == 0
     # The named configs not run yet wait in the queue for the next run.
-    first = {t.number: t.user_attrs.get("config") for t in _study("s").trials if t.state != TrialState.WAITING}
+    first = {t.number: trial_record(t).config for t in _study("s").trials if t.state != TrialState.WAITING}
     assert _search(run_cli, "--trials", "5")[0] == 0
     trials = _study("s").trials
     assert [t.number for t in trials] == [0, 1, 2, 3, 4]
-    assert {t.number: t.user_attrs.get("config") for t in trials[:3]} == first
-    profiles = [t.user_attrs.get("profile") for t in trials if t.user_attrs.get("profile")]
+    assert {t.number: trial_record(t).config for t in trials[:3]} == first
+    profiles = [r.profile for r in map(trial_record, trials) if r.profile]
     # Each exactly once, in order: the MCaaS profiles, then quantization alone in each mode the
     # space can choose (int8-static: TINY_SPACE has no other).
     assert profiles == [*PROFILES, "int8-static only"]
@@ -95,11 +95,11 @@ def test_interrupted_trial_is_marked_failed_and_replaced(demo_dir: Path, run_cli
     assert _search(run_cli, "--trials", "1", "--no-profiles")[0] == 0
     study = _study("s")
     ghost = study.ask()  # a trial whose worker was killed: RUNNING forever, pid gone
-    ghost.set_user_attr("worker", f"{__import__('socket').gethostname()}:999999999")
+    TrialRecord(worker=f"{__import__('socket').gethostname()}:999999999").save(ghost)
     assert _search(run_cli, "--trials", "2", "--no-profiles")[0] == 0
     trials = _study("s").trials
     assert trials[ghost.number].state == TrialState.FAIL
-    assert trials[ghost.number].user_attrs["reason"].startswith("interrupted")
+    assert trial_record(trials[ghost.number]).reason.startswith("interrupted")
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 2  # the interrupted trial does not count towards --trials
 
@@ -133,7 +133,7 @@ def test_two_jobs_run_trials_in_two_processes(demo_dir: Path, run_cli: RunCli) -
     assert code == 0, err
     trials = _study("s").trials
     assert len(trials) == 4 and all(t.state != TrialState.RUNNING for t in trials)
-    workers = {t.user_attrs["worker"] for t in trials}
+    workers = {trial_record(t).worker for t in trials}
     assert len(workers) == 2
 
 

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from torch import nn
 
 from search.errors import UserError
-from search.study import StudyInfo, open_storage
+from search.study import StudyInfo, open_storage, trial_record
 from search.workloads.models import build_model, check_fits
 from search.workloads.vit import patch_size_for
 from stages import Context, TaskData
@@ -139,10 +139,10 @@ def test_a_study_searches_a_vision_transformer(
     # Three trials run (the profiles; the quantization-only configs wait for a later run).
     ran = [t for t in study.trials if t.state != TrialState.WAITING]
     assert len(ran) == 3
-    assert len(complete) == 3, [(t.state, t.user_attrs.get("reason")) for t in ran]
+    assert len(complete) == 3, [(t.state, trial_record(t).reason) for t in ran]
     for t in complete:
-        assert Path(t.user_attrs["artifact"]).is_file()
-        assert t.user_attrs["metrics"]["bytes"] > 0
+        assert Path(trial_record(t).artifact).is_file()
+        assert trial_record(t).metrics["bytes"] > 0
     assert "report:" in out
     # The analysis found the attention layers, so the fitted space searches whole heads.
     info = StudyInfo.load(study)

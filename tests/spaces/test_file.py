@@ -40,7 +40,6 @@ class RandomTrial:
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
         self.params: dict[str, Any] = {}
-        self.user_attrs: dict[str, Any] = {}
 
     def suggest_float(
         self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False

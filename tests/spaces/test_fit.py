@@ -152,8 +152,6 @@ def test_a_latency_target_trains_small_students_longer() -> None:
 class _Highest:
     """A trial that answers every question with the top of its range (or the first choice)."""
 
-    user_attrs: dict = {}
-
     def __init__(self) -> None:
         self.asked: list[str] = []
 

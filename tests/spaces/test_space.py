@@ -307,7 +307,7 @@ class TestSearchSpace:
 
     def test_duck_typed_trial_is_asked_parents_first_and_only_what_matters(self) -> None:
         class LowestTrial:
-            """No Optuna, no user_attrs: lowest value of every range, first choice."""
+            """No Optuna: lowest value of every range, first choice."""
 
             def __init__(self) -> None:
                 self.asked: list[str] = []
@@ -329,7 +329,7 @@ class TestSearchSpace:
                 return choices[0]
 
         trial = LowestTrial()
-        config = default_space().suggest(trial)  # type: ignore[arg-type]  # no user_attrs: fine
+        config = default_space().suggest(trial)  # type: ignore[arg-type]
         # ratio 0: no pruning settings; alpha 0: no temperature; cluster.on False: no k.
         assert trial.asked == [
             "depth.fraction",

@@ -30,7 +30,7 @@ from search.backends.ray_tune.searcher import (
     optuna_quiet,
     searcher_storage,
 )
-from search.backends.ray_tune.trials import RUN_ATTR, RayJob, ray_trial
+from search.backends.ray_tune.trials import RayJob, ray_trial
 from search.backends.settings import SearchSettings
 from search.errors import UserError
 from search.study import (
@@ -40,6 +40,7 @@ from search.study import (
     mark_interrupted,
     open_storage,
     profiles_to_run,
+    trial_record,
 )
 from search.workloads.workload import Workload, WorkloadSpec
 
@@ -178,7 +179,7 @@ def _fail_unfinished(study: optuna.Study, run_id: str) -> None:
     """Mark this run's trials still RUNNING (their Ray trial was stopped or its worker died) as
     interrupted: they are replaced on the next run, as in the Optuna backend."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get(RUN_ATTR) == run_id:
+        if trial_record(t).ray_run == run_id:
             mark_interrupted(study, t.number, "its Ray trial stopped without a result")
 
 

@@ -23,13 +23,13 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from objectives import metrics as m
-from search.study.records import PROFILE
+from search.study.records import TrialRecord
 from spaces import SearchSpace, SpaceError, profile_params
 
 METRICS = (m.VAL_ACC, "ratio")
 OUTCOME = "outcome"
 """Result key a Ray trial reports besides METRICS: complete, pruned or failed."""
-PROFILE_KEY = PROFILE
+PROFILE_KEY = "profile"
 """Key the define-by-run function adds to a Ray trial's config to name the profile it runs."""
 
 
@@ -40,9 +40,8 @@ class RecordingTrial:
     trial of the same config records, so both backends write the same study format.
     """
 
-    def __init__(self, params: Mapping[str, Any], user_attrs: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, params: Mapping[str, Any]) -> None:
         self.params = dict(params)
-        self.user_attrs: dict[str, Any] = dict(user_attrs or {})
         self.distributions: dict[str, BaseDistribution] = {}
 
     def _answer(self, name: str, distribution: BaseDistribution) -> Any:
@@ -87,7 +86,7 @@ class DefineByRun:
 
     def __call__(self, trial: Any) -> dict[str, Any] | None:
         self.space.suggest(trial)
-        profile = trial.user_attrs.get(PROFILE_KEY)
+        profile = TrialRecord.from_attrs(trial.user_attrs).profile
         return {PROFILE_KEY: profile} if profile else None
 
 
@@ -123,7 +122,7 @@ def searcher_storage(study: optuna.Study, space: SearchSpace, profiles: Sequence
     search learns from them) and the ``profiles`` queued first, each named in its user attrs.
 
     Profiles are queued here rather than through ``points_to_evaluate`` because the name must
-    reach ``space.suggest`` (a profile's config is exact even where its params are partial).
+    reach the worker (a profile's config is exact even where its params are partial).
     Trials run with a space file whose dimensions clash with ``space`` are left out: Optuna
     would refuse to sample ``space`` beside them.
     """
@@ -135,7 +134,7 @@ def searcher_storage(study: optuna.Study, space: SearchSpace, profiles: Sequence
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     searcher.add_trials([t for t in finished if fits_space(t, space)])
     for name in profiles:
-        searcher.enqueue_trial(profile_params(name, space), user_attrs={PROFILE_KEY: name})
+        searcher.enqueue_trial(profile_params(name, space), user_attrs=TrialRecord(profile=name).to_attrs())
     return storage
 
 

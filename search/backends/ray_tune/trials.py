@@ -22,14 +22,11 @@ from search.backends.ray_tune.searcher import (
 )
 from search.backends.settings import SearchSettings
 from search.study import StudyInfo, open_storage, worker_id
-from search.study.records import WORKER
+from search.study.records import TrialRecord, trial_record
 from search.trials.worker import WorkerSetup, run_and_record, worker_setup
 from search.workloads.workload import Workload, WorkloadSpec, load_workload, pick_device
-from spaces import SearchSpace
+from spaces import SearchSpace, rebuilt_config
 from stages import PipelineConfig
-
-# Which run, Ray trial and Ray node (the machine, on a cluster) a study trial belongs to.
-RUN_ATTR, RAY_TRIAL_ATTR, RAY_NODE_ATTR = "ray_run", "ray_trial", "ray_node"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,14 +107,16 @@ def ray_trial(config: dict[str, Any], job: RayJob) -> None:
     params = {key: value for key, value in config.items() if key != PROFILE_KEY}
     worker = _worker(job)
     trial = _open_trial(worker, profile)
-    trial.set_user_attr(WORKER, worker_id())
-    trial.set_user_attr(RUN_ATTR, job.run_id)
-    trial.set_user_attr(RAY_TRIAL_ATTR, tune.get_context().get_trial_id())
-    trial.set_user_attr(RAY_NODE_ATTR, ray.get_runtime_context().get_node_id())
+    TrialRecord(
+        worker=worker_id(),
+        ray_run=job.run_id,
+        ray_trial=tune.get_context().get_trial_id(),
+        ray_node=ray.get_runtime_context().get_node_id(),
+    ).save(trial)
 
     def make_config() -> PipelineConfig:
         _set_params(worker, trial, job.settings.space, params)
-        return job.settings.space.config_from_params(params, profile=profile)
+        return rebuilt_config(job.settings.space, params, profile=profile)
 
     state, outcome = run_and_record(trial, worker.setup, make_config, profile=profile)
     if outcome is None:
@@ -132,14 +131,14 @@ def _open_trial(worker: _Worker, profile: str | None) -> optuna.Trial:
     storage = worker.storage
     if profile is not None:
         for t in worker.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            if t.user_attrs.get(PROFILE_KEY) != profile:
+            if trial_record(t).profile != profile:
                 continue
             trial_id = storage.get_trial_id_from_study_id_trial_number(worker.study_id, t.number)
             if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
                 return optuna.Trial(worker.study, trial_id)
     trial = optuna.Trial(worker.study, storage.create_new_trial(worker.study_id))
     if profile is not None:
-        trial.set_user_attr(PROFILE_KEY, profile)
+        TrialRecord(profile=profile).save(trial)
     return trial
 
 

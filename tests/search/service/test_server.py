@@ -21,7 +21,7 @@ import optuna
 import pytest
 
 from search.service.jobs import worker_alive
-from search.study import counted, open_storage
+from search.study import counted, open_storage, trial_record
 from search.workloads.datasets import load_dataset
 from tests.search.service.server_process import (
     Server,
@@ -215,7 +215,7 @@ def test_kill_9_of_server_and_worker_then_restart_completes_the_jobs(folder: Pat
         server.stop()
     study = _study(folder, first)
     assert counted(study) == 5
-    reasons = [t.user_attrs.get("reason", "") for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    reasons = [(trial_record(t).reason or "") for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     assert any(r.startswith("interrupted") for r in reasons), reasons
     assert json.loads((job_folder / "worker.json").read_text())["starts"] == 2
     assert counted(_study(folder, queued)) == 2
