@@ -32,6 +32,9 @@ def write_csvs(summary: BenchSummary, results: Path) -> list[Path]:
                 "test_drop": _num(test_drop(summary.baseline, m.best) if m.best else None),
                 "test_drop_ci_low": _num(ci[0]),
                 "test_drop_ci_high": _num(ci[1]),
+                # Chosen with the test split: the largest ratio within the bound on both splits.
+                "best_on_both_trial": m.best_on_both.number if m.best_on_both else "",
+                "best_on_both_ratio": _num(m.ratio_on_both),
                 "hypervolume": f"{m.hypervolume:.6g}",
                 "wall_s": f"{m.wall_s:.1f}",
                 "trials_per_hour": _num(m.trials_per_hour),
