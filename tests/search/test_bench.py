@@ -433,8 +433,11 @@ def test_nncf_peer_is_measured_like_a_trial_when_installed(
     # NNCF gets each image's hit with the accuracy, so it validates whole candidates, never one
     # session per validation image (360 on the demo; on Fashion-MNIST that was 6,000 and an hour).
     assert 0 < len(sessions) < 30, len(sessions)
-    # Accuracy control keeps NNCF within the bound it is given (1 point) on validation.
-    assert rows[0]["best_trial"] and float(rows[0]["val_drop"]) <= 1.0 and float(rows[0]["best_ratio"]) > 1.0
+    # Accuracy control keeps NNCF within the bound it is given (1 point) on validation. (Whether
+    # its trial is recommended is another matter: on 360 images its interval may reach past 1 pt.)
+    with open(folder / "res" / "trials.csv") as handle:
+        [trial] = [t for t in csv.DictReader(handle) if t["profile"] == "nncf"]
+    assert trial["feasible_val"] == "True" and float(trial["size_ratio"]) > 1.0, trial
 
 
 def test_a_trial_without_test_accuracy_is_described_by_its_validation_drop() -> None:
