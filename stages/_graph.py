@@ -46,13 +46,14 @@ def head_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
     return [m for _, m in weight_layers(model) if out_width(m) == num_classes]
 
 
-def find_classifier(model: nn.Module, num_classes: int) -> nn.Module:
+def find_classifier(model: nn.Module, num_classes: int, *, stage: str) -> nn.Module:
     """The classifier head: the last registered Conv/Linear whose output width is
-    ``num_classes``. Raises ``StageError`` when the model has none."""
+    ``num_classes``. Raises ``StageError`` for ``stage`` when the model has none."""
     heads = head_layers(model, num_classes)
     if not heads:
         widths = sorted({out_width(m) for _, m in weight_layers(model)})
         raise StageError(
+            stage,
             f"found no classifier: no Conv/Linear layer has {num_classes} outputs "
             f"(the task's number of classes); output widths present: {widths}."
         )
@@ -112,7 +113,7 @@ def check_forward(
     except Exception as exc:  # any failure inside the user's forward means a broken model
         where = entered[-1] if entered else "the model's forward (outside any layer)"
         raise StageError(
-            f"{stage}: the model no longer runs after {stage}; it fails in layer {where!r}: {exc}"
+            stage, f"the model no longer runs after {stage}; it fails in layer {where!r}: {exc}"
         ) from exc
     finally:
         for handle in handles:
@@ -121,11 +122,12 @@ def check_forward(
     if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[1] != num_classes:
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise StageError(
-            f"{stage}: the model must output N x {num_classes} logits after {stage}, but it "
+            stage,
+            f"the model must output N x {num_classes} logits after {stage}, but it "
             f"outputs {shape}."
         )
     if not torch.isfinite(output).all():
-        raise StageError(f"{stage}: the model outputs non-finite logits after {stage}.")
+        raise StageError(stage, f"the model outputs non-finite logits after {stage}.")
 
 
 def count_params_macs(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:

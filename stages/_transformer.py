@@ -85,8 +85,9 @@ class HeadAttention(nn.Module):
         if not (mha.batch_first and mha._qkv_same_embed_dim and mha.in_proj_bias is not None
                 and mha.bias_k is None and not mha.add_zero_attn):
             raise StageError(
-                "prune.heads: only batch-first self-attention with biased projections (as in "
-                "torchvision's VisionTransformer) can lose whole heads"
+                "prune",
+                "only batch-first self-attention with biased projections (as in "
+                "torchvision's VisionTransformer) can lose whole heads (prune.heads)"
             )
         embed = mha.out_proj.out_features
         inner = mha.in_proj_weight.shape[0] // 3

@@ -134,7 +134,7 @@ def remove_blocks(model: nn.Module, blocks: Sequence[str]) -> None:
         try:
             model.set_submodule(name, nn.Identity(), strict=True)
         except AttributeError:
-            raise StageError(f"depth: the model has no block {name!r} to remove.") from None
+            raise StageError("depth", f"the model has no block {name!r} to remove.") from None
     for module in model.modules():
         if isinstance(getattr(module, "inplace", None), bool):
             module.inplace = False
@@ -229,7 +229,7 @@ def find_cuts(model: nn.Module, example: torch.Tensor, num_classes: int) -> list
     place for a head) and removes every stage after it. The classifier must be an ``nn.Linear``
     reading pooled features (global pooling keeps the model valid whatever spatial size is left).
     """
-    classifier = find_classifier(model, num_classes)
+    classifier = find_classifier(model, num_classes, stage="depth")
     if not isinstance(classifier, nn.Linear):
         return []
     candidates: dict[int, str] = {}
@@ -278,7 +278,7 @@ def cut_stages(model: nn.Module, stages: Sequence[str], channels: int, num_class
     """Replace ``stages`` by the identity and the classifier by a new ``nn.Linear`` reading
     ``channels`` features (in place); the new head learns in distillation."""
     remove_blocks(model, stages)
-    head = find_classifier(model, num_classes)
+    head = find_classifier(model, num_classes, stage="depth")
     new = nn.Linear(channels, num_classes, bias=head.bias is not None)
     model.set_submodule(module_name(model, head), new.to(head.weight.device))
 
@@ -319,7 +319,8 @@ class Depth:
         check_forward(model, example, ctx.data.num_classes, self.name)
         if reads and not reads_its_input(model, probe):
             raise StageError(
-                f"depth: removing {count} of the {len(ranking)} removable blocks leaves a model "
+                "depth",
+                f"removing {count} of the {len(ranking)} removable blocks leaves a model "
                 "whose output does not depend on its input; remove fewer (a lower depth.fraction)."
             )
         return model

@@ -145,7 +145,8 @@ class FeatureLoss:
             heads = classifier(self.teacher, self.probe), classifier(self.student, self.probe)
             if heads[0] is None or heads[1] is None:
                 raise StageError(
-                    "distill: distill.features needs a model whose output comes from an nn.Linear "
+                    "distill",
+                    "distill.features needs a model whose output comes from an nn.Linear "
                     "classifier (its input is the feature compared); set distill.features=0."
                 )
             for key, head in zip(("teacher", "student"), heads, strict=True):
@@ -223,7 +224,7 @@ class Distill:
             return model.eval()
         n = int(ctx.data.train.x.shape[0])
         if n == 0:
-            raise StageError("distill: the training split is empty; expected at least one sample.")
+            raise StageError("distill", "the training split is empty; expected at least one sample.")
         steps, batch_size = training_plan(cfg, model, ctx)
 
         soft = self._teacher_logits(ctx, n) if cfg.alpha > 0 else None
@@ -267,7 +268,8 @@ class Distill:
             targets = soft[idx.to(soft.device)] if soft is not None else None
             if targets is not None and targets.shape != out.shape:
                 raise StageError(
-                    f"distill: the student outputs {tuple(out.shape[1:])} per sample but the "
+                    "distill",
+                    f"the student outputs {tuple(out.shape[1:])} per sample but the "
                     f"teacher logits have {tuple(targets.shape[1:])}; they must match."
                 )
             loss = distill_loss(out, targets, labels, alpha=cfg.alpha, temperature=cfg.temperature)
@@ -276,7 +278,8 @@ class Distill:
             if not torch.isfinite(loss):
                 kind = "NaN" if torch.isnan(loss) else "inf"
                 raise StageError(
-                    f"distill: loss became {kind} at step {step} (lr={lr:.3g}); "
+                    "distill",
+                    f"loss became {kind} at step {step} (lr={lr:.3g}); "
                     f"expected a finite loss, try a lower distill.lr."
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -299,7 +302,8 @@ class Distill:
             )
         if logits.shape[0] != n:
             raise StageError(
-                f"distill: ctx.teacher_logits has {logits.shape[0]} rows but the "
+                "distill",
+                f"ctx.teacher_logits has {logits.shape[0]} rows but the "
                 f"training split has {n}; they must be the teacher's outputs on data.train."
             )
         return logits.to(ctx.device)

@@ -66,7 +66,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int 
             )
         except Exception as exc:
             raise StageError(
-                f"export: torch.onnx.export failed for {type(model).__name__}: {_root_cause(exc)}"
+                "export", f"torch.onnx.export failed for {type(model).__name__}: {_root_cause(exc)}"
             ) from exc
     proto = program.model_proto
     _strip_debug_metadata(proto.graph)
@@ -76,7 +76,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int 
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise StageError(
-            f"export: the ONNX graph of {type(model).__name__} fails onnx.checker: "
+            "export", f"the ONNX graph of {type(model).__name__} fails onnx.checker: "
             f"{_root_cause(exc)}"
         ) from exc
     write_atomic(path, proto.SerializeToString())
@@ -99,7 +99,7 @@ def export_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
             )
         except Exception as exc:
             raise StageError(
-                f"export: torch.export.export failed for {type(model).__name__}: "
+                "export", f"torch.export.export failed for {type(model).__name__}: "
                 f"{_root_cause(exc)}"
             ) from exc
         with atomic_path(path) as tmp:

@@ -76,7 +76,7 @@ class PruneFailure(StageError):
     known (leaving that layer whole, via ``Context.frozen_layers``, may let the rest prune)."""
 
     def __init__(self, message: str, layer: str | None = None, group: tuple[str, ...] = ()) -> None:
-        super().__init__(message)
+        super().__init__("prune", message)
         self.layer = layer
         self.group = group  # the layers coupled to the failing one (their channels go together)
 
@@ -132,7 +132,7 @@ class Prune:
         model.to(ctx.device)
         example = ctx.data.example_input().to(ctx.device)
         num_classes = ctx.data.num_classes
-        find_classifier(model, num_classes)  # fail early and clearly when there is no head
+        find_classifier(model, num_classes, stage=self.name)  # fail early and clearly when there is no head
         if self.config.ratio > 0 and self.config.method == "structured":
             self._prune_structured(model, ctx, example)
         elif self.config.ratio > 0:
@@ -187,7 +187,7 @@ def _untraceable(model: nn.Module) -> str | None:
     for name, module in model.named_modules():
         if isinstance(module, (ShiftedWindowAttention, ShiftedWindowAttentionV2)):
             return (
-                f"prune: torch-pruning's dependency grouping does not finish on torchvision's "
+                f"torch-pruning's dependency grouping does not finish on torchvision's "
                 f"shifted-window attention ({name!r}, Swin); prune.method=unstructured still applies."
             )
     return None
@@ -221,7 +221,7 @@ def _build_pruner(
         site, layer = _failure_site(exc, model)
         where = "" if site is None else f" at {site}"
         raise PruneFailure(
-            f"prune: torch-pruning cannot trace this model's dependency graph{where} "
+            f"torch-pruning cannot trace this model's dependency graph{where} "
             f"({type(exc).__name__}: {exc}); prune.method=unstructured still applies.",
             layer,
         ) from exc
@@ -246,7 +246,7 @@ def _step(pruner: tp.pruner.MetaPruner, model: nn.Module) -> None:
             site = f"layer {layer!r}"
         where = site or "a layer"
         raise PruneFailure(
-            f"prune: torch-pruning cannot prune {where} in this graph "
+            f"torch-pruning cannot prune {where} in this graph "
             f"({type(exc).__name__}: {exc}); prune.method=unstructured still applies.",
             layer,
             _coupled_layers(pruner, model, group, layer),

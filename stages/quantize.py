@@ -42,7 +42,7 @@ class Quantize:
     def run(self, model: OnnxFile, ctx: Context) -> OnnxFile:
         if not isinstance(model, OnnxFile):
             raise StageError(
-                f"quantize: expected an exported ONNX model (run export first), "
+                "quantize", "expected an exported ONNX model (run export first), "
                 f"but got {type(model).__name__}."
             )
         dst = ctx.workdir / FINAL_ONNX_NAME
@@ -55,8 +55,9 @@ class Quantize:
             except Exception as exc:
                 first_line = (str(exc).strip().splitlines() or [""])[0]
                 raise StageError(
-                    f"quantize: mode {self.config.mode} failed on {model.path.name}: "
-                    f"{type(exc).__name__}: {first_line}"
+                    "quantize",
+                    f"mode {self.config.mode} failed on {model.path.name}: {type(exc).__name__}: {first_line}",
+                    setting="quantize.mode",
                 ) from exc
             _check_runs(out, ctx.data.example_input().numpy(), self.config.mode)
             os.replace(out, dst)  # the temporary folder is on the same file system
@@ -74,7 +75,7 @@ def _check_runs(path: Path, example: np.ndarray, mode: str) -> None:
         session.run(None, {session.get_inputs()[0].name: example.astype(np.float32)})
     except Exception as exc:
         raise StageError(
-            f"quantize: the {mode} model does not run in ONNX Runtime on the CPU: {exc}"
+            "quantize", f"the {mode} model does not run in ONNX Runtime on the CPU: {exc}", setting="quantize.mode"
         ) from exc
 
 

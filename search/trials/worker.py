@@ -165,13 +165,6 @@ def record_outcome(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutco
     study.tell(trial, list(outcome.values))
 
 
-# The setting a stage's failure is blamed on: the stage's choice among registry entries (a
-# quantizer that rejects the graph fails for every config with that mode). Pruning failures are
-# blamed on layers instead (see learn_from_failure); other stages' failures depend on the model
-# and the numbers, not on one value to avoid.
-BLAMED_SETTING = {"quantize": "quantize.mode"}
-
-
 def learn_from_failure(
     study: optuna.Study,
     number: int,
@@ -182,20 +175,16 @@ def learn_from_failure(
 ) -> None:
     """Record what trial ``number``'s failure teaches the study, so no later trial fails so again:
     the layer structural pruning broke on is left whole from now on (and, when it was already,
-    ``frozen``, the layers coupled to it), or the value of the failing stage's choice
-    (``BLAMED_SETTING``) is excluded. Failures outside a stage teach nothing."""
+    ``frozen``, the layers coupled to it), or the value of the setting the stage blamed
+    (``StageError.setting``) is excluded. Other failures teach nothing."""
     if isinstance(exc, PruneFailure) and exc.layer is not None:
         blamed = [exc.layer] if exc.layer not in frozen else [n for n in exc.group if n not in frozen]
         for layer in blamed:
             freeze_layer(study, layer, str(exc))
         if blamed:
             return
-    if not isinstance(exc, StageError):
-        return
-    stage = str(exc).partition(":")[0]
-    key = BLAMED_SETTING.get(stage)
-    if key is not None:
-        exclude(study, Exclusion(key, config.to_flat()[key], str(exc), number))
+    if isinstance(exc, StageError) and exc.setting is not None:
+        exclude(study, Exclusion(exc.setting, config.to_flat()[exc.setting], str(exc), number))
 
 
 def failure_reason(exc: BaseException) -> str:

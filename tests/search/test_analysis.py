@@ -143,11 +143,15 @@ def test_formats_measured_slower_than_fp32_beyond_the_margin_are_slow() -> None:
 def test_a_failure_teaches_the_study_once() -> None:
     study = optuna.create_study(directions=["maximize", "maximize"])
     config = PipelineConfig.from_flat({"quantize.mode": "int8-static", "prune.ratio": 0.5})
-    learn_from_failure(study, 3, config, PruneFailure("prune: cannot prune layer 'merge'", "merge"))
+    learn_from_failure(study, 3, config, PruneFailure("cannot prune layer 'merge'", "merge"))
     assert frozen_layers(study) == {"merge": "prune: cannot prune layer 'merge'"}
     assert exclusions(study) == []
-    learn_from_failure(study, 4, config, StageError("quantize: ONNX Runtime rejects the graph"))
-    learn_from_failure(study, 5, config, StageError("quantize: the same again"))
+    # Blame comes from the error's fields, not its text: a quantize failure that names no
+    # setting (the stage was handed no ONNX file) excludes nothing.
+    learn_from_failure(study, 2, config, StageError("quantize", "expected an exported ONNX model"))
+    assert exclusions(study) == []
+    learn_from_failure(study, 4, config, StageError("quantize", "ONNX Runtime rejects the graph", setting="quantize.mode"))
+    learn_from_failure(study, 5, config, StageError("quantize", "the same again", setting="quantize.mode"))
     [found] = exclusions(study)
     assert found == Exclusion("quantize.mode", "int8-static", "quantize: ONNX Runtime rejects the graph", 4)
     assert excluded_by([found], config.to_flat()) == found

@@ -373,7 +373,7 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(
         if Path(ctx.workdir).parent.name != "trials":  # the study's pre-flight probe, not a trial
             return prune_run(self, model, ctx)
         if faults.take("stage"):
-            raise StageError("prune: layer features.0 cannot be pruned (injected)")
+            raise StageError("prune", "layer features.0 cannot be pruned (injected)")
         if faults.take("oom"):
             raise MemoryError("injected: cannot allocate 3 GiB")
         return prune_run(self, model, ctx)

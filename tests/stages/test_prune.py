@@ -127,7 +127,7 @@ def test_every_tiny_model_shrinks_with_ratio(tmp_path: Path, factory, scope: str
         model = factory()
         _prune(model, tmp_path, ratio=ratio, scope=scope)
         _assert_runs(model)
-        assert find_classifier(model, 10).weight.shape[0] == 10
+        assert find_classifier(model, 10, stage="prune").weight.shape[0] == 10
         sizes.append(_size(model))
     base = _size(factory())
     assert base[0] > sizes[0][0] > sizes[1][0] > sizes[2][0]
@@ -323,5 +323,5 @@ def test_torchvision_models_halve_their_channels(tmp_path: Path, name: str) -> N
     new_params, new_macs = _size(model, data)
     assert 0.15 * params < new_params < 0.45 * params
     assert 0.15 * macs < new_macs < 0.45 * macs
-    assert find_classifier(model, 10).out_features == 10
+    assert find_classifier(model, 10, stage="prune").out_features == 10
     _assert_runs(model, data)

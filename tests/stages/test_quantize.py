@@ -142,8 +142,10 @@ def test_poisoned_training_data_does_break_calibration(
     ctx, fp32 = _context(poisoned, tmp_path, exported["tiny_cnn"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # numpy's all-NaN reductions
-        with pytest.raises(StageError, match="quantize: mode int8-static failed"):
+        with pytest.raises(StageError, match="quantize: mode int8-static failed") as caught:
             Quantize(QuantizeConfig(mode="int8-static")).run(fp32, ctx)
+    # The quantizer's failure blames its mode, as fields (a search excludes the value from them).
+    assert (caught.value.stage, caught.value.setting) == ("quantize", "quantize.mode")
 
 
 def _input_scale(path: Path) -> float:
