@@ -75,3 +75,17 @@ def test_a_queued_trial_counts_as_waiting_not_running() -> None:
     counts = state_counts([record(0, "running"), record(1, "waiting"), record(2, "waiting")])
     assert counts["running"] == 1 and counts["waiting"] == 2
     assert describe_counts(counts) == "3 trials: 0 feasible, 0 infeasible, 0 pruned, 0 failed, 1 running, 2 waiting"
+
+
+def test_the_report_says_how_often_the_bound_held_on_test(
+    hand: HandMadeStudy, loaded: tuple[optuna.Study, list]
+) -> None:
+    study, records = loaded
+    data = gather.gather_report(study, hand.info, records)
+    # Four trials are within the bound on validation; trial 1 (the weak model) lost 78 pt on test.
+    assert data.held_on_test == (
+        "held on test (360 images, drop <= 1.00 pt): 3 of 4 (75 %) of the trials within the bound "
+        "on validation; 3 of 4 (75 %) of those the validation split vouched for"
+    )
+    assert data.recommended is not None and data.recommended.number == 3
+    assert data.passed_over is None and data.unvouched is None
