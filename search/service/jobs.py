@@ -87,6 +87,7 @@ class JobRequest:
             dataset=s["dataset"],
             data_root=Path(s["data_root"]) if s["data_root"] else None,
             seed=self.seed,
+            decide_drop=self.max_drop,  # the default validation split grows to decide the bound, as `run`'s
         )
 
 
