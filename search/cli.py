@@ -11,10 +11,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from objectives import ObjectiveError
-from search.errors import UserError
+from search.errors import USER_ERRORS
 from search.interrupts import redeliver_lost_interrupts
-from stages.errors import ConfigError, StageError
 
 # name -> (module under search.commands, one-line help); imported lazily so `--help` stays fast.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -29,9 +27,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "benchmark the search against the fixed profiles and random search"),
     "serve": ("serve", "serve the search as an HTTP API and a web page (jobs run in worker processes)"),
 }
-
-USER_ERRORS = (UserError, ConfigError, StageError, ObjectiveError)
-
 
 def one_line(message: str) -> str:
     """``message`` on one line (it may echo user input holding line breaks)."""

@@ -3,7 +3,10 @@ any exception into a line fit for such a message."""
 
 from __future__ import annotations
 
-__all__ = ["UserError", "first_line"]
+from objectives import ObjectiveError
+from stages.errors import ConfigError, StageError
+
+__all__ = ["USER_ERRORS", "UserError", "first_line"]
 
 # A first line longer than this is cut: a one-line error must stay readable.
 MAX_LINE = 300
@@ -11,6 +14,12 @@ MAX_LINE = 300
 
 class UserError(Exception):
     """The user's input is wrong: a bad path, name, checkpoint or flag value."""
+
+
+# The errors that mean "the input was wrong", from every layer: the CLI answers them with one
+# line and exit code 2, a service job fails with their message, no traceback. The layers below
+# (objectives, stages) cannot raise ``UserError``: they know nothing of search.
+USER_ERRORS: tuple[type[Exception], ...] = (UserError, ConfigError, StageError, ObjectiveError)
 
 
 def first_line(exc: BaseException, *, typed: bool = False) -> str:

@@ -191,16 +191,9 @@ def workload_data(info: StudyInfo) -> TaskData:
     """The study's dataset, split exactly as the search split it (seed, validation fraction and
     image size come from the stored workload). The one place that turns a stored workload dict
     back into data; read defensively, since older studies may lack keys."""
-    w = info.workload
-    data_root = w.get("data_root")
-    spec = WorkloadSpec(
-        model=w.get("model"),
-        dataset=w.get("dataset"),
-        data_root=Path(data_root) if data_root else None,
-        image_size=w.get("image_size"),
-        seed=int(w.get("seed", 0)),
-        val_fraction=float(w.get("val_fraction", 0.1)),
-    )
+    # The fingerprint holds the spec's fields that shape the data; an older one may lack the
+    # split's fraction, which was then 0.1 for every dataset.
+    spec = WorkloadSpec.from_dict({"val_fraction": 0.1, **info.workload})
     try:
         return load_task_data(spec)
     except UserError as exc:

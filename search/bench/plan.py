@@ -35,6 +35,7 @@ from search.backends.running import resumed_space
 from search.bench.peers import PEERS, PEERS_STUDY_TARGET, run_peers
 from search.errors import UserError
 from search.reporting.progress import LiveProgress
+from search.request import SearchRequest
 from search.study import STUDIES_DIR, StudyInfo, load_study, open_storage
 from search.trials.context import make_context, measure_baseline_into
 from search.workloads.workload import Workload
@@ -68,20 +69,35 @@ class BenchStudy:
 
 @dataclasses.dataclass(frozen=True)
 class BenchPlan:
-    """What one benchmark runs: its name, targets, methods, budget and shared settings."""
+    """What one benchmark runs: its name, targets, methods and rounds; ``request`` is the search
+    every study of it runs (workload, bound, trial budget, storage), each study with its own
+    sampler and early stops (``settings``)."""
 
     name: str
     targets: tuple[str, ...]
     methods: tuple[str, ...]
-    trials: int
     round_size: int
-    constraint: Constraint
+    request: SearchRequest
     space: SearchSpace
-    seed: int = 0
     threads: int = 1
-    storage: str | None = None
     # target -> the ratio at the bound the default search should reach (``WORKLOAD_GOALS``)
     goals: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def trials(self) -> int:
+        return self.request.trials
+
+    @property
+    def constraint(self) -> Constraint:
+        return self.request.constraint
+
+    @property
+    def seed(self) -> int:
+        return self.request.spec.seed
+
+    @property
+    def storage(self) -> str | None:
+        return self.request.storage
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -123,18 +139,17 @@ class BenchPlan:
         return [*range(self.round_size, self.trials, self.round_size), self.trials]
 
     def settings(self, study: BenchStudy, upto: int) -> SearchSettings:
-        return SearchSettings(
-            study=study.name,
-            storage=self.storage,
+        """How ``study`` runs up to ``upto`` trials: the request's search, with the study's
+        sampler; only the default search runs the profiles first and skips dominated configs."""
+        request = dataclasses.replace(
+            self.request,
             trials=upto,
-            space=self.space,
             sampler=study.sampler,
-            seed=self.seed,
-            threads=self.threads,
             profiles=study.method == "search",
             early_stop=study.method != "peers",
             skip_dominated=study.method == "search",
         )
+        return request.settings(study.name, self.space, self.threads)
 
 
 def shared_baseline(plan: BenchPlan, workload: Workload, console: Console) -> tuple[Path, dict[str, float]]:

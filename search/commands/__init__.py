@@ -5,15 +5,27 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from search.study import storage_url
 
 if TYPE_CHECKING:
     from search.workloads.workload import WorkloadSpec
 
-__all__ = ["add_select_argument", "add_storage_argument", "add_workload_arguments", "spec_from_args"]
+__all__ = [
+    "add_select_argument",
+    "add_storage_argument",
+    "add_workload_arguments",
+    "checked",
+    "count_arg",
+    "float_or_text",
+    "int_or_text",
+    "spec_from_args",
+]
+
+T = TypeVar("T")
 
 
 def add_storage_argument(parser: argparse.ArgumentParser) -> None:
@@ -102,7 +114,7 @@ def add_workload_arguments(
         "otherwise: every ratio against it would be meaningless)",
     )
     group.add_argument(
-        "--seed", type=int, default=0, help="seed of the validation split and of training"
+        "--seed", type=checked(int_or_text, _seed), default=0, help="seed of the validation split and of training"
     )
     group.add_argument(
         "--val-fraction",
@@ -116,6 +128,55 @@ def add_workload_arguments(
     group.add_argument(
         "--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda:N"
     )
+
+
+def checked(parse: Callable[[str], object], check: Callable[[object], T]) -> Callable[[str], T]:
+    """An argparse type: ``parse`` the flag's text, then apply the search request's own ``check``
+    (``search.request``), so a flag and the service's field are refused alike."""
+
+    def convert(text: str) -> T:
+        # Imported when a flag is parsed: the module pulls in torch and Optuna.
+        from search.request import RequestError
+
+        try:
+            return check(parse(text))
+        except RequestError as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+
+    return convert
+
+
+def int_or_text(text: str) -> object:
+    """``text`` as an int, or as it is when it is none (the check then echoes it)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def float_or_text(text: str) -> object:
+    """``text`` as a float, or as it is when it is none."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def count_arg(field: str, high: int) -> Callable[[str], int]:
+    """An argparse type for a count in [1, ``high``] (``search.request.check_count``)."""
+
+    def check(value: object) -> int:
+        from search.request import check_count
+
+        return check_count(field, value, high)
+
+    return checked(int_or_text, check)
+
+
+def _seed(value: object) -> int:
+    from search.request import check_seed
+
+    return check_seed(value)
 
 
 def spec_from_args(args: argparse.Namespace) -> WorkloadSpec:

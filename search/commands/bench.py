@@ -14,23 +14,13 @@ from rich.console import Console
 from objectives import TARGETS, Constraint
 from search.bench.plan import METHODS, BenchPlan, bench_command, run_bench
 from search.bench.results import WORKLOAD_GOALS
-from search.commands import add_workload_arguments, spec_from_args
-from search.commands.run import (
-    MAX_THREADS,
-    MAX_TRIALS,
-    drop_points,
-    duration,
-    pick_space,
-    positive_int,
-    study_arg,
-)
+from search.commands import add_workload_arguments, count_arg, spec_from_args
+from search.commands.run import drop_points, duration, study_arg
 from search.errors import UserError
+from search.request import MAX_THREADS, MAX_TRIALS, SearchRequest
 from search.study import check_storage
 from search.trials.context import trial_threads
-from search.workloads.workload import (
-    load_workload,
-    pick_device,
-)
+from search.workloads.workload import load_workload, pick_device
 from spaces import Fixed, SearchSpace
 
 # --quick: enough trials that the search runs past its three profiles, a distillation of one epoch.
@@ -46,10 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bench.add_argument("--targets", nargs="+", choices=TARGETS, default=["size", "latency"], help="targets to benchmark")
     bench.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods to run and compare")
     bench.add_argument("--max-drop", type=drop_points, default=1.0, help="largest accuracy drop allowed, in points")
-    bench.add_argument("--trials", type=lambda t: positive_int(t, MAX_TRIALS), default=40, help="trials per study")
-    bench.add_argument("--round", dest="round_size", type=lambda t: positive_int(t, MAX_TRIALS), default=10, help="trials per study per round")
+    bench.add_argument("--trials", type=count_arg("trials", MAX_TRIALS), default=40, help="trials per study")
+    bench.add_argument("--round", dest="round_size", type=count_arg("round", MAX_TRIALS), default=10, help="trials per study per round")
     bench.add_argument("--space", type=Path, default=None, help="TOML file fixing, narrowing or dropping dimensions")
-    bench.add_argument("--threads", type=lambda t: positive_int(t, MAX_THREADS), default=None, help="torch and ONNX Runtime threads (default: all cores)")
+    bench.add_argument("--threads", type=count_arg("threads", MAX_THREADS), default=None, help="torch and ONNX Runtime threads (default: all cores)")
     bench.add_argument("--timeout", type=duration, default=None, help="start no study round after this (90s, 30m, 2h)")
     bench.add_argument("--storage", default=None, help="study storage (default: studies/mcaas.journal)")
     bench.add_argument("--out", type=Path, default=None, help="Markdown file whose section for this benchmark (--name) is (re)written, others kept (default: BENCHMARKS.md; with --quick, bench.md in the results folder)")
@@ -121,27 +111,32 @@ def run(args: argparse.Namespace) -> int:
     if args.results is not None and args.results.exists() and not args.results.is_dir():
         raise UserError(f"--results {str(args.results)!r} is a file; expected a folder for the CSV and plots")
     check_storage(args.storage)
-    spec = spec_from_args(args)
-    space = pick_space(args, spec)
+    if args.quick:
+        args.trials = args.round_size = QUICK_TRIALS
+    request = SearchRequest(
+        spec=spec_from_args(args),
+        constraint=Constraint(max_drop=args.max_drop),
+        trials=args.trials,
+        threads=args.threads,
+        space_file=args.space,
+        storage=args.storage,
+        device=args.device,
+    )
+    space = request.space()
     if args.quick:
         space = quick_space(space)
-        args.trials = args.round_size = QUICK_TRIALS
-    workload = load_workload(spec, device=pick_device(args.device))
-    threads = args.threads or trial_threads(workload, 1)
+    workload = load_workload(request.spec, device=pick_device(request.device))
+    threads = request.threads or trial_threads(workload, 1)
     torch.set_num_threads(threads)
     name = args.name or f"bench-{workload.name}" + ("-quick" if args.quick else "")
-    targets = tuple(dict.fromkeys(args.targets))
     plan = BenchPlan(
         name=name,
-        targets=targets,
+        targets=tuple(dict.fromkeys(args.targets)),
         methods=tuple(dict.fromkeys(args.methods)),
-        trials=args.trials,
         round_size=min(args.round_size, args.trials),
-        constraint=Constraint(max_drop=args.max_drop),
+        request=request,
         space=space,
-        seed=args.seed,
         threads=threads,
-        storage=args.storage,
         goals=WORKLOAD_GOALS.get(workload.name, {}),
     )
     results = args.results or Path("studies") / "benchmarks" / name

@@ -16,17 +16,25 @@ import torch
 from rich.console import Console
 
 from objectives import TARGETS, Constraint
-from search.backends import (
-    BACKENDS,
-    SAMPLERS,
-    SearchSettings,
-    StudyRun,
-    make_backend,
-    run_study,
+from search.backends import BACKENDS, SAMPLERS, StudyRun, run_study
+from search.commands import (
+    add_select_argument,
+    add_workload_arguments,
+    checked,
+    count_arg,
+    float_or_text,
+    spec_from_args,
 )
-from search.commands import add_select_argument, add_workload_arguments, spec_from_args
-from search.errors import UserError
 from search.reporting.progress import LiveProgress
+from search.request import (
+    MAX_JOBS,
+    MAX_THREADS,
+    MAX_TRIALS,
+    SearchRequest,
+    check_max_drop,
+    check_study_name,
+    check_timeout,
+)
 from search.study import (
     STUDIES_DIR,
     StudyInfo,
@@ -38,46 +46,22 @@ from search.study.artifacts import open_store
 from search.trials.context import trial_threads
 from search.workloads.analysis import val_split_note
 from search.workloads.training import evaluate_accuracy
-from search.workloads.workload import (
-    Workload,
-    WorkloadSpec,
-    load_workload,
-    pick_device,
-    workload_space,
-)
-from spaces import SearchSpace, load_space
+from search.workloads.workload import Workload, WorkloadSpec, load_workload, pick_device
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-# A study name becomes a folder under studies/: no path separators, no hidden names (.cache).
-_STUDY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-# Upper bounds that catch typos (and keep --jobs from forking thousands of processes).
-MAX_TRIALS, MAX_JOBS, MAX_THREADS = 100_000, 1024, 1024
 
 
-def duration(text: str) -> float:
+def _seconds(text: str) -> float:
     """``90``, ``90s``, ``30m``, ``2h``, ``1d`` -> seconds."""
     match = _DURATION.match(text)
-    if not match or float(match.group(1)) <= 0:
+    if not match:
         raise argparse.ArgumentTypeError(f"expected a positive duration like 90s, 30m or 2h, got {text!r}")
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
-def positive_int(text: str, high: int | None = None) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0 or (high is not None and value > high):
-        limit = f" up to {high}" if high is not None else ""
-        raise argparse.ArgumentTypeError(f"expected a positive integer{limit}, got {text!r}")
-    return value
-
-
-def _int_up_to(high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        return positive_int(text, high)
-
-    return parse
+duration = checked(_seconds, check_timeout)
+study_arg = checked(str, check_study_name)
+drop_points = checked(float_or_text, check_max_drop)
 
 
 def _cpus(text: str) -> float:
@@ -95,25 +79,6 @@ def _number(text: str, *, low: float, low_ok: bool) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not (math.isfinite(value) and (value >= low if low_ok else value > low)):
         raise argparse.ArgumentTypeError(f"must be {'>=' if low_ok else '>'} {low:g} and finite, got {text!r}")
-    return value
-
-
-def study_arg(text: str) -> str:
-    if not _STUDY_NAME.match(text):
-        raise argparse.ArgumentTypeError(
-            f"expected a name of letters, digits, '_', '-' and '.' (a folder under {STUDIES_DIR}/, "
-            f"not starting with '.' or '-'), got {text!r}"
-        )
-    return text
-
-
-def drop_points(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of points, got {text!r}") from None
-    if not 0 <= value < 100:
-        raise argparse.ArgumentTypeError(f"must be >= 0 and < 100, got {text!r}")
     return value
 
 
@@ -135,10 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_select_argument(parser)
     search = parser.add_argument_group("search")
     search.add_argument(
-        "--trials", type=_int_up_to(MAX_TRIALS), default=40, help="the study's total trials, fixed profiles included"
+        "--trials", type=count_arg("trials", MAX_TRIALS), default=40, help="the study's total trials, fixed profiles included"
     )
     search.add_argument("--timeout", type=duration, default=None, help="stop starting trials after this (90s, 30m, 2h)")
-    search.add_argument("--jobs", type=_int_up_to(MAX_JOBS), default=1, help="trials run in parallel (threads split between them)")
+    search.add_argument("--jobs", type=count_arg("jobs", MAX_JOBS), default=1, help="trials run in parallel (threads split between them)")
     search.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -162,74 +127,70 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     search.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler")
     search.add_argument("--no-profiles", action="store_true", help="do not run the three MCaaS fixed profiles first")
     search.add_argument("--no-early-stop", action="store_true", help="run every trial to the end")
-    search.add_argument("--threads", type=_int_up_to(MAX_THREADS), default=None, help="threads per trial (default: cores / jobs)")
+    search.add_argument("--threads", type=count_arg("threads", MAX_THREADS), default=None, help="threads per trial (default: cores / jobs)")
     ray = parser.add_argument_group("ray backend")
     ray.add_argument("--address", default=None, help="join this Ray cluster (default: start Ray locally)")
     ray.add_argument("--cpus-per-trial", type=_cpus, default=1.0, help="CPUs Ray reserves per trial")
     ray.add_argument("--gpus-per-trial", type=_gpus, default=0.0, help="GPUs Ray reserves per trial")
 
 
-def study_name(workload: Workload, target: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{workload.name}-{target}").strip("-")
-
-
-def pick_space(args: argparse.Namespace, spec: WorkloadSpec) -> SearchSpace:
-    """The workload's base space, narrowed by ``--space`` (refused when that is no file)."""
-    if args.space is not None and not args.space.is_file():
-        what = "is a folder" if args.space.is_dir() else "does not exist"
-        raise UserError(f"space file {str(args.space)!r} {what}")
-    base = workload_space(spec)
-    return load_space(args.space, base=base) if args.space else base
+def request_from_args(args: argparse.Namespace) -> SearchRequest:
+    """The search the flags ask for, checked (``SearchRequest``)."""
+    spec = spec_from_args(args)
+    if args.val_fraction is None:  # the default split grows until it can decide the bound
+        spec = dataclasses.replace(spec, decide_drop=args.max_drop)
+    return SearchRequest(
+        spec=spec,
+        target=args.target,
+        constraint=Constraint(
+            max_drop=args.max_drop, drop_type=args.drop_type, max_size=args.max_size, max_latency=args.max_latency
+        ),
+        study=args.study,
+        trials=args.trials,
+        timeout=args.timeout,
+        jobs=args.jobs,
+        threads=args.threads,
+        sampler=args.sampler,
+        profiles=not args.no_profiles,
+        early_stop=not args.no_early_stop,
+        space_file=args.space,
+        storage=args.storage,
+        artifacts=args.artifacts,
+        backend=args.backend,
+        backend_options={
+            "address": args.address, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial
+        },
+        device=args.device,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     out = Console()
-    constraint = Constraint(
-        max_drop=args.max_drop, drop_type=args.drop_type, max_size=args.max_size, max_latency=args.max_latency
-    )
-    spec = spec_from_args(args)
-    if args.val_fraction is None:  # the default split grows until it can decide the bound
-        spec = dataclasses.replace(spec, decide_drop=args.max_drop)
+    request = request_from_args(args)
     # Every check that needs no workload comes first: bad input must fail before any training.
-    space = pick_space(args, spec)
-    check_storage(args.storage)
-    if args.artifacts is not None:
-        open_store(args.artifacts)
-    backend = make_backend(
-        args.backend,
-        {"address": args.address, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial},
-    )
-    workload = load_workload(spec, device=pick_device(args.device))
-    _say_how_the_split_decides(console, workload, spec, constraint)
-    threads = args.threads or trial_threads(workload, args.jobs)
+    space = request.space()
+    check_storage(request.storage)
+    if request.artifacts is not None:
+        open_store(request.artifacts)
+    backend = request.make_backend()
+    workload = load_workload(request.spec, device=pick_device(request.device))
+    _say_how_the_split_decides(console, workload, request.spec, request.constraint)
+    threads = request.threads or trial_threads(workload, request.jobs)
     torch.set_num_threads(threads)
-    name = args.study or study_name(workload, args.target)
-    settings = SearchSettings(
-        study=name,
-        storage=args.storage,
-        artifacts=args.artifacts,
-        trials=args.trials,
-        space=space,
-        sampler=args.sampler,
-        seed=args.seed,
-        timeout_s=args.timeout,
-        jobs=args.jobs,
-        threads=threads,
-        profiles=not args.no_profiles,
-        early_stop=not args.no_early_stop,
-        device=args.device,
-    )
+    name = request.study_name(workload)
+    settings = request.settings(name, space, threads)
+    constraint = request.constraint
 
     def watch(study: object, info: StudyInfo) -> LiveProgress:
         console.print(
-            f"study [bold]{name}[/] in {storage_url(args.storage)}: {workload.name}, target {args.target}, "
+            f"study [bold]{name}[/] in {storage_url(request.storage)}: {workload.name}, target {request.target}, "
             f"{constraint.describe()}; teacher {info.teacher_acc:.2f} % val, "
             f"{info.baseline['bytes'] / 1e6:.2f} MB, {info.baseline['latency_ms']:.3f} ms"
         )
-        return LiveProgress(study, info, total=args.trials, jobs=args.jobs, console=console)  # type: ignore[arg-type]
+        return LiveProgress(study, info, total=request.trials, jobs=request.jobs, console=console)  # type: ignore[arg-type]
 
-    result = run_study(settings, workload, args.target, constraint, backend, status=console.status, watch=watch)
+    result = run_study(settings, workload, request.target, constraint, backend, status=console.status, watch=watch)
     _finish(out, console, result, args)
     return 130 if result.interrupted else 0
 

@@ -10,8 +10,8 @@ import math
 import socket
 from pathlib import Path
 
-from search.commands import add_storage_argument
-from search.commands.run import MAX_JOBS, positive_int
+from search.commands import add_storage_argument, count_arg
+from search.request import MAX_JOBS
 from search.errors import UserError
 from search.study import check_storage
 
@@ -36,10 +36,6 @@ def _host(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"expected an IP address to listen on (127.0.0.1, 0.0.0.0, ::1) or localhost, got {text!r}"
         ) from None
-
-
-def _workers(text: str) -> int:
-    return positive_int(text, MAX_JOBS)
 
 
 def _megabytes(text: str) -> float:
@@ -84,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "cifar-10-batches-py, or class sub-folders of images; digits is always offered",
     )
     add_storage_argument(parser)
-    parser.add_argument("--workers", type=_workers, default=1, help="jobs run at once, each in its own process")
+    parser.add_argument("--workers", type=count_arg("workers", MAX_JOBS), default=1, help="jobs run at once, each in its own process")
     parser.add_argument(
         "--token-file",
         type=Path,

@@ -14,9 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from objectives import ratios
-from search.cli import USER_ERRORS
 from search.commands import add_workload_arguments, spec_from_args
-from search.errors import UserError, first_line
+from search.errors import USER_ERRORS, UserError, first_line
 from search.reporting.format import drop_text
 from search.study.scoring import paired_val_drop
 from search.trials.context import (

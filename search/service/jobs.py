@@ -20,7 +20,6 @@ import dataclasses
 import datetime
 import fcntl
 import json
-import math
 import os
 import re
 import signal
@@ -32,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from objectives import TARGETS
+from search.request import RequestError, SearchRequest, constraint_of
 from search.service.config import ServerConfig
 from search.service.errors import ApiError
 from search.service.uploads import DEMO, check_name, load_model, workload_spec
@@ -48,61 +47,75 @@ SPACE_FILE = "space.toml"
 FINAL = ("done", "failed", "cancelled")
 # A job whose worker died this many times without writing a result is failed, not restarted.
 MAX_STARTS = 3
-MAX_TRIALS = 10_000
-# The same rule as the CLI's --study: a folder name under studies/.
-STUDY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 FIELDS = ("model", "dataset", "target", "max_drop", "trials", "timeout", "space", "study", "seed")
 
 
 @dataclasses.dataclass(frozen=True)
 class JobRequest:
-    """A checked ``POST /api/studies`` body, with the workload it resolves to."""
+    """A checked ``POST /api/studies`` body: the search it asks for (``search``, run in the
+    server's storage with the job's share of the cores), and what the client named."""
 
-    study: str
+    search: SearchRequest
     model: str
     dataset: str
-    target: str
-    max_drop: float
-    trials: int
-    timeout_s: float | None
     space: str | None  # the text of a space file (TOML), as `--space FILE` takes it
-    seed: int
-    spec: dict[str, Any]  # the WorkloadSpec fields the worker builds its workload from
-    storage: str
-    threads: int
     created: str
 
+    @property
+    def study(self) -> str:
+        assert self.search.study is not None  # a job's study is always named
+        return self.search.study
+
+    @property
+    def target(self) -> str:
+        return self.search.target
+
+    @property
+    def max_drop(self) -> float:
+        return self.search.constraint.max_drop
+
+    @property
+    def trials(self) -> int:
+        return self.search.trials
+
+    @property
+    def timeout_s(self) -> float | None:
+        return self.search.timeout
+
+    @property
+    def seed(self) -> int:
+        return self.search.spec.seed
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "search": self.search.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobRequest:
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
-
-    def workload_spec(self) -> WorkloadSpec:
-        s = self.spec
-        return WorkloadSpec(
-            model=s["model"],
-            weights=Path(s["weights"]) if s["weights"] else None,
-            dataset=s["dataset"],
-            data_root=Path(s["data_root"]) if s["data_root"] else None,
-            seed=self.seed,
-            decide_drop=self.max_drop,  # the default validation split grows to decide the bound, as `run`'s
-        )
+        if "search" not in data:  # a job accepted before requests held a SearchRequest
+            data = _upgraded(data)
+        return cls(**{**data, "search": SearchRequest.from_dict(data["search"])})
 
 
-def _number(field: str, value: object, *, low: float, high: float, integer: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-        kind = "an integer" if integer else "a number"
-        raise ApiError(400, field, f"expected {kind}, got {json.dumps(value)}")
-    if not (math.isfinite(value) and low <= value <= high):
-        raise ApiError(400, field, f"must lie in [{low:g}, {high:g}], but got {value}")
-    return value
+def _upgraded(old: dict[str, Any]) -> dict[str, Any]:
+    """A request.json of the earlier layout (the search's fields beside the job's) in this one."""
+    search = {
+        "spec": {**old["spec"], "seed": old["seed"], "decide_drop": old["max_drop"]},
+        "target": old["target"],
+        "constraint": {"max_drop": old["max_drop"]},
+        "study": old["study"],
+        "trials": old["trials"],
+        "timeout": old["timeout_s"],
+        "storage": old["storage"],
+        "threads": old["threads"],
+    }
+    return {"search": search, **{k: old[k] for k in ("model", "dataset", "space", "created")}}
 
 
 def parse_request(config: ServerConfig, body: object, taken: set[str]) -> JobRequest:
-    """Check a ``POST /api/studies`` body field by field; ``taken`` are the study names in use.
-    Nothing is written: a refusal is an ``ApiError`` naming the field."""
+    """Check a ``POST /api/studies`` body: its shape and the model and dataset it names here, then
+    the search it asks for, checked as ``SearchRequest`` checks every request (a refusal names
+    the field as the JSON key). ``taken`` are the study names in use. Nothing is written: a
+    refusal is an ``ApiError`` naming the field."""
     if not isinstance(body, dict):
         raise ApiError(400, "body", "expected a JSON object such as {\"model\": \"demo\", \"trials\": 10}")
     for key in body:
@@ -125,46 +138,36 @@ def parse_request(config: ServerConfig, body: object, taken: set[str]) -> JobReq
                 400, "dataset", f"model {model} was uploaded for {record['dataset']}, not {dataset}"
             )
     target = body.get("target", "size")
-    if target not in TARGETS:
-        raise ApiError(400, "target", f"unknown target {json.dumps(target)}; targets: {', '.join(TARGETS)}")
-    max_drop = float(_number("max_drop", body.get("max_drop", 1.0), low=0, high=99.99))
-    trials = int(_number("trials", body.get("trials", 40), low=1, high=MAX_TRIALS, integer=True))
-    timeout = body.get("timeout")
-    timeout_s = None if timeout is None else float(_number("timeout", timeout, low=1, high=30 * 86400))
-    seed = int(_number("seed", body.get("seed", 0), low=0, high=2**32 - 1, integer=True))
-    spec = workload_spec(config, model, dataset)
+    study = body.get("study")
+    try:
+        constraint = constraint_of(body.get("max_drop", 1.0))
+        # The default validation split grows to decide the bound, as `run`'s does.
+        spec = workload_spec(config, model, dataset)
+        spec = dataclasses.replace(spec, seed=body.get("seed", 0), decide_drop=constraint.max_drop)
+        search = SearchRequest(
+            spec=spec,
+            target=target,
+            constraint=constraint,
+            study=study if study is not None else _free_name(_default_stem(config, model, dataset, str(target)), taken),
+            trials=body.get("trials", 40),
+            timeout=body.get("timeout"),
+            storage=config.storage_url,
+            threads=config.threads_per_job(),
+        )
+    except RequestError as exc:
+        raise ApiError(400, exc.field, exc.message) from None
     space = body.get("space")
     if space is not None:
         if not isinstance(space, str):
             raise ApiError(400, "space", "expected the text of a space file (TOML) as a string")
-        check_space(space, spec)
-    study = body.get("study")
-    if study is None:
-        study = _free_name(_default_stem(config, model, dataset, target), taken)
-    elif not isinstance(study, str) or not STUDY_NAME.match(study) or ".." in study:
-        raise ApiError(
-            400, "study", f"{json.dumps(study)} must be letters, digits, '_', '-' and '.' (not first)"
-        )
-    elif study in taken:
+        check_space(space, search.spec)
+    if study is not None and study in taken:
         raise ApiError(409, "study", f"a study named {study!r} already exists; pick another name")
     return JobRequest(
-        study=study,
+        search=search,
         model=model,
         dataset=dataset,
-        target=target,
-        max_drop=max_drop,
-        trials=trials,
-        timeout_s=timeout_s,
         space=space,
-        seed=seed,
-        spec={
-            "model": spec.model,
-            "weights": str(spec.weights) if spec.weights else None,
-            "dataset": spec.dataset,
-            "data_root": str(spec.data_root) if spec.data_root else None,
-        },
-        storage=config.storage_url,
-        threads=config.threads_per_job(),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
     )
 

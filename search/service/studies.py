@@ -21,9 +21,10 @@ from search.reporting.format import settings_summary, state_counts
 from search.reporting.gather import gather_pareto
 from search.reporting.page import REPORT_HTML, write_report
 from search.reporting.progress import snapshot
+from search.request import STUDY_NAME
 from search.service.config import ServerConfig
 from search.service.errors import ApiError
-from search.service.jobs import FINAL, STUDY_NAME, Jobs
+from search.service.jobs import FINAL, Jobs
 from search.study import StudyInfo, TrialRecord, open_storage, trial_records
 from search.study.scoring import accuracy_drop, front_records, recommended_record
 from search.workloads.analysis import Analysis
@@ -44,7 +45,7 @@ def _finite(value: Any) -> Any:
 
 def _check_study_name(name: str) -> None:
     """Study names become folder names (exports, reports): a plain name or a 400."""
-    if not STUDY_NAME.match(name) or ".." in name:
+    if not STUDY_NAME.match(name):
         raise ApiError(400, "study", f"{name!r} is no study name: letters, digits, '_', '-' and '.' only")
 
 

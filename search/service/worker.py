@@ -10,6 +10,7 @@ Ctrl-C (the server's cancel) ends it after marking the running trial interrupted
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import signal
@@ -20,9 +21,8 @@ from pathlib import Path
 
 import torch
 
-from objectives import Constraint, ObjectiveError
-from search.backends import SearchSettings, make_backend, run_study
-from search.errors import UserError, first_line
+from search.backends import run_study
+from search.errors import USER_ERRORS, first_line
 from search.service.jobs import (
     CANCEL,
     LOCK,
@@ -33,41 +33,27 @@ from search.service.jobs import (
     write_result,
 )
 from search.trials.context import trial_threads
-from search.workloads.workload import load_workload, pick_device, workload_space
-from spaces import load_space
-from stages.errors import ConfigError, StageError
-
-KNOWN_ERRORS = (UserError, ConfigError, StageError, ObjectiveError)
+from search.workloads.workload import load_workload, pick_device
 
 
 def run_job(folder: Path) -> int:
     """Run the job in ``folder`` to its end; returns the exit code (0 done, 1 failed, 130 cancelled)."""
-    request = JobRequest.from_dict(json.loads((folder / REQUEST).read_text()))
-    spec = request.workload_spec()
+    request = JobRequest.from_dict(json.loads((folder / REQUEST).read_text())).search
+    if (folder / SPACE_FILE).is_file():
+        request = dataclasses.replace(request, space_file=folder / SPACE_FILE)
     started = time.time()
     print(f"worker {request.study}: starting ({request.trials} trials)", flush=True)
     try:
-        space = workload_space(spec)
-        if (folder / SPACE_FILE).is_file():
-            space = load_space(folder / SPACE_FILE, base=space)
-        workload = load_workload(spec, device=pick_device("auto"))
+        space = request.space()
+        workload = load_workload(request.spec, device=pick_device(request.device))
         # The job's share of the cores, but no more threads than the CLI would give this model.
-        threads = min(request.threads, trial_threads(workload, 1))
+        threads = min(request.threads or 1, trial_threads(workload, 1))
         torch.set_num_threads(threads)
-        settings = SearchSettings(
-            study=request.study,
-            storage=request.storage,
-            trials=request.trials,
-            space=space,
-            seed=request.seed,
-            timeout_s=request.timeout_s,
-            threads=threads,
-        )
-        constraint = Constraint(max_drop=request.max_drop)
-        result = run_study(settings, workload, request.target, constraint, make_backend("optuna"))
+        settings = request.settings(request.study_name(workload), space, threads)
+        result = run_study(settings, workload, request.target, request.constraint, request.make_backend())
     except KeyboardInterrupt:
         result = None
-    except KNOWN_ERRORS as exc:
+    except USER_ERRORS as exc:
         write_result(folder, "failed", first_line(exc))
         print(f"worker {request.study}: failed: {first_line(exc)}", flush=True)
         return 1

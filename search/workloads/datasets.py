@@ -51,6 +51,8 @@ __all__ = [
 ]
 
 # Debian's `dataset-fashion-mnist` package installs the gz IDX files here.
+# The largest seed numpy and scikit-learn accept.
+MAX_SEED = 2**32 - 1
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 FASHION_MNIST_FILES = {
@@ -364,8 +366,8 @@ def load_dataset(name: str, request: DatasetRequest | None = None) -> TaskData:
         )
     if request.image_size is not None and not 4 <= request.image_size <= 1024:
         raise UserError(f"--image-size must lie in [4, 1024], but got {request.image_size}.")
-    if not 0 <= request.seed < 2**32:  # what numpy and scikit-learn accept as a seed
-        raise UserError(f"--seed must lie in [0, 4294967295], but got {request.seed}.")
+    if not 0 <= request.seed <= MAX_SEED:
+        raise UserError(f"--seed must lie in [0, {MAX_SEED}], but got {request.seed}.")
     if not dataset.takes_data_root and request.data_root is not None:
         raise UserError(
             f"dataset {name} is bundled with scikit-learn and takes no --data-root "

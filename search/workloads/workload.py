@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,9 @@ MAX_GROWN_VAL_FRACTION = 0.3
 
 def default_val_fraction(dataset: str | None) -> float:
     return DEFAULT_VAL_FRACTION.get(dataset or "", 0.1)
+
+
+_PATH_FIELDS = ("weights", "data_root")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +112,24 @@ class WorkloadSpec:
             and self.dataset_name == DEMO_DATASET
             and self.weights is None
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able fields (paths as strings), as ``from_dict`` reads them back."""
+        out = dataclasses.asdict(self)
+        for key in _PATH_FIELDS:
+            out[key] = str(out[key]) if out[key] is not None else None
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WorkloadSpec:
+        """The spec ``to_dict`` wrote, or one from any mapping holding some of its keys (a
+        stored workload fingerprint): keys that are no field are ignored, missing ones take
+        their defaults."""
+        values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+        for key in _PATH_FIELDS:
+            if key in values:
+                values[key] = Path(values[key]) if values[key] else None
+        return cls(**values)
 
     def dataset_request(self) -> DatasetRequest:
         return DatasetRequest(

@@ -333,7 +333,7 @@ PARSE_REFUSALS = [
     (["train", "--optimizer", "lion"], "invalid choice: 'lion'"),
     (["train", "--lr", "inf"], "--lr must be > 0 and finite"),
     (["train", "--epochs", "0"], "--epochs must be >= 1"),
-    (["--seed", "-1"], "--seed must lie in [0, 4294967295]"),
+    (["--seed", "-1"], "--seed: must lie in [0, 4294967295]"),
     (["--val-fraction", "1"], "--val-fraction must lie strictly between 0 and 1"),
     (["--device", "cuda:99"], "cuda:99"),
     (["--model", "resnet-9000"], "unknown model 'resnet-9000'"),

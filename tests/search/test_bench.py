@@ -34,7 +34,9 @@ from search.bench.results import (
     trial_cost,
 )
 from search.reporting.format import settings_summary
+from search.request import SearchRequest
 from search.study import TrialRecord
+from search.workloads.workload import WorkloadSpec
 from spaces import demo_space
 
 torch.set_num_threads(1)
@@ -104,9 +106,10 @@ def test_no_trial_at_the_bound_gives_no_best_and_zero_hypervolume() -> None:
     assert m.best is None and m.ratio is None and m.hypervolume == 0.0
 
 
-def _plan(**changes: Any) -> BenchPlan:
+def _plan(*, trials: int = 10, **changes: Any) -> BenchPlan:
+    request = SearchRequest(WorkloadSpec(), constraint=Constraint(max_drop=1.0), trials=trials)
     base = {"name": "b", "targets": ("size", "latency"), "methods": METHODS,
-            "trials": 10, "round_size": 5, "constraint": Constraint(max_drop=1.0), "space": demo_space()}
+            "round_size": 5, "request": request, "space": demo_space()}
     return BenchPlan(**{**base, **changes})
 
 

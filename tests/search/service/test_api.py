@@ -264,7 +264,7 @@ def test_a_job_request_is_kept_on_disk_as_queued(client: TestClient, config: Ser
     status = client.get(f"/api/studies/{name}").json()
     assert status["state"] == "queued" and status["request"]["trials"] == 3
     request = json.loads((config.jobs_dir / name / "request.json").read_text())
-    assert request["storage"] == str(Path(config.storage or ""))
+    assert request["search"]["storage"] == str(Path(config.storage or ""))
     assert (config.jobs_dir / name / "space.toml").read_text() == TINY_SPACE
     assert client.post("/api/studies", json={"model": "demo"}).json()["id"] == "demo-size-2"
     assert [s["id"] for s in client.get("/api/studies").json()] == ["demo-size-1", "demo-size-2"]
