@@ -9,7 +9,6 @@ import math
 import re
 import shlex
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
