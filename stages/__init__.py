@@ -6,6 +6,7 @@ Each stage is a small class holding its frozen config with ``run(model, ctx) -> 
 
 from stages._base import Model, OnnxFile, PipelineResult, Stage, StageRecord, timed
 from stages._context import Context, Split, TaskData
+from stages._graph import count_params_macs, device_of, weight_layers
 from stages.cluster import Cluster
 from stages.config import (
     ClusterConfig,
@@ -62,7 +63,10 @@ __all__ = [
     "StageError",
     "StageRecord",
     "TaskData",
+    "count_params_macs",
+    "device_of",
     "measure_baseline",
     "run_pipeline",
     "timed",
+    "weight_layers",
 ]

@@ -10,7 +10,7 @@ import dataclasses
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
@@ -31,12 +31,23 @@ from onnxruntime.transformers.float16 import (
 
 from stages._context import Context, Split
 
-if TYPE_CHECKING:  # the config validates against this module, so it cannot be imported here
-    from stages.config import QuantizeConfig
+__all__ = ["INT8_FORMATS", "QUANT_MODES", "QuantMode", "Quantizer", "QuantizerSettings", "TrainingCalibration"]
 
-__all__ = ["INT8_FORMATS", "QUANT_MODES", "QuantMode", "Quantizer", "TrainingCalibration"]
 
-Quantizer = Callable[[Path, Path, "QuantizeConfig", Context], None]
+class QuantizerSettings(Protocol):
+    """What a quantizer reads of its settings besides the mode: ONNX Runtime's int8 layout
+    (``INT8_FORMATS`` key) and how many training samples calibrate the activation ranges.
+    ``stages.config.QuantizeConfig`` has both (it validates against this module, which therefore
+    names no config type)."""
+
+    @property
+    def format(self) -> str: ...
+
+    @property
+    def calibration_samples(self) -> int: ...
+
+
+Quantizer = Callable[[Path, Path, QuantizerSettings, Context], None]
 
 # ``quantize.format`` -> ONNX Runtime's layout of a statically quantized graph.
 INT8_FORMATS: dict[str, QuantFormat] = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
@@ -68,7 +79,7 @@ class TrainingCalibration(CalibrationDataReader):
         return {self._input_name: self._x[chunk].to("cpu", torch.float32).numpy()}
 
 
-def _none(src: Path, dst: Path, config: QuantizeConfig, ctx: Context) -> None:
+def _none(src: Path, dst: Path, config: QuantizerSettings, ctx: Context) -> None:
     shutil.copyfile(src, dst)
 
 
@@ -78,14 +89,14 @@ def _none(src: Path, dst: Path, config: QuantizeConfig, ctx: Context) -> None:
 FP16_BLOCKED_OPS = (*DEFAULT_OP_BLOCK_LIST, "LayerNormalization")
 
 
-def _fp16(src: Path, dst: Path, config: QuantizeConfig, ctx: Context) -> None:
+def _fp16(src: Path, dst: Path, config: QuantizerSettings, ctx: Context) -> None:
     model = convert_float_to_float16(
         onnx.load(src), keep_io_types=True, op_block_list=list(FP16_BLOCKED_OPS)
     )
     onnx.save_model(model, dst)
 
 
-def _int8_dynamic(src: Path, dst: Path, config: QuantizeConfig, ctx: Context) -> None:
+def _int8_dynamic(src: Path, dst: Path, config: QuantizerSettings, ctx: Context) -> None:
     # Activations are quantized at run time, so there is no calibration and no format choice:
     # ORT writes ConvInteger / MatMulInteger nodes (all run on its CPU provider).
     prepared = _pre_process(src, dst)
@@ -95,7 +106,7 @@ def _int8_dynamic(src: Path, dst: Path, config: QuantizeConfig, ctx: Context) ->
 def _int8_static_with(method: CalibrationMethod, **options: Any) -> Quantizer:
     """A static int8 quantizer whose activation ranges come from ``method`` over training samples."""
 
-    def quantize(src: Path, dst: Path, config: QuantizeConfig, ctx: Context) -> None:
+    def quantize(src: Path, dst: Path, config: QuantizerSettings, ctx: Context) -> None:
         prepared = _pre_process(src, dst)
         reader = TrainingCalibration(
             ctx.data.train,
@@ -127,7 +138,7 @@ _int8_static = _int8_static_with(CalibrationMethod.MinMax)
 
 @dataclasses.dataclass(frozen=True)
 class QuantMode:
-    """A ``quantize.mode``: ``quantizer(fp32 onnx, output path, config, ctx)`` writes the final
+    """A ``quantize.mode``: ``quantizer(fp32 onnx, output path, settings, ctx)`` writes the final
     file; ``bytes_per_weight`` estimates its size from a parameter count before any training;
     ``fake_quant_training`` trains with fake quantization during distillation (which it needs).
     ``searched_by_default`` puts it among the default space's choices: a mode added later keeps

@@ -10,22 +10,12 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Mapping
-from typing import Any, ClassVar, Protocol
+from typing import Any
 
+from search.backends.backend import Backend
 from search.backends.running import StudyRun, open_study, run_study
 from search.backends.settings import SAMPLERS, SearchSettings
 from search.errors import UserError
-from search.workloads.workload import Workload
-
-
-class Backend(Protocol):
-    """Runs trials of an existing study (see ``open_study``) until it holds ``settings.trials``
-    counted trials or ``deadline`` (epoch seconds) passes. Ctrl-C raises KeyboardInterrupt once
-    the trials it interrupted are marked so (a rerun replaces them)."""
-
-    name: ClassVar[str]
-
-    def run(self, settings: SearchSettings, workload: Workload, *, deadline: float | None) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)

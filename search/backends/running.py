@@ -31,7 +31,7 @@ from search.workloads.workload import Workload
 from spaces import SearchSpace, default_space, fit_space
 
 if TYPE_CHECKING:
-    from search.backends import Backend
+    from search.backends.backend import Backend
 
 # A baseline measured elsewhere (the benchmark shares one between its studies): the teacher's
 # exported fp32 file and its metrics.

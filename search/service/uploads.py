@@ -25,8 +25,7 @@ from search.service.config import ServerConfig, dataset_kind
 from search.service.errors import ApiError
 from search.workloads.models import ModelFile, check_model_name
 from search.workloads.workload import WorkloadSpec, build_for_data, load_task_data
-from stages import TaskData
-from stages._graph import count_params_macs, weight_layers
+from stages import TaskData, count_params_macs, weight_layers
 
 CHECKPOINT = "checkpoint.pt"
 CODE = "model.py"

@@ -2,7 +2,10 @@
 
 ``workload`` builds a ``Workload`` from a ``WorkloadSpec``; ``datasets`` (with its helpers
 ``splits`` and ``formats``) loads data by name; ``models`` builds teachers; ``checkpoints`` reads them;
-``training`` trains a teacher. Import public names from here.
+``training`` trains a teacher; ``analysis`` is the pre-flight analysis, ``recipes`` the training
+recipes. Each module is public, and mcaas-search imports a name from the module that defines it
+(``from search.workloads.workload import Workload``); the package re-exports the names a caller
+outside mcaas-search most often needs, for short imports.
 """
 
 from search.workloads.checkpoints import load_state, read_checkpoint

@@ -24,8 +24,7 @@ from torch import nn
 
 from objectives import images_to_decide, zero_drop_upper
 from spaces import ModelFacts
-from stages import Context, OnnxFile, StageError
-from stages._graph import count_params_macs, weight_layers
+from stages import Context, OnnxFile, StageError, count_params_macs, weight_layers
 from stages.config import QuantizeConfig
 from stages.depth import find_cuts, most_removable, probe_inputs, rank_blocks
 from stages.measure import (

@@ -28,8 +28,7 @@ from search.workloads.recipes import (
     regularisation_scale,
     scale_regularisation,
 )
-from stages import Split, TaskData
-from stages._graph import device_of
+from stages import Split, TaskData, device_of
 from stages.distill import cosine_lr, param_groups
 from stages.files import atomic_path, write_atomic
 from stages.measure import torch_accuracy

@@ -23,7 +23,7 @@ from search.service.app import PLOTLY_JS
 from search.service.uploads import describe_model
 from search.workloads.datasets import load_dataset
 from search.workloads.models import DemoCNN
-from stages._graph import count_params_macs, weight_layers
+from stages import count_params_macs, weight_layers
 from tests.search.study_fixtures import TINY_SPACE
 
 TOKEN = "t" * 32
