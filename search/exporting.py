@@ -1,8 +1,9 @@
-"""Export a finished trial: copy its stored artifact (no re-training), write a JSON sidecar, and
-verify the copy by loading it back and re-measuring test accuracy on the workload's test split.
+"""Export a finished trial: write its model in a format of ``EXPORT_FORMATS`` from its stored
+artifact (no re-training), write a JSON sidecar, and verify the written model by loading it back
+in the format's runtime and re-measuring test accuracy on the workload's test split.
 
-Both files are written under temporary names beside ``--out`` and renamed only after the model
-passed verification, so a failed export leaves nothing half-written behind.
+Everything is written in a hidden folder beside ``--out`` and moved into place only after the
+model passed verification, so a failed export leaves nothing half-written behind.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import importlib.metadata
 import json
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 
 from objectives import DEFAULT_SELECTION, SELECTIONS, format_violations, metrics
 from search.errors import UserError, first_line
@@ -28,8 +30,7 @@ from search.study.artifacts import fetch_trial_file
 from search.study.scoring import closest_records, recommended_record, unvouched_note
 from search.study.storage import STUDIES_DIR
 from search.workloads.workload import WorkloadSpec, load_task_data
-from stages import EXPORT_FORMATS, Split, TaskData
-from stages.files import temp_beside
+from stages import EXPORT_FORMATS, ExportFormat, Split, TaskData
 
 FORMATS = tuple(EXPORT_FORMATS)
 SIDECAR_SUFFIX = ".json"
@@ -52,10 +53,11 @@ class ExportResult:
     path: Path
     sidecar: Path
     fmt: str
-    bytes: int
+    bytes: int  # of all its files
     stored_test_acc: float | None  # None: the search did not measure it (see check_accuracy)
     measured_test_acc: float
     n_test: int
+    files: tuple[Path, ...] = ()  # the model's files, ``path`` first, then what lies beside it
 
 
 def fetch_files(study: optuna.Study, selection: Selection) -> Selection:
@@ -140,31 +142,40 @@ def _check_exportable(record: TrialRecord) -> None:
         raise UserError(f"trial {record.number} recorded no artifact path; nothing to export")
 
 
-def source_file(record: TrialRecord, fmt: str, torch_artifact: str | None) -> Path:
-    """The stored file to export in ``fmt``, or a UserError saying why it is not available."""
-    if fmt not in FORMATS:
+def export_format(fmt: str) -> ExportFormat:
+    """The ``EXPORT_FORMATS`` entry ``fmt``, or a UserError listing the formats."""
+    if fmt not in EXPORT_FORMATS:
         raise UserError(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
-    if fmt == "onnx":
-        path = Path(record.artifact or "")
-    else:
-        if not torch_artifact:
-            mode = record.config.get("quantize.mode", "none")
-            why = (
-                f"it is quantized ({mode}), and quantized models ship as ONNX only"
-                if mode not in ("none", None)
-                else "the search saved no torch.export file for it"
-            )
-            raise UserError(
-                f"format pt2 is not available for trial {record.number}: {why}; "
-                "use --format onnx"
-            )
-        path = Path(torch_artifact)
-    if not path.is_file():
+    return EXPORT_FORMATS[fmt]
+
+
+def stored_file(record: TrialRecord, fmt: str, study: optuna.Study | None = None) -> Path:
+    """The trial's stored file that format ``fmt`` is made from, on this machine (fetched from
+    ``study``'s artifact store when another machine ran the trial), or a UserError saying why it
+    is not available. The measured ONNX file is the trial's ``artifact``; any other stored file
+    lies beside it under its format's ``file_name``."""
+    stored = export_format(fmt).stored()
+    mode = record.config.get("quantize.mode", "none")
+    if not stored.quantized and mode not in ("none", None):
         raise UserError(
-            f"trial {record.number}'s {fmt} artifact {str(path)!r} is missing "
-            "(moved or deleted since the search?)"
+            f"format {fmt} is not available for trial {record.number}: it is quantized ({mode}), "
+            "and quantized models ship as ONNX only; use --format onnx"
         )
-    return path
+    artifact = Path(record.artifact or "")
+    path = artifact if stored.measured else artifact.parent / stored.file_name
+    if study is not None and record.artifact:
+        path = fetch_file(study, record.number, str(path))
+    if path.is_file():
+        return path
+    if not stored.measured:
+        raise UserError(
+            f"format {fmt} is not available for trial {record.number}: the search saved no "
+            f"{stored.file_name} for it; use --format onnx"
+        )
+    raise UserError(
+        f"trial {record.number}'s {fmt} artifact {str(path)!r} is missing "
+        "(moved or deleted since the search?)"
+    )
 
 
 def torch_artifact_of(study: optuna.Study, number: int) -> str | None:
@@ -202,37 +213,13 @@ def workload_data(info: StudyInfo) -> TaskData:
 
 def measure_accuracy(path: Path, fmt: str, split: Split) -> float:
     """Top-1 test accuracy in percent of the file at ``path``, measured the way the search
-    measured it: ONNX Runtime on the CPU (``stages.measure``), or the torch.export program."""
-    from stages.measure import OnnxRunner, onnx_accuracy, torch_accuracy
-
-    if fmt == "onnx":
-        try:
-            runner = OnnxRunner(path, threads=_threads())
-        except Exception as exc:  # ONNX Runtime raises its own exception types for bad models
-            raise UserError(f"ONNX Runtime cannot load {str(path)!r}: {first_line(exc)}") from None
-        return onnx_accuracy(runner, split, EVAL_BATCH_SIZE)
+    measured it, in the format's runtime (ONNX Runtime on the CPU, or the torch.export program)."""
+    runtime = export_format(fmt).runtime
     try:
-        program = torch.export.load(str(path))
-    except Exception as exc:
-        raise UserError(f"torch cannot load {str(path)!r}: {first_line(exc)}") from None
-    return torch_accuracy(
-        _ExportedModule(program.module()), split, device=torch.device("cpu"), batch_size=EVAL_BATCH_SIZE
-    )
-
-
-class _ExportedModule(torch.nn.Module):
-    """A loaded torch.export program as a module: its train/eval mode was fixed at export, and
-    the program refuses ``eval()``, so switching modes is a no-op here."""
-
-    def __init__(self, program_module: torch.nn.Module) -> None:
-        super().__init__()
-        self.program = program_module
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.program(x)
-
-    def train(self, mode: bool = True) -> _ExportedModule:
-        return self
+        loaded = runtime.load(path, _threads())
+    except Exception as exc:  # each runtime raises its own exception types for a bad file
+        raise UserError(f"{runtime.name} cannot load {str(path)!r}: {first_line(exc)}") from None
+    return runtime.accuracy(loaded, split, EVAL_BATCH_SIZE)
 
 
 def _session_settings(measured: dict[str, float]) -> dict[str, Any]:
@@ -316,19 +303,7 @@ def input_description(path: Path, fmt: str, data: TaskData) -> dict[str, Any]:
         "preprocessing": data.preprocessing,
         "num_classes": data.num_classes,
     }
-    if fmt == "onnx":
-        import onnx
-
-        graph = onnx.load(str(path), load_external_data=False).graph
-        initialisers = {i.name for i in graph.initializer}
-        inputs = [i for i in graph.input if i.name not in initialisers]
-        if inputs:
-            description["name"] = inputs[0].name
-            dims = inputs[0].type.tensor_type.shape.dim
-            description["onnx_shape"] = [d.dim_param or d.dim_value for d in dims]
-        outputs = [o.name for o in graph.output]
-        if outputs:
-            description["output"] = outputs[0]
+    description.update(export_format(fmt).io(path))
     return description
 
 
@@ -342,17 +317,21 @@ def sidecar(
     input_info: dict[str, Any],
     n_test: int,
     measured_test_acc: float,
-    sha256: str,
-    size: int,
+    files: Sequence[Path],
 ) -> dict[str, Any]:
-    """The JSON written beside the model: what it is, how good, how to feed it, what made it."""
+    """The JSON written beside the model: what it is, how good, how to feed it, what made it.
+    ``files`` are the files the model is (the graph first, then any weights beside it): their
+    bytes add up to its size, and each gets its own digest."""
     r = selection.record
+    entry = export_format(fmt)
     broken = {k: v for k, v in r.violations.items() if v > 0}
+    listed = [{"name": f.name, metrics.BYTES: f.stat().st_size, "sha256": _sha256(f)} for f in files]
     return {
         "model": model_name,
         "format": fmt,
-        metrics.BYTES: size,
-        "sha256": sha256,
+        metrics.BYTES: sum(f[metrics.BYTES] for f in listed),
+        "sha256": listed[0]["sha256"],
+        "files": listed,
         "study": study_name,
         "trial": r.number,
         "selected_by": selection.why,
@@ -373,10 +352,10 @@ def sidecar(
             "test_acc_stored": r.metrics.get(metrics.TEST_ACC),
             "test_acc_measured": measured_test_acc,
             metrics.N_TEST: n_test,
-            "runtime": "onnxruntime (CPUExecutionProvider)" if fmt == "onnx" else "torch (CPU)",
+            "runtime": entry.runtime.label,
         },
-        "session": _session_settings(r.metrics) if fmt == "onnx" else None,
-        "source_artifact": r.artifact if fmt == "onnx" else None,
+        "session": _session_settings(r.metrics) if entry.measured else None,
+        "source_artifact": r.artifact if entry.measured else None,
         "versions": library_versions(),
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -386,6 +365,14 @@ def sidecar(
 # The export itself
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def export_trial(
     info: StudyInfo,
     selection: Selection,
@@ -393,47 +380,49 @@ def export_trial(
     study_name: str,
     out: Path,
     fmt: str = "onnx",
-    torch_artifact: str | None = None,
+    study: optuna.Study | None = None,
     load_data: Callable[[StudyInfo], TaskData] = workload_data,
 ) -> ExportResult:
-    """Copy the selected trial's stored artifact to ``out`` and its sidecar to ``out + .json``,
-    after checking the copy scores the stored test accuracy."""
+    """Write the selected trial's model in ``fmt`` to ``out`` (made from its stored file, no
+    re-training; fetched from ``study``'s artifact store when another machine ran it) and its
+    sidecar to ``out + .json``, after checking the model scores the stored test accuracy.
+
+    Everything is written in a hidden folder beside ``out`` and moved into place only once
+    verified: a failed export leaves nothing half-written behind."""
     check_out_path(out)
-    source = source_file(selection.record, fmt, torch_artifact)
+    entry = export_format(fmt)
+    source = stored_file(selection.record, fmt, study)
     data = load_data(info)
-    payload = source.read_bytes()
-    model_tmp = temp_beside(out)
     sidecar_path = out.with_name(out.name + SIDECAR_SUFFIX)
-    sidecar_tmp = temp_beside(sidecar_path)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        model_tmp.write_bytes(payload)
-        measured = verify_test_accuracy(model_tmp, info, fmt=fmt, data=data)
+        written = entry.make(source, staging / out.name)
+        measured = verify_test_accuracy(written[0], info, fmt=fmt, data=data)
         stored = check_accuracy(selection.record, measured, len(data.test))
-        digest = hashlib.sha256(payload).hexdigest()
         meta = sidecar(
             info,
             selection,
             study_name=study_name,
             fmt=fmt,
             model_name=out.name,
-            input_info=input_description(model_tmp, fmt, data),
+            input_info=input_description(written[0], fmt, data),
             n_test=len(data.test),
             measured_test_acc=measured,
-            sha256=digest,
-            size=len(payload),
+            files=written,
         )
-        sidecar_tmp.write_text(json.dumps(meta, indent=2, sort_keys=False, default=str) + "\n")
-        os.replace(model_tmp, out)
-        os.replace(sidecar_tmp, sidecar_path)
+        (staging / sidecar_path.name).write_text(json.dumps(meta, indent=2, sort_keys=False, default=str) + "\n")
+        # The model's own files first, its sidecar last: a sidecar names a complete model.
+        for path in (*written[1:], written[0], staging / sidecar_path.name):
+            os.replace(path, out.parent / path.name)
     finally:
-        model_tmp.unlink(missing_ok=True)
-        sidecar_tmp.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(
         path=out,
         sidecar=sidecar_path,
         fmt=fmt,
-        bytes=len(payload),
+        bytes=meta[metrics.BYTES],
         stored_test_acc=stored,
         measured_test_acc=measured,
         n_test=len(data.test),
+        files=tuple(out.parent / path.name for path in written),
     )

@@ -5,24 +5,40 @@ on its quantized successor, never on the torch object."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import onnx
 import torch
+from onnx.external_data_helper import convert_model_to_external_data
 from torch import nn
 
 from stages._base import OnnxFile
-from stages._context import Context
+from stages._context import Context, Split
 from stages._graph import on_device_in_eval
 from stages.config import ExportConfig
 from stages.errors import StageError
-from stages.files import atomic_path, write_atomic
+from stages.files import atomic_path, temp_beside, write_atomic
+from stages.measure import OnnxRunner, onnx_accuracy, torch_accuracy
 
-__all__ = ["EXPORT_FORMATS", "FP32_ONNX_NAME", "Export", "ExportFormat", "export_onnx", "export_pt2"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "FP32_ONNX_NAME",
+    "Export",
+    "ExportFormat",
+    "ExportedProgram",
+    "Runtime",
+    "export_onnx",
+    "export_onnx_external",
+    "export_pt2",
+    "to_external_data",
+]
 
 FP32_ONNX_NAME = "model.fp32.onnx"
+EXTERNAL_DATA_SUFFIX = ".data"
+_INLINE_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
@@ -107,24 +123,155 @@ def export_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
     return path
 
 
+def export_onnx_external(model: nn.Module, example: torch.Tensor, path: Path, opset: int = 18) -> Path:
+    """Export ``model`` as ``export_onnx`` does, with its weights in ``path + ".data"`` beside the
+    graph (see ``to_external_data``)."""
+    path = Path(path)
+    tmp = temp_beside(path)
+    try:
+        export_onnx(model, example, tmp, opset=opset)
+        to_external_data(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def to_external_data(source: Path, path: Path) -> tuple[Path, ...]:
+    """Write the ONNX model at ``source`` to ``path`` with its weights in one external data file,
+    ``path + ".data"`` (ONNX Runtime reads it from beside the graph): for graphs over protobuf's
+    2 GB limit and runtimes that map weights from disk. Returns ``(path, data file)``."""
+    path = Path(path)
+    data = path.with_name(path.name + EXTERNAL_DATA_SUFFIX)
+    model = onnx.load(str(source))
+    # Every tensor goes out, also the small weights of a small model, except the integer ones: they
+    # are shapes and axes, which ONNX Runtime must read while it loads the graph.
+    convert_model_to_external_data(model, all_tensors_to_one_file=True, location=data.name, size_threshold=0)
+    for tensor in model.graph.initializer:
+        if tensor.data_type in _INLINE_TYPES:
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+    onnx.save_model(model, str(path))
+    data.chmod(path.stat().st_mode & 0o777)  # onnx creates it private; it ships with the graph
+    return path, data
+
+
+def copy_file(source: Path, path: Path) -> tuple[Path, ...]:
+    """Write a stored file as it is (byte for byte)."""
+    shutil.copyfile(source, path)
+    return (Path(path),)
+
+
+def onnx_io(path: Path) -> dict[str, Any]:
+    """The graph's input name and shape (a symbolic batch axis) and its output name."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initialisers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initialisers]
+    described: dict[str, Any] = {}
+    if inputs:
+        described["name"] = inputs[0].name
+        described["onnx_shape"] = [d.dim_param or d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
+    if graph.output:
+        described["output"] = graph.output[0].name
+    return described
+
+
+def _no_io(path: Path) -> dict[str, Any]:
+    return {}
+
+
+class ExportedProgram(nn.Module):
+    """A loaded torch.export program as a module: its train/eval mode was fixed at export, and
+    the program refuses ``eval()``, so switching modes is a no-op here."""
+
+    def __init__(self, program_module: nn.Module) -> None:
+        super().__init__()
+        self.program = program_module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)
+
+    def train(self, mode: bool = True) -> ExportedProgram:
+        return self
+
+
+def _load_onnx(path: Path, threads: int) -> OnnxRunner:
+    return OnnxRunner(path, threads=threads)
+
+
+def _load_pt2(path: Path, threads: int) -> nn.Module:
+    return ExportedProgram(torch.export.load(str(path)).module())
+
+
+def _pt2_accuracy(model: nn.Module, split: Split, batch_size: int) -> float:
+    return torch_accuracy(model, split, device=torch.device("cpu"), batch_size=batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """Where a format runs: ``load(path, threads)`` opens a file on the CPU and
+    ``accuracy(loaded, split, batch_size)`` measures its top-1 accuracy in percent, as the search
+    measures. ``name`` is how messages call it, ``label`` how the sidecar does."""
+
+    name: str
+    label: str
+    load: Callable[[Path, int], Any]
+    accuracy: Callable[[Any, Split, int], float]
+
+
+ONNX_RUNTIME = Runtime("ONNX Runtime", "onnxruntime (CPUExecutionProvider)", _load_onnx, onnx_accuracy)
+TORCH_RUNTIME = Runtime("torch", "torch (CPU)", _load_pt2, _pt2_accuracy)
+
+
 @dataclasses.dataclass(frozen=True)
 class ExportFormat:
-    """An artifact format a trial can ship: ``writer(model, example input, path) -> path``
-    writes it; a trial's file of this format is ``file_name`` in its workdir."""
+    """An artifact format a trial can ship, with what every caller needs.
+
+    - ``writer(model, example input, path) -> path`` writes it from a torch module;
+    - a trial stores a file of it as ``file_name`` in its workdir, or, when ``stored_as`` names
+      another format, the file is made from that format's stored file: ``make(stored, path)``
+      writes it (no re-training) and returns the files written, the model first;
+    - ``runtime`` loads and measures it; ``io(path)`` names its input and output for the
+      sidecar;
+    - ``measured``: it runs the very graph whose latency the search measured, so the measured
+      session settings apply; ``quantized``: a quantized trial stores it too.
+    """
 
     writer: Callable[[nn.Module, torch.Tensor, Path], Path]
     file_name: str
     description: str
+    runtime: Runtime
+    make: Callable[[Path, Path], tuple[Path, ...]] = copy_file
+    stored_as: str | None = None
+    io: Callable[[Path], dict[str, Any]] = _no_io
+    measured: bool = False
+    quantized: bool = False
 
     @property
     def suffix(self) -> str:
         return Path(self.file_name).suffix
 
+    def stored(self) -> ExportFormat:
+        """The entry of the file a trial stores for this format (itself, or ``stored_as``'s)."""
+        return EXPORT_FORMATS[self.stored_as] if self.stored_as is not None else self
+
 
 # Artifact format -> its entry (``search export --format`` offers these names).
 EXPORT_FORMATS: dict[str, ExportFormat] = {
-    "onnx": ExportFormat(export_onnx, "model.onnx", "ONNX, run in ONNX Runtime (measured)"),
-    "pt2": ExportFormat(export_pt2, "model.pt2", "torch.export program (torch.export.load)"),
+    "onnx": ExportFormat(
+        export_onnx, "model.onnx", "the measured artifact, ONNX as ONNX Runtime ran it", ONNX_RUNTIME,
+        io=onnx_io, measured=True, quantized=True,
+    ),
+    "onnx-external": ExportFormat(
+        export_onnx_external, "model.onnx",
+        "the measured ONNX graph with its weights in FILE.data beside it (ONNX external data)",
+        ONNX_RUNTIME, make=to_external_data, stored_as="onnx", io=onnx_io, measured=True, quantized=True,
+    ),
+    "pt2": ExportFormat(
+        export_pt2, "model.pt2",
+        "the unquantized PyTorch model as a torch.export program (torch.export.load; TorchScript is "
+        "deprecated in torch 2.14), when the trial saved one",
+        TORCH_RUNTIME,
+    ),
 }
 
 

@@ -1,5 +1,6 @@
-"""``mcaas-search export``: write a trial's model (its stored artifact, no re-training) with a
-JSON sidecar, verified by re-measuring its test accuracy in ONNX Runtime."""
+"""``mcaas-search export``: write a trial's model (from its stored artifact, no re-training) in one
+of ``EXPORT_FORMATS`` with a JSON sidecar, verified by re-measuring its test accuracy in the
+format's runtime."""
 
 from __future__ import annotations
 
@@ -13,11 +14,10 @@ from search.commands import add_select_argument, add_storage_argument
 from search.exporting import (
     FORMATS,
     check_out_path,
+    export_format,
     export_trial,
-    fetch_file,
     fetch_files,
     select_trial,
-    torch_artifact_of,
 )
 from search.reporting.format import format_bytes
 from search.study import StudyInfo, load_study, open_storage, trial_records
@@ -40,9 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--format",
         choices=FORMATS,
         default="onnx",
-        help="onnx: the measured artifact; pt2: the unquantized PyTorch model as a torch.export "
-        "program (TorchScript is deprecated in torch 2.14), when the "
-        "trial saved one",
+        help="; ".join(f"{name}: {export_format(name).description}" for name in FORMATS),
     )
     add_storage_argument(parser)
 
@@ -57,27 +55,17 @@ def run(args: argparse.Namespace) -> int:
     )
     selection = fetch_files(study, selection)
     record = selection.record
-    torch_artifact = None
-    if args.format == "pt2":
-        torch_artifact = torch_artifact_of(study, record.number)
-        if torch_artifact is not None:
-            torch_artifact = str(fetch_file(study, record.number, torch_artifact))
-    result = export_trial(
-        info,
-        selection,
-        study_name=args.study,
-        out=args.out,
-        fmt=args.format,
-        torch_artifact=torch_artifact,
-    )
+    result = export_trial(info, selection, study_name=args.study, out=args.out, fmt=args.format, study=study)
     console = Console()
     console.print(
         f"exported trial {record.number} ({selection.why}) as {result.fmt} to {result.path} "
         f"({format_bytes(result.bytes)})",
         highlight=False, markup=False, soft_wrap=True,
     )
+    for beside in result.files[1:]:
+        console.print(f"  with: {beside}", highlight=False, markup=False, soft_wrap=True)
     console.print(f"  sidecar: {result.sidecar}", highlight=False, markup=False, soft_wrap=True)
-    runtime = "ONNX Runtime" if result.fmt == "onnx" else "torch"
+    runtime = export_format(result.fmt).runtime.name
     if result.stored_test_acc is None:
         console.print(
             f"  test accuracy measured in {runtime}: {result.measured_test_acc:.2f} % ({result.n_test} test "

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import stages.measure
+import stages.export
 from search.errors import MAX_LINE, UserError, first_line
 from search.exporting import measure_accuracy
 from stages import Split
@@ -42,7 +42,7 @@ def test_an_empty_load_error_is_a_user_error_not_an_index_error(
     def refuse(*args: object, **kwargs: object) -> None:
         raise RuntimeError()
 
-    monkeypatch.setattr(stages.measure, "OnnxRunner", refuse)
+    monkeypatch.setattr(stages.export, "OnnxRunner", refuse)
     split = Split(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.int64))
     with pytest.raises(UserError, match="cannot load .*: RuntimeError$"):
         measure_accuracy(tmp_path / "m.onnx", "onnx", split)

@@ -12,8 +12,11 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 
 from search.errors import UserError
 from search.exporting import check_accuracy, library_versions
@@ -174,3 +177,43 @@ def test_a_trial_the_search_did_not_measure_on_test_is_exported_with_the_measure
     assert check_accuracy(measured, 90.0, 40) == 90.0  # type: ignore[arg-type]
     with pytest.raises(UserError, match="verification failed"):
         check_accuracy(measured, 85.0, 40)  # type: ignore[arg-type]
+
+
+def test_export_onnx_external(hand: HandMadeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A second ONNX format, made from the same stored artifact and verified through the same
+    path: the graph in FILE, its weights in FILE.data beside it."""
+    out_path, data = tmp_path / "m.onnx", tmp_path / "m.onnx.data"
+    out = export(capsys, hand, "--trial", "3", "--format", "onnx-external", "--out", str(out_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data", "m.onnx.json"]
+    meta = json.loads((tmp_path / "m.onnx.json").read_text())
+    assert meta["format"] == "onnx-external"
+    assert [f["name"] for f in meta["files"]] == ["m.onnx", "m.onnx.data"]
+    assert meta["bytes"] == out_path.stat().st_size + data.stat().st_size
+    assert meta["sha256"] == hashlib.sha256(out_path.read_bytes()).hexdigest()
+    assert meta["files"][1]["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
+    check = meta["verification"]
+    assert check["runtime"] == "onnxruntime (CPUExecutionProvider)"
+    assert check["test_acc_measured"] == pytest.approx(check["test_acc_stored"], abs=1e-9)
+    assert meta["session"]["intra_op_num_threads"] == 1 and meta["source_artifact"]
+    assert meta["input"]["name"] == "input" and meta["input"]["onnx_shape"][1:] == [1, 8, 8]
+    assert "verified: test accuracy re-measured in ONNX Runtime" in out and f"with: {data}" in out
+    # The measured artifact's weights, every one, now beside a graph that holds none of them.
+    artifact = hand.artifacts_dir / "trials" / "3" / "model.onnx"
+    stored = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(artifact)).graph.initializer}
+    exported = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out_path)).graph.initializer}
+    assert stored.keys() == exported.keys()
+    assert all(np.array_equal(stored[name], exported[name]) for name in stored)
+    assert out_path.stat().st_size < artifact.stat().st_size / 2
+
+
+def test_a_failed_onnx_external_export_leaves_nothing(
+    hand: HandMadeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("search.exporting.check_accuracy", _refuse)
+    assert_refused(capsys, "export", "--study", hand.name, "--storage", hand.storage, "--trial", "3",
+                   "--format", "onnx-external", "--out", str(tmp_path / "m.onnx"), says="verification failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _refuse(*args: object) -> None:
+    raise UserError("verification failed: refused by the test")
