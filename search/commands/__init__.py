@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from search.workloads.workload import WorkloadSpec
 
 __all__ = [
+    "add_json_argument",
     "add_select_argument",
     "add_storage_argument",
     "add_workload_arguments",
@@ -49,6 +50,13 @@ def add_select_argument(parser: argparse.ArgumentParser) -> None:
         + "; ".join(f"{s.name}: {s.describe}" for s in SELECTIONS.values())
         + f" (default {DEFAULT_SELECTION}: on a small validation split the most compressed "
         "trial on its point estimate is often one that got lucky on those images)",
+    )
+
+
+def add_json_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--json``: ``what`` as JSON alone on stdout, messages and progress on stderr, for scripts."""
+    parser.add_argument(
+        "--json", action="store_true", help=f"print {what} as JSON alone on stdout (messages go to stderr)"
     )
 
 

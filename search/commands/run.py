@@ -17,6 +17,7 @@ from rich.console import Console
 from objectives import TARGETS, Constraint
 from search.backends import BACKENDS, SAMPLERS, StudyRun, run_study
 from search.commands import (
+    add_json_argument,
     add_select_argument,
     add_workload_arguments,
     checked,
@@ -24,6 +25,7 @@ from search.commands import (
     float_or_text,
     spec_from_args,
 )
+from search.reporting.as_json import study_json, write_json
 from search.reporting.progress import LiveProgress
 from search.request import (
     MAX_JOBS,
@@ -127,6 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     search.add_argument("--no-profiles", action="store_true", help="do not run the three MCaaS fixed profiles first")
     search.add_argument("--no-early-stop", action="store_true", help="run every trial to the end")
     search.add_argument("--threads", type=count_arg("threads", MAX_THREADS), default=None, help="threads per trial (default: cores / jobs)")
+    add_json_argument(parser, "the result (study, front, recommended trial, export command)")
     ray = parser.add_argument_group("ray backend")
     ray.add_argument("--address", default=None, help="join this Ray cluster (default: start Ray locally)")
     ray.add_argument("--cpus-per-trial", type=_cpus, default=1.0, help="CPUs Ray reserves per trial")
@@ -222,16 +225,21 @@ def _finish(out: Console, console: Console, result: StudyRun, args: argparse.Nam
 
     study, info = result.study, result.info
     records = trial_records(study)
-    print_front(out, info, records, study_name=study.study_name, storage=args.storage,
-                select=args.select)
-    print_failures(out, records)
-    pruned = [r for r in records if r.state == "pruned"]
-    if pruned:
-        saved = sum(r.saved_s for r in pruned)
-        out.print(f"early stopping: {len(pruned)} trials stopped, about {saved / 60:.1f} min of training saved")
-    report = write_report(study, info, storage=args.storage)
-    out.print(f"report: {report}")
-    out.print(f"wall time: {result.seconds / 60:.1f} min")
+    if args.json:  # what a script needs to go on: "search, then export the recommended trial"
+        report = write_report(study, info, storage=args.storage)
+        write_json({**study_json(study.study_name, info, records, storage=args.storage, select=args.select),
+                    "report": str(report), "wall_s": result.seconds, "interrupted": result.interrupted})
+    else:
+        print_front(out, info, records, study_name=study.study_name, storage=args.storage,
+                    select=args.select)
+        print_failures(out, records)
+        pruned = [r for r in records if r.state == "pruned"]
+        if pruned:
+            saved = sum(r.saved_s for r in pruned)
+            out.print(f"early stopping: {len(pruned)} trials stopped, about {saved / 60:.1f} min of training saved")
+        report = write_report(study, info, storage=args.storage)
+        out.print(f"report: {report}")
+        out.print(f"wall time: {result.seconds / 60:.1f} min")
     if result.interrupted:
         command = "mcaas-search " + shlex.join(sys.argv[1:])
         done = sum(r.state in ("complete", "pruned") for r in records)

@@ -9,9 +9,11 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from search.commands import add_storage_argument
+from search.commands import add_json_argument, add_storage_argument
 from search.errors import UserError
 from search.exporting import torch_artifact_of
+from search.reporting.as_json import study_json, trial_json, write_json
+from search.reporting.format import export_command
 from search.reporting.tables import print_trial
 from search.study import StudyInfo, load_study, open_storage, trial_records
 
@@ -26,19 +28,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="trial number; without it, the study's pre-flight analysis of the teacher and its space",
     )
     add_storage_argument(parser)
+    add_json_argument(parser, "the trial (or the study: its front, recommended trial, analysis and space)")
 
 
 def run(args: argparse.Namespace) -> int:
     study = load_study(args.study, open_storage(args.storage, create=False))
     info = StudyInfo.load(study)
-    if args.trial is None:
-        _print_study(Console(), args.study, info)
-        return 0
     records = trial_records(study)
+    if args.trial is None:
+        if args.json:
+            write_json({**study_json(args.study, info, records, storage=args.storage),
+                        "analysis": info.analysis or None, "space": dict(info.space)})
+        else:
+            _print_study(Console(), args.study, info)
+        return 0
     by_number = {r.number: r for r in records}
     if args.trial not in by_number:
         known = f"trials are numbered 0..{max(by_number)}" if by_number else "it has no trials"
         raise UserError(f"study {args.study!r} has no trial {args.trial}; {known}")
+    if args.json:
+        trial = by_number[args.trial]
+        exportable = trial.state == "complete"
+        write_json({**trial_json(info, trial), "torch_artifact": torch_artifact_of(study, args.trial),
+                    "export": export_command(args.study, args.storage, trial=args.trial) if exportable else None})
+        return 0
     print_trial(
         Console(),
         info,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import traceback
@@ -14,8 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from objectives import ratios
-from search.commands import add_workload_arguments, spec_from_args
+from search.commands import add_json_argument, add_workload_arguments, spec_from_args
 from search.errors import USER_ERRORS, UserError, first_line
+from search.reporting.as_json import write_json
 from search.reporting.format import drop_text
 from search.study.scoring import paired_val_drop
 from search.trials.context import (
@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"profile_epochs (15 for the demo, 1 otherwise), and at least {MIN_STEPS} "
         "optimizer steps on a small dataset. Valid keys: " + ", ".join(valid_keys()),
     )
-    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_json_argument(parser, "the metrics")
     parser.add_argument(
         "--workdir",
         type=Path,
@@ -128,8 +128,7 @@ def run(args: argparse.Namespace) -> int:
         "artifact": str(result.artifact),
     }
     if args.json:
-        json.dump(summary, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        write_json(summary)
     else:
         print_try_result(Console(), summary)
     return 0

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -398,30 +399,43 @@ def study_row(name: str, info: StudyInfo | None, records: Sequence[TrialRecord],
 
 
 def print_studies(console: Console, rows: Sequence[StudyRow], *, storage: str) -> None:
-    """The studies of a storage with trial counts, target, constraint and recommended ratio."""
+    """The studies of a storage with trial counts, target and recommended ratio, then each
+    constraint with its studies. Names, numbers and headers are never cut: a study's name is what
+    the user types next, so the table keeps only short columns (one line per study in 80 columns
+    for names of about 25 characters) and the constraints, which are prose, go under it."""
     if not rows:
         console.print(f"no studies in {escape(storage)}", highlight=False)
         return
-    table = Table(title=f"studies in {escape(storage)}", title_justify="left", header_style="bold")
-    for name, justify in (
-        ("study", "left"), ("trials", "right"), ("complete", "right"), ("feasible", "right"),
-        ("pruned", "right"), ("failed", "right"), ("target", "left"), ("constraint", "left"),
-        ("recommended ratio", "right"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for row in rows:
-        c = row.counts
-        feasible = str(c["feasible"]) if row.target is not None else "-"
-        best = "-" if row.best_ratio is None else f"{row.best_ratio:.2f}x (trial {row.best_trial})"
-        table.add_row(
+    table = Table(title=f"studies in {escape(storage)}", title_justify="left", header_style="bold",
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    cells = [
+        [
             escape(row.name),
-            str(sum(c.values())),
-            str(c["feasible"] + c["infeasible"]),
-            feasible,
-            str(c["pruned"]),
-            str(c["failed"]),
+            str(sum(row.counts.values())),
+            str(row.counts["feasible"]) if row.target is not None else "-",
+            str(row.counts["pruned"]),
+            str(row.counts["failed"]),
             escape(row.target or "-"),
-            escape(row.constraint or row.note or "-"),
-            best,
-        )
+            "-" if row.best_ratio is None else f"{row.best_ratio:.2f}x ({row.best_trial})",
+        ]
+        for row in rows
+    ]
+    headers = ("study", "trials", "feasible", "pruned", "failed", "target", "recommended")
+    widths = [max(len(name), *(len(c[i]) for c in cells)) for i, name in enumerate(headers)]
+    # A name too long for the terminal folds onto a second line (every character kept); the
+    # other columns keep room for their widest cell, so rich never ellipsizes one.
+    widths[0] = max(len(headers[0]), min(widths[0], console.width - sum(widths[1:]) - 2 * len(headers)))
+    for i, (name, width) in enumerate(zip(headers, widths)):
+        table.add_column(name, justify="left" if i in (0, 5) else "right", no_wrap=i > 0,
+                         overflow="fold", min_width=width)
+    for row_cells in cells:
+        table.add_row(*row_cells)
     console.print(table)
+    groups: dict[str, list[str]] = {}
+    for row in rows:
+        groups.setdefault(row.constraint or row.note or "-", []).append(row.name)
+    if len(groups) == 1:
+        console.print(f"constraint of every study: {escape(next(iter(groups)))}", highlight=False)
+        return
+    for constraint, names in groups.items():
+        console.print(f"{escape(constraint)}: {escape(', '.join(names))}", highlight=False)

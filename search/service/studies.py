@@ -4,9 +4,7 @@ a study: a trial's verified ONNX file and sidecar, the HTML report."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from optuna.storages import BaseStorage
 
 from search.errors import UserError
 from search.exporting import SIDECAR_SUFFIX, export_trial, fetch_files, select_trial
+from search.reporting.as_json import finite, trial_json
 from search.reporting.figures import draw_pareto
 from search.reporting.format import settings_summary, state_counts
 from search.reporting.gather import gather_pareto
@@ -30,17 +29,6 @@ from search.study.scoring import accuracy_drop, front_records, recommended_recor
 from search.workloads.analysis import Analysis
 
 MODEL_FILE = "model.onnx"
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or infinity: such numbers become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _check_study_name(name: str) -> None:
@@ -144,28 +132,23 @@ class Studies:
             eta_s=None if state in FINAL else snap.eta_s,
             analysis=Analysis.from_dict(info.analysis).rows() if info.analysis else None,
         )
-        return _finite(out)
+        return finite(out)
 
     def trials(self, name: str) -> list[dict[str, Any]]:
         study, info = self._require(name)
-        return [_finite(self._trial(info, r)) for r in trial_records(study)]
+        return [finite(self._trial(info, r)) for r in trial_records(study)]
 
     def trial(self, name: str, number: int) -> dict[str, Any]:
         study, info = self._require(name)
         for record in trial_records(study):
             if record.number == number:
-                return _finite(self._trial(info, record))
+                return finite(self._trial(info, record))
         raise ApiError(404, "trial", f"study {name!r} has no trial {number}")
 
     @staticmethod
     def _trial(info: StudyInfo, r: TrialRecord) -> dict[str, Any]:
-        data = dataclasses.asdict(r)
+        data = trial_json(info, r)
         data.pop("artifact")  # a server path: clients download through the API
-        data.update(
-            feasible=r.feasible,
-            drop=accuracy_drop(info, r),
-            settings=settings_summary(r.config),
-        )
         return data
 
     def front(self, name: str) -> dict[str, Any]:
@@ -175,7 +158,7 @@ class Studies:
         records = trial_records(study)
         pick = recommended_record(info, records)
         figure = draw_pareto(gather_pareto(info, records, study_name=name))
-        return _finite({
+        return finite({
             "target": info.target,
             "recommended": None if pick is None else pick.number,
             "front": [self._trial(info, r) for r in front_records(info, records)],

@@ -3,6 +3,8 @@ refusing a mismatched study, interrupted and failing trials, --jobs 2, early sto
 
 from __future__ import annotations
 
+import json
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -200,3 +202,21 @@ def test_a_split_too_small_for_the_bound_says_so_in_one_line_before_trial_0(
     # A bound the split can decide: no warning.
     code, _, err = _search(run_cli, "--val-fraction", "0.1", "--max-drop", "1.5")
     assert code == 2 and "cannot decide" not in err, err
+
+
+@pytest.mark.slow
+def test_search_json_lets_a_script_export_the_recommended_trial(demo_dir: Path, run_cli: RunCli) -> None:
+    code, out, err = _search(run_cli, "--trials", "5", "--max-drop", "5", "--json")
+    assert code == 0, err
+    result = json.loads(out)  # JSON alone on stdout; the progress went to stderr
+    assert result["study"] == "s" and result["target"] == "size" and result["interrupted"] is False
+    assert sum(result["trials"].values()) == 5
+    pick = result["recommended"]
+    assert pick["feasible"] and pick["number"] in [t["number"] for t in result["front"]]
+    assert Path(result["report"]).is_file()
+    # "search, then export the recommended trial", with the command the JSON gives.
+    argv = shlex.split(result["export"])
+    assert argv[:2] == ["mcaas-search", "export"] and f"--trial {pick['number']}" in result["export"]
+    code, out, err = run_cli(argv[1:])
+    assert code == 0, err
+    assert (demo_dir / f"s-t{pick['number']}.onnx").is_file()

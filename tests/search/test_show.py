@@ -3,6 +3,7 @@ command; refusals for trials and studies that do not exist."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -75,3 +76,23 @@ def test_show_refusals(hand: HandMadeStudy, tmp_path: Path, capsys: pytest.Captu
                    says="no study named 'nope' in this storage; studies: foreign, hand, hopeless")
     assert_refused(capsys, "show", "--study", "hand", "--trial", "0", "--storage", str(tmp_path / "x.journal"),
                    says="no study storage at")
+
+
+def test_show_json_is_json_alone_on_stdout(hand: HandMadeStudy, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "show", "--study", "hand", "--trial", "3", "--storage", hand.storage, "--json")
+    assert code == 0, err
+    trial = json.loads(out)
+    assert trial["number"] == 3 and trial["state"] == "complete" and trial["feasible"] is True
+    assert trial["ratios"]["size"] == pytest.approx(12.0)
+    assert trial["drop"] == pytest.approx(0.9)  # lost points positive, as the tables print them
+    assert trial["config"]["prune.ratio"] == 0.75
+    assert trial["export"] == f"mcaas-search export --study hand --storage {hand.storage} --trial 3 --out hand-t3.onnx"
+    # Without --trial: the study, its front, the recommended trial, its analysis and space.
+    code, out, err = run_cli(capsys, "show", "--study", "hand", "--storage", hand.storage, "--json")
+    assert code == 0, err
+    study = json.loads(out)
+    assert study["study"] == "hand" and study["target"] == "size"
+    assert sorted(t["number"] for t in study["front"]) == [0, 1, 3]
+    assert study["recommended"]["number"] == 3
+    assert study["export"].startswith("mcaas-search export --study hand")
+    assert {"space", "analysis"} <= set(study)
