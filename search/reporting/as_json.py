@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from objectives import DEFAULT_SELECTION
-from search.reporting.format import export_command, settings_summary, state_counts
+from search.reporting.format import export_command, settings_summary, state_counts, teacher_note
 from search.study import StudyInfo, TrialRecord
-from search.study.scoring import accuracy_drop, front_records, recommended_record
+from search.study.scoring import accuracy_drop, front_records, paired_val_drop, recommended_record
 
 __all__ = ["finite", "study_json", "trial_json", "write_json"]
 
@@ -59,5 +59,6 @@ def study_json(
         "trials": state_counts(records),
         "front": [trial_json(info, r) for r in front_records(info, records)],
         "recommended": None if pick is None else trial_json(info, pick),
+        "teacher_note": None if pick is None else teacher_note(info, pick, paired_val_drop(pick.metrics)),
         "export": None if pick is None else export_command(name, storage, trial=pick.number),
     }

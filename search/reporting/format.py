@@ -82,6 +82,28 @@ def passed_over_note(info: StudyInfo, records: Iterable[TrialRecord], pick: Tria
     )
 
 
+# A distilled student rarely beats a well-trained teacher of its own family by more than a point
+# or two (born-again networks gain about 1-2 pt on CIFAR-100); one further above it, beyond the
+# noise of the validation split, says the teacher stopped short of what its architecture reaches.
+UNDERTRAINED_GAIN_PT = 2.0
+
+
+def teacher_note(info: StudyInfo, pick: TrialRecord, paired: PairedDrop | None) -> str | None:
+    """A sentence when the recommended trial beats its teacher on validation by more than
+    ``UNDERTRAINED_GAIN_PT`` (and, where the paired counts give one, by more than the 95 %
+    interval's noise): the teacher is probably undertrained, a weak baseline for every ratio."""
+    drop = accuracy_drop(info, pick)
+    if drop is None or -drop <= UNDERTRAINED_GAIN_PT or (paired is not None and paired.interval()[1] >= 0):
+        return None
+    model, dataset = info.workload.get("model"), info.workload.get("dataset")
+    train = "mcaas-search train" + ("" if model in (None, "demo") else f" --model {model} --dataset {dataset}")
+    return (
+        f"trial {pick.number} is {-drop:.2f} pt above its teacher on validation: the teacher is "
+        "probably undertrained, so every ratio is measured against a weak baseline; train it "
+        f"longer ({train} --epochs N, more epochs than it had) and search again"
+    )
+
+
 def settings_summary(config: Mapping[str, Any]) -> str:
     """The key settings of a pipeline config in one short line, stage by stage (defaults such
     as structured/global pruning left out; ``show`` and trials.csv list every setting)."""

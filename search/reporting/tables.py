@@ -27,6 +27,7 @@ from search.reporting.format import (
     passed_over_note,
     settings_summary,
     state_counts,
+    teacher_note,
 )
 from search.study import StudyInfo, TrialRecord
 from search.study.scoring import (
@@ -154,7 +155,8 @@ def print_front(
         highlight=False,
     )
     for note in (interval_note(info, pick, paired_val_drop(pick.metrics)),
-                 passed_over_note(info, records, pick)):
+                 passed_over_note(info, records, pick),
+                 teacher_note(info, pick, paired_val_drop(pick.metrics))):
         if note is not None:
             console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     console.print("export it:", highlight=False)

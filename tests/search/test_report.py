@@ -172,6 +172,44 @@ def test_the_progress_line_and_the_front_table_give_the_drop_one_sign(
     assert f"drop {lost:.2f} pt" in console.export_text()  # `show`'s final metrics
 
 
+def _pick_above_teacher(info, records: list, gain: float, lost: int | None = None, gained: int | None = None) -> list:
+    """The records with trial 3 (the recommended one) ``gain`` pt above the teacher on validation,
+    with paired counts ``lost`` / ``gained`` of 360 images where given."""
+    out = []
+    for r in records:
+        if r.number == 3:
+            m = {**r.metrics, "val_acc": info.teacher_acc + gain}
+            if lost is not None:
+                m.update(n_val=360.0, val_lost=float(lost), val_gained=float(gained))
+            r = dataclasses.replace(r, metrics=m)
+        out.append(r)
+    return out
+
+
+def _front_text(hand: HandMadeStudy, records: list) -> str:
+    console = Console(width=200, record=True, color_system=None)
+    pick = print_front(console, hand.info, records, study_name=hand.name, storage=hand.storage)
+    assert pick is not None and pick.number == 3
+    return " ".join(console.export_text().split())
+
+
+def test_a_student_far_above_its_teacher_says_the_teacher_is_undertrained(
+    hand: HandMadeStudy, loaded: tuple[optuna.Study, list]
+) -> None:
+    _, records = loaded
+    says = "the teacher is probably undertrained"
+    # 11 more images right than the teacher's 360 (12 gained, 1 lost): 3.06 pt, its interval below 0.
+    assert PairedDrop(360, 1, 12).interval()[1] < 0
+    text = _front_text(hand, _pick_above_teacher(hand.info, records, 3.06, lost=1, gained=12))
+    assert "note: trial 3 is 3.06 pt above its teacher on validation: " + says in text
+    assert "mcaas-search train --epochs N" in text  # the demo: `train` without --model
+    # Within what distillation can add: no note.
+    assert says not in _front_text(hand, _pick_above_teacher(hand.info, records, 1.5))
+    # Far above, but as many images lost as gained beyond the 11: noise the interval does not exclude.
+    assert PairedDrop(360, 30, 41).interval()[1] >= 0
+    assert says not in _front_text(hand, _pick_above_teacher(hand.info, records, 3.06, lost=30, gained=41))
+
+
 def test_settings_summary_says_what_depth_removed() -> None:
     config = {"depth.cut": 2, "depth.fraction": 0.5, "prune.ratio": 0.3, "prune.criterion": "l2",
               "distill.epochs": 4, "distill.alpha": 0.0, "quantize.mode": "int8-static"}
