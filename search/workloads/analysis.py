@@ -126,8 +126,9 @@ class Analysis:
     def fastest_threads(self) -> int:
         return min(self.latency_ms, key=self.latency_ms.__getitem__)
 
-    def rows(self) -> list[tuple[str, str]]:
-        """``(what, finding)`` rows for a table."""
+    def rows(self, *, ranked: bool = True) -> list[tuple[str, str]]:
+        """``(what, finding)`` rows for a table; ``ranked=False`` (a model with random weights)
+        lists the removable blocks without their importance, which only trained weights give."""
         if self.structural:
             pruning = f"{self.prunable_layers} of {self.weight_layers} weight layers can be thinned"
         else:
@@ -139,13 +140,16 @@ class Analysis:
         ]
         for layer, reason in self.frozen_layers.items():
             rows.append((f"  left whole: {layer}", reason))
-        if self.blocks:
-            ranked = ", ".join(f"{name} ({_shown(score)})" for name, score in self.blocks)
-            rows.append((f"removable blocks ({len(self.blocks)})", f"least important first (loss increase): {ranked}"))
-            if self.removable_at_once is not None and self.removable_at_once < len(self.blocks):
-                rows.append(("  removed together, at most", f"{self.removable_at_once} (without the rest the output no longer depends on the input)"))
+        if self.blocks and ranked:
+            order = ", ".join(f"{name} ({_shown(score)})" for name, score in self.blocks)
+            rows.append((f"removable blocks ({len(self.blocks)})", f"least important first (loss increase): {order}"))
+        elif self.blocks:
+            names = ", ".join(sorted((name for name, _ in self.blocks), key=_module_order))
+            rows.append((f"removable blocks ({len(self.blocks)})", f"{names} (not ranked: importance needs a trained teacher)"))
         else:
             rows.append(("removable blocks", "none (no residual block keeps its input's shape)"))
+        if self.removable_at_once is not None and self.removable_at_once < len(self.blocks):
+            rows.append(("  removed together, at most", f"{self.removable_at_once} (without the rest the output no longer depends on the input)"))
         if self.cuts:
             deepest = ", ".join(self.cuts[-1])
             rows.append((f"trailing stages that can be cut ({len(self.cuts)})", f"the last first, a new classifier reading what is left: {deepest}"))
@@ -197,6 +201,11 @@ def val_split_note(n_val: int, n_pool: int, allowed_drop: float, *, flag_per_poi
         f"that agrees with the teacher on every image is vouched for only within {upper:.2f} pt, "
         f"so no trial can be recommended; use {', '.join(remedies)}, or --max-drop {widest:g}"
     )
+
+
+def _module_order(name: str) -> list[tuple[int, int | str]]:
+    """Sort key putting ``features.3`` before ``features.10``, as the model defines them."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in name.split(".")]
 
 
 def _finite(score: float) -> float | None:

@@ -412,19 +412,21 @@ def load_workload(
     device: torch.device,
     studies_dir: Path = Path("studies"),
     progress: bool = True,
+    untrained: bool = False,
 ) -> Workload:
     """Load the data and the teacher of ``spec`` (training the demo teacher on first use).
 
     Every model except the demo needs ``spec.weights``: the search compresses a trained teacher.
     A teacher near chance level is refused (``refuse_weak_teacher``) unless
-    ``spec.allow_weak_teacher``.
+    ``spec.allow_weak_teacher``. With ``untrained``, a model without ``spec.weights`` is its
+    architecture with random weights (what ``inspect`` measures before anything is trained).
     """
     check_model_name(spec.model_name)
     check_dataset_name(spec.dataset_name)
     if spec.weights is not None and not spec.weights.is_file():
         what = "is a folder, not a file" if spec.weights.is_dir() else "does not exist"
         raise UserError(f"checkpoint {spec.weights} {what} (from --weights).")
-    if spec.weights is None and not spec.is_demo:
+    if spec.weights is None and not spec.is_demo and not untrained:
         raise UserError(
             f"--weights is required for model {spec.model_name} on {spec.dataset_name}; train one "
             f"with `mcaas-search train --model {spec.model_name} --dataset {spec.dataset_name} "
@@ -440,11 +442,10 @@ def load_workload(
             spec, data, device=device, studies_dir=studies_dir, progress=progress
         )
     else:
-        assert spec.weights is not None
         weights = spec.weights
         teacher = build_for_data(spec, data, weights=weights)
     teacher.to(device).eval()
-    if not spec.allow_weak_teacher:
+    if not spec.allow_weak_teacher and weights is not None:
         refuse_weak_teacher(evaluate_accuracy(teacher, data.val), data.num_classes)
     return Workload(
         spec=spec,

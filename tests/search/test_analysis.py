@@ -95,6 +95,34 @@ def test_inspect_for_latency_leaves_out_the_formats_slower_than_fp32(
         assert (mode in searched.replace("= ", "").split(" | ")) == (mode not in slow), (mode, searched)
 
 
+def test_inspect_without_weights_reports_all_a_teacher_is_not_needed_for(
+    search_folder: Callable[[str], Path], run_cli: RunCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = search_folder("")
+    (folder / "user.py").write_text(USER_MODEL)
+    monkeypatch.setenv("COLUMNS", "250")  # each table row on one line
+    code, out, err = run_cli(["inspect", "--model", "user.py:build", "--dataset", "digits", "--device", "cpu"])
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert "untrained (random weights)" in text
+    for what in ("parameters / MACs", "ONNX operators", "structural pruning", "removable blocks (2)",
+                 "trailing stages that can be cut", "teacher latency (fp32, batch 1)",
+                 "teacher in each format, speed vs fp32", "the search space a study of it searches"):
+        assert what in text, what
+    assert "block1, block2 (not ranked: importance needs a trained teacher)" in text
+    assert "least important first" not in text and "validation accuracy" not in text
+    assert ("note: without --weights the model has random weights: a trained teacher adds the importance "
+            "ranking of the removable blocks and the accuracy; train one with `mcaas-search train "
+            "--model user.py:build --dataset digits --out CHECKPOINT.pt`") in text
+    code, out, err = run_cli(["inspect", "--model", "user.py:build", "--dataset", "digits", "--device", "cpu", "--json"])
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["untrained"] is True and "importance ranking" in summary["note"]
+    assert "val_acc" not in summary["teacher"] and summary["teacher"]["bytes"] > 0
+    assert sorted(summary["analysis"]["blocks"]) == [["block1", None], ["block2", None]]
+    assert summary["analysis"]["macs"] > 0 and summary["analysis"]["operators"] > 0
+
+
 def test_analysis_round_trips_through_json_with_blocks_that_break_the_model() -> None:
     analysis = Analysis(
         structural=True, structural_reason=None, frozen_layers={"merge": "index error"},
