@@ -188,7 +188,8 @@ def _pick_above_teacher(info, records: list, gain: float, lost: int | None = Non
 
 def _front_text(hand: HandMadeStudy, records: list) -> str:
     console = Console(width=200, record=True, color_system=None)
-    pick = print_front(console, hand.info, records, study_name=hand.name, storage=hand.storage)
+    # `point`: trial 3 is recommended whatever paired counts it is given.
+    pick = print_front(console, hand.info, records, study_name=hand.name, storage=hand.storage, select="point")
     assert pick is not None and pick.number == 3
     return " ".join(console.export_text().split())
 
