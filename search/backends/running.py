@@ -25,6 +25,7 @@ from search.study import (
     open_storage,
 )
 from search.study.artifacts import record_store
+from search.study.records import ARTIFACTS, BASELINE_ONNX
 from search.trials.context import cached_analysis, make_context, measure_baseline_into
 from search.workloads.analysis import Analysis
 from search.workloads.workload import Workload
@@ -78,6 +79,8 @@ def open_study(
         # Both before anything is written to the study.
         check_resumable(settings.study, stored, info)
         settings = dataclasses.replace(settings, space=resumed_space(settings.study, settings.space, stored))
+        # Before the study is opened: its claim lock lives in its folder.
+        info = rebuild_missing_folders(info, settings, workload, baseline=baseline)
     else:
         artifacts = STUDIES_DIR / settings.study
         ctx = make_context(workload, artifacts / "trials", threads=settings.threads, seed=settings.seed or 0)
@@ -108,6 +111,37 @@ def open_study(
     )
     record_store(study, settings.artifacts)
     return study, info, settings
+
+
+def rebuild_missing_folders(
+    info: StudyInfo, settings: SearchSettings, workload: Workload, *, baseline: Baseline | None
+) -> StudyInfo:
+    """``info`` with a trial folder and a teacher file that exist here, recorded in the study.
+
+    A journal holds absolute paths: resumed elsewhere (a fresh clone of a repository that commits
+    it, another machine), its study folder is missing. Its new trials then go to this folder's
+    ``studies/STUDY``, and the teacher's fp32 file (what latency ratios are measured against) is
+    ``baseline``'s file or exported there again; the stored baseline metrics stay, so every ratio
+    keeps its reference. Trials already recorded keep their paths (``show`` says a file is missing).
+    """
+    artifacts, onnx = Path(info.artifacts_dir), Path(info.baseline_onnx)
+    if artifacts.is_dir() and onnx.is_file():
+        return info
+    if not artifacts.is_dir():
+        artifacts = (STUDIES_DIR / settings.study).resolve()
+    if not onnx.is_file():
+        if baseline is not None and baseline[0].is_file():
+            onnx = baseline[0]
+        else:
+            ctx = make_context(workload, artifacts / "trials", threads=settings.threads, seed=settings.seed or 0)
+            ctx, _ = measure_baseline_into(ctx, artifacts / "baseline")
+            assert ctx.baseline_onnx is not None
+            onnx = ctx.baseline_onnx
+    info = dataclasses.replace(info, artifacts_dir=str(artifacts), baseline_onnx=str(onnx.resolve()))
+    study = load_study(settings.study, open_storage(settings.storage, create=True))
+    study.set_user_attr(ARTIFACTS, info.artifacts_dir)
+    study.set_user_attr(BASELINE_ONNX, info.baseline_onnx)
+    return info
 
 
 def resumed_space(name: str, space: SearchSpace, stored: StudyInfo, *, option: str = "--study name") -> SearchSpace:

@@ -154,32 +154,56 @@ class BenchPlan:
 
 def shared_baseline(plan: BenchPlan, workload: Workload, console: Console) -> tuple[Path, dict[str, float]]:
     """The teacher's fp32 export and metrics, measured once for every study of the benchmark
-    (so all ratios share one reference); read back on a rerun."""
+    (so all ratios share one reference). A rerun reads them back: the metrics from the
+    benchmark's studies (a journal is all a fresh clone has), else from the record beside the
+    first measurement; the file from either, exported again where neither has it."""
+    infos = [info for _, info in stored_infos(plan)]
     record = plan.folder / BASELINE_FILE
-    if record.is_file():
-        saved = json.loads(record.read_text())
-        path = Path(saved["onnx"])
-        if saved.get("workload") == workload.fingerprint and path.is_file():
-            return path, {k: float(v) for k, v in saved["metrics"].items()}
-    ctx = make_context(workload, plan.folder / "trials", threads=plan.threads, seed=plan.seed)
-    with console.status("measuring the teacher's exported fp32 artifact (the baseline)"):
-        ctx, metrics = measure_baseline_into(ctx, plan.folder / "baseline")
-    assert ctx.baseline_onnx is not None
-    path = ctx.baseline_onnx
-    payload = {"workload": workload.fingerprint, "onnx": str(path.resolve()), "metrics": metrics}
-    write_atomic(record, json.dumps(payload, indent=2, sort_keys=True, default=str))
-    return path.resolve(), metrics
+    saved = json.loads(record.read_text()) if record.is_file() else None
+    if saved is not None and saved.get("workload") != workload.fingerprint:
+        saved = None
+    metrics = infos[0].baseline if infos else saved["metrics"] if saved is not None else None
+    files = [Path(info.baseline_onnx) for info in infos] + ([Path(saved["onnx"])] if saved is not None else [])
+    path = next((p for p in files if p.is_file()), None)
+    if metrics is None or path is None:
+        ctx = make_context(workload, plan.folder / "trials", threads=plan.threads, seed=plan.seed)
+        with console.status("measuring the teacher's exported fp32 artifact (the baseline)"):
+            ctx, measured = measure_baseline_into(ctx, plan.folder / "baseline")
+        assert ctx.baseline_onnx is not None
+        # The studies' reference stays the one their ratios were scored against.
+        path, metrics = ctx.baseline_onnx.resolve(), metrics or measured
+        payload = {"workload": workload.fingerprint, "onnx": str(path), "metrics": metrics}
+        write_atomic(record, json.dumps(payload, indent=2, sort_keys=True, default=str))
+    return path, {k: float(v) for k, v in metrics.items()}
+
+
+def has_run(plan: BenchPlan) -> bool:
+    """Whether the benchmark has begun: its measured baseline, or a study in its storage (a
+    journal that does not exist is not created)."""
+    if (plan.folder / BASELINE_FILE).is_file():
+        return True
+    try:
+        return bool(stored_infos(plan, create=False))
+    except UserError:  # no journal yet
+        return False
+
+
+def stored_infos(plan: BenchPlan, *, create: bool = True) -> list[tuple[BenchStudy, StudyInfo]]:
+    """The benchmark's studies that exist in its storage, with their stored records."""
+    storage = open_storage(plan.storage, create=create)
+    found = []
+    for study in [*plan.studies(), *([plan.peer_study()] if plan.peers else [])]:
+        try:
+            found.append((study, StudyInfo.load(load_study(study.name, storage))))
+        except UserError:
+            continue
+    return found
 
 
 def check_existing(plan: BenchPlan, workload: Workload) -> None:
     """Refuse, before any work, to continue a benchmark's studies under other settings or over
     another space (a space file edited since)."""
-    storage = open_storage(plan.storage, create=True)
-    for study in [*plan.studies(), *([plan.peer_study()] if plan.peers else [])]:
-        try:
-            stored = StudyInfo.load(load_study(study.name, storage))
-        except UserError:
-            continue
+    for study, stored in stored_infos(plan):
         why = stored.mismatch(workload.fingerprint, study.target, plan.constraint)
         if why:
             raise UserError(

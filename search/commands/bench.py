@@ -5,6 +5,7 @@ CSVs and plots. Resumable: the same command continues where it stopped. ``--quic
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -27,6 +28,9 @@ from spaces import Fixed, SearchSpace
 QUICK_TRIALS = 4
 QUICK_EPOCHS = 1.0
 QUICK_MARKDOWN = "bench.md"
+# The benchmark's studies, in one journal beside its results: committed with them, a fresh clone
+# resumes every study where it stopped (the trial files stay behind, uncommitted).
+JOURNAL = "bench.journal"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bench.add_argument("--space", type=Path, default=None, help="TOML file fixing, narrowing or dropping dimensions")
     bench.add_argument("--threads", type=count_arg("threads", MAX_THREADS), default=None, help="torch and ONNX Runtime threads (default: all cores)")
     bench.add_argument("--timeout", type=duration, default=None, help="start no study round after this (90s, 30m, 2h)")
-    bench.add_argument("--storage", default=None, help="study storage (default: studies/mcaas.journal)")
+    bench.add_argument("--storage", default=None, help=f"study storage (default: {JOURNAL} in the results folder, which a repository can commit so the benchmark resumes anywhere)")
     bench.add_argument("--out", type=Path, default=None, help="Markdown file whose section for this benchmark (--name) is (re)written, others kept (default: BENCHMARKS.md; with --quick, bench.md in the results folder)")
     bench.add_argument("--results", type=Path, default=None, help="folder for the CSV and plots (default: studies/benchmarks/NAME)")
     bench.add_argument("--report-only", action="store_true", help="run no trial: rewrite the summary from the studies")
@@ -110,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out folder {str(args.out.parent)!r} does not exist")
     if args.results is not None and args.results.exists() and not args.results.is_dir():
         raise UserError(f"--results {str(args.results)!r} is a file; expected a folder for the CSV and plots")
-    check_storage(args.storage)
+    if args.storage is not None:
+        check_storage(args.storage)
     if args.quick:
         args.trials = args.round_size = QUICK_TRIALS
     request = SearchRequest(
@@ -129,6 +134,10 @@ def run(args: argparse.Namespace) -> int:
     threads = request.threads or trial_threads(workload, 1)
     torch.set_num_threads(threads)
     name = args.name or f"bench-{workload.name}" + ("-quick" if args.quick else "")
+    results = args.results or Path("studies") / "benchmarks" / name
+    if args.storage is None:
+        results.mkdir(parents=True, exist_ok=True)
+        request = dataclasses.replace(request, storage=str(results / JOURNAL))
     plan = BenchPlan(
         name=name,
         targets=tuple(dict.fromkeys(args.targets)),
@@ -139,7 +148,6 @@ def run(args: argparse.Namespace) -> int:
         threads=threads,
         goals=WORKLOAD_GOALS.get(workload.name, {}),
     )
-    results = args.results or Path("studies") / "benchmarks" / name
     if args.quick and args.out is None:  # a smoke run never rewrites BENCHMARKS.md unless told to
         args.out = results / QUICK_MARKDOWN
         results.mkdir(parents=True, exist_ok=True)
