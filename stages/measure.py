@@ -32,6 +32,7 @@ from stages._graph import count_params_macs, device_of
 __all__ = [
     "MIN_LATENCY_RUNS",
     "OnnxRunner",
+    "alone_latency",
     "best_latency",
     "file_sizes",
     "interleaved_latency",
@@ -60,9 +61,11 @@ class Predictor(Protocol):
 
 class OnnxRunner:
     """An ONNX Runtime CPU session set up for repeatable timing: ``threads`` intra-op threads,
-    one inter-op thread, sequential execution, all graph optimisations."""
+    one inter-op thread, sequential execution, all graph optimisations. ``spinning`` keeps ONNX
+    Runtime's default of intra-op threads that spin while idle (a deployer's setting; off for
+    sessions timed turn about, see below)."""
 
-    def __init__(self, path: Path, threads: int = 1) -> None:
+    def __init__(self, path: Path, threads: int = 1, *, spinning: bool = False) -> None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, but got {threads}.")
         options = ort.SessionOptions()
@@ -71,7 +74,7 @@ class OnnxRunner:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        if threads > 1:
+        if threads > 1 and not spinning:
             # Two sessions are timed turn about; idle pool threads spinning while the other
             # session runs would steal its cores and bias both numbers.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -207,6 +210,25 @@ def best_latency(
 
     n = len(counts)
     return best(medians[:n]), (best(medians[n:]) if teacher is not None else None)
+
+
+def alone_latency(
+    path: Path, example: np.ndarray, threads: Sequence[int], *, runs: int = 100, budget_s: float = 3.0
+) -> tuple[float, int]:
+    """``(ms, threads)``: the median batch-1 latency of the file at ``path`` as a deployer sees it,
+    at its best thread count among ``threads``: each count timed alone, one session at a time, at
+    ONNX Runtime's defaults (intra-op threads spin while idle). The milliseconds a user reads;
+    ``best_latency``'s interleaved sessions (spinning off) give the steadier ratio."""
+    best: tuple[float, int] | None = None
+    for count in dict.fromkeys(threads):
+        runner = OnnxRunner(path, count, spinning=True)
+        (ms,) = interleaved_medians([runner], example, runs=runs, budget_s=budget_s)
+        del runner  # its spinning pool must not share the cores with the next session
+        if best is None or ms < best[0]:
+            best = (ms, count)
+    if best is None:
+        raise ValueError(f"need at least one thread count, but got {tuple(threads)}.")
+    return best
 
 
 def optimized_op_count(path: Path) -> int:

@@ -19,8 +19,10 @@ SUMMARY_CSV, TRIALS_CSV = "summary.csv", "trials.csv"
 def write_csvs(summary: BenchSummary, results: Path) -> list[Path]:
     rows = []
     for block in summary.targets:
+        at_compute = {m.method: m for m in block.at_compute}
         for m in block.methods:
             ci = m.paired.interval() if m.paired else (math.nan, math.nan)
+            same = at_compute.get(m.method)
             rows.append({
                 "target": block.target,
                 "method": m.method,
@@ -38,6 +40,18 @@ def write_csvs(summary: BenchSummary, results: Path) -> list[Path]:
                 "hypervolume": f"{m.hypervolume:.6g}",
                 "wall_s": f"{m.wall_s:.1f}",
                 "trials_per_hour": _num(m.trials_per_hour),
+                "samples_seen": m.samples_seen,
+                # The same method at the compute the default search spent (``compute_samples``).
+                "compute_samples": block.budget or "",
+                "at_compute_trials": same.trials if same else "",
+                "at_compute_samples_seen": same.samples_seen if same else "",
+                "at_compute_best_ratio": _num(same.ratio) if same else "",
+                "at_compute_hypervolume": f"{same.hypervolume:.6g}" if same else "",
+                "at_compute_wall_s": f"{same.wall_s:.1f}" if same else "",
+                # Milliseconds measured alone at ONNX Runtime's defaults, each at its best threads.
+                "alone_ms": _num(m.alone[0]) if m.alone else "",
+                "alone_threads": m.alone[1] if m.alone else "",
+                "teacher_alone_ms": _num(summary.teacher_alone[0]) if m.alone and summary.teacher_alone else "",
                 # The trial count at which the search reached random search's final hypervolume.
                 "search_passes_random_at": passes_text(block) if m.method == "search" and "random" in block.histories else "",
             })
@@ -60,6 +74,7 @@ def write_csvs(summary: BenchSummary, results: Path) -> list[Path]:
                     "feasible_val": r.feasible,
                     **{f"{t}_ratio": _num(r.ratios.get(t)) for t in TARGETS},
                     "seconds": _num(r.seconds),
+                    "samples_seen": r.samples_seen,
                     **{k: v for k, v in sorted(r.config.items())},
                 })
     return [summary_csv, _write_csv(results / TRIALS_CSV, trial_rows)]

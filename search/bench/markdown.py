@@ -16,7 +16,7 @@ import torch
 from objectives import TARGET_REGISTRY, metrics
 from search.bench.csvs import SUMMARY_CSV, TRIALS_CSV
 from search.bench.plan import METHOD_LABELS
-from search.bench.plots import EFFICIENCY_HTML
+from search.bench.plots import EFFICIENCY_HTML, FIXED_SYMBOLS
 from search.bench.results import (
     BEGIN,
     END,
@@ -95,6 +95,7 @@ def markdown(
     png: Path | None,
     html: Path,
     links_from: Path,
+    efficiency_png: Path | None = None,
 ) -> str:
     """The Markdown section of ``summary``; its links to the results are relative to the folder
     ``links_from`` (the one the Markdown file is written to)."""
@@ -129,8 +130,8 @@ def markdown(
             f"Compared at **{block.compared} trials** per method (the fixed profiles: their three trials; "
             "each peer: its one run, same teacher, data and measurement).",
             "",
-            "| method | trials | recommended | trial | val drop (pt) | test drop (pt) [95 % CI] | best on both (chosen with test) | hypervolume | wall time | trials / h |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| method | trials | recommended | trial | val drop (pt) | test drop (pt) [95 % CI] | best on both (chosen with test) | hypervolume | wall time | trials / h | samples seen |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for m in block.methods:
             ratio = f"**{m.ratio:.1f}x**" if m.ratio else "none"
@@ -139,8 +140,10 @@ def markdown(
                 f"| {METHOD_LABELS[m.method]} | {m.trials} | {ratio} | {m.best.number if m.best else '-'} | "
                 f"{'-' if val is None else f'{val:+.2f}'} | {_drop_cell(summary, m)} | {_on_both_cell(m)} | "
                 f"{m.hypervolume:.3f} | "
-                f"{_minutes(m.wall_s)} | {m.trials_per_hour:.0f} |"
+                f"{_minutes(m.wall_s)} | {m.trials_per_hour:.0f} | {samples_text(m.samples_seen)} |"
             )
+        lines += _at_compute(block)
+        lines += _alone(summary, block)
         lines += ["", "Each row on its own (the same studies; the profiles are the search's first three trials):", ""]
         lines += [f"- {METHOD_LABELS[m.method]}: `{method_command(block.target, m.method)}`" for m in block.methods]
         lines += ["", *_verdicts(summary, block.target, block.methods), *_efficiency(block)]
@@ -167,14 +170,75 @@ def markdown(
     if png is not None:
         lines.append(f"![test drop vs ratio and hypervolume per trial]({link(png)})")
         lines.append("")
+    if efficiency_png is not None:
+        lines.append(f"![hypervolume against trials and against training samples seen]({link(efficiency_png)})")
+        lines.append("")
     lines.append(
-        f"Interactive: `{link(html)}` and the search efficiency, hypervolume against trials: "
+        f"Interactive: `{link(html)}` and the search efficiency, hypervolume against trials and against compute: "
         f"`{link(results / EFFICIENCY_HTML)}` (written by the run, not committed); "
         f"numbers: `{link(results / SUMMARY_CSV)}`, every compared trial: `{link(results / TRIALS_CSV)}`."
     )
     if summary.notes:
         lines += ["", "Notes: " + "; ".join(summary.notes) + "."]
     return "\n".join(lines) + "\n"
+
+
+def samples_text(n: float) -> str:
+    """Training samples in a short form: ``812``, ``45.6 k``, ``12.3 M``."""
+    for scale, unit in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def _at_compute(block: TargetResults) -> list[str]:
+    """The table of every method at the compute the default search spent."""
+    if not block.at_compute:
+        return []
+    lines = [
+        "",
+        f"At equal compute: **{samples_text(block.budget)} training samples**, what the default search's "
+        f"{block.budget_trials} trials saw (optimizer steps x batch size; each method's first trials up to that "
+        "much, the fixed configs as they ran):",
+        "",
+        "| method | trials | samples seen | recommended | trial | hypervolume | wall time |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in block.at_compute:
+        spent = block.spent.get(m.method, m.samples_seen)
+        short = f" (all it has: {spent / block.budget:.0%} of it)" if m.method not in FIXED_SYMBOLS and spent < block.budget else ""
+        lines.append(
+            f"| {METHOD_LABELS[m.method]} | {m.trials} | {samples_text(m.samples_seen)}{short} | "
+            f"{f'**{m.ratio:.1f}x**' if m.ratio else 'none'} | {m.best.number if m.best else '-'} | "
+            f"{m.hypervolume:.3f} | {_minutes(m.wall_s)} |"
+        )
+    return lines
+
+
+def _alone(summary: BenchSummary, block: TargetResults) -> list[str]:
+    """The teacher's and each method's recommended trial's milliseconds, each measured alone."""
+    if summary.teacher_alone is None or not any(m.alone for m in block.methods):
+        return []
+    teacher_ms, teacher_threads = summary.teacher_alone
+    lines = [
+        "",
+        "Measured alone, as a deployer runs them: ONNX Runtime's defaults (intra-op threads spinning), each "
+        f"file at its best thread count, one session at a time. The teacher: **{teacher_ms:.3f} ms** on "
+        f"{teacher_threads} thread(s). The ratios above are interleaved with the teacher (spinning off): "
+        "the steadier ratio, not the milliseconds a user will read.",
+        "",
+        "| method | trial | interleaved ratio | trial alone | ratio alone |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for m in block.methods:
+        if m.alone is None or m.best is None:
+            continue
+        ms, threads = m.alone
+        lines.append(
+            f"| {METHOD_LABELS[m.method]} | {m.best.number} | {m.ratio:.1f}x | {ms:.3f} ms on {threads} thread(s) | "
+            f"{teacher_ms / ms:.1f}x |"
+        )
+    return lines
 
 
 def _verdicts(summary: BenchSummary, target: str, methods: Sequence[MethodResult]) -> list[str]:
@@ -216,8 +280,8 @@ def _efficiency(block: TargetResults) -> list[str]:
 
 def _cost_lines(summary: BenchSummary) -> list[str]:
     c = summary.cost
-    if c.complete == 0:
-        return ["### Cost of a trial", "", "No completed trial yet."]
+    if c.complete == 0 or c.wall_s <= 0:
+        return ["### Cost of a trial", "", "No completed trial with a recorded duration yet."]
     order = ["prune", "distill", "cluster", "export", "quantize", "measure"]
     parts = [(s, c.stage_s[s]) for s in order if s in c.stage_s] + [("other", c.other_s)]
     lines = [

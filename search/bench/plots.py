@@ -1,7 +1,8 @@
 """The benchmark's plots: per target, test drop against ratio for every compared trial, and the
 hypervolume after each trial, in one self-contained HTML page; and the search efficiency page
 (hypervolume against trial count for the search and random search, with random search's final
-hypervolume and the trial count at which the search reaches it)."""
+hypervolume and the trial count at which the search reaches it; and hypervolume against compute,
+training samples seen, for every method, with the compute the methods are compared at)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from search.bench.plan import METHOD_LABELS
 from search.bench.results import BenchSummary, TargetResults, passes_text, test_drop
 from stages.files import write_atomic
 
-PLOT_HTML, PLOT_PNG, EFFICIENCY_HTML = "bench.html", "bench.png", "efficiency.html"
+PLOT_HTML, PLOT_PNG, EFFICIENCY_HTML, EFFICIENCY_PNG = "bench.html", "bench.png", "efficiency.html", "efficiency.png"
 METHOD_COLOURS = {"profiles": "#8c564b", "random": "#7f7f7f", "search": "#1f77b4",
                   "ort-int8": "#2ca02c", "torch-pruning": "#ff7f0e", "nncf": "#9467bd"}
 # One marker for each fixed config (the profiles, the peers): they are points, not a search.
@@ -87,23 +88,47 @@ def write_plots(summary: BenchSummary, path: Path) -> Path:
     return path
 
 
+def _compute_traces(fig: go.Figure, block: TargetResults, *, row: int, col: int, legend: bool) -> None:
+    """Hypervolume against training samples seen for every method (a fixed config: its points),
+    with the compute the methods are compared at (dotted)."""
+    for method, steps in block.compute_histories.items():
+        fixed = method in FIXED_SYMBOLS
+        fig.add_trace(
+            go.Scatter(x=[seen for seen, _ in steps], y=[volume for _, volume in steps],
+                       mode="markers" if fixed else "lines+markers", name=METHOD_LABELS[method], legendgroup=method,
+                       showlegend=legend, line={"color": METHOD_COLOURS.get(method, "#17becf")},
+                       marker={"symbol": FIXED_SYMBOLS.get(method, "circle"), "size": 11 if fixed else 6}),
+            row=row, col=col,
+        )
+    if block.budget:
+        fig.add_vline(x=block.budget, line_dash="dot", line_color=METHOD_COLOURS["search"], row=row, col=col)
+    fig.update_xaxes(title_text="training samples seen (optimizer steps x batch size)", row=row, col=col)
+    fig.update_yaxes(title_text="hypervolume (pt x log10 ratio)", row=row, col=col)
+
+
 def write_efficiency(summary: BenchSummary, path: Path) -> Path:
     """Per target: hypervolume against trial count for the search and random search, random
-    search's final hypervolume (dashed) and the trial count at which the search reaches it."""
-    blocks = [b for b in summary.targets if b.histories]
+    search's final hypervolume (dashed) and the trial count at which the search reaches it; and
+    hypervolume against compute for every method, with the default search's compute (dotted)."""
+    blocks = [b for b in summary.targets if b.histories or b.compute_histories]
     rows = max(len(blocks), 1)
-    titles = [f"{b.target}: search reaches random search's final hypervolume at trial {passes_text(b)}" for b in blocks]
-    fig = make_subplots(rows=rows, cols=1, subplot_titles=titles or None, vertical_spacing=0.16 / rows)
+    titles = []
+    for b in blocks:
+        titles += [f"{b.target}: search reaches random search's final hypervolume at trial {passes_text(b)}",
+                   f"{b.target}: hypervolume against compute (dotted: the default search's)"]
+    fig = make_subplots(rows=rows, cols=2, subplot_titles=titles or None, horizontal_spacing=0.08,
+                        vertical_spacing=0.16 / rows)
     for i, block in enumerate(blocks, 1):
-        _hypervolume_traces(fig, block, row=i, col=1, legend=i == 1)
+        _hypervolume_traces(fig, block, row=i, col=1, legend=False)
         random = block.histories.get("random")
         if random:
             fig.add_hline(y=random[-1], line_dash="dash", line_color=METHOD_COLOURS["random"], row=i, col=1)
         at = block.search_passes_random
         if at is not None and "search" in block.histories:
             fig.add_vline(x=at, line_dash="dot", line_color=METHOD_COLOURS["search"], row=i, col=1)
-    fig.update_layout(title=f"{summary.plan.name}: search efficiency (hypervolume against trials)",
-                      height=420 * rows + 80, width=1000, template="plotly_white")
+        _compute_traces(fig, block, row=i, col=2, legend=i == 1)
+    fig.update_layout(title=f"{summary.plan.name}: search efficiency (hypervolume against trials and against compute)",
+                      height=420 * rows + 80, width=1280, template="plotly_white")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, fig.to_html(include_plotlyjs=True, full_html=True))
     return path

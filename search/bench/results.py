@@ -7,6 +7,8 @@ The headline (``MethodResult.best``) is chosen on validation alone, by the defau
 (``objectives.DEFAULT_SELECTION``), as the search recommends a trial to its user: its test drop is
 what a user of the method gets. Beside it, ``best_on_both`` is the largest ratio of a trial within
 the bound on validation and on test: chosen with the test split, the best case, not a result.
+Every method is also compared at the same compute: the training samples the default search's
+trials saw (on the full trial budget, or what it has done), since trials do not all cost the same.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class MethodResult:
     paired: PairedDrop | None = None  # ``best``'s test drop, paired against the teacher
     # The largest ratio within the bound on validation and on test (chosen with the test split).
     best_on_both: TrialRecord | None = None
+    samples_seen: int = 0  # training samples its trials saw: its compute
+    alone: tuple[float, int] | None = None  # ``best``'s (ms, threads) timed alone (``alone``)
 
     @property
     def ratio(self) -> float | None:
@@ -118,6 +122,7 @@ def summarise(
         study=study,
         trials=len(records),
         wall_s=sum(r.seconds or 0.0 for r in records),
+        samples_seen=sum(r.samples_seen for r in records),
         best=None if pick is None else next(r for r in complete if r.number == pick.id),
         hypervolume=hypervolume(points, ref_accuracy=required_accuracy),
         largest=largest,
@@ -133,6 +138,36 @@ def history(
         hypervolume(scored_points(target, records[: i + 1]), ref_accuracy=required_accuracy)
         for i in range(len(records))
     ]
+
+
+def within_compute(records: Sequence[TrialRecord], budget: int) -> list[TrialRecord]:
+    """The first of ``records`` (in order) whose training samples add up to at most ``budget``."""
+    out, spent = [], 0
+    for r in records:
+        spent += r.samples_seen
+        if spent > budget:
+            break
+        out.append(r)
+    return out
+
+
+def compute_history(
+    target: str, records: Sequence[TrialRecord], required_accuracy: float
+) -> list[tuple[int, float]]:
+    """(training samples seen so far, hypervolume) after each of ``records`` (in order)."""
+    spent = [sum(r.samples_seen for r in records[: i + 1]) for i in range(len(records))]
+    return list(zip(spent, history(target, records, required_accuracy), strict=True))
+
+
+def without_compute(records: Sequence[TrialRecord]) -> int:
+    """How many of ``records`` trained without recording the samples they saw (a journal written
+    before the figure existed): their compute counts as 0."""
+    return sum(
+        1
+        for r in records
+        for s in r.stages
+        if s.get("stage") == "distill" and metrics.SAMPLES_SEEN not in (s.get("metrics") or {})
+    )
 
 
 def passes_at(volumes: Sequence[float], reference: float) -> int | None:
@@ -218,6 +253,15 @@ class TargetResults:
     methods: list[MethodResult]
     histories: dict[str, list[float]]  # method -> hypervolume after each compared trial
     points: dict[str, list[TrialRecord]]  # method -> compared complete trials
+    # The compute every method is also compared at: the training samples the default search's
+    # trials saw (``budget_trials`` of them); 0 when it did not run or recorded none.
+    budget: int = 0
+    budget_trials: int = 0
+    at_compute: list[MethodResult] = dataclasses.field(default_factory=list)
+    # method -> what all of its trials had spent, to say which stopped short of ``budget``
+    spent: dict[str, int] = dataclasses.field(default_factory=dict)
+    # method -> (samples seen so far, hypervolume) after each of its trials
+    compute_histories: dict[str, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)
 
     @property
     def search_passes_random(self) -> int | None:
@@ -243,6 +287,7 @@ class BenchSummary:
     cost: TrialCost
     studies: dict[str, int]  # study -> trials done (all, not only the compared ones)
     notes: list[str]
+    teacher_alone: tuple[float, int] | None = None  # the teacher's (ms, threads) timed alone
 
 
 def gather(plan: BenchPlan, baseline: Mapping[str, float], records: Mapping[str, list[TrialRecord]], logits_s: float | None) -> BenchSummary:
@@ -256,10 +301,12 @@ def gather(plan: BenchPlan, baseline: Mapping[str, float], records: Mapping[str,
         runs = {m: done[s] for m, s in (("search", search_name), ("random", random_name)) if s in done and m in plan.methods}
         n = min((len(v) for v in runs.values()), default=0)
         results, histories, points = [], {}, {}
+        ran: dict[str, tuple[str, list[TrialRecord]]] = {}  # method -> its study and all its trials
         if search_name in done and "profiles" in plan.methods:
             profiles = [r for r in done[search_name] if is_mcaas_profile(r.profile)]
             results.append(summarise("profiles", target, search_name, profiles, baseline, required, plan.constraint.max_drop))
             points["profiles"] = [r for r in profiles if r.state == "complete"]
+            ran["profiles"] = (search_name, profiles)
         for method, study in (("random", random_name), ("search", search_name)):
             if method not in runs:
                 continue
@@ -268,12 +315,35 @@ def gather(plan: BenchPlan, baseline: Mapping[str, float], records: Mapping[str,
             results.append(summarise(method, target, study, cut, baseline, required, plan.constraint.max_drop))
             histories[method] = history(target, cut, required)
             points[method] = [r for r in cut if r.state == "complete"]
+            ran[method] = (study, runs[method][: plan.trials])
         peers_name = plan.peer_study().name
         for peer in plan.peers:
-            ran = [r for r in done.get(peers_name, []) if r.profile == peer]
-            if ran:  # a peer that could not run here (a missing extra) has no row
-                results.append(summarise(peer, target, peers_name, ran, baseline, required, plan.constraint.max_drop))
-                points[peer] = [r for r in ran if r.state == "complete"]
-        targets.append(TargetResults(target, n, results, histories, points))
+            trials = [r for r in done.get(peers_name, []) if r.profile == peer]
+            if trials:  # a peer that could not run here (a missing extra) has no row
+                results.append(summarise(peer, target, peers_name, trials, baseline, required, plan.constraint.max_drop))
+                points[peer] = [r for r in trials if r.state == "complete"]
+                ran[peer] = (peers_name, trials)
+        budget_trials = ran["search"][1] if "search" in ran else []
+        budget = sum(r.samples_seen for r in budget_trials)
+        at_compute = [
+            summarise(method, target, study, within_compute(trials, budget), baseline, required, plan.constraint.max_drop)
+            for method, (study, trials) in ran.items()
+        ] if budget else []
+        targets.append(TargetResults(
+            target, n, results, histories, points,
+            budget=budget,
+            budget_trials=len(budget_trials),
+            at_compute=at_compute,
+            spent={method: sum(r.samples_seen for r in trials) for method, (_, trials) in ran.items()},
+            compute_histories={method: compute_history(target, trials, required) for method, (_, trials) in ran.items()},
+        ))
     cost = trial_cost([r for rs in compared_all.values() for r in rs], logits_s)
-    return BenchSummary(plan, dict(baseline), targets, cost, {k: len(v) for k, v in done.items()}, [])
+    notes = []
+    unrecorded = without_compute([r for rs in done.values() for r in rs])
+    if unrecorded:
+        notes.append(
+            f"{unrecorded} trained trial{'s' if unrecorded != 1 else ''} predate{'s' if unrecorded == 1 else ''} the "
+            "samples-seen figure (journals written before it was recorded) and count as no compute: the "
+            "equal-compute comparison undercounts them"
+        )
+    return BenchSummary(plan, dict(baseline), targets, cost, {k: len(v) for k, v in done.items()}, notes)

@@ -4,18 +4,19 @@ writes the Markdown section of BENCHMARKS.md, ``summary.csv``, ``trials.csv`` an
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 
+from search.bench.alone import add_alone
 from search.bench.csvs import write_csvs
 from search.bench.markdown import markdown, splice
 from search.bench.paired import add_paired
-from search.bench.plan import BASELINE_FILE, BenchPlan
+from search.bench.plan import BASELINE_FILE, BenchPlan, has_run, shared_baseline
 from search.bench.plots import (
     EFFICIENCY_HTML,
+    EFFICIENCY_PNG,
     PLOT_HTML,
     PLOT_PNG,
     write_efficiency,
@@ -41,12 +42,13 @@ def load_records(plan: BenchPlan) -> dict[str, list[TrialRecord]]:
     return out
 
 
-def _baseline(plan: BenchPlan) -> tuple[Path, dict[str, float]]:
-    path = plan.folder / BASELINE_FILE
-    if not path.is_file():
-        raise UserError(f"no benchmark {plan.name!r} yet ({path} is missing); run it without --report-only first")
-    saved = json.loads(path.read_text())
-    return Path(saved["onnx"]), {k: float(v) for k, v in saved["metrics"].items()}
+def _baseline(plan: BenchPlan, workload: Workload, console: Console) -> tuple[Path, dict[str, float]]:
+    if not has_run(plan):
+        raise UserError(
+            f"no benchmark {plan.name!r} yet (no study in {plan.storage} and no {plan.folder / BASELINE_FILE}); "
+            "run it without --report-only first"
+        )
+    return shared_baseline(plan, workload, console)
 
 
 def write_summary(
@@ -60,20 +62,24 @@ def write_summary(
     console: Console,
 ) -> list[Path]:
     """Gather the studies and write the Markdown section, the CSVs and the plots."""
-    teacher_onnx, baseline = _baseline(plan)
+    teacher_onnx, baseline = _baseline(plan, workload, console)
     summary = gather(plan, baseline, load_records(plan), teacher_pass_seconds(workload))
     summary = add_paired(summary, workload, teacher_onnx, results)
+    summary = add_alone(summary, workload, teacher_onnx, results)
     results.mkdir(parents=True, exist_ok=True)
     written = [write_csvs(summary, results)[0]]
     html = write_plots(summary, results / PLOT_HTML)
-    written.append(write_efficiency(summary, results / EFFICIENCY_HTML))
+    efficiency = write_efficiency(summary, results / EFFICIENCY_HTML)
+    written.append(efficiency)
     png: Path | None = None
+    efficiency_png: Path | None = None
     if find_chromium() is not None:
         try:
             png = take_screenshot(html, results / PLOT_PNG, size=(1300, 520 * len(summary.targets) + 80))
+            efficiency_png = take_screenshot(efficiency, results / EFFICIENCY_PNG, size=(1300, 420 * len(summary.targets) + 100))
         except UserError as exc:
             console.print(f"bench: no PNG of the plots: {exc}")
     section = markdown(summary, command=command, method_command=method_command, results=results, png=png, html=html,
-                       links_from=out.parent)
+                       links_from=out.parent, efficiency_png=efficiency_png)
     write_atomic(out, splice(out.read_text() if out.is_file() else "", section, plan.name))
-    return [out, *written, png or html]
+    return [out, *written, png or html, *([efficiency_png] if efficiency_png else [])]

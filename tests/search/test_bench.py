@@ -404,9 +404,12 @@ def test_quick_bench_produces_every_row(
     assert [r["search_passes_random_at"] != "" for r in rows if r["method"] == "search"] == [True, True]
     text = (folder / "res" / "bench.md").read_text()  # --quick never rewrites BENCHMARKS.md by default
     assert not (folder / "BENCHMARKS.md").exists()
+    # Per target: a row at equal trials and one at equal compute (the latency target may add one
+    # measured alone).
+    assert text.count("At equal compute: **") == 2
     for method in METHODS:
         if method != "nncf":
-            assert text.count(f"| {METHOD_LABELS[method]} |") == 2, method
+            assert 4 <= text.count(f"| {METHOD_LABELS[method]} |") <= 5, method
     assert "--quick" in text and (folder / "res" / "efficiency.html").is_file()
     # A rerun finds the peers done: it runs none of them again.
     code, _, err = run_cli(QUICK)
@@ -473,3 +476,201 @@ def test_ratio_axis_ticks_name_every_decade_in_full() -> None:
     assert ratio_ticks([15.6, 345.4]) == [10, 20, 50, 100, 200, 500]
     assert ratio_ticks([0.9, 1.0]) == [0.5, 1]
     assert ratio_ticks([]) == [] and ratio_ticks([0.0]) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Resuming anywhere, and --timeout
+
+JOURNALED = ["bench", "--trials", "2", "--round", "2", "--targets", "size", "--methods", "random", "--name", "tj",
+             "--out", "B.md", "--space", "tiny.toml", "--device", "cpu", "--max-drop", "50"]
+ONE_EPOCH = '[space]\n"distill.epochs" = { low = 1, high = 1, step = 1 }\nprofile_epochs = 1\n'
+
+
+def _trials(journal: Path, name: str) -> list[Any]:
+    from search.study import load_study, open_storage
+
+    return load_study(name, open_storage(str(journal), create=False)).get_trials(deepcopy=False)
+
+
+def test_a_committed_journal_resumes_in_a_fresh_clone_without_running_a_finished_trial_again(
+    search_folder: Callable[[str], Path],
+    run_cli: Callable[[list[str]], tuple[int, str, str]],
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import shutil
+
+    from search.study import StudyInfo, load_study, open_storage
+
+    folder = search_folder(ONE_EPOCH)
+    code, _, err = run_cli(JOURNALED)
+    assert code == 0, err
+    journal = Path("studies/benchmarks/tj/bench.journal")  # the default: beside the results
+    before = [(t.number, t.state, t.datetime_start, t.values) for t in _trials(journal, "tj-size-random")]
+    assert len(before) == 2
+
+    # A fresh clone holds the journal (and the teacher it was run with), nothing else of the run:
+    # the study folder and the teacher file the journal names are gone.
+    clone = tmp_path_factory.mktemp("clone")
+    (clone / "studies" / "benchmarks" / "tj").mkdir(parents=True)
+    shutil.copyfile(journal, clone / journal)
+    shutil.copytree(folder / "studies" / ".cache", clone / "studies" / ".cache")
+    shutil.copyfile(folder / "tiny.toml", clone / "tiny.toml")
+    shutil.rmtree(folder / "studies")
+    monkeypatch.chdir(clone)
+    code, _, err = run_cli([*JOURNALED, "--trials", "3"])
+    assert code == 0, err
+    after = _trials(journal, "tj-size-random")
+    assert [(t.number, t.state, t.datetime_start, t.values) for t in after[:2]] == before  # none ran again
+    assert len(after) == 3 and after[2].state.name in ("COMPLETE", "PRUNED")
+    info = StudyInfo.load(load_study("tj-size-random", open_storage(str(journal), create=False)))
+    assert Path(info.artifacts_dir) == (clone / "studies" / "tj-size-random").resolve()
+    assert Path(info.baseline_onnx).is_file() and str(clone) in info.baseline_onnx
+    assert (clone / "studies" / "tj-size-random" / "trials" / "2").is_dir()  # the new trial's files
+    assert (clone / "B.md").is_file(), err
+    assert "| random search | 3 |" in (clone / "B.md").read_text()
+
+
+def test_timeout_ends_the_bench_between_trials_and_writes_the_section(
+    search_folder: Callable[[str], Path],
+    run_cli: Callable[[list[str]], tuple[int, str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    from search.backends import local
+
+    folder = search_folder(ONE_EPOCH)
+    # The clock jumps past the deadline while the first trial runs: what a long trial does.
+    real_time, real_record, late = time.time, local.run_and_record, []
+
+    def record_then_late(*args: Any, **kwargs: Any) -> Any:
+        out = real_record(*args, **kwargs)
+        late.append(1)
+        return out
+
+    monkeypatch.setattr(local, "run_and_record", record_then_late)
+    monkeypatch.setattr(time, "time", lambda: real_time() + (7200.0 if late else 0.0))
+    code, _, err = run_cli([*JOURNALED, "--trials", "3", "--timeout", "1h"])
+    assert code == 0, err
+    assert "--timeout reached" in err and "Traceback" not in err
+    [trial] = _trials(Path("studies/benchmarks/tj/bench.journal"), "tj-size-random")
+    assert trial.state.name in ("COMPLETE", "PRUNED")  # finished, not cut off (interrupted is FAIL)
+    text = (folder / "B.md").read_text()
+    assert markers("tj")[0] in text and "| random search | 1 |" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Equal compute: training samples seen
+
+
+def _trained(study: Any, *specs: tuple[int, float, float]) -> list[TrialRecord]:
+    """Hand-made complete trials, one per (samples seen, size ratio, validation accuracy), as
+    ``study`` records them: their distill stage records the samples."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from search.study import trial_records
+
+    for samples, size, val in specs:
+        study.add_trial(create_trial(
+            state=TrialState.COMPLETE, values=[val, size], params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)},
+            user_attrs={"metrics": {"val_acc": val, "test_acc": val - 1.0}, "ratios": {"size": size, "latency": 1.0},
+                        "violations": {"accuracy": BASELINE["val_acc"] - 1.0 - val},
+                        "stages": [{"stage": "distill", "seconds": 5.0, "metrics": {"samples_seen": samples}}]},
+        ))
+    assert isinstance(study, optuna.Study)
+    return trial_records(study)
+
+
+def _studies(search: list[tuple[int, float, float]], random: list[tuple[int, float, float]]) -> dict[str, list[TrialRecord]]:
+    import optuna
+
+    new = lambda: optuna.create_study(directions=["maximize", "maximize"])  # noqa: E731
+    return {"b-size-search": _trained(new(), *search), "b-size-random": _trained(new(), *random)}
+
+
+def test_methods_are_also_compared_at_the_compute_the_default_search_spent() -> None:
+    # The search: 4 trials of 100 samples (400 in all). Random search: 10 cheaper trials of 50,
+    # its best ones last: at equal trials it has spent half as much, at equal compute 8 trials.
+    search = [(100, 5.0 + i, 95.5) for i in range(4)]
+    random = [(50, 2.0 + i, 95.5) for i in range(10)]
+    peer = dataclasses.replace(record(0, size=3.0, profile="ort-int8"), number=0)
+    studies = {**_studies(search, random), "b-peers": [peer]}
+    summary = gather(_plan(targets=("size",), methods=("random", "search", "ort-int8")), BASELINE, studies, logits_s=None)
+    (block,) = summary.targets
+    by = {m.method: m for m in block.methods}
+    assert block.compared == 4 and (by["search"].samples_seen, by["random"].samples_seen) == (400, 200)
+    assert (block.budget, block.budget_trials) == (400, 4)
+    at = {m.method: m for m in block.at_compute}
+    assert (at["random"].trials, at["random"].samples_seen, at["random"].ratio) == (8, 400, 9.0)
+    assert (at["search"].trials, at["search"].ratio) == (4, 8.0)
+    assert at["ort-int8"].trials == 1 and at["ort-int8"].samples_seen == 0  # a fixed config, as it ran
+    assert at["random"].hypervolume > by["random"].hypervolume
+    assert [seen for seen, _ in block.compute_histories["random"]] == [50 * i for i in range(1, 11)]
+    assert block.compute_histories["search"][-1] == (400, at["search"].hypervolume)
+    assert summary.notes == []
+
+
+def test_the_table_gives_samples_seen_and_the_equal_compute_rows(tmp_path: Path) -> None:
+    # Random search stopped at 3 of its trials: 150 of the search's 400 samples.
+    summary = gather(_plan(targets=("size",), methods=("random", "search")), BASELINE,
+                     _studies([(100, 5.0 + i, 95.5) for i in range(4)], [(50, 2.0 + i, 95.5) for i in range(3)]),
+                     logits_s=None)
+    text = markdown(summary, command="c", method_command=lambda t, m: m, results=tmp_path, png=None,
+                    html=tmp_path / "bench.html", links_from=tmp_path)
+    assert "| trials / h | samples seen |" in text and "| 400 |" in text
+    assert "At equal compute: **400 training samples**, what the default search's 4 trials saw" in text
+    assert "| random search | 3 | 150 (all it has: 38% of it) | **4.0x** |" in text
+    assert "| default search (TPE) | 4 | 400 | **8.0x** |" in text
+    summary_csv, trials_csv = write_csvs(summary, tmp_path)
+    with open(summary_csv) as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    assert (rows["random"]["samples_seen"], rows["random"]["at_compute_trials"], rows["random"]["compute_samples"]) == ("150", "3", "400")
+    with open(trials_csv) as handle:
+        assert {row["samples_seen"] for row in csv.DictReader(handle)} == {"100", "50"}
+    page = write_efficiency(summary, tmp_path / "efficiency.html").read_text()
+    assert "hypervolume against compute" in page and "training samples seen" in page
+
+
+def test_trials_from_before_the_figure_are_counted_as_no_compute_and_said_so() -> None:
+    old = record(0, stages=[{"stage": "distill", "seconds": 5.0, "metrics": {"epochs": 2.0}}])
+    summary = gather(_plan(targets=("size",), methods=("search",)), BASELINE, {"b-size-search": [old]}, logits_s=None)
+    (block,) = summary.targets
+    assert block.budget == 0 and block.at_compute == []  # nothing to compare at
+    assert any("1 trained trial predates the samples-seen figure" in note for note in summary.notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Milliseconds measured alone
+
+
+def test_the_latency_table_gives_each_best_trial_and_the_teacher_measured_alone(
+    tiny_data: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from search.bench import alone
+    from search.bench.alone import add_alone
+    from stages.export import export_onnx
+    from tests.tiny_models import make_tiny_cnn, make_tiny_resnet
+
+    teacher = export_onnx(make_tiny_resnet(), tiny_data.example_input(), tmp_path / "teacher.onnx")
+    student = export_onnx(make_tiny_cnn(), tiny_data.example_input(), tmp_path / "student.onnx")
+    best = dataclasses.replace(record(0, latency=4.0), artifact=str(student))
+    summary = gather(_plan(targets=("latency",), methods=("search",)), BASELINE, {"b-latency-search": [best]},
+                     logits_s=None)
+    workload = SimpleNamespace(data=tiny_data)
+    measured = add_alone(summary, workload, teacher, tmp_path / "res")  # type: ignore[arg-type]
+    (m,) = measured.targets[0].methods
+    assert m.alone is not None and measured.teacher_alone is not None
+    (ms, threads), (teacher_ms, _) = m.alone, measured.teacher_alone
+    assert ms > 0 and teacher_ms > 0 and threads >= 1
+    text = markdown(measured, command="c", method_command=lambda t, mt: mt, results=tmp_path, png=None,
+                    html=tmp_path / "bench.html", links_from=tmp_path)
+    assert f"The teacher: **{teacher_ms:.3f} ms**" in text
+    assert f"| default search (TPE) | 0 | 4.0x | {ms:.3f} ms on {threads} thread(s) | {teacher_ms / ms:.1f}x |" in text
+    # Cached by file: the next summary measures nothing again.
+    monkeypatch.setattr(alone, "alone_latency", lambda *a, **k: pytest.fail("measured again"))
+    assert add_alone(summary, workload, teacher, tmp_path / "res").teacher_alone == measured.teacher_alone  # type: ignore[arg-type]

@@ -360,6 +360,35 @@ def test_each_model_is_timed_at_its_best_thread_count_all_sessions_turn_about(
     assert alone == (1.0, 1) and none is None
 
 
+def test_alone_each_thread_count_is_timed_by_itself_at_onnx_runtimes_defaults(
+    fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    costs = {1: 2.0, 2: 1.5, 4: 1.8}  # a teacher fastest on 2 threads
+    template, _ = fake(0.0, 0.0)
+    made: list[tuple[int, bool]] = []
+
+    def runner(path: Path, threads: int = 1, *, spinning: bool = False) -> FakeRunner:
+        made.append((threads, spinning))
+        return FakeRunner(f"t@{threads}", costs[threads], template.clock, template.calls)
+
+    monkeypatch.setattr(measure, "OnnxRunner", runner)
+    assert measure.alone_latency(Path("t.onnx"), EXAMPLE, (1, 2, 4, 2), runs=20, budget_s=1.0) == (1.5, 2)
+    assert made == [(1, True), (2, True), (4, True)]  # spinning on, each count once
+    calls = template.calls
+    # One session at a time: all of one count's runs before the next count's first.
+    assert calls == sorted(calls, key=lambda name: [1, 2, 4].index(int(name.split("@")[1])))
+
+
+def test_a_deployers_session_keeps_spinning_and_a_timed_about_one_does_not(student: tuple[nn.Module, Path]) -> None:
+    key = "session.intra_op.allow_spinning"
+    assert OnnxRunner(student[1], threads=2).session.get_session_options().get_session_config_entry(key) == "0"
+    deployed = OnnxRunner(student[1], threads=2, spinning=True).session.get_session_options()
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # ONNX Runtime's default: on
+        deployed.get_session_config_entry(key)
+    ms, threads = measure.alone_latency(student[1], EXAMPLE, (1, 2), runs=20, budget_s=0.1)
+    assert ms > 0 and threads in (1, 2)
+
+
 def test_thread_counts_are_powers_of_two_and_the_core_count(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(measure.os, "sched_getaffinity", lambda pid: set(range(6)))
     assert measure.thread_counts() == (1, 2, 4, 6)
