@@ -1,0 +1,135 @@
+"""The successive-halving promotion rule, its rungs and its calibration, against brute force."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from objectives import (
+    Calibration,
+    ObjectiveError,
+    RungResult,
+    fit_calibration,
+    plausible,
+    promotion_score,
+    rung_steps,
+    should_promote,
+)
+
+results = st.builds(
+    RungResult,
+    accuracy=st.floats(min_value=0.0, max_value=100.0),
+    ratio=st.floats(min_value=0.05, max_value=1e4),
+)
+calibrations = st.builds(
+    Calibration,
+    slope=st.floats(min_value=0.0, max_value=2.0),
+    intercept=st.floats(min_value=-20.0, max_value=20.0),
+    spread=st.floats(min_value=0.0, max_value=20.0),
+)
+required = st.floats(min_value=0.0, max_value=100.0)
+
+
+def oracle_key(r: RungResult, req: float, cal: Calibration) -> tuple[bool, int, int]:
+    """What the rule ranks by, as a tuple: plausible, ratio at 0.1 % resolution, accuracy at
+    0.001 pt."""
+    upper = cal.slope * r.accuracy + cal.intercept + cal.spread
+    return (upper >= req, round(math.log(r.ratio) * 1000), round(r.accuracy * 1000))
+
+
+@given(st.lists(results, min_size=2, max_size=8), required, calibrations)
+def test_score_orders_as_the_lexicographic_key(rs: list[RungResult], req: float, cal: Calibration) -> None:
+    for a in rs:
+        for b in rs:
+            ka, kb = oracle_key(a, req, cal), oracle_key(b, req, cal)
+            sa, sb = promotion_score(a, req, cal), promotion_score(b, req, cal)
+            assert (ka > kb) == (sa > sb)
+            assert (ka == kb) == (sa == sb)
+
+
+@given(results, st.lists(results, max_size=12), required, calibrations, st.integers(2, 4))
+def test_promotion_matches_brute_force(
+    me: RungResult, earlier: list[RungResult], req: float, cal: Calibration, reduction: int
+) -> None:
+    """Brute force: promoted iff plausible and, when others reached the rung first, at least as
+    good as numpy's (Ray Tune's) 1 - 1/reduction percentile of their scores."""
+    if not oracle_key(me, req, cal)[0]:
+        expected = False
+    elif not earlier:
+        expected = True
+    else:
+        scores = [promotion_score(r, req, cal) for r in earlier]
+        cutoff = np.nanpercentile(scores, (1 - 1 / reduction) * 100)
+        expected = promotion_score(me, req, cal) >= cutoff
+    got = should_promote(me, earlier, required_accuracy=req, calibration=cal, reduction=reduction)
+    assert got == expected
+
+
+@given(st.lists(results, min_size=1, max_size=10), required, calibrations)
+def test_the_best_plausible_trial_is_always_promoted(rs: list[RungResult], req: float, cal: Calibration) -> None:
+    best = max(rs, key=lambda r: oracle_key(r, req, cal))
+    others = [r for r in rs if r is not best]
+    assert should_promote(best, others, required_accuracy=req, calibration=cal) == plausible(best, req, cal)
+
+
+@given(st.lists(results, min_size=3, max_size=30, unique_by=lambda r: round(math.log(r.ratio) * 1000)))
+def test_about_a_third_go_on_when_all_are_plausible(rs: list[RungResult]) -> None:
+    """Every trial judged against all the others (the synchronous view): the top third pass."""
+    cal = Calibration(spread=100.0)
+    promoted = [r for r in rs if should_promote(r, [o for o in rs if o is not r], required_accuracy=50.0, calibration=cal)]
+    by_ratio = sorted(rs, key=lambda r: r.ratio, reverse=True)
+    assert promoted  # the best always goes on
+    assert set(map(id, promoted)) == set(map(id, by_ratio[: len(promoted)]))
+    assert len(promoted) <= math.ceil(len(rs) / 3) + 1
+
+
+def test_an_implausible_trial_stops_even_when_first() -> None:
+    cal = Calibration(spread=2.0)
+    assert not should_promote(RungResult(80.0, 50.0), [], required_accuracy=90.0, calibration=cal)
+    assert should_promote(RungResult(88.0, 50.0), [], required_accuracy=90.0, calibration=cal)
+    # a higher ratio beats a higher accuracy; plausibility beats both
+    low, high = RungResult(95.0, 10.0), RungResult(89.0, 20.0)
+    assert promotion_score(high, 90.0, cal) > promotion_score(low, 90.0, cal)
+    assert promotion_score(low, 90.0, cal) > promotion_score(RungResult(50.0, 900.0), 90.0, cal)
+
+
+def test_rungs() -> None:
+    assert rung_steps(120, 1200) == (120, 360, 1080, 1200)
+    assert rung_steps(120, 1080) == (120, 360, 1080)
+    assert rung_steps(120, 100) == (100,)
+    with pytest.raises(ObjectiveError, match=r"reduction >= 2, but got \(first=120, top=1200, reduction=1\)"):
+        rung_steps(120, 1200, 1)
+
+
+def test_fit_recovers_a_line_and_falls_back_with_few_pairs() -> None:
+    pairs = [(60.0 + i, 0.5 * (60.0 + i) + 45.0 + (0.3 if i % 2 else -0.3)) for i in range(10)]
+    cal = fit_calibration(pairs, steps=120, top=1200)
+    assert cal.pairs == 10
+    assert cal.slope == pytest.approx(0.5, abs=0.05)
+    assert cal.intercept == pytest.approx(45.0, abs=3.0)
+    assert 0.3 <= cal.spread <= 1.0
+    assert "over 10 trials" in cal.describe()
+    # every pair it was fitted on is plausible under it
+    assert all(cal.upper_bound(x) >= y for x, y in pairs)
+    default = fit_calibration(pairs[:2], steps=120, top=1200)
+    assert default.pairs == 0 and default.spread == pytest.approx(18.0)
+    assert fit_calibration([(70.0, 80.0)] * 6, steps=360, top=1200).spread == pytest.approx(14.0)
+
+
+@given(st.lists(st.tuples(st.floats(0, 100), st.floats(0, 100)), min_size=5, max_size=20))
+def test_the_fit_keeps_every_pair_it_saw_plausible(pairs: list[tuple[float, float]]) -> None:
+    cal = fit_calibration(pairs, steps=120, top=1200)
+    assert all(cal.upper_bound(x) >= y - 1e-6 for x, y in pairs)
+
+
+def test_bad_input_is_one_line() -> None:
+    with pytest.raises(ObjectiveError, match=r"ratio must be > 0, but got 0.0"):
+        promotion_score(RungResult(50.0, 0.0), 90.0, Calibration())
+    with pytest.raises(ObjectiveError, match=r"accuracy must be a percentage in \[0, 100\], but got 101.0"):
+        promotion_score(RungResult(101.0, 2.0), 90.0, Calibration())
+    with pytest.raises(ObjectiveError, match=r"spread must be >= 0, but got -1.0"):
+        Calibration(spread=-1.0)
