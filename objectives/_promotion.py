@@ -103,7 +103,7 @@ def fit_calibration(
     """The least-squares line of final accuracy on accuracy at the rung of ``steps`` (``pairs``
     from the study's promoted trials), plausible up to ``SPREAD_SDS`` residual sds above it; the
     default (``Calibration.default``) with fewer than ``min_pairs`` pairs or no spread in the
-    rung accuracies. The fit never claims less recovery than the data showed: the spread is at
+    rung accuracies (then widened to cover every pair). The fit never claims less recovery than the data showed: the spread is at
     least the largest residual."""
     if len(pairs) < max(3, min_pairs):
         return Calibration.default(steps, top)
@@ -112,8 +112,9 @@ def fit_calibration(
     n = len(xs)
     mx, my = sum(xs) / n, sum(ys) / n
     sxx = sum((x - mx) ** 2 for x in xs)
-    if sxx <= 1e-12:
-        return Calibration.default(steps, top)
+    if sxx <= 1e-12:  # no line to fit: the default, widened to what the pairs recovered
+        default = Calibration.default(steps, top)
+        return dataclasses.replace(default, spread=max(default.spread, *(y - x for x, y in pairs)))
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
     intercept = my - slope * mx
     residuals = [y - (slope * x + intercept) for x, y in zip(xs, ys, strict=True)]
