@@ -56,6 +56,11 @@ class TaskData:
 # The search passes one that raises to stop a hopeless trial early.
 ProgressCallback = Callable[[str, float, float], None]
 
+# Called at each rung a training stage stops at: (stage name, steps done, steps of its whole
+# budget, validation accuracy in %). Successive halving passes one that raises to stop a trial
+# the promotion rule does not promote.
+RungCallback = Callable[[str, int, int, float], None]
+
 
 @dataclasses.dataclass(frozen=True)
 class Context:
@@ -100,6 +105,12 @@ class Context:
     block_ranking: tuple[str, ...] | None = None
     # The trailing stages each depth of cut removes (None: the depth stage finds them itself).
     cuts: tuple[tuple[str, ...], ...] | None = None
+    # Successive halving: the optimizer steps at which a training stage stops, is evaluated on
+    # validation (``on_rung`` hears it) and checkpoints its state in ``rung_checkpoint`` (student,
+    # optimizer, step, RNG), which a later run of the same config resumes from.
+    rungs: tuple[int, ...] = ()
+    on_rung: RungCallback | None = None
+    rung_checkpoint: Path | None = None
 
     def report(self, stage: str, fraction: float, val_acc: float) -> None:
         if self.on_progress is not None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -18,6 +20,7 @@ from stages._context import Context
 from stages._graph import count_params_macs, device_of, on_device_in_eval
 from stages.config import DistillConfig
 from stages.errors import StageError
+from stages.files import atomic_path, write_atomic
 from stages.measure import torch_accuracy
 from stages.qat import FakeQuantized, prepare_qat, strip_qat
 from stages.teacher import teacher_logits
@@ -82,6 +85,58 @@ def param_groups(model: nn.Module, weight_decay: float = WEIGHT_DECAY) -> list[d
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def checkpointed_step(path: Path | None, total: int) -> int:
+    """The step a rung checkpoint at ``path`` resumes a ``total``-step run from (0: none there,
+    or one of another budget). The step is read from the small JSON written beside it last, so a
+    checkpoint cut off while being written is never trusted."""
+    if path is None:
+        return 0
+    try:
+        info = json.loads(path.with_suffix(".json").read_text())
+        step, saved_total = int(info["step"]), int(info["total"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    return step if saved_total == total and 0 < step < total and path.is_file() else 0
+
+
+def _save_rung(
+    path: Path, step: int, total: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+    features: FeatureLoss | None,
+) -> None:
+    """The state a run continues from at ``step``: student, optimizer, feature projection, step
+    and the global RNG (dropout draws); the data order is replayed from the seed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "projection": features.projection.state_dict() if features is not None else None,
+        "rng": torch.get_rng_state(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    write_atomic(path.with_suffix(".json"), json.dumps({"step": step, "total": total}))
+
+
+def _load_rung(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, features: FeatureLoss | None
+) -> bool:
+    """Restore what ``_save_rung`` wrote into ``model`` and ``optimizer``; False (nothing
+    restored) when the checkpoint does not fit this student (another config's)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    own, saved = model.state_dict(), state["model"]
+    if own.keys() != saved.keys() or any(own[k].shape != saved[k].shape for k in own):
+        return False  # checked first: a failing load_state_dict has copied what did fit
+    try:
+        model.load_state_dict(saved)
+        optimizer.load_state_dict(state["optimizer"])
+        if features is not None and state["projection"] is not None:
+            features.projection.load_state_dict(state["projection"])
+    except (RuntimeError, ValueError, KeyError):
+        return False
+    torch.set_rng_state(state["rng"])
+    return True
 
 
 def _batch_indices(
@@ -256,9 +311,19 @@ class Distill:
         optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=MOMENTUM, nesterov=True)
         report_at = {max(1, round(f * steps)) for f in ctx.report_fractions}
         gen = torch.Generator().manual_seed(ctx.seed)
+        # One cosine over the whole budget, rungs or not: a run stopped at a rung and continued
+        # is exactly the straight run (same learning rate at every step), so a promoted trial's
+        # final model is the full-budget one, and the rung->final calibration absorbs that a
+        # rung's model is evaluated mid-schedule.
+        start = checkpointed_step(ctx.rung_checkpoint, steps)
+        if start and not _load_rung(ctx.rung_checkpoint, model, optimizer, features):  # type: ignore[arg-type]
+            start = 0
+        rungs = {r for r in ctx.rungs if start < r < steps}
 
         model.train()
         for step, idx in enumerate(_batch_indices(int(train.x.shape[0]), batch_size, steps, gen)):
+            if step < start:  # replay the data order up to the checkpoint; trained there already
+                continue
             lr = cosine_lr(cfg.lr, step, steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -290,6 +355,25 @@ class Distill:
                     model, ctx.data.val, device=ctx.device, batch_size=ctx.eval_batch_size
                 )
                 ctx.report(self.name, (step + 1) / steps, val_acc)
+            if step + 1 in rungs:
+                self._rung_end(model, ctx, optimizer, features, step + 1, steps)
+
+    def _rung_end(
+        self,
+        model: nn.Module,
+        ctx: Context,
+        optimizer: torch.optim.Optimizer,
+        features: FeatureLoss | None,
+        done: int,
+        steps: int,
+    ) -> None:
+        """Evaluate the student at a rung on validation, checkpoint it (before the rung's
+        callback may stop the run: a finished rung is never lost), and tell ``ctx.on_rung``."""
+        val_acc = torch_accuracy(model, ctx.data.val, device=ctx.device, batch_size=ctx.eval_batch_size)
+        if ctx.rung_checkpoint is not None:
+            _save_rung(ctx.rung_checkpoint, done, steps, model, optimizer, features)
+        if ctx.on_rung is not None:
+            ctx.on_rung(self.name, done, steps, val_acc)
 
     @staticmethod
     def _teacher_logits(ctx: Context, n: int) -> torch.Tensor:

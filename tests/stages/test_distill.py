@@ -19,6 +19,7 @@ from stages.distill import (
     Distill,
     FeatureLoss,
     classifier,
+    checkpointed_step,
     cosine_lr,
     distill_loss,
     trained_epochs,
@@ -444,3 +445,73 @@ def test_the_feature_term_runs_on_a_transformer_under_qat_and_leaves_no_hook(tmp
         assert all(not module._forward_hooks for module in model.modules())
     assert not teacher.training and not student.training
     assert all(torch.isfinite(p).all() for p in student.parameters())
+
+
+# --- rungs (successive halving) ---------------------------------------------------------------
+
+
+class StopAtRung(Exception):
+    pass
+
+
+def _stop_at(rung: int, heard: list[tuple[int, int, float]]):  # type: ignore[no-untyped-def]
+    def on_rung(stage: str, done: int, total: int, val_acc: float) -> None:
+        heard.append((done, total, val_acc))
+        if done == rung:
+            raise StopAtRung
+
+    return on_rung
+
+
+def test_a_run_stopped_at_a_rung_continues_exactly_as_a_straight_run(
+    data: TaskData, teacher: nn.Module, tmp_path: Path
+) -> None:
+    """Stop at rung 24, resume from its checkpoint with a fresh student: the final weights are the
+    straight run's (same schedule, data order, optimizer state), and the resumed run trains only
+    the steps after the rung (no step twice)."""
+    cfg = DistillConfig(epochs=6, alpha=0.5, lr=0.05)  # 256 / 32 = 8 steps an epoch: 48 steps
+    straight = make_tiny_cnn(seed=3)
+    Distill(cfg).run(straight, _ctx(data, teacher, tmp_path / "a", report_fractions=()))
+
+    checkpoint = tmp_path / "rungs" / "rung.pt"
+    heard: list[tuple[int, int, float]] = []
+    ctx = _ctx(data, teacher, tmp_path / "b", report_fractions=(), rungs=(8, 24),
+               on_rung=_stop_at(24, heard), rung_checkpoint=checkpoint)
+    with pytest.raises(StopAtRung):
+        Distill(cfg).run(make_tiny_cnn(seed=3), ctx)
+    assert [(d, t) for d, t, _ in heard] == [(8, 48), (24, 48)]
+    assert all(0.0 <= acc <= 100.0 for _, _, acc in heard)
+    assert checkpointed_step(checkpoint, 48) == 24
+    assert checkpointed_step(checkpoint, 96) == 0  # another budget: not resumed
+
+    heard.clear()
+    moved = tmp_path / "elsewhere" / "rung.pt"  # a replacement worker's copy (artifact store)
+    moved.parent.mkdir()
+    for suffix in (".pt", ".json"):
+        checkpoint.with_suffix(suffix).rename(moved.with_suffix(suffix))
+    resumed = make_tiny_cnn(seed=3)
+    Distill(cfg).run(resumed, dataclasses.replace(ctx, on_rung=_stop_at(-1, heard), rung_checkpoint=moved))
+    assert heard == []  # rungs at or before the checkpoint are not judged again
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_resumed_run_trains_only_the_steps_after_its_rung(
+    data: TaskData, teacher: nn.Module, tmp_path: Path
+) -> None:
+    cfg = DistillConfig(epochs=4, alpha=0.5, lr=0.05)  # 32 steps
+    checkpoint = tmp_path / "rung.pt"
+    first = CountingModule(make_tiny_cnn(seed=3))
+    ctx = _ctx(data, teacher, tmp_path, report_fractions=(), rungs=(8,),
+               on_rung=_stop_at(8, []), rung_checkpoint=checkpoint)
+    with pytest.raises(StopAtRung):
+        Distill(cfg).run(first, ctx)
+    assert first.train_calls == 8
+    second = CountingModule(make_tiny_cnn(seed=3))
+    Distill(cfg).run(second, dataclasses.replace(ctx, on_rung=None))
+    assert second.train_calls == 32 - 8
+    # a student of another shape (another config) does not take the checkpoint: it trains all
+    other = nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(data.input_shape).prod()), data.num_classes))
+    counted = CountingModule(other)
+    Distill(cfg).run(counted, dataclasses.replace(ctx, on_rung=None))
+    assert counted.train_calls == 32
