@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from objectives import DROP_TYPES, TARGETS, Constraint
-from search.backends import BACKENDS, SAMPLERS, Backend, SearchSettings, make_backend
+from search.backends import BACKENDS, SAMPLERS, STRATEGIES, Backend, SearchSettings, make_backend
 from search.errors import UserError
 from search.study import STUDIES_DIR
 from search.workloads.datasets import MAX_SEED
@@ -115,6 +115,8 @@ class SearchRequest:
     jobs: int = 1
     threads: int | None = None
     sampler: str = "tpe"
+    # A name in STRATEGIES; None: the study's own (the default for a new study).
+    strategy: str | None = None
     profiles: bool = True
     early_stop: bool = True
     skip_dominated: bool = True
@@ -139,6 +141,14 @@ class SearchRequest:
         check_seed(self.spec.seed)
         check_choice("sampler", self.sampler, SAMPLERS)
         check_choice("backend", self.backend, BACKENDS)
+        if self.strategy is not None:
+            check_choice("strategy", self.strategy, STRATEGIES)
+            if self.backend == "ray" and STRATEGIES[self.strategy].multi_fidelity:
+                raise RequestError(
+                    "strategy",
+                    f"{self.strategy} runs on the optuna backend only (Ray Tune's scheduler is not "
+                    "wired to its rungs yet); use backend optuna, or strategy full on Ray",
+                )
         unknown = sorted(set(self.backend_options) - set(BACKEND_OPTIONS))
         if unknown:
             raise RequestError("backend_options", f"unknown {unknown}; options: {', '.join(BACKEND_OPTIONS)}")
@@ -172,6 +182,7 @@ class SearchRequest:
             trials=self.trials,
             space=space,
             sampler=self.sampler,
+            strategy=self.strategy,
             seed=self.spec.seed,
             timeout_s=self.timeout,
             jobs=self.jobs,

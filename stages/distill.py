@@ -87,10 +87,11 @@ def param_groups(model: nn.Module, weight_decay: float = WEIGHT_DECAY) -> list[d
     ]
 
 
-def checkpointed_step(path: Path | None, total: int) -> int:
+def checkpointed_step(path: Path | None, total: int | None = None) -> int:
     """The step a rung checkpoint at ``path`` resumes a ``total``-step run from (0: none there,
-    or one of another budget). The step is read from the small JSON written beside it last, so a
-    checkpoint cut off while being written is never trusted."""
+    or one of another budget; ``total`` None: a run of any budget). The step is read from the
+    small JSON written beside it last, so a checkpoint cut off while being written is never
+    trusted."""
     if path is None:
         return 0
     try:
@@ -98,7 +99,8 @@ def checkpointed_step(path: Path | None, total: int) -> int:
         step, saved_total = int(info["step"]), int(info["total"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0
-    return step if saved_total == total and 0 < step < total and path.is_file() else 0
+    fits = total is None or saved_total == total
+    return step if fits and 0 < step < saved_total and path.is_file() else 0
 
 
 def _save_rung(
@@ -350,13 +352,17 @@ class Distill:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if step + 1 in report_at and ctx.on_progress is not None:
-                val_acc = torch_accuracy(
-                    model, ctx.data.val, device=ctx.device, batch_size=ctx.eval_batch_size
-                )
-                ctx.report(self.name, (step + 1) / steps, val_acc)
-            if step + 1 in rungs:
-                self._rung_end(model, ctx, optimizer, features, step + 1, steps)
+            done = step + 1
+            reported = done in report_at and ctx.on_progress is not None
+            # With rungs the end of the budget is the last rung (heard, never judged).
+            rung_end = done in rungs or (bool(ctx.rungs) and done == steps)
+            if not (reported or rung_end):
+                continue
+            val_acc = torch_accuracy(model, ctx.data.val, device=ctx.device, batch_size=ctx.eval_batch_size)
+            if rung_end:
+                self._rung_end(model, ctx, optimizer, features, done, steps, val_acc)
+            if reported:
+                ctx.report(self.name, done / steps, val_acc)
 
     def _rung_end(
         self,
@@ -366,11 +372,12 @@ class Distill:
         features: FeatureLoss | None,
         done: int,
         steps: int,
+        val_acc: float,
     ) -> None:
-        """Evaluate the student at a rung on validation, checkpoint it (before the rung's
-        callback may stop the run: a finished rung is never lost), and tell ``ctx.on_rung``."""
-        val_acc = torch_accuracy(model, ctx.data.val, device=ctx.device, batch_size=ctx.eval_batch_size)
-        if ctx.rung_checkpoint is not None:
+        """Checkpoint the student at a rung (before the rung's callback may stop the run: a
+        finished rung is never lost; not at the end, which nothing continues) and tell
+        ``ctx.on_rung`` its validation accuracy ``val_acc``."""
+        if ctx.rung_checkpoint is not None and done < steps:
             _save_rung(ctx.rung_checkpoint, done, steps, model, optimizer, features)
         if ctx.on_rung is not None:
             ctx.on_rung(self.name, done, steps, val_acc)

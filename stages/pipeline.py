@@ -20,7 +20,7 @@ from stages._context import Context
 from stages.cluster import Cluster
 from stages.config import PipelineConfig
 from stages.depth import Depth
-from stages.distill import Distill, trained_epochs, training_plan
+from stages.distill import Distill, checkpointed_step, trained_epochs, training_plan
 from stages.export import EXPORT_FORMATS, Export
 from stages.measure import measure_onnx, measure_torch, onnx_sizes
 from stages.prune import Prune
@@ -78,7 +78,8 @@ def run_pipeline(
     for stage, enabled in torch_stages:
         if stage.name == "distill" and enabled:
             steps, batch_size = training_plan(config.distill, model, ctx)
-            samples = steps * batch_size
+            # Steps a rung checkpoint holds were trained (and counted) by an earlier run.
+            samples = (steps - checkpointed_step(ctx.rung_checkpoint, steps)) * batch_size
         if stage.name not in structural and not heard:
             heard = True
             pruned = records[-1].metrics if records else measure_torch(model, ctx, accuracy=False)

@@ -14,7 +14,7 @@ from typing import Any
 
 from search.backends.backend import Backend
 from search.backends.running import StudyRun, open_study, run_study
-from search.backends.settings import SAMPLERS, SearchSettings
+from search.backends.settings import DEFAULT_STRATEGY, SAMPLERS, STRATEGIES, SearchSettings, Strategy
 from search.errors import UserError
 
 
@@ -56,10 +56,13 @@ def make_backend(name: str, options: Mapping[str, Any] | None = None) -> Backend
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_STRATEGY",
     "SAMPLERS",
+    "STRATEGIES",
     "Backend",
     "BackendEntry",
     "SearchSettings",
+    "Strategy",
     "StudyRun",
     "make_backend",
     "open_study",

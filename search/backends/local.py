@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import optuna
 
-from search.backends.settings import SearchSettings
+from search.backends.settings import DEFAULT_STRATEGY, STRATEGIES, SearchSettings
 from search.interrupts import redeliver_lost_interrupts, stops_deferred
 from search.study import (
     ask_lock,
@@ -30,7 +30,7 @@ from search.study import (
 from search.study.lifecycle import server_database
 from search.study.records import StudyInfo, TrialRecord
 from search.study.storage import STUDIES_DIR
-from search.trials.worker import run_and_record, worker_setup
+from search.trials.worker import requeue_interrupted, run_and_record, worker_setup
 from search.workloads.workload import Workload, WorkloadSpec, load_workload, pick_device
 from spaces import trial_config
 
@@ -84,12 +84,15 @@ def run_worker(
         seed=settings.seed or 0,
         early_stop=settings.early_stop,
         skip_dominated=settings.skip_dominated,
+        multi_fidelity=STRATEGIES[settings.strategy or DEFAULT_STRATEGY].multi_fidelity,
     )
     while deadline is None or time.time() < deadline:
         trial = None
         try:
             with stops_deferred(), ask_lock(study, info):
                 fail_orphaned(study)
+                if setup.multi_fidelity:
+                    requeue_interrupted(study)
                 if counted(study) < settings.trials:
                     trial = study.ask()
                     TrialRecord(worker=worker_id()).save(trial)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import optuna
 
 from objectives import Constraint
-from search.backends.settings import SearchSettings
+from search.backends.settings import DEFAULT_STRATEGY, STRATEGIES, SearchSettings
 from search.errors import UserError
 from search.study import (
     STUDIES_DIR,
@@ -78,7 +78,16 @@ def open_study(
         info = dataclasses.replace(stored, workload=workload.fingerprint, target=target, constraint=constraint)
         # Both before anything is written to the study.
         check_resumable(settings.study, stored, info)
-        settings = dataclasses.replace(settings, space=resumed_space(settings.study, settings.space, stored))
+        if settings.strategy not in (None, stored.strategy):
+            raise UserError(
+                f"study {settings.study!r} was run with --strategy {stored.strategy}, not "
+                f"{settings.strategy}; use another --study name, or that strategy to resume it"
+            )
+        settings = dataclasses.replace(
+            settings,
+            strategy=stored.strategy,
+            space=resumed_space(settings.study, settings.space, stored),
+        )
         # Before the study is opened: its claim lock lives in its folder.
         info = rebuild_missing_folders(info, settings, workload, baseline=baseline)
     else:
@@ -91,7 +100,9 @@ def open_study(
             baseline = (ctx.baseline_onnx, metrics)
         with status("analysing the teacher: what prunes, which blocks can go, how long an epoch takes"):
             analysis = cached_analysis(workload, ctx, baseline[0])
-        settings = dataclasses.replace(settings, space=fit_space(settings.space, analysis.facts, target=target))
+        strategy = settings.strategy or DEFAULT_STRATEGY
+        fitted = STRATEGIES[strategy].space(fit_space(settings.space, analysis.facts, target=target))
+        settings = dataclasses.replace(settings, strategy=strategy, space=fitted)
         info = StudyInfo(
             workload=workload.fingerprint,
             target=target,
@@ -101,6 +112,7 @@ def open_study(
             artifacts_dir=str(artifacts.resolve()),
             space=[list(row) for row in settings.space.describe()],
             analysis=analysis.to_dict(),
+            strategy=strategy,
         )
     study, info = create_or_resume(
         settings.study,
@@ -154,7 +166,7 @@ def resumed_space(name: str, space: SearchSpace, stored: StudyInfo, *, option: s
         return space
     facts = Analysis.from_dict(stored.analysis).facts
     searched = [row[0] for row in stored.space]
-    fitted = fit_space(space, facts, target=stored.target, keep=searched)
+    fitted = STRATEGIES[stored.strategy].space(fit_space(space, facts, target=stored.target, keep=searched))
     if stored.space:
         # A setting added to the default space, or by a fitting rule, since the study was created
         # stays at its default in this study, as in its earlier trials (one the given space file

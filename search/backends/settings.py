@@ -9,7 +9,7 @@ from collections.abc import Callable
 import optuna
 
 from search.errors import UserError
-from spaces import SearchSpace
+from spaces import Fixed, FloatRange, SearchSpace
 
 # name -> sampler factory (seed, the study's trial budget). Start-up sizes follow the budget.
 SAMPLERS: dict[str, Callable[[int | None, int], optuna.samplers.BaseSampler]] = {
@@ -21,6 +21,36 @@ SAMPLERS: dict[str, Callable[[int | None, int], optuna.samplers.BaseSampler]] = 
     ),
     "random": lambda seed, trials: optuna.samplers.RandomSampler(seed=seed),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    """How a study spends its training budget on its trials."""
+
+    description: str
+    # The distillation budget is the fidelity (trained rung by rung, judged at each by the
+    # promotion rule, see objectives.should_promote), not a sampled setting.
+    multi_fidelity: bool
+
+    def space(self, space: SearchSpace) -> SearchSpace:
+        """``space`` as this strategy searches it: multi-fidelity holds ``distill.epochs`` at the
+        top of its range (every trial may train up to it; its rungs decide how far it does)."""
+        budget = space.dimensions.get("distill.epochs")
+        if not self.multi_fidelity or not isinstance(budget, FloatRange):
+            return space
+        dims = {**space.dimensions, "distill.epochs": Fixed(budget.high)}
+        return SearchSpace(dims, profile_epochs=space.profile_epochs)
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "full": Strategy("every trial trains its whole sampled distillation budget", multi_fidelity=False),
+    "asha": Strategy(
+        "asynchronous successive halving: every trial trains a first rung of optimizer steps and "
+        "only the best third of those at a rung (judged against the bound, at their ratio) train on",
+        multi_fidelity=True,
+    ),
+}
+DEFAULT_STRATEGY = "full"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +76,13 @@ class SearchSettings:
     device: str = "auto"
     # An artifact store for the trial files (see search.study.artifacts); None keeps them on disk.
     artifacts: str | None = None
+    # A name in STRATEGIES; None: the one the study was created with (DEFAULT_STRATEGY for a new
+    # study). ``open_study`` settles it.
+    strategy: str | None = None
 
     def __post_init__(self) -> None:
+        if self.strategy is not None and self.strategy not in STRATEGIES:
+            raise UserError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         if self.sampler not in SAMPLERS:
             raise UserError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.trials < 1 or self.jobs < 1 or self.threads < 1:

@@ -15,7 +15,7 @@ import torch
 from rich.console import Console
 
 from objectives import TARGETS, Constraint
-from search.backends import BACKENDS, SAMPLERS, StudyRun, run_study
+from search.backends import BACKENDS, DEFAULT_STRATEGY, SAMPLERS, STRATEGIES, StudyRun, run_study
 from search.commands import (
     add_json_argument,
     add_select_argument,
@@ -126,6 +126,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     search.add_argument("--space", type=Path, default=None, help="TOML file fixing, narrowing or dropping dimensions")
     search.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler")
+    search.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default=None,
+        help="how trials spend the training budget (default: the study's own; "
+        f"{DEFAULT_STRATEGY} for a new study): "
+        + "; ".join(f"{name}: {entry.description}" for name, entry in STRATEGIES.items()),
+    )
     search.add_argument("--no-profiles", action="store_true", help="do not run the three MCaaS fixed profiles first")
     search.add_argument("--no-early-stop", action="store_true", help="run every trial to the end")
     search.add_argument("--threads", type=count_arg("threads", MAX_THREADS), default=None, help="threads per trial (default: cores / jobs)")
@@ -153,6 +161,7 @@ def request_from_args(args: argparse.Namespace) -> SearchRequest:
         jobs=args.jobs,
         threads=args.threads,
         sampler=args.sampler,
+        strategy=args.strategy,
         profiles=not args.no_profiles,
         early_stop=not args.no_early_stop,
         space_file=args.space,
@@ -220,7 +229,7 @@ def _say_how_the_split_decides(
 
 
 def _finish(out: Console, console: Console, result: StudyRun, args: argparse.Namespace) -> None:
-    from search.reporting.page import write_report
+    from search.reporting.page import budget_lines, write_report
     from search.reporting.tables import print_failures, print_front
 
     study, info = result.study, result.info
@@ -237,6 +246,8 @@ def _finish(out: Console, console: Console, result: StudyRun, args: argparse.Nam
         if pruned:
             saved = sum(r.saved_s for r in pruned)
             out.print(f"early stopping: {len(pruned)} trials stopped, about {saved / 60:.1f} min of training saved")
+        for line in budget_lines(records):
+            out.print(line, highlight=False)
         report = write_report(study, info, storage=args.storage)
         out.print(f"report: {report}")
         out.print(f"wall time: {result.seconds / 60:.1f} min")

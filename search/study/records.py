@@ -23,7 +23,7 @@ from objectives import metrics as m
 from search.errors import UserError
 
 # Keys of the study's user attributes.
-WORKLOAD, TARGET, CONSTRAINT, BASELINE, BASELINE_ONNX, ARTIFACTS, SPACE, ANALYSIS = (
+WORKLOAD, TARGET, CONSTRAINT, BASELINE, BASELINE_ONNX, ARTIFACTS, SPACE, ANALYSIS, STRATEGY = (
     "workload",
     "target",
     "constraint",
@@ -32,6 +32,7 @@ WORKLOAD, TARGET, CONSTRAINT, BASELINE, BASELINE_ONNX, ARTIFACTS, SPACE, ANALYSI
     "artifacts_dir",
     "space",
     "analysis",
+    "strategy",
 )
 
 
@@ -63,6 +64,9 @@ class StudyInfo:
     # The pre-flight analysis of the teacher (search.workloads.analysis.Analysis.to_dict());
     # empty for studies made before it existed.
     analysis: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # How the study spends its training budget (search.backends.settings.STRATEGIES); studies
+    # made before there was a choice trained every trial in full.
+    strategy: str = "full"
 
     @property
     def teacher_acc(self) -> float:
@@ -78,6 +82,7 @@ class StudyInfo:
         study.set_user_attr(ARTIFACTS, self.artifacts_dir)
         study.set_user_attr(SPACE, self.space)
         study.set_user_attr(ANALYSIS, self.analysis)
+        study.set_user_attr(STRATEGY, self.strategy)
         study.set_user_attr(BASELINE, self.baseline)
 
     @classmethod
@@ -94,6 +99,7 @@ class StudyInfo:
             artifacts_dir=attrs[ARTIFACTS],
             space=attrs.get(SPACE, []),
             analysis=attrs.get(ANALYSIS, {}),
+            strategy=attrs.get(STRATEGY, "full"),
         )
 
     def mismatch(self, workload: Mapping[str, Any], target: str, constraint: Constraint) -> str | None:
@@ -162,6 +168,22 @@ class TrialRecord:
     ray_run: str | None = _stored("ray_run")  # the Ray run that placed it
     ray_trial: str | None = _stored("ray_trial")  # its Ray Tune trial id
     ray_node: str | None = _stored("ray_node")  # the Ray node it ran on
+    # Multi-fidelity (--strategy asha): [steps, validation accuracy] at each rung reached (the
+    # last is the budget it received), its ratio measured before training, the step an earlier,
+    # interrupted run of its config had trained to (it continued from there), and that trial.
+    rungs: list[list[float]] = _stored("rungs", factory=list)
+    untrained_ratio: float | None = _stored("untrained_ratio")
+    resumed_from: int = _stored("resumed_from", 0)
+    resumes: int | None = _stored("resumes")
+
+    @property
+    def budget_steps(self) -> int | None:
+        """The distillation steps a multi-fidelity trial received (None: not one)."""
+        return int(self.rungs[-1][0]) if self.rungs else None
+
+    def accuracy_at(self, steps: int) -> float | None:
+        """Validation accuracy at the rung at ``steps`` (None: the trial did not reach it)."""
+        return next((float(acc) for s, acc in self.rungs if int(s) == steps), None)
 
     @property
     def feasible(self) -> bool:

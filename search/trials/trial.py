@@ -16,18 +16,25 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from objectives import (
+    REDUCTION,
     Constraint,
     EarlyStop,
     Point,
+    RungResult,
     dominated_before_training,
     estimate_ratio,
+    fit_calibration,
+    plausible,
     ratio,
     ratios,
+    should_promote,
 )
 from objectives import metrics as m
 from search.study import StudyInfo, TrialRecord
+from spaces import MIN_STEPS
 from stages import QUANT_MODES, Context, StageRecord
 from stages.config import PipelineConfig
+from stages.distill import checkpointed_step
 from stages.pipeline import TORCH_ARTIFACT, run_pipeline
 
 
@@ -69,6 +76,27 @@ class StudyView(Protocol):
     def median_trial_seconds(self) -> float: ...
 
 
+class RungLog(Protocol):
+    """Where a multi-fidelity trial's rungs are kept (the study storage, which every worker and
+    machine of the study shares): its own results, and the other trials' it is judged against."""
+
+    def record(self, steps: int, accuracy: float, ratio: float) -> None:
+        """This trial reached ``steps`` with validation ``accuracy``, at its untrained ``ratio``."""
+
+    def results_at(self, steps: int) -> list[RungResult]:
+        """The other trials that reached the rung at ``steps`` (each: accuracy there, ratio)."""
+        ...
+
+    def pairs_at(self, steps: int) -> list[tuple[float, float]]:
+        """(accuracy at the rung at ``steps``, final accuracy) of the trials that finished."""
+        ...
+
+
+# The optimizer steps a multi-fidelity trial is judged at: the space's floor, then x3 (Distill
+# stops at those below its budget; the end of its budget is its last rung).
+RUNGS = tuple(MIN_STEPS * REDUCTION**k for k in range(16))
+
+
 @dataclasses.dataclass(frozen=True)
 class TrialOutcome:
     """A finished trial's objective values, constraint values and the record to store."""
@@ -91,8 +119,14 @@ def run_trial(
     study: StudyView,
     *,
     stop_early: bool = True,
+    rung_log: RungLog | None = None,
 ) -> TrialOutcome:
     """Run the pipeline for ``config`` with both early stops armed, and score the result.
+
+    With ``rung_log`` (the multi-fidelity strategy) distillation stops at each of ``RUNGS`` below
+    its budget, and the trial trains on only when the promotion rule promotes it (its ratio is
+    the one estimated before training); it continues from ``ctx.rung_checkpoint`` when an earlier
+    run of the same config left one there.
 
     The final file's test accuracy is measured only when it is within the accuracy bound on
     validation: any other trial is never a pick, so its test pass would be spent for nothing.
@@ -100,14 +134,18 @@ def run_trial(
     study shows complete as reference points) disarms both stops.
     """
     started = time.perf_counter()
+    resumed = checkpointed_step(ctx.rung_checkpoint) if rung_log is not None else 0
     # When distillation starts (after_prune runs right before it) and the samples it is to see.
     distill_plan: list[float] = []
+    untrained: list[float] = []  # the ratio known before training: what rungs judge a trial at
 
     def after_prune(pruned: dict[str, float]) -> None:
         distill_plan[:] = [time.perf_counter(), pruned.get(m.SAMPLES_SEEN, 0.0)]
+        est = estimated_ratio(scoring.target, scoring.baseline, pruned, config.quantize.mode)
+        if est is not None:
+            untrained.append(est)
         if not (stop_early and scoring.skip_dominated):
             return
-        est = estimated_ratio(scoring.target, scoring.baseline, pruned, config.quantize.mode)
         points = list(study.feasible_front())
         if est is None or not points:
             return
@@ -124,6 +162,8 @@ def run_trial(
         # At the end of its budget a trial is measured, feasible or not: it is data for the front.
         if stage != "distill" or scoring.early_stop is None or not stop_early or fraction >= 1.0:
             return
+        if rung_log is not None:  # the rungs judge it instead
+            return
         if scoring.early_stop.should_stop(fraction, val_acc, scoring.required_accuracy):
             distill_started, planned = distill_plan
             spent = time.perf_counter() - distill_started
@@ -136,15 +176,46 @@ def run_trial(
                 stages=[seen.to_dict()],
             )
 
+    def on_rung(stage: str, done: int, total: int, val_acc: float) -> None:
+        assert rung_log is not None
+        rung_ratio = untrained[0] if untrained else 1.0
+        result = RungResult(val_acc, rung_ratio)
+        earlier = rung_log.results_at(done)
+        calibration = fit_calibration(rung_log.pairs_at(done), steps=done, top=total)
+        rung_log.record(done, val_acc, rung_ratio)
+        if done >= total or should_promote(
+            result, earlier, required_accuracy=scoring.required_accuracy, calibration=calibration
+        ):
+            return
+        if not plausible(result, scoring.required_accuracy, calibration):
+            why = f"cannot plausibly reach the required {scoring.required_accuracy:.2f} % ({calibration.describe()})"
+        else:
+            why = f"not in the best third of the {len(earlier) + 1} trials at this rung"
+        distill_started, planned = distill_plan
+        spent = time.perf_counter() - distill_started
+        # Samples this trial saw: its own steps (those before ``resumed`` an earlier run saw).
+        fraction = (done - resumed) / max(1, total - resumed)
+        seen = StageRecord("distill", spent, {m.SAMPLES_SEEN: float(round(fraction * planned))})
+        raise TrialStopped(
+            f"stopped at {done} of {total} steps: validation accuracy {val_acc:.2f} % at "
+            f"{rung_ratio:.1f}x {scoring.target} (untrained) {why}",
+            saved_s=spent / max(1, done - resumed) * (total - done),
+            stages=[seen.to_dict()],
+        )
+
     # Each report is a pass over the validation split: only those a stop can act on, and the
     # last (the pipeline keeps it as the stage's accuracy instead of measuring again).
     grace = scoring.early_stop.grace if scoring.early_stop is not None and stop_early else 1.0
+    if rung_log is not None:
+        grace = 1.0
     ctx = dataclasses.replace(
         ctx,
         on_progress=on_progress,
         report_fractions=tuple(f for f in ctx.report_fractions if f >= grace) or (1.0,),
         test_min_val_acc=scoring.required_accuracy,
     )
+    if rung_log is not None:
+        ctx = dataclasses.replace(ctx, rungs=RUNGS, on_rung=on_rung)
     result = run_pipeline(config, ctx, after_prune=after_prune)
     return score(result.metrics, scoring, stages=[r.to_dict() for r in result.stages],
                  artifact=result.artifact, seconds=result.seconds)

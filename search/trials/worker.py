@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import TrialState
 
-from objectives import EarlyStop, Point
+from objectives import EarlyStop, Point, RungResult
+from objectives import metrics as m
 from search.study import StudyInfo, TrialRecord, ask_lock, feasible_front, heartbeat, trial_record
 from search.study.artifacts import STORE_ATTR, open_store, upload_folder
 from search.study.exclusions import (
@@ -24,18 +25,20 @@ from search.study.exclusions import (
     freeze_layer,
     frozen_layers,
 )
-from search.study.records import INTERRUPTED
+from search.study.records import INTERRUPTED, was_interrupted
 from search.trials.context import (
     CACHE_DIR,
+    fingerprint_hash,
     make_context,
     measure_baseline_into,
     trial_context,
     with_analysis,
 )
-from search.trials.trial import Scoring, TrialOutcome, TrialStopped, run_trial
+from search.trials.trial import RungLog, Scoring, TrialOutcome, TrialStopped, run_trial
 from search.workloads.analysis import Analysis
 from search.workloads.workload import Workload
 from stages import Context, PipelineConfig, StageError
+from stages.distill import checkpointed_step
 from stages.prune import PruneFailure
 
 if TYPE_CHECKING:
@@ -64,6 +67,73 @@ class LiveStudyView:
         return statistics.median(secs) if secs else 0.0
 
 
+class StudyRungLog(RungLog):
+    """A trial's rungs in its record in the study storage (journal, SQLite or PostgreSQL), so
+    every worker on every machine judges against the same rungs."""
+
+    def __init__(self, study: optuna.Study, trial: optuna.Trial) -> None:
+        self.study, self.trial = study, trial
+
+    def record(self, steps: int, accuracy: float, ratio: float) -> None:
+        rungs = [*TrialRecord.from_attrs(self.trial.user_attrs).rungs, [steps, accuracy]]
+        TrialRecord(rungs=rungs, untrained_ratio=ratio).save(self.trial)
+
+    def _at(self, steps: int) -> list[tuple[TrialRecord, float]]:
+        """Other trials with a result at the rung at ``steps`` (an interrupted one is left out:
+        its replacement carries its rungs), with their accuracy there."""
+        found = []
+        for t in self.study.get_trials(deepcopy=False):
+            if t.number == self.trial.number or was_interrupted(t):
+                continue
+            record = trial_record(t)
+            accuracy = record.accuracy_at(steps)
+            if accuracy is not None:
+                found.append((record, accuracy))
+        return found
+
+    def results_at(self, steps: int) -> list[RungResult]:
+        return [RungResult(a, r.untrained_ratio or 1.0) for r, a in self._at(steps)]
+
+    def pairs_at(self, steps: int) -> list[tuple[float, float]]:
+        return [
+            (a, float(r.metrics[m.VAL_ACC]))
+            for r, a in self._at(steps)
+            if r.state == "complete" and m.VAL_ACC in r.metrics
+        ]
+
+
+def rung_checkpoint(artifacts: Path, flat: dict[str, object]) -> Path:
+    """Where the rung checkpoint of a config lives: keyed by the config, so a trial that runs
+    it again (the replacement of an interrupted one) continues from its last finished rung."""
+    return artifacts / "rungs" / fingerprint_hash(flat) / "rung.pt"
+
+
+def resume_rungs(study: optuna.Study, trial: optuna.Trial, flat: dict[str, object], start: int) -> None:
+    """Give ``trial``, which continues its config from step ``start``, the rungs up to there
+    that the interrupted trial of the same config reached (what it is judged on goes on)."""
+    TrialRecord(resumed_from=start).save(trial)
+    for t in reversed(study.get_trials(deepcopy=False)):
+        earlier = trial_record(t)
+        if t.number != trial.number and earlier.config == flat and earlier.rungs:
+            kept = [r for r in earlier.rungs if int(r[0]) <= start]
+            TrialRecord(rungs=kept, untrained_ratio=earlier.untrained_ratio).save(trial)
+            return
+
+
+def requeue_interrupted(study: optuna.Study) -> list[int]:
+    """Queue the config of each interrupted multi-fidelity trial that reached a rung again (once),
+    so a replacement continues from its checkpoint instead of the study drawing another config.
+    Call holding the ask lock."""
+    trials = study.get_trials(deepcopy=False)
+    replaced = {trial_record(t).resumes for t in trials}
+    queued = []
+    for t in trials:
+        if was_interrupted(t) and trial_record(t).rungs and t.number not in replaced:
+            study.enqueue_trial(t.params, user_attrs=TrialRecord(resumes=t.number).to_attrs(), skip_if_exists=False)
+            queued.append(t.number)
+    return queued
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerSetup:
     """What a worker (a process, or a Ray actor) builds once and reuses for every trial."""
@@ -78,6 +148,8 @@ class WorkerSetup:
     artifacts: Path
     # The study's artifact store, which each complete trial's files are uploaded to (or None).
     store: ArtifactStore | None = None
+    # Multi-fidelity (the asha strategy): trials train rung by rung (see run_trial's rung_log).
+    multi_fidelity: bool = False
 
 
 def worker_setup(
@@ -91,9 +163,11 @@ def worker_setup(
     skip_dominated: bool = True,
     cache_dir: Path = CACHE_DIR,
     artifacts: Path | None = None,
+    multi_fidelity: bool = False,
 ) -> WorkerSetup:
     """A worker's context (teacher logits from the shared cache), scoring and study view.
-    ``artifacts``: where to write trial files instead of the study's recorded folder."""
+    ``artifacts``: where to write trial files instead of the study's recorded folder;
+    ``multi_fidelity``: train trials rung by rung (the asha strategy)."""
     artifacts = Path(info.artifacts_dir) if artifacts is None else artifacts
     base = make_context(workload, artifacts / "trials", threads=threads, seed=seed, cache_dir=cache_dir)
     baseline_onnx = Path(info.baseline_onnx)
@@ -105,7 +179,7 @@ def worker_setup(
     scoring = Scoring.for_study(info, early_stop=EARLY_STOP if early_stop else None, skip_dominated=skip_dominated)
     url = study.user_attrs.get(STORE_ATTR)
     store = open_store(url) if url is not None else None
-    return WorkerSetup(study, info, base, scoring, LiveStudyView(study, info), artifacts, store)
+    return WorkerSetup(study, info, base, scoring, LiveStudyView(study, info), artifacts, store, multi_fidelity)
 
 
 def run_and_record(
@@ -134,8 +208,17 @@ def run_and_record(
         learned = tuple(layer for layer in frozen_layers(study) if layer not in setup.base.frozen_layers)
         folder = setup.artifacts / "trials" / str(trial.number)
         ctx = trial_context(setup.base, folder, frozen_layers=setup.base.frozen_layers + learned)
+        rung_log = None
+        if setup.multi_fidelity and profile is None:
+            rung_log = StudyRungLog(study, trial)
+            ctx = dataclasses.replace(ctx, rung_checkpoint=rung_checkpoint(setup.artifacts, flat))
+            start = checkpointed_step(ctx.rung_checkpoint)
+            if start:
+                resume_rungs(study, trial, flat, start)
         with heartbeat(study, trial.number):
-            outcome = run_trial(config, ctx, setup.scoring, setup.view, stop_early=profile is None)
+            outcome = run_trial(
+                config, ctx, setup.scoring, setup.view, stop_early=profile is None, rung_log=rung_log
+            )
             if setup.store is not None:
                 upload_folder(trial, folder, setup.store)
     except TrialStopped as stop:
