@@ -22,7 +22,7 @@ from stages.config import PipelineConfig
 from stages.depth import Depth
 from stages.distill import Distill, checkpointed_step, trained_epochs, training_plan
 from stages.export import EXPORT_FORMATS, Export
-from stages.measure import measure_onnx, measure_torch, onnx_sizes
+from stages.measure import best_latency, measure_onnx, measure_torch, onnx_sizes, thread_counts
 from stages.prune import Prune
 from stages.quant_modes import QUANT_MODES
 from stages.quantize import Quantize
@@ -34,6 +34,10 @@ from stages.teacher import teacher_logits
 # already dominated, and counts what a trial it stops during training saw.
 AfterPrune = Callable[[dict[str, float]], None]
 
+# Called with the ONNX metrics of the untrained structural student (``untrained_metrics``) right
+# before ``after_prune``: what its ratio will be, measured in seconds instead of estimated.
+OnUntrained = Callable[[dict[str, float]], None]
+
 # The torch.export file a trial leaves beside its ONNX artifact when it is not quantized.
 TORCH_ARTIFACT = EXPORT_FORMATS["pt2"].file_name
 
@@ -43,9 +47,14 @@ def run_pipeline(
     ctx: Context,
     *,
     after_prune: AfterPrune | None = None,
+    on_untrained: OnUntrained | None = None,
+    untrained_latency: bool = False,
     torch_artifact: bool = True,
 ) -> PipelineResult:
     """Compress a copy of ``ctx.teacher`` as ``config`` says and measure the exported artifact.
+
+    ``on_untrained`` hears ``untrained_metrics`` of the structural student (with latency when
+    ``untrained_latency``) before any training.
 
     Returns the final metrics (ONNX Runtime, on the artifact) and a record after each stage that
     ran: torch metrics after depth/prune/distill/cluster (validation accuracy only where no
@@ -72,7 +81,8 @@ def run_pipeline(
     # The structural stages (depth, prune) fix the student's shape: ``after_prune`` hears its
     # metrics once they are done, before any training.
     structural = {"depth", "prune"}
-    heard = after_prune is None
+    heard = after_prune is None and on_untrained is None
+    after_prune = after_prune or (lambda _: None)
     enabled_names = [stage.name for stage, enabled in torch_stages if enabled]
     samples = 0
     for stage, enabled in torch_stages:
@@ -82,6 +92,8 @@ def run_pipeline(
             samples = (steps - checkpointed_step(ctx.rung_checkpoint, steps)) * batch_size
         if stage.name not in structural and not heard:
             heard = True
+            if on_untrained is not None:
+                on_untrained(untrained_metrics(model, config, ctx, latency=untrained_latency))
             pruned = records[-1].metrics if records else measure_torch(model, ctx, accuracy=False)
             after_prune({**pruned, metrics.SAMPLES_SEEN: float(samples)})  # type: ignore[misc]
         if not enabled:
@@ -127,6 +139,36 @@ def run_pipeline(
     if torch_artifact and config.quantize.mode == "none":
         EXPORT_FORMATS["pt2"].writer(model, ctx.data.example_input(), ctx.workdir / TORCH_ARTIFACT)
     return PipelineResult(config=config, metrics=final_metrics, stages=records, artifact=final.path)
+
+
+def untrained_metrics(
+    model: nn.Module, config: PipelineConfig, ctx: Context, *, latency: bool = False
+) -> dict[str, float]:
+    """What ``model`` (the structural student, untrained) measures once exported and in its
+    number format: file bytes and params / MACs, and with ``latency`` its ONNX Runtime latency
+    at its best thread count, the teacher's timed interleaved. Training changes weights, not
+    shapes or formats, so these are the trained file's figures to within the quantizer's
+    rounding, known seconds after pruning. Written under ``ctx.workdir / "untrained"``."""
+    student = copy.deepcopy(model).cpu().eval()
+    sub = dataclasses.replace(ctx, workdir=ctx.workdir / "untrained")
+    sub.workdir.mkdir(parents=True, exist_ok=True)
+    exported = Export(config.export).run(student, sub)
+    final = Quantize(config.quantize).run(exported, sub)
+    assert isinstance(exported, OnnxFile) and isinstance(final, OnnxFile)
+    result = onnx_sizes(final.path, sub, torch_model=student)
+    if latency:
+        (ms, threads), teacher = best_latency(
+            final.path,
+            ctx.baseline_onnx,
+            ctx.data.example_input(1).numpy(),
+            ctx.latency_threads or thread_counts(),
+            runs=ctx.latency_runs,
+            budget_s=ctx.latency_budget_s,
+        )
+        result[metrics.LATENCY_MS], result[metrics.LATENCY_THREADS] = ms, float(threads)
+        if teacher is not None:
+            result[metrics.TEACHER_LATENCY_MS] = teacher[0]
+    return result
 
 
 def _remember_final(

@@ -19,6 +19,7 @@ from objectives import (
     REDUCTION,
     Constraint,
     EarlyStop,
+    ObjectiveError,
     Point,
     RungResult,
     dominated_before_training,
@@ -125,7 +126,7 @@ def run_trial(
 
     With ``rung_log`` (the multi-fidelity strategy) distillation stops at each of ``RUNGS`` below
     its budget, and the trial trains on only when the promotion rule promotes it (its ratio is
-    the one estimated before training); it continues from ``ctx.rung_checkpoint`` when an earlier
+    the untrained student's, measured in ONNX Runtime); it continues from ``ctx.rung_checkpoint`` when an earlier
     run of the same config left one there.
 
     The final file's test accuracy is measured only when it is within the accuracy bound on
@@ -141,9 +142,11 @@ def run_trial(
 
     def after_prune(pruned: dict[str, float]) -> None:
         distill_plan[:] = [time.perf_counter(), pruned.get(m.SAMPLES_SEEN, 0.0)]
-        est = estimated_ratio(scoring.target, scoring.baseline, pruned, config.quantize.mode)
+        est = untrained[0] if untrained else estimated_ratio(
+            scoring.target, scoring.baseline, pruned, config.quantize.mode
+        )
         if est is not None:
-            untrained.append(est)
+            untrained[:] = [est]
         if not (stop_early and scoring.skip_dominated):
             return
         points = list(study.feasible_front())
@@ -157,6 +160,12 @@ def run_trial(
                 f"by a feasible trial at >= {ceiling:.2f} % accuracy",
                 saved_s=max(typical - (time.perf_counter() - started), 0.0),
             )
+
+    def on_untrained(measured: dict[str, float]) -> None:
+        try:
+            untrained[:] = [ratio(scoring.target, scoring.baseline, measured)]
+        except ObjectiveError:  # a target the untrained file does not measure: the estimate
+            pass
 
     def on_progress(stage: str, fraction: float, val_acc: float) -> None:
         # At the end of its budget a trial is measured, feasible or not: it is data for the front.
@@ -216,7 +225,14 @@ def run_trial(
     )
     if rung_log is not None:
         ctx = dataclasses.replace(ctx, rungs=RUNGS, on_rung=on_rung)
-    result = run_pipeline(config, ctx, after_prune=after_prune)
+    # Multi-fidelity judges trials at their ratio before any training: measured, not estimated.
+    result = run_pipeline(
+        config,
+        ctx,
+        after_prune=after_prune,
+        on_untrained=on_untrained if rung_log is not None else None,
+        untrained_latency=scoring.target == "latency",
+    )
     return score(result.metrics, scoring, stages=[r.to_dict() for r in result.stages],
                  artifact=result.artifact, seconds=result.seconds)
 

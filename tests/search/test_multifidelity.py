@@ -1,0 +1,125 @@
+"""The multi-fidelity strategy (``--strategy asha``) with Optuna workers: rungs kept in the study
+storage, a worker killed with ``kill -9`` between rungs, its config continued by a replacement
+from the last finished rung (no step trained or counted twice), and the strategy kept with the
+study."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from objectives import RungResult
+from search.study import trial_record
+from search.study.records import INTERRUPTED, REASON, RESUMES, RUNGS, UNTRAINED_RATIO
+from search.trials.worker import StudyRungLog, requeue_interrupted, resume_rungs
+from tests.search.test_reliability import RUN_LIMIT_S, STUDY, _env, _start, _trials, _wait_for
+
+# A budget of about 480 steps on the demo's digits (8 steps an epoch): rungs at 120 and 360.
+SPACE = """
+"distill.epochs" = [2.0, 60.0]
+"prune.steps" = 1
+"quantize.mode" = ["none"]
+drop = ["cluster.k"]
+profile_epochs = 2
+"""
+
+
+def _command(trials: int, *extra: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "search.cli", "--space", "tiny.toml", "--study", STUDY,
+            "--trials", str(trials), "--no-profiles", *extra]
+
+
+def _past_a_rung(trials: list[optuna.trial.FrozenTrial]) -> bool:
+    """A trial that was promoted at its first rung trains on (its checkpoint is written)."""
+    return any(t.state == TrialState.RUNNING and t.user_attrs.get(RUNGS) for t in trials)
+
+
+@pytest.mark.slow
+def test_kill_9_between_rungs_loses_nothing_finished(search_folder: Callable[[str], Path]) -> None:
+    folder = search_folder(SPACE)
+    command = _command(3, "--strategy", "asha")
+    proc = _start(folder, command)
+    before = _wait_for(proc, folder, _past_a_rung)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = next(t for t in before if t.state == TrialState.RUNNING and t.user_attrs.get(RUNGS))
+    first_rung = killed.user_attrs[RUNGS][0]
+    assert first_rung[0] == 120
+
+    done = subprocess.run(command, cwd=folder, env=_env(), capture_output=True, text=True,
+                          timeout=RUN_LIMIT_S, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = {t.number: t for t in _trials(folder) or []}
+    assert after[killed.number].state == TrialState.FAIL
+    assert after[killed.number].user_attrs[REASON].startswith(INTERRUPTED)
+    # Its config ran again and continued from the rung it had finished: that rung's result is
+    # kept, and the replacement trained (and counted) only the steps after it.
+    replacement = next(t for t in after.values() if t.user_attrs.get(RESUMES) == killed.number)
+    assert replacement.params == killed.params
+    record = trial_record(replacement)
+    assert record.state in ("complete", "pruned")
+    assert record.resumed_from == 120
+    assert list(record.rungs[0]) == first_rung
+    assert record.budget_steps is not None and record.budget_steps > 120
+    assert record.samples_seen == (record.budget_steps - 120) * 128
+    # Every trial of the study holds its rungs and the budget it received.
+    for t in after.values():
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.user_attrs.get(RUNGS):
+            steps = [s for s, _ in t.user_attrs[RUNGS]]
+            assert steps == sorted(steps) and steps[0] == 120
+
+    # The study keeps its strategy: resuming it as another is refused in one line.
+    refused = subprocess.run(_command(4, "--strategy", "full"), cwd=folder, env=_env(),
+                             capture_output=True, text=True, timeout=RUN_LIMIT_S, check=False)
+    assert refused.returncode == 2
+    assert "was run with --strategy asha, not full" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def _trial(study: optuna.Study, rungs: list[list[float]], ratio: float, **attrs: object) -> optuna.Trial:
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    trial.set_user_attr("config", {"x": trial.params["x"]})
+    trial.set_user_attr(RUNGS, rungs)
+    trial.set_user_attr(UNTRAINED_RATIO, ratio)
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    return trial
+
+
+def test_rungs_in_the_study_storage_are_read_by_every_trial(tmp_path: Path) -> None:
+    study = optuna.create_study(directions=["maximize", "maximize"],
+                                storage=f"sqlite:///{tmp_path / 's.db'}")
+    done = _trial(study, [[120, 90.0], [360, 95.0]], 4.0, metrics={"val_acc": 96.0})
+    study.tell(done, [96.0, 4.0])
+    stopped = _trial(study, [[120, 80.0]], 9.0)
+    study.tell(stopped, state=TrialState.PRUNED)
+    cut = _trial(study, [[120, 70.0]], 2.0, **{REASON: f"{INTERRUPTED} (kill -9)"})
+    study.tell(cut, state=TrialState.FAIL)
+
+    me = study.ask()
+    log = StudyRungLog(study, me)
+    log.record(120, 85.0, 6.0)
+    # the others at the rung: the interrupted one is left out (its replacement carries it)
+    assert sorted(log.results_at(120), key=lambda r: r.ratio) == [RungResult(90.0, 4.0), RungResult(80.0, 9.0)]
+    assert log.results_at(360) == [RungResult(95.0, 4.0)]
+    assert log.pairs_at(120) == [(90.0, 96.0)]  # only the finished trial has a final accuracy
+    assert me.user_attrs[RUNGS] == [[120, 85.0]]
+
+    # the interrupted config is queued again once, and its replacement takes its rungs
+    assert requeue_interrupted(study) == [cut.number]
+    assert requeue_interrupted(study) == []
+    replacement = study.ask()
+    assert replacement.user_attrs[RESUMES] == cut.number
+    assert replacement.suggest_float("x", 0, 1) == cut.params["x"]  # the same config
+    resume_rungs(study, replacement, {"x": cut.params["x"]}, 120)
+    assert replacement.user_attrs[RUNGS] == [[120, 70.0]]
+    assert replacement.user_attrs[UNTRAINED_RATIO] == 2.0
