@@ -38,6 +38,7 @@ from search.reporting.gather import ReportData, gather_report
 from search.reporting.reference import ReferencePoint
 from search.reporting.tables import latency_text
 from search.study import StudyInfo, TrialRecord, trial_records
+from search.study.rungs import calibration_lines, compute_line, strategy_line
 from search.study.scoring import (
     accuracy_drop,
     front_records,
@@ -164,8 +165,9 @@ def _analysis_html(stored: dict) -> str:
     return f"<table>{rows}</table>"
 
 
-def write_html(path: Path, data: ReportData) -> list[go.Figure]:
+def write_html(path: Path, data: ReportData, *, budget_lines: Sequence[str] = ()) -> list[go.Figure]:
     """Write the self-contained HTML report to ``path`` (atomically); returns the figures drawn.
+    ``budget_lines``: what the study spent on training (see ``budget_lines``), one paragraph each.
 
     plotly.js is embedded once, with the first figure; the others reuse it, so the page works
     offline and stays one file.
@@ -194,6 +196,9 @@ def write_html(path: Path, data: ReportData) -> list[go.Figure]:
             first = False
         if title == "Pareto front":
             parts.append(_front_table_html(data))
+    if budget_lines:
+        parts.append("<h2>Training budget</h2>")
+        parts.append("".join(f"<p>{html.escape(line)}</p>" for line in budget_lines))
     if data.info.analysis:
         parts.append("<h2>Pre-flight analysis of the teacher</h2>")
         parts.append(_analysis_html(data.info.analysis))
@@ -226,7 +231,7 @@ def write_report(
     command = export_command(study.study_name, storage) if pick is not None else None
     data = gather_report(study, info, records, references=references, export_line=command)
     html_path = out_dir / REPORT_HTML
-    write_html(html_path, data)
+    write_html(html_path, data, budget_lines=budget_lines(records))
     write_trials_csv(out_dir / TRIALS_CSV, info, records)
     return html_path
 
@@ -256,9 +261,25 @@ def trials_frame(info: StudyInfo, records: Sequence[TrialRecord]) -> pd.DataFram
         row.update({f"metrics.{k}": v for k, v in sorted(r.metrics.items())})
         row.update({f"ratio.{k}": v for k, v in sorted(r.ratios.items())})
         row.update({f"violation.{k}": v for k, v in sorted(r.violations.items())})
+        row.update({
+            "samples_seen": r.samples_seen,
+            # Multi-fidelity: the steps received, the rung reached, accuracy at every rung.
+            "budget_steps": r.budget_steps,
+            "rung": len(r.rungs) - 1 if r.rungs else None,
+            "rung_accuracies": ";".join(f"{steps}:{acc:.2f}" for steps, acc in r.rungs),
+            "untrained_ratio": r.untrained_ratio,
+            "resumed_from": r.resumed_from or None,
+        })
         row.update({"seconds": r.seconds, "artifact": r.artifact or "", "reason": r.reason or ""})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def budget_lines(records: Sequence[TrialRecord]) -> list[str]:
+    """What the study spent on training: how its multi-fidelity trials ended, the rung -> final
+    calibration of each rung, and the samples seen in all."""
+    summary = strategy_line(records)
+    return [*([summary] if summary else []), *calibration_lines(records), compute_line(records)]
 
 
 def write_trials_csv(path: Path, info: StudyInfo, records: Sequence[TrialRecord]) -> pd.DataFrame:

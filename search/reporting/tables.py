@@ -30,6 +30,7 @@ from search.reporting.format import (
     teacher_note,
 )
 from search.study import StudyInfo, TrialRecord
+from search.study.rungs import calibration_lines, rungs_text
 from search.study.scoring import (
     accuracy_drop,
     closest_records,
@@ -278,6 +279,9 @@ def print_trial(
         label = {"failed": "failure reason", "pruned": "stopped because"}.get(record.state, "note")
         console.print(f"{label}: {escape(record.reason)}", highlight=False)
 
+    if record.rungs:
+        console.print(_rungs_line(info, record, records), highlight=False)
+
     if record.config:
         settings = Table(title="settings", title_justify="left", header_style="bold")
         settings.add_column("setting")
@@ -441,3 +445,16 @@ def print_studies(console: Console, rows: Sequence[StudyRow], *, storage: str) -
         return
     for constraint, names in groups.items():
         console.print(f"{escape(constraint)}: {escape(', '.join(names))}", highlight=False)
+
+
+def _rungs_line(info: StudyInfo, record: TrialRecord, records: Sequence[TrialRecord]) -> str:
+    """A multi-fidelity trial's rungs, the budget it received, and the study's calibration."""
+    lines = [f"rungs (successive halving): {rungs_text(record)}"]
+    budget = f"budget received: {record.budget_steps} steps, rung {len(record.rungs) - 1} reached"
+    if record.resumed_from:
+        budget += f" (continued from step {record.resumed_from}, where an interrupted run of this config stopped)"
+    lines.append(budget)
+    if record.untrained_ratio is not None:
+        lines.append(f"measured before training: {record.untrained_ratio:.2f}x {info.target}")
+    lines.extend(calibration_lines(records))
+    return escape("\n".join(lines))
