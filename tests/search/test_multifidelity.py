@@ -5,6 +5,7 @@ study."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -14,11 +15,16 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from rich.console import Console
 
 from objectives import RungResult
-from search.study import trial_record
+from search.reporting.page import trials_frame
+from search.reporting.tables import print_trial
+from search.study import TrialRecord, trial_record
 from search.study.records import INTERRUPTED, REASON, RESUMES, RUNGS, UNTRAINED_RATIO
+from search.study.rungs import compute_line
 from search.trials.worker import StudyRungLog, requeue_interrupted, resume_rungs
+from tests.search.study_fixtures import HandMadeStudy
 from tests.search.test_reliability import RUN_LIMIT_S, STUDY, _env, _start, _trials, _wait_for
 
 # A budget of about 480 steps on the demo's digits (8 steps an epoch): rungs at 120 and 360.
@@ -123,3 +129,42 @@ def test_rungs_in_the_study_storage_are_read_by_every_trial(tmp_path: Path) -> N
     resume_rungs(study, replacement, {"x": cut.params["x"]}, 120)
     assert replacement.user_attrs[RUNGS] == [[120, 70.0]]
     assert replacement.user_attrs[UNTRAINED_RATIO] == 2.0
+
+
+def _record(number: int, state: TrialState, rungs: list[list[float]], val_acc: float | None = None) -> TrialRecord:
+    attrs: dict[str, object] = {RUNGS: rungs, UNTRAINED_RATIO: 8.5,
+                                "stages": [{"stage": "distill", "seconds": 1.0, "metrics": {"samples_seen": 128.0 * rungs[-1][0]}}]}
+    if val_acc is not None:
+        attrs["metrics"] = {"val_acc": val_acc}
+    frozen = optuna.trial.create_trial(
+        state=state, values=[val_acc, 8.5] if state == TrialState.COMPLETE else None,
+        user_attrs=attrs,
+    )
+    return dataclasses.replace(trial_record(frozen), number=number)
+
+
+def test_show_and_trials_csv_give_the_rungs_budget_and_calibration(hand: HandMadeStudy) -> None:
+    # six promoted trials (final = rung + 2 pt, give or take 0.5) and one stopped at its rung
+    records = [
+        _record(i, TrialState.COMPLETE, [[120, 80.0 + i], [360, 90.0]], val_acc=82.0 + i + (0.5 if i % 2 else -0.5))
+        for i in range(6)
+    ] + [_record(6, TrialState.PRUNED, [[120, 70.0]])]
+    console = Console(record=True, width=200)
+    print_trial(console, hand.info, records[6], records, study_name="s", storage=None)
+    shown = console.export_text()
+    assert "rungs (successive halving): 120 steps 70.00 %" in shown
+    assert "budget received: 120 steps, rung 0 reached" in shown
+    assert "measured before training: 8.50x" in shown
+    assert "rung 0 (120 steps) accuracy predicted final accuracy with residual sd 0.5" in shown
+    assert "over 6 trials" in shown
+
+    frame = trials_frame(hand.info, records)
+    assert list(frame["budget_steps"]) == [360] * 6 + [120]
+    assert list(frame["rung"]) == [1] * 6 + [0]
+    assert frame["rung_accuracies"].iloc[6] == "120:70.00"
+    assert frame["rung_accuracies"].iloc[0] == "120:80.00;360:90.00"
+    assert list(frame["samples_seen"]) == [360 * 128] * 6 + [120 * 128]
+    assert compute_line(records) == (
+        f"compute: {(6 * 360 + 120) * 128:,} training samples seen (7 trials trained, "
+        f"{(6 * 360 + 120) * 128 / 7:,.0f} each on average)"
+    )
