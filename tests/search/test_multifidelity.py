@@ -168,3 +168,17 @@ def test_show_and_trials_csv_give_the_rungs_budget_and_calibration(hand: HandMad
         f"compute: {(6 * 360 + 120) * 128:,} training samples seen (7 trials trained, "
         f"{(6 * 360 + 120) * 128 / 7:,.0f} each on average)"
     )
+
+
+def test_asha_holds_the_budget_at_the_top_of_its_range_and_is_refused_on_ray() -> None:
+    from search.backends import STRATEGIES
+    from search.backends.ray_tune.driver import check_strategy
+    from search.errors import UserError
+    from spaces import Fixed, FloatRange, SearchSpace, default_space
+
+    space = SearchSpace({**default_space().dimensions, "distill.epochs": FloatRange(2.0, 60.0, log=True)})
+    assert STRATEGIES["asha"].space(space)["distill.epochs"] == Fixed(60.0)
+    assert STRATEGIES["full"].space(space) is space
+    check_strategy("full")
+    with pytest.raises(UserError, match="--strategy asha runs on the optuna backend only"):
+        check_strategy("asha")

@@ -31,7 +31,7 @@ from search.backends.ray_tune.searcher import (
     searcher_storage,
 )
 from search.backends.ray_tune.trials import RayJob, ray_trial
-from search.backends.settings import SearchSettings
+from search.backends.settings import DEFAULT_STRATEGY, STRATEGIES, SearchSettings
 from search.errors import UserError
 from search.study import (
     STUDIES_DIR,
@@ -73,6 +73,17 @@ class RayBackend:
         )
 
 
+def check_strategy(strategy: str | None) -> None:
+    """Refuse a multi-fidelity strategy: on Ray its rungs are not wired to Ray Tune's scheduler
+    yet, and running its trials in full would make the study claim what it did not do."""
+    name = strategy or DEFAULT_STRATEGY
+    if STRATEGIES[name].multi_fidelity:
+        raise UserError(
+            f"--strategy {name} runs on the optuna backend only (Ray Tune's scheduler is not "
+            "wired to its rungs yet); use --backend optuna, or --strategy full on Ray"
+        )
+
+
 def run(
     settings: SearchSettings,
     spec: WorkloadSpec,
@@ -89,6 +100,7 @@ def run(
     ``settings.trials`` counted trials or ``deadline`` (epoch seconds) passes; Ctrl-C raises
     KeyboardInterrupt after Ray stopped, with the unfinished trials marked interrupted.
     """
+    check_strategy(settings.strategy)
     settings = dataclasses.replace(settings, storage=absolute_storage(settings.storage))
     storage = open_storage(settings.storage, create=False)
     study = optuna.load_study(
