@@ -103,6 +103,13 @@ def checkpointed_step(path: Path | None, total: int | None = None) -> int:
     return step if fits and 0 < step < saved_total and path.is_file() else 0
 
 
+def remove_rung_checkpoint(path: Path | None) -> None:
+    """Delete the rung checkpoint at ``path`` and its JSON (a run that will not continue)."""
+    if path is not None:
+        path.with_suffix(".json").unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+
+
 def _save_rung(
     path: Path, step: int, total: int, model: nn.Module, optimizer: torch.optim.Optimizer,
     features: FeatureLoss | None,

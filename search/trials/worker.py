@@ -38,7 +38,7 @@ from search.trials.trial import RungLog, Scoring, TrialOutcome, TrialStopped, ru
 from search.workloads.analysis import Analysis
 from search.workloads.workload import Workload
 from stages import Context, PipelineConfig, StageError
-from stages.distill import checkpointed_step
+from stages.distill import checkpointed_step, remove_rung_checkpoint
 from stages.prune import PruneFailure
 
 if TYPE_CHECKING:
@@ -198,6 +198,7 @@ def run_and_record(
     study = setup.study
     config = None
     ctx = setup.base
+    interrupted = False
     try:
         config = make_config()
         flat = config.to_flat()
@@ -226,6 +227,7 @@ def run_and_record(
         study.tell(trial, state=TrialState.PRUNED)
         return "pruned", None
     except KeyboardInterrupt:
+        interrupted = True
         TrialRecord(reason=f"{INTERRUPTED} (Ctrl-C)").save(trial)
         study.tell(trial, state=TrialState.FAIL)
         raise
@@ -236,6 +238,11 @@ def run_and_record(
                 learn_from_failure(study, trial.number, config, exc, frozen=ctx.frozen_layers)
         study.tell(trial, state=TrialState.FAIL)
         return "failed", None
+    finally:
+        # Only an interrupted trial's replacement continues from its rung checkpoint (a stop at a
+        # rung is final): any other end frees the disk it holds.
+        if not interrupted:
+            remove_rung_checkpoint(ctx.rung_checkpoint)
     record_outcome(study, trial, outcome)
     return "complete", outcome
 

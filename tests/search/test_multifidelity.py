@@ -83,6 +83,9 @@ def test_kill_9_between_rungs_loses_nothing_finished(search_folder: Callable[[st
             steps = [s for s, _ in t.user_attrs[RUNGS]]
             assert steps == sorted(steps) and steps[0] == 120
 
+    # A finished trial never continues: no rung checkpoint is left behind.
+    assert not list((folder / "studies" / STUDY / "rungs").rglob("rung.pt"))
+
     # The study keeps its strategy: resuming it as another is refused in one line.
     refused = subprocess.run(_command(4, "--strategy", "full"), cwd=folder, env=_env(),
                              capture_output=True, text=True, timeout=RUN_LIMIT_S, check=False)
