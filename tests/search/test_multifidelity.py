@@ -21,7 +21,7 @@ from objectives import RungResult
 from search.reporting.page import trials_frame
 from search.reporting.tables import print_trial
 from search.study import TrialRecord, trial_record
-from search.study.records import INTERRUPTED, REASON, RESUMES, RUNGS, UNTRAINED_RATIO
+from search.study.records import INTERRUPTED
 from search.study.rungs import compute_line
 from search.trials.worker import StudyRungLog, requeue_interrupted, resume_rungs
 from tests.search.study_fixtures import HandMadeStudy
@@ -37,6 +37,10 @@ profile_epochs = 2
 """
 
 
+def _rec(trial: optuna.trial.FrozenTrial | optuna.Trial) -> TrialRecord:
+    return TrialRecord.from_attrs(trial.user_attrs)
+
+
 def _command(trials: int, *extra: str) -> list[str]:
     import sys
 
@@ -46,7 +50,7 @@ def _command(trials: int, *extra: str) -> list[str]:
 
 def _past_a_rung(trials: list[optuna.trial.FrozenTrial]) -> bool:
     """A trial that was promoted at its first rung trains on (its checkpoint is written)."""
-    return any(t.state == TrialState.RUNNING and t.user_attrs.get(RUNGS) for t in trials)
+    return any(t.state == TrialState.RUNNING and _rec(t).rungs for t in trials)
 
 
 @pytest.mark.slow
@@ -57,8 +61,8 @@ def test_kill_9_between_rungs_loses_nothing_finished(search_folder: Callable[[st
     before = _wait_for(proc, folder, _past_a_rung)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed = next(t for t in before if t.state == TrialState.RUNNING and t.user_attrs.get(RUNGS))
-    first_rung = killed.user_attrs[RUNGS][0]
+    killed = next(t for t in before if t.state == TrialState.RUNNING and _rec(t).rungs)
+    first_rung = _rec(killed).rungs[0]
     assert first_rung[0] == 120
 
     done = subprocess.run(command, cwd=folder, env=_env(), capture_output=True, text=True,
@@ -66,10 +70,10 @@ def test_kill_9_between_rungs_loses_nothing_finished(search_folder: Callable[[st
     assert done.returncode == 0, done.stderr[-3000:]
     after = {t.number: t for t in _trials(folder) or []}
     assert after[killed.number].state == TrialState.FAIL
-    assert after[killed.number].user_attrs[REASON].startswith(INTERRUPTED)
+    assert str(_rec(after[killed.number]).reason).startswith(INTERRUPTED)
     # Its config ran again and continued from the rung it had finished: that rung's result is
     # kept, and the replacement trained (and counted) only the steps after it.
-    replacement = next(t for t in after.values() if t.user_attrs.get(RESUMES) == killed.number)
+    replacement = next(t for t in after.values() if _rec(t).resumes == killed.number)
     assert replacement.params == killed.params
     record = trial_record(replacement)
     assert record.state in ("complete", "pruned")
@@ -79,8 +83,8 @@ def test_kill_9_between_rungs_loses_nothing_finished(search_folder: Callable[[st
     assert record.samples_seen == (record.budget_steps - 120) * 128
     # Every trial of the study holds its rungs and the budget it received.
     for t in after.values():
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.user_attrs.get(RUNGS):
-            steps = [s for s, _ in t.user_attrs[RUNGS]]
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and _rec(t).rungs:
+            steps = [s for s, _ in _rec(t).rungs]
             assert steps == sorted(steps) and steps[0] == 120
 
     # A finished trial never continues: no rung checkpoint is left behind.
@@ -96,11 +100,7 @@ def test_kill_9_between_rungs_loses_nothing_finished(search_folder: Callable[[st
 
 def _trial(study: optuna.Study, rungs: list[list[float]], ratio: float, **attrs: object) -> optuna.Trial:
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-    trial.set_user_attr("config", {"x": trial.params["x"]})
-    trial.set_user_attr(RUNGS, rungs)
-    trial.set_user_attr(UNTRAINED_RATIO, ratio)
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
+    TrialRecord(config={"x": trial.params["x"]}, rungs=rungs, untrained_ratio=ratio, **attrs).save(trial)  # type: ignore[arg-type]
     return trial
 
 
@@ -111,7 +111,7 @@ def test_rungs_in_the_study_storage_are_read_by_every_trial(tmp_path: Path) -> N
     study.tell(done, [96.0, 4.0])
     stopped = _trial(study, [[120, 80.0]], 9.0)
     study.tell(stopped, state=TrialState.PRUNED)
-    cut = _trial(study, [[120, 70.0]], 2.0, **{REASON: f"{INTERRUPTED} (kill -9)"})
+    cut = _trial(study, [[120, 70.0]], 2.0, reason=f"{INTERRUPTED} (kill -9)")
     study.tell(cut, state=TrialState.FAIL)
 
     me = study.ask()
@@ -121,27 +121,26 @@ def test_rungs_in_the_study_storage_are_read_by_every_trial(tmp_path: Path) -> N
     assert sorted(log.results_at(120), key=lambda r: r.ratio) == [RungResult(90.0, 4.0), RungResult(80.0, 9.0)]
     assert log.results_at(360) == [RungResult(95.0, 4.0)]
     assert log.pairs_at(120) == [(90.0, 96.0)]  # only the finished trial has a final accuracy
-    assert me.user_attrs[RUNGS] == [[120, 85.0]]
+    assert _rec(me).rungs == [[120, 85.0]]
 
     # the interrupted config is queued again once, and its replacement takes its rungs
     assert requeue_interrupted(study) == [cut.number]
     assert requeue_interrupted(study) == []
     replacement = study.ask()
-    assert replacement.user_attrs[RESUMES] == cut.number
+    assert _rec(replacement).resumes == cut.number
     assert replacement.suggest_float("x", 0, 1) == cut.params["x"]  # the same config
     resume_rungs(study, replacement, {"x": cut.params["x"]}, 120)
-    assert replacement.user_attrs[RUNGS] == [[120, 70.0]]
-    assert replacement.user_attrs[UNTRAINED_RATIO] == 2.0
+    assert _rec(replacement).rungs == [[120, 70.0]]
+    assert _rec(replacement).untrained_ratio == 2.0
 
 
 def _record(number: int, state: TrialState, rungs: list[list[float]], val_acc: float | None = None) -> TrialRecord:
-    attrs: dict[str, object] = {RUNGS: rungs, UNTRAINED_RATIO: 8.5,
-                                "stages": [{"stage": "distill", "seconds": 1.0, "metrics": {"samples_seen": 128.0 * rungs[-1][0]}}]}
-    if val_acc is not None:
-        attrs["metrics"] = {"val_acc": val_acc}
+    distill = {"stage": "distill", "seconds": 1.0, "metrics": {"samples_seen": 128.0 * rungs[-1][0]}}
+    stored = TrialRecord(rungs=rungs, untrained_ratio=8.5, stages=[distill],
+                         metrics={} if val_acc is None else {"val_acc": val_acc})
     frozen = optuna.trial.create_trial(
         state=state, values=[val_acc, 8.5] if state == TrialState.COMPLETE else None,
-        user_attrs=attrs,
+        user_attrs=stored.to_attrs(),
     )
     return dataclasses.replace(trial_record(frozen), number=number)
 
