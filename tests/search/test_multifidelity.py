@@ -184,3 +184,14 @@ def test_asha_holds_the_budget_at_the_top_of_its_range_and_is_refused_on_ray() -
     check_strategy("full")
     with pytest.raises(UserError, match="--strategy asha runs on the optuna backend only"):
         check_strategy("asha")
+
+
+def test_a_search_request_for_asha_on_ray_is_refused() -> None:
+    from search.request import RequestError, SearchRequest
+    from search.workloads.workload import WorkloadSpec
+
+    with pytest.raises(RequestError, match="asha runs on the optuna backend only"):
+        SearchRequest(spec=WorkloadSpec(), backend="ray", strategy="asha")
+    with pytest.raises(RequestError, match="strategy"):
+        SearchRequest(spec=WorkloadSpec(), strategy="bogus")
+    assert SearchRequest(spec=WorkloadSpec(), strategy="asha").settings("s", SearchRequest(spec=WorkloadSpec()).space(), 1).strategy == "asha"
