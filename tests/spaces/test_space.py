@@ -53,6 +53,12 @@ def _expected_params(space: SearchSpace, config: PipelineConfig) -> set[str]:
     return names
 
 
+def _flat(config: PipelineConfig, *keys: str) -> tuple[Any, ...]:
+    """The values of ``keys`` (flat setting keys) in ``config``."""
+    flat = config.to_flat()
+    return tuple(flat[key] for key in keys)
+
+
 def _run_study(
     space: SearchSpace, sampler: optuna.samplers.BaseSampler, n_trials: int
 ) -> list[tuple[Any, PipelineConfig]]:
@@ -196,11 +202,16 @@ class TestSearchSpaceValidation:
         assert "\n" not in str(info.value)
 
     def test_qat_is_fine_when_distillation_always_runs(self) -> None:
-        SearchSpace({"quantize.mode": Fixed("int8-qat")})  # distill.epochs keeps its default, 1.0
-        SearchSpace(
+        fixed = SearchSpace({"quantize.mode": Fixed("int8-qat")})  # distill.epochs: default 1.0
+        assert _flat(fixed.config_from_params({}), "quantize.mode", "distill.epochs") == ("int8-qat", 1.0)
+        chosen = SearchSpace(
             {"quantize.mode": Choice(("none", "int8-qat")), "distill.epochs": FloatRange(0.5, 2)}
         )
-        SearchSpace({"quantize.mode": Choice(("none", "fp16")), "distill.epochs": Fixed(0.0)})
+        config = chosen.config_from_params({"quantize.mode": "int8-qat", "distill.epochs": 0.5})
+        assert _flat(config, "quantize.mode", "distill.epochs") == ("int8-qat", 0.5)
+        no_qat = SearchSpace({"quantize.mode": Choice(("none", "fp16")), "distill.epochs": Fixed(0.0)})
+        config = no_qat.config_from_params({"quantize.mode": "fp16"})
+        assert _flat(config, "quantize.mode", "distill.epochs") == ("fp16", 0.0)
 
     @pytest.mark.parametrize("epochs", [0, -1.0, 5000.0, "2"])
     def test_bad_profile_epochs(self, epochs: Any) -> None:
