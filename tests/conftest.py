@@ -1,5 +1,5 @@
 """Shared test set-up: one torch thread, tiny dataset folders written to ``tmp_path`` in every
-on-disk layout the loaders accept, tiny models and tasks, and a CLI runner.
+on-disk layout the loaders accept, tiny models and tasks, and the CLI runner ``run_cli`` (``tests/support.py``).
 
 The data-writing helpers live in ``tests/data_files.py`` (``write_fashion_mnist`` ...) so tests
 can build variants; the fixtures here wrap them with small default sizes.
@@ -8,7 +8,6 @@ can build variants; the fixtures here wrap them with small default sizes.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from torch import nn
 
 from stages import Context, TaskData
 from tests.data_files import write_cifar10, write_fashion_mnist, write_image_folder
+from tests.support import RunCli, cli_runner
 from tests.tiny_models import make_tiny_cnn, tiny_task_data
 
 # Tests share two cores with each other and with other processes.
@@ -106,17 +106,6 @@ def tiny_context(tmp_path: Path, tiny_data: TaskData, tiny_cnn: nn.Module) -> Co
 
 
 @pytest.fixture
-def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[[list[str]], tuple[int, str, str]]:
+def run_cli(capsys: pytest.CaptureFixture[str]) -> RunCli:
     """``run_cli([...]) -> (exit code, stdout, stderr)`` through ``search.cli.main``."""
-    from search.cli import main
-
-    def run(argv: list[str]) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            code = main(argv)
-        except SystemExit as exc:  # argparse usage errors exit directly
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    return cli_runner(capsys)

@@ -12,12 +12,10 @@ be verified against it.
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import optuna
 import torch
@@ -27,11 +25,11 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
 from objectives import Constraint, ratios
-from search.cli import main
 from search.study import StudyInfo, TrialRecord
 from search.workloads.datasets import DatasetRequest, load_dataset
 from stages.export import export_onnx, export_pt2
 from stages.measure import OnnxRunner, onnx_accuracy
+from tests.support import RunCli
 from tests.tiny_models import TinyCNN
 
 # A space in which a demo trial takes seconds: for the tests of the machinery around trials (the
@@ -390,19 +388,9 @@ def hand_made_storage(tmp_path_factory: Any) -> tuple[HandMadeStudy, HandMadeStu
     return hand, hopeless
 
 
-def run_cli(capsys: Any, *argv: str) -> tuple[int, str, str]:
-    """``search.cli.main(argv)`` with its exit code, stdout and stderr (tables 200 columns wide,
-    so rows are not wrapped)."""
-    capsys.readouterr()
-    with mock.patch.dict(os.environ, {"COLUMNS": "200"}):
-        code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_refused(capsys: Any, *argv: str, says: str) -> str:
+def assert_refused(run_cli: RunCli, *argv: str, says: str) -> str:
     """The command exits 2 with one line on stderr, containing ``says``, and no traceback."""
-    code, out, err = run_cli(capsys, *argv)
+    code, out, err = run_cli(argv)
     assert code == 2, (code, out, err)
     assert "Traceback" not in err and "Traceback" not in out
     assert err.count("\n") == 1 and err.startswith("mcaas-search: error: "), err

@@ -18,6 +18,7 @@ from search.trials.worker import learn_from_failure
 from search.workloads.analysis import Analysis, thread_counts
 from stages import PipelineConfig, StageError
 from stages.prune import PruneFailure
+from tests.support import RunCli
 
 # A user model file of the kind the search used to fail on: two branches concatenated on
 # channels feeding a grouped 1x1 conv (torch-pruning breaks on it), depthwise conv, a
@@ -58,8 +59,6 @@ def build(in_channels=1, num_classes=10):
     torch.manual_seed(0)
     return Net(in_channels, num_classes)
 '''
-
-RunCli = Callable[[list[str]], tuple[int, str, str]]
 
 
 def test_inspect_prints_the_analysis_as_json(search_folder: Callable[[str], Path], run_cli: RunCli) -> None:

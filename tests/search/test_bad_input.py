@@ -22,7 +22,6 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import optuna
 import pytest
@@ -39,6 +38,7 @@ from search.workloads.analysis import Analysis
 from search.workloads.models import DemoCNN
 from search.workloads.workload import WorkloadSpec, load_workload
 from tests.search.study_fixtures import HandMadeStudy
+from tests.support import RunCli
 from tests.tiny_models import TinyCNN
 
 torch.set_num_threads(1)
@@ -94,16 +94,10 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-def _refused(capsys: pytest.CaptureFixture[str], *argv: str, says: str) -> str:
+def _refused(run_cli: RunCli, *argv: str, says: str) -> str:
     """The command exits 2 with ``says`` in one line on stderr, nothing on stdout, no traceback
     (argparse's own refusals included)."""
-    capsys.readouterr()
-    with mock.patch.dict(os.environ, {"COLUMNS": "200"}):
-        try:
-            code = main(list(argv))
-        except SystemExit as exc:
-            code = exc.code
-    out, err = capsys.readouterr()
+    code, out, err = run_cli(argv)
     assert code == 2, (argv, code, out, err)
     assert err.count("\n") == 1 and err.startswith("mcaas-search"), err
     assert "Traceback" not in err + out and out == "", (err, out)
@@ -168,7 +162,7 @@ CHECKPOINT_REFUSALS = {
 
 @pytest.mark.parametrize("command", ["run", "try", "train"])
 def test_bad_checkpoints_are_refused_before_any_work(
-    command: str, workdir: Path, tmp_path: Path, tripwires: None, capsys: pytest.CaptureFixture[str]
+    command: str, workdir: Path, tmp_path: Path, tripwires: None, run_cli: RunCli
 ) -> None:
     marker = tmp_path / "pwned"
     files = _checkpoints(tmp_path, marker)
@@ -176,7 +170,7 @@ def test_bad_checkpoints_are_refused_before_any_work(
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing may warn the user either
         for kind, says in CHECKPOINT_REFUSALS.items():
-            _refused(capsys, command, "--model", "demo", "--weights", str(files[kind]), *extra, says=says)
+            _refused(run_cli, command, "--model", "demo", "--weights", str(files[kind]), *extra, says=says)
     assert not marker.exists()  # the exploit's code never ran
     assert _tree(workdir) == {}  # no study, no cache, nothing
 
@@ -221,7 +215,7 @@ def test_checkpoints_are_read_weights_only_and_a_module_needs_allow_pickle(
 
 
 def test_a_user_model_file_runs_only_when_named_by_its_path(
-    workdir: Path, tmp_path: Path, tripwires: None, capsys: pytest.CaptureFixture[str]
+    workdir: Path, tmp_path: Path, tripwires: None, run_cli: RunCli
 ) -> None:
     marker = tmp_path / "ran"
     (workdir / "evil.py").write_text(
@@ -233,12 +227,12 @@ def test_a_user_model_file_runs_only_when_named_by_its_path(
     weights = tmp_path / "w.pt"
     torch.save(DemoCNN().state_dict(), weights)
     files_before = _tree(workdir)
-    _refused(capsys, "run", "--model", "evil", "--weights", str(weights), "--dataset", "digits",
+    _refused(run_cli, "run", "--model", "evil", "--weights", str(weights), "--dataset", "digits",
              says="unknown model 'evil'")
     # Named by path, but refused for another reason before the model is built: not imported.
-    _refused(capsys, "run", "--model", "evil.py:make", "--weights", str(tmp_path / "missing.pt"),
+    _refused(run_cli, "run", "--model", "evil.py:make", "--weights", str(tmp_path / "missing.pt"),
              "--dataset", "digits", says="does not exist")
-    _refused(capsys, "run", "--model", "evil.py:make", "--weights", str(weights), "--dataset", "digits",
+    _refused(run_cli, "run", "--model", "evil.py:make", "--weights", str(weights), "--dataset", "digits",
              "--space", "missing.toml", says="space file")
     assert not marker.exists()
     assert _tree(workdir) == files_before
@@ -264,20 +258,20 @@ SPACE_ERRORS = {
 
 
 def test_space_file_errors_are_refused_before_any_work(
-    workdir: Path, tmp_path: Path, tripwires: None, capsys: pytest.CaptureFixture[str]
+    workdir: Path, tmp_path: Path, tripwires: None, run_cli: RunCli
 ) -> None:
     for name, (text, says) in SPACE_ERRORS.items():
         path = tmp_path / name
         path.write_bytes(text if isinstance(text, bytes) else text.encode())
-        err = _refused(capsys, "--space", str(path), "--trials", "2", says=says)
+        err = _refused(run_cli, "--space", str(path), "--trials", "2", says=says)
         assert name in err  # the message names the file
-    _refused(capsys, "--space", str(tmp_path / "missing.toml"), says="does not exist")
-    _refused(capsys, "--space", str(tmp_path), says="is a folder")
+    _refused(run_cli, "--space", str(tmp_path / "missing.toml"), says="does not exist")
+    _refused(run_cli, "--space", str(tmp_path), says="is a folder")
     assert _tree(workdir) == {}  # the demo teacher was not trained, no study was created
 
 
 def test_unreadable_data_roots_are_refused(
-    workdir: Path, tmp_path: Path, tripwires: None, capsys: pytest.CaptureFixture[str]
+    workdir: Path, tmp_path: Path, tripwires: None, run_cli: RunCli
 ) -> None:
     weights = tmp_path / "w.pt"
     torch.save(DemoCNN().state_dict(), weights)
@@ -299,7 +293,7 @@ def test_unreadable_data_roots_are_refused(
         (("--dataset", "digits", "--data-root", str(junk)), "takes no --data-root"),
     ]
     for flags, says in cases:
-        _refused(capsys, *base, *flags, says=says)
+        _refused(run_cli, *base, *flags, says=says)
     assert _tree(workdir) == {}
 
 
@@ -343,9 +337,9 @@ PARSE_REFUSALS = [
 
 @pytest.mark.parametrize(("argv", "says"), PARSE_REFUSALS, ids=[" ".join(a) for a, _ in PARSE_REFUSALS])
 def test_bad_flag_values_are_refused(
-    argv: list[str], says: str, workdir: Path, tripwires: None, capsys: pytest.CaptureFixture[str]
+    argv: list[str], says: str, workdir: Path, tripwires: None, run_cli: RunCli
 ) -> None:
-    _refused(capsys, *argv, says=says)
+    _refused(run_cli, *argv, says=says)
     assert _tree(workdir) == {}
 
 
@@ -370,10 +364,10 @@ def test_serve_without_the_service_extra_names_it_in_one_line(argv: list[str], t
 
 
 def test_an_unreachable_storage_fails_fast_and_writes_nothing(
-    workdir: Path, tripwires: None, capsys: pytest.CaptureFixture[str]
+    workdir: Path, tripwires: None, run_cli: RunCli
 ) -> None:
     started = time.monotonic()
-    _refused(capsys, "--storage", UNREACHABLE_DB, "--trials", "2", says=f"cannot open storage '{UNREACHABLE_DB}'")
+    _refused(run_cli, "--storage", UNREACHABLE_DB, "--trials", "2", says=f"cannot open storage '{UNREACHABLE_DB}'")
     assert time.monotonic() - started < CONNECT_TIMEOUT_S + 5
     for storage, says in (
         ("redis://127.0.0.1:1", "unsupported storage URL"),
@@ -381,9 +375,9 @@ def test_an_unreachable_storage_fails_fast_and_writes_nothing(
         (str(workdir), "is a folder"),
         ("sqlite:////nonexistent-folder/x.db", "cannot open storage"),
     ):
-        _refused(capsys, "--storage", storage, "--trials", "2", says=says)
+        _refused(run_cli, "--storage", storage, "--trials", "2", says=says)
     for command in (["list"], ["report", "--study", "s"], ["show", "--study", "s", "--trial", "0"]):
-        _refused(capsys, *command, "--storage", UNREACHABLE_DB, says="cannot open storage")
+        _refused(run_cli, *command, "--storage", UNREACHABLE_DB, says="cannot open storage")
     assert _tree(workdir) == {}
 
 
@@ -394,12 +388,12 @@ def test_database_storages_get_a_connect_timeout() -> None:
 
 
 def test_a_file_that_is_not_a_journal_is_refused_and_left_untouched(
-    workdir: Path, tmp_path: Path, tripwires: None, capsys: pytest.CaptureFixture[str]
+    workdir: Path, tmp_path: Path, tripwires: None, run_cli: RunCli
 ) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_bytes(b"not a journal, and no newline at the end")
     for command in (["--trials", "2"], ["list"], ["report", "--study", "s"]):
-        _refused(capsys, *command, "--storage", str(notes), says="is not an Optuna journal file")
+        _refused(run_cli, *command, "--storage", str(notes), says="is not an Optuna journal file")
     assert notes.read_bytes() == b"not a journal, and no newline at the end"
 
 
@@ -423,7 +417,7 @@ def _study_for(
 
 
 def test_a_study_name_used_for_another_workload_or_target_is_refused(
-    workdir: Path, tmp_path: Path, tripwires: None, capsys: pytest.CaptureFixture[str]
+    workdir: Path, tmp_path: Path, tripwires: None, run_cli: RunCli
 ) -> None:
     ours, other = tmp_path / "ours.pt", tmp_path / "other.pt"
     torch.manual_seed(0)
@@ -432,17 +426,17 @@ def test_a_study_name_used_for_another_workload_or_target_is_refused(
     journal = _study_for(workdir, ours)
     before = _tree(workdir)
     run = ("--model", "demo", "--study", "s", "--trials", "2", "--allow-weak-teacher")
-    _refused(capsys, *run, "--weights", str(other), says="was run for other settings (weights_sha256: stored")
-    _refused(capsys, *run, "--weights", str(ours), "--target", "latency",
+    _refused(run_cli, *run, "--weights", str(other), says="was run for other settings (weights_sha256: stored")
+    _refused(run_cli, *run, "--weights", str(ours), "--target", "latency",
              says="(target: stored 'size', given 'latency')")
-    _refused(capsys, *run, "--weights", str(ours), "--max-drop", "2", says="constraint: stored")
-    _refused(capsys, *run, "--weights", str(ours), "--seed", "3", says="seed: stored 0, given 3")
+    _refused(run_cli, *run, "--weights", str(ours), "--max-drop", "2", says="constraint: stored")
+    _refused(run_cli, *run, "--weights", str(ours), "--seed", "3", says="seed: stored 0, given 3")
     assert _tree(workdir) == before  # not a byte written: no trial, no teacher logits, no baseline
     assert _digest(journal) == hashlib.sha256(before["studies/mcaas.journal"]).hexdigest()
 
 
 def test_a_study_resumed_with_another_space_is_refused(
-    workdir: Path, tmp_path: Path, tripwires: None, capsys: pytest.CaptureFixture[str]
+    workdir: Path, tmp_path: Path, tripwires: None, run_cli: RunCli
 ) -> None:
     weights = tmp_path / "w.pt"
     torch.save(DemoCNN().state_dict(), weights)
@@ -455,25 +449,25 @@ def test_a_study_resumed_with_another_space_is_refused(
     journal = _study_for(workdir, weights, analysis=analysis.to_dict(),
                          space=[["distill.epochs", "0.5 .. 1.0"], ["prune.ratio", "0.0 .. 0.95"]])
     before = _tree(workdir)
-    _refused(capsys, "--model", "demo", "--weights", str(weights), "--study", "s", "--trials", "2",
+    _refused(run_cli, "--model", "demo", "--weights", str(weights), "--study", "s", "--trials", "2",
              "--allow-weak-teacher", says="searched another space (distill.epochs: stored '0.5 .. 1.0', given")
     assert _tree(workdir) == before
     assert _digest(journal) == hashlib.sha256(before["studies/mcaas.journal"]).hexdigest()
 
 
 def test_exports_that_cannot_be_made_write_nothing(
-    hand: HandMadeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    hand: HandMadeStudy, tmp_path: Path, run_cli: RunCli
 ) -> None:
     out = tmp_path / "m.onnx"
     out.write_bytes(b"yesterday's model")
     base = ("export", "--study", hand.name, "--storage", hand.storage, "--out", str(out))
-    _refused(capsys, *base, "--trial", "99", says="has no trial 99")
-    _refused(capsys, *base, "--trial", "-1", says="has no trial -1")
-    _refused(capsys, *base, "--trial", str(hand.trials["failed"]), says="failed, so it has no model to export")
-    _refused(capsys, *base, "--trial", str(hand.trials["pruned"]), says="was stopped early (pruned)")
-    _refused(capsys, "export", "--study", hand.name, "--storage", hand.storage, "--trial", "3",
+    _refused(run_cli, *base, "--trial", "99", says="has no trial 99")
+    _refused(run_cli, *base, "--trial", "-1", says="has no trial -1")
+    _refused(run_cli, *base, "--trial", str(hand.trials["failed"]), says="failed, so it has no model to export")
+    _refused(run_cli, *base, "--trial", str(hand.trials["pruned"]), says="was stopped early (pruned)")
+    _refused(run_cli, "export", "--study", hand.name, "--storage", hand.storage, "--trial", "3",
              "--out", str(tmp_path / "missing" / "m.onnx"), says="--out folder")
-    _refused(capsys, "export", "--study", "nope", "--storage", hand.storage, "--trial", "3",
+    _refused(run_cli, "export", "--study", "nope", "--storage", hand.storage, "--trial", "3",
              "--out", str(out), says="no study named 'nope'")
     assert _tree(tmp_path) == {"m.onnx": b"yesterday's model"}
 

@@ -38,6 +38,7 @@ from search.request import SearchRequest
 from search.study import TrialRecord
 from search.workloads.workload import WorkloadSpec
 from spaces import demo_space
+from tests.support import RunCli
 
 torch.set_num_threads(1)
 
@@ -216,7 +217,7 @@ BENCH = ["bench", "--trials", "4", "--round", "2", "--targets", "size", "--name"
 
 @pytest.mark.slow
 def test_demo_bench_writes_the_summary_and_resumes(
-    search_folder: Callable[[str], Path], run_cli: Callable[[list[str]], tuple[int, str, str]]
+    search_folder: Callable[[str], Path], run_cli: RunCli
 ) -> None:
     folder = search_folder('[space]\n"distill.epochs" = { low = 1, high = 2, step = 1 }\nprofile_epochs = 1\n')
     code, _, err = run_cli([*BENCH, "--space", "tiny.toml"])
@@ -264,7 +265,7 @@ def test_demo_bench_writes_the_summary_and_resumes(
 
 def test_a_failing_summary_between_rounds_does_not_stop_the_benchmark(
     search_folder: Callable[[str], Path],
-    run_cli: Callable[[list[str]], tuple[int, str, str]],
+    run_cli: RunCli,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     folder = search_folder('[space]\n"distill.epochs" = { low = 1, high = 1, step = 1 }\nprofile_epochs = 1\n')
@@ -387,7 +388,7 @@ QUICK = ["bench", "--quick", "--name", "q", "--results", "res", "--device", "cpu
 
 def test_quick_bench_produces_every_row(
     search_folder: Callable[[str], Path],
-    run_cli: Callable[[list[str]], tuple[int, str, str]],
+    run_cli: RunCli,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     folder = search_folder("")
@@ -419,7 +420,7 @@ def test_quick_bench_produces_every_row(
 
 @pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="nncf is not installed (the nncf extra)")
 def test_nncf_peer_is_measured_like_a_trial_when_installed(
-    search_folder: Callable[[str], Path], run_cli: Callable[[list[str]], tuple[int, str, str]],
+    search_folder: Callable[[str], Path], run_cli: RunCli,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     folder = search_folder("")

@@ -25,22 +25,22 @@ from tests.search.study_fixtures import (
     HandMadeStudy,
     assert_refused,
     make_study,
-    run_cli,
     tiny_artifacts,
 )
+from tests.support import RunCli
 
 torch.set_num_threads(1)
 
 
-def export(capsys: pytest.CaptureFixture[str], study: HandMadeStudy, *args: str) -> str:
-    code, out, err = run_cli(capsys, "export", "--study", study.name, "--storage", study.storage, *args)
+def export(run_cli: RunCli, study: HandMadeStudy, *args: str) -> str:
+    code, out, err = run_cli(["export", "--study", study.name, "--storage", study.storage, *args])
     assert code == 0, err
     return out
 
 
-def test_export_round_trip(hand: HandMadeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_round_trip(hand: HandMadeStudy, tmp_path: Path, run_cli: RunCli) -> None:
     out_path = tmp_path / "model.onnx"
-    out = export(capsys, hand, "--trial", "3", "--out", str(out_path))
+    out = export(run_cli, hand, "--trial", "3", "--out", str(out_path))
     artifact = hand.artifacts_dir / "trials" / "3" / "model.onnx"
     assert out_path.read_bytes() == artifact.read_bytes()
     meta = json.loads((tmp_path / "model.onnx.json").read_text())
@@ -72,43 +72,43 @@ def test_the_sidecar_session_is_the_one_latency_was_best_at() -> None:
     assert session["intra_op_num_threads"] == 2 and session["execution_mode"] == "ORT_SEQUENTIAL"
 
 
-def test_export_best_is_the_recommended_trial(hand: HandMadeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = export(capsys, hand, "--best", "--out", str(tmp_path / "best.onnx"))
+def test_export_best_is_the_recommended_trial(hand: HandMadeStudy, tmp_path: Path, run_cli: RunCli) -> None:
+    out = export(run_cli, hand, "--best", "--out", str(tmp_path / "best.onnx"))
     assert "exported trial 3 (--best: the most compressed feasible trial whose 95 % interval" in out
     meta = json.loads((tmp_path / "best.onnx.json").read_text())
     assert meta["trial"] == 3 and meta["selected_by"].startswith("--best")
 
 
 def test_export_best_on_a_small_split_is_the_trial_the_split_vouches_for(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, run_cli: RunCli
 ) -> None:
     # The same trials on 1,000 validation images: only trial 0 (0.2 pt lost, 3.9x) has an
     # interval within the 1-point bound; trial 3 (0.9 pt, 12x) is within it on its point estimate.
     small = make_study(tmp_path / "studies", tiny_artifacts(tmp_path_factory), name="small", n_val=1000)
-    out = export(capsys, small, "--best", "--out", str(tmp_path / "safe.onnx"))
+    out = export(run_cli, small, "--best", "--out", str(tmp_path / "safe.onnx"))
     assert "exported trial 0 (--best: the most compressed feasible trial whose 95 % interval" in out
     assert json.loads((tmp_path / "safe.onnx.json").read_text())["trial"] == 0
-    out = export(capsys, small, "--best", "--select", "point", "--out", str(tmp_path / "point.onnx"))
+    out = export(run_cli, small, "--best", "--select", "point", "--out", str(tmp_path / "point.onnx"))
     assert "exported trial 3 (--best: the most compressed feasible trial on its measured" in out
     # On 130 images no trial can be vouched for: one line says what the data vouches for.
     tiny = make_study(tmp_path / "studies", tiny_artifacts(tmp_path_factory), name="tiny", n_val=130)
-    err = assert_refused(capsys, "export", "--study", "tiny", "--storage", tiny.storage, "--best",
+    err = assert_refused(run_cli, "export", "--study", "tiny", "--storage", tiny.storage, "--best",
                          "--out", str(tmp_path / "none.onnx"),
                          says="no feasible trial holds 1.00 pt at 95 % confidence on 130 validation images")
     assert "the data vouches for 1.48 pt: trial 0 (3.90x size); --select point takes trial 3" in err
     assert not (tmp_path / "none.onnx").exists()
 
 
-def test_export_infeasible_trial_says_so(hand: HandMadeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = export(capsys, hand, "--trial", "4", "--out", str(tmp_path / "t4.onnx"))
+def test_export_infeasible_trial_says_so(hand: HandMadeStudy, tmp_path: Path, run_cli: RunCli) -> None:
+    out = export(run_cli, hand, "--trial", "4", "--out", str(tmp_path / "t4.onnx"))
     assert "note: trial 4 is infeasible: it broke accuracy_drop by 0.4 pt" in out
     meta = json.loads((tmp_path / "t4.onnx.json").read_text())
     assert meta["feasible"] is False and meta["broken_bounds"]["accuracy_drop"] == pytest.approx(0.4)
 
 
-def test_export_pt2(hand: HandMadeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_pt2(hand: HandMadeStudy, tmp_path: Path, run_cli: RunCli) -> None:
     out_path = tmp_path / "model.pt2"
-    out = export(capsys, hand, "--trial", "3", "--format", "pt2", "--out", str(out_path))
+    out = export(run_cli, hand, "--trial", "3", "--format", "pt2", "--out", str(out_path))
     assert out_path.read_bytes() == (hand.artifacts_dir / "trials" / "3" / "model.pt2").read_bytes()
     meta = json.loads((tmp_path / "model.pt2.json").read_text())
     assert meta["format"] == "pt2"
@@ -117,51 +117,51 @@ def test_export_pt2(hand: HandMadeStudy, tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_export_refusals(
-    studies: tuple[HandMadeStudy, HandMadeStudy], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    studies: tuple[HandMadeStudy, HandMadeStudy], tmp_path: Path, run_cli: RunCli
 ) -> None:
     hand, hopeless = studies
     out = str(tmp_path / "m.onnx")
     base = ("export", "--study", "hand", "--storage", hand.storage)
-    assert_refused(capsys, *base, "--trial", "99", "--out", out, says="study 'hand' has no trial 99; trials are numbered 0..7")
-    assert_refused(capsys, *base, "--trial", "6", "--out", out,
+    assert_refused(run_cli, *base, "--trial", "99", "--out", out, says="study 'hand' has no trial 99; trials are numbered 0..7")
+    assert_refused(run_cli, *base, "--trial", "6", "--out", out,
                    says="trial 6 failed, so it has no model to export: StageError: prune")
-    assert_refused(capsys, *base, "--trial", "5", "--out", out,
+    assert_refused(run_cli, *base, "--trial", "5", "--out", out,
                    says="trial 5 was stopped early (pruned), so it has no model to export: stopped at 40%")
-    assert_refused(capsys, "export", "--study", "hopeless", "--storage", hopeless.storage, "--best", "--out", out,
+    assert_refused(run_cli, "export", "--study", "hopeless", "--storage", hopeless.storage, "--best", "--out", out,
                    says="no trial of study 'hopeless' is feasible (accuracy drop <= 1 pt); closest: trial 0, "
                    "which broke accuracy_drop by 0.7 pt")
-    assert_refused(capsys, *base, "--trial", "3", "--out", str(tmp_path / "no" / "m.onnx"),
+    assert_refused(run_cli, *base, "--trial", "3", "--out", str(tmp_path / "no" / "m.onnx"),
                    says="--out folder")
-    assert_refused(capsys, *base, "--trial", "3", "--out", str(tmp_path), says="is a folder")
-    assert_refused(capsys, *base, "--trial", "1", "--format", "pt2", "--out", out,
+    assert_refused(run_cli, *base, "--trial", "3", "--out", str(tmp_path), says="is a folder")
+    assert_refused(run_cli, *base, "--trial", "1", "--format", "pt2", "--out", out,
                    says="format pt2 is not available for trial 1: it is quantized (int8-static), "
                    "and quantized models ship as ONNX only")
-    assert_refused(capsys, "export", "--study", "nope", "--storage", hand.storage, "--best", "--out", out,
+    assert_refused(run_cli, "export", "--study", "nope", "--storage", hand.storage, "--best", "--out", out,
                    says="no study named 'nope'")
-    assert_refused(capsys, "export", "--study", "hand", "--storage", str(tmp_path / "x.journal"), "--best",
+    assert_refused(run_cli, "export", "--study", "hand", "--storage", str(tmp_path / "x.journal"), "--best",
                    "--out", out, says="no study storage at")
     assert list(tmp_path.iterdir()) == []  # nothing written by any refusal
 
 
 def test_export_refuses_when_the_artifact_is_gone(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, run_cli: RunCli
 ) -> None:
     study = make_study(tmp_path, tiny_artifacts(tmp_path_factory), name="moved")
     shutil.rmtree(study.artifacts_dir / "trials" / "3")
-    assert_refused(capsys, "export", "--study", "moved", "--storage", study.storage, "--best",
+    assert_refused(run_cli, "export", "--study", "moved", "--storage", study.storage, "--best",
                    "--out", str(tmp_path / "m.onnx"), says="artifact")
     assert not (tmp_path / "m.onnx").exists()
 
 
 def test_export_refuses_a_model_that_does_not_score_the_stored_accuracy(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, run_cli: RunCli
 ) -> None:
     real = tiny_artifacts(tmp_path_factory)
     wrong = dataclasses.replace(real, good_test_acc=real.good_test_acc - 5.0)
     study = make_study(tmp_path, wrong, name="tampered")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    err = assert_refused(capsys, "export", "--study", "tampered", "--storage", study.storage, "--trial", "3",
+    err = assert_refused(run_cli, "export", "--study", "tampered", "--storage", study.storage, "--trial", "3",
                          "--out", str(out_dir / "m.onnx"), says="verification failed")
     assert f"{real.good_test_acc:.2f} %" in err
     assert list(out_dir.iterdir()) == []  # neither the model, the sidecar nor a temporary file

@@ -6,19 +6,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from rich.console import Console
 
 from search.reporting.tables import StudyRow, print_studies
 
-from tests.search.study_fixtures import HandMadeStudy, assert_refused, run_cli
+from tests.search.study_fixtures import HandMadeStudy, assert_refused
+from tests.support import RunCli
 
 torch.set_num_threads(1)
 
 
-def test_list_shows_every_study(hand: HandMadeStudy, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(capsys, "list", "--storage", hand.storage)
+def test_list_shows_every_study(hand: HandMadeStudy, run_cli: RunCli) -> None:
+    code, out, err = run_cli(["list", "--storage", hand.storage])
     assert code == 0, err
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("study "))
@@ -72,13 +72,13 @@ def test_list_json_is_json_alone_on_stdout(hand: HandMadeStudy, capsys: pytest.C
     assert studies["foreign"]["note"] == "not an mcaas-search study"
 
 
-def test_list_of_an_empty_storage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_list_of_an_empty_storage(tmp_path: Path, run_cli: RunCli) -> None:
     empty = tmp_path / "empty.journal"
     empty.touch()
-    code, out, _ = run_cli(capsys, "list", "--storage", str(empty))
+    code, out, _ = run_cli(["list", "--storage", str(empty)])
     assert code == 0 and f"no studies in {empty}" in out
 
 
-def test_list_refuses_a_missing_storage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert_refused(capsys, "list", "--storage", str(tmp_path / "none.journal"), says="no study storage at")
-    assert_refused(capsys, "list", "--storage", "redis://localhost", says="unsupported storage URL")
+def test_list_refuses_a_missing_storage(tmp_path: Path, run_cli: RunCli) -> None:
+    assert_refused(run_cli, "list", "--storage", str(tmp_path / "none.journal"), says="no study storage at")
+    assert_refused(run_cli, "list", "--storage", "redis://localhost", says="unsupported storage URL")

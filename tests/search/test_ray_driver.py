@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -37,6 +37,7 @@ from spaces import (
     default_space,
     profile_params,
 )
+from tests.support import RunCli
 
 
 def _optuna_record(space: SearchSpace, seed: int) -> optuna.trial.FrozenTrial:
@@ -289,7 +290,7 @@ def test_ray_search_writes_the_study_format(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     local_ray: None,
-    run_cli: Callable[[list[str]], tuple[int, str, str]],
+    run_cli: RunCli,
 ) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny.toml").write_text(TINY_SPACE)

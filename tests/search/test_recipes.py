@@ -26,8 +26,7 @@ from search.workloads.training import train_teacher
 from search.workloads.workload import WorkloadSpec, with_input_size
 from stages import TaskData
 from tests.search.test_bad_input import tripwires  # noqa: F401 - the fixture: no work may start
-
-RunCli = Callable[[list[str]], tuple[int, str, str]]
+from tests.support import RunCli
 
 # The search machinery, not the compression, is under test: small budgets.
 TINY_SPACE = """

@@ -24,9 +24,9 @@ from tests.search.study_fixtures import (
     assert_refused,
     load_hand_made,
     make_study,
-    run_cli,
     tiny_artifacts,
 )
+from tests.support import RunCli
 
 torch.set_num_threads(1)
 
@@ -37,9 +37,9 @@ def loaded(hand: HandMadeStudy) -> tuple[optuna.Study, list]:
 
 
 def test_report_writes_html_and_csv_and_prints_the_front(
-    hand: HandMadeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    hand: HandMadeStudy, tmp_path: Path, run_cli: RunCli
 ) -> None:
-    code, out, err = run_cli(capsys, "report", "--study", "hand", "--storage", hand.storage, "--out", str(tmp_path))
+    code, out, err = run_cli(["report", "--study", "hand", "--storage", hand.storage, "--out", str(tmp_path)])
     assert code == 0, err
     page = (tmp_path / "report.html").read_text()
     # plotly.js is embedded exactly once (offline), and each of the four figures is drawn.
@@ -75,10 +75,10 @@ def test_report_writes_html_and_csv_and_prints_the_front(
 
 
 def test_report_defaults_to_the_study_folder(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, run_cli: RunCli
 ) -> None:
     fresh = make_study(tmp_path, tiny_artifacts(tmp_path_factory), name="fresh")
-    code, _, err = run_cli(capsys, "report", "--study", "fresh", "--storage", fresh.storage)
+    code, _, err = run_cli(["report", "--study", "fresh", "--storage", fresh.storage])
     assert code == 0, err
     assert (fresh.artifacts_dir / "report.html").is_file()
     assert (fresh.artifacts_dir / "trials.csv").is_file()
@@ -100,12 +100,10 @@ def test_write_report_and_print_front_as_the_search_calls_them(
 
 
 def test_report_without_feasible_trial_names_the_closest(
-    studies: tuple[HandMadeStudy, HandMadeStudy], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    studies: tuple[HandMadeStudy, HandMadeStudy], tmp_path: Path, run_cli: RunCli
 ) -> None:
     hopeless = studies[1]
-    code, out, err = run_cli(
-        capsys, "report", "--study", "hopeless", "--storage", hopeless.storage, "--out", str(tmp_path)
-    )
+    code, out, err = run_cli(["report", "--study", "hopeless", "--storage", hopeless.storage, "--out", str(tmp_path)])
     assert code == 0, err
     assert "No feasible trial" in out
     rows = [line for line in out.splitlines() if line.startswith("│")]
@@ -116,21 +114,19 @@ def test_report_without_feasible_trial_names_the_closest(
 
 
 def test_report_refusals(
-    hand: HandMadeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    hand: HandMadeStudy, tmp_path: Path, run_cli: RunCli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert_refused(capsys, "report", "--study", "nope", "--storage", hand.storage, says="no study named 'nope'")
-    assert_refused(capsys, "report", "--study", "foreign", "--storage", hand.storage, says="not made by mcaas-search")
+    assert_refused(run_cli, "report", "--study", "nope", "--storage", hand.storage, says="no study named 'nope'")
+    assert_refused(run_cli, "report", "--study", "foreign", "--storage", hand.storage, says="not made by mcaas-search")
     missing = str(tmp_path / "missing.journal")
-    assert_refused(capsys, "report", "--study", "hand", "--storage", missing, says="no study storage at")
+    assert_refused(run_cli, "report", "--study", "hand", "--storage", missing, says="no study storage at")
     monkeypatch.chdir(tmp_path)  # the default storage, studies/mcaas.journal, does not exist here
-    assert_refused(capsys, "report", "--study", "hand", says="no study storage at 'studies/mcaas.journal'")
-    assert_refused(
-        capsys, "report", "--study", "hand", "--storage", hand.storage, "--out", str(tmp_path),
+    assert_refused(run_cli, "report", "--study", "hand", says="no study storage at 'studies/mcaas.journal'")
+    assert_refused(run_cli, "report", "--study", "hand", "--storage", hand.storage, "--out", str(tmp_path),
         "--screenshot", str(tmp_path / "no" / "shot.png"), says="--screenshot folder",
     )
     monkeypatch.setattr("search.commands.report.find_chromium", lambda: None)
-    assert_refused(
-        capsys, "report", "--study", "hand", "--storage", hand.storage, "--out", str(tmp_path),
+    assert_refused(run_cli, "report", "--study", "hand", "--storage", hand.storage, "--out", str(tmp_path),
         "--screenshot", str(tmp_path / "shot.png"), says="--screenshot needs Chromium",
     )
 

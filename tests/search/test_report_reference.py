@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 
 from search.reporting import reference
-from tests.search.study_fixtures import HandMadeStudy, assert_refused, run_cli
+from tests.search.study_fixtures import HandMadeStudy, assert_refused
+from tests.support import RunCli
 
 
 def test_reference_overlay_keeps_the_targets_rows(
-    hand: HandMadeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    hand: HandMadeStudy, tmp_path: Path, run_cli: RunCli
 ) -> None:
     csv = tmp_path / "published.csv"
     csv.write_text(
@@ -24,9 +25,7 @@ def test_reference_overlay_keeps_the_targets_rows(
     assert refs == [reference.ReferencePoint("NNCF int8", 4.0, 0.0), reference.ReferencePoint("MCaaS balanced", 9.5, 0.8)]
     assert [r.method for r in reference.read_reference(csv, "latency")] == ["NNCF int8", "TensorRT fp16"]
     out = tmp_path / "out"
-    code, _, err = run_cli(
-        capsys, "report", "--study", "hand", "--storage", hand.storage, "--reference", str(csv), "--out", str(out)
-    )
+    code, _, err = run_cli(["report", "--study", "hand", "--storage", hand.storage, "--reference", str(csv), "--out", str(out)])
     assert code == 0, err
     page = (out / "report.html").read_text()
     assert "published results" in page and "MCaaS balanced" in page and "TensorRT fp16" not in page
@@ -45,13 +44,12 @@ def test_reference_overlay_keeps_the_targets_rows(
     ],
 )
 def test_bad_reference_csv_is_refused(
-    hand: HandMadeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, says: str
+    hand: HandMadeStudy, tmp_path: Path, run_cli: RunCli, content: str | None, says: str
 ) -> None:
     csv = tmp_path / "ref.csv"
     if content is not None:
         csv.write_text(content)
-    assert_refused(
-        capsys, "report", "--study", "hand", "--storage", hand.storage, "--reference", str(csv),
+    assert_refused(run_cli, "report", "--study", "hand", "--storage", hand.storage, "--reference", str(csv),
         "--out", str(tmp_path / "out"), says=says,
     )
     assert not (tmp_path / "out").exists()  # refused before writing anything

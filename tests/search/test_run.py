@@ -17,6 +17,7 @@ from search.study import TrialRecord, open_storage, trial_record, trial_records
 from search.trials.trial import Scoring, TrialStopped, run_trial
 from spaces import PROFILES
 from stages.config import PipelineConfig
+from tests.support import RunCli
 
 # Small budgets: the point is the search machinery, not the compression.
 TINY_SPACE = """
@@ -26,8 +27,6 @@ TINY_SPACE = """
 drop = ["cluster.k"]
 profile_epochs = 3
 """
-
-RunCli = Callable[[list[str]], tuple[int, str, str]]
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ import pytest
 from search.errors import UserError
 from search.reporting import figures, screenshot
 from search.reporting.screenshot import find_chromium
-from tests.search.study_fixtures import HandMadeStudy, run_cli
+from tests.search.study_fixtures import HandMadeStudy
+from tests.support import RunCli
 
 
 def test_screenshot_failure_is_one_line(tmp_path: Path) -> None:
@@ -29,14 +30,12 @@ def test_screenshot_failure_is_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(find_chromium() is None, reason="needs Chromium, looked up as --screenshot does")
 def test_screenshot_shows_the_pareto_plot(
-    hand: HandMadeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    hand: HandMadeStudy, tmp_path: Path, run_cli: RunCli
 ) -> None:
     from PIL import Image
 
     png = tmp_path / "report.png"
-    code, out, err = run_cli(
-        capsys, "report", "--study", "hand", "--storage", hand.storage, "--out", str(tmp_path), "--screenshot", str(png)
-    )
+    code, out, err = run_cli(["report", "--study", "hand", "--storage", hand.storage, "--out", str(tmp_path), "--screenshot", str(png)])
     assert code == 0, err
     image = Image.open(png).convert("RGB")
     assert image.size == (1400, 2000)

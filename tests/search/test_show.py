@@ -14,21 +14,21 @@ from tests.search.study_fixtures import (
     HandMadeStudy,
     assert_refused,
     make_study,
-    run_cli,
     tiny_artifacts,
 )
+from tests.support import RunCli
 
 torch.set_num_threads(1)
 
 
-def show(capsys: pytest.CaptureFixture[str], study: HandMadeStudy, trial: int) -> str:
-    code, out, err = run_cli(capsys, "show", "--study", study.name, "--trial", str(trial), "--storage", study.storage)
+def show(run_cli: RunCli, study: HandMadeStudy, trial: int) -> str:
+    code, out, err = run_cli(["show", "--study", study.name, "--trial", str(trial), "--storage", study.storage])
     assert code == 0, err
     return out
 
 
-def test_show_completed_trial(hand: HandMadeStudy, capsys: pytest.CaptureFixture[str]) -> None:
-    out = show(capsys, hand, 3)
+def test_show_completed_trial(hand: HandMadeStudy, run_cli: RunCli) -> None:
+    out = show(run_cli, hand, 3)
     assert "trial 3 of study hand: complete, feasible, on the Pareto front, recommended" in out
     for setting in ("prune.ratio", "distill.temperature", "quantize.mode"):
         assert setting in out
@@ -44,37 +44,37 @@ def test_show_completed_trial(hand: HandMadeStudy, capsys: pytest.CaptureFixture
     assert f"mcaas-search export --study hand --storage {hand.storage} --trial 3 --out hand-t3.onnx" in out
 
 
-def test_show_profile_and_infeasible_trials(hand: HandMadeStudy, capsys: pytest.CaptureFixture[str]) -> None:
-    out = show(capsys, hand, 2)
+def test_show_profile_and_infeasible_trials(hand: HandMadeStudy, run_cli: RunCli) -> None:
+    out = show(run_cli, hand, 2)
     assert "complete, infeasible" in out and "(MCaaS profile max-compression)" in out
     assert "accuracy_drop +2.5 (BROKEN)" in out
     assert "quantize" in out and "pt2 artifact" not in out
 
 
-def test_show_failed_and_pruned_trials_give_the_reason(hand: HandMadeStudy, capsys: pytest.CaptureFixture[str]) -> None:
-    failed = show(capsys, hand, 6)
+def test_show_failed_and_pruned_trials_give_the_reason(hand: HandMadeStudy, run_cli: RunCli) -> None:
+    failed = show(run_cli, hand, 6)
     assert "trial 6 of study hand: failed" in failed
     assert "failure reason: StageError: prune: layer features.0.0 cannot be pruned" in failed
     assert "no model to export: the trial failed" in failed and "export it" not in failed
-    pruned = show(capsys, hand, 5)
+    pruned = show(run_cli, hand, 5)
     assert "stopped because: stopped at 40% of distillation" in pruned
     assert "no model to export: the trial was stopped early (pruned)" in pruned
 
 
 def test_show_flags_a_missing_artifact(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, run_cli: RunCli
 ) -> None:
     study = make_study(tmp_path, tiny_artifacts(tmp_path_factory), name="moved")
     shutil.rmtree(study.artifacts_dir / "trials" / "3")
-    assert "(MISSING: moved or deleted since the search)" in show(capsys, study, 3)
+    assert "(MISSING: moved or deleted since the search)" in show(run_cli, study, 3)
 
 
-def test_show_refusals(hand: HandMadeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert_refused(capsys, "show", "--study", "hand", "--trial", "42", "--storage", hand.storage,
+def test_show_refusals(hand: HandMadeStudy, tmp_path: Path, run_cli: RunCli) -> None:
+    assert_refused(run_cli, "show", "--study", "hand", "--trial", "42", "--storage", hand.storage,
                    says="study 'hand' has no trial 42; trials are numbered 0..7")
-    assert_refused(capsys, "show", "--study", "nope", "--trial", "0", "--storage", hand.storage,
+    assert_refused(run_cli, "show", "--study", "nope", "--trial", "0", "--storage", hand.storage,
                    says="no study named 'nope' in this storage; studies: foreign, hand, hopeless")
-    assert_refused(capsys, "show", "--study", "hand", "--trial", "0", "--storage", str(tmp_path / "x.journal"),
+    assert_refused(run_cli, "show", "--study", "hand", "--trial", "0", "--storage", str(tmp_path / "x.journal"),
                    says="no study storage at")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,7 @@ from search.workloads.models import DemoCNN
 from search.workloads.training import evaluate_accuracy, train_teacher
 from search.workloads.workload import WorkloadSpec, load_workload
 from stages import TaskData
-
-RunCli = Callable[[list[str]], tuple[int, str, str]]
+from tests.support import RunCli
 
 
 # ---------------------------------------------------------------------------------------------

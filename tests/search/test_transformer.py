@@ -5,7 +5,6 @@ user model file through ``try`` and a short study end to end."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -21,9 +20,8 @@ from search.workloads.vit import patch_size_for
 from stages import Context, TaskData
 from stages.config import PruneConfig
 from stages.prune import Prune
+from tests.support import RunCli
 from tests.tiny_models import make_tiny_vit
-
-RunCli = Callable[[list[str]], tuple[int, str, str]]
 
 # A user model file: the tests' tiny ViT (digits 8 x 8, patch 2, 2 layers, width 32, 4 heads).
 VIT_FILE = """
