@@ -12,12 +12,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.support import wait_until
 
 REPO = Path(__file__).resolve().parents[3]
 START_LIMIT_S = 60
@@ -68,35 +69,43 @@ def start_server(folder: Path, *extra: str, log: str = "serve") -> Server:
         stdout=open(out, "wb"),
         stderr=open(folder / f"{log}.err", "wb"),
     )
-    deadline = time.monotonic() + START_LIMIT_S
-    while time.monotonic() < deadline:
+
+    def answering() -> Server | None:
         if proc.poll() is not None:
             raise AssertionError(f"serve exited {proc.returncode}: {(folder / f'{log}.err').read_text()[-2000:]}")
         match = re.search(r"serving on (http://127\.0\.0\.1:\d+)/", out.read_text())
-        if match:
-            token = (folder / "studies" / "server" / "token").read_text().strip()
-            server = Server(proc, match.group(1), token, folder)
-            with server.client() as client:
-                if client.get("/api/health").status_code == 200:
-                    return server
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("serve did not start in time")
+        if not match:
+            return None
+        token = (folder / "studies" / "server" / "token").read_text().strip()
+        server = Server(proc, match.group(1), token, folder)
+        with server.client() as client:
+            return server if client.get("/api/health").status_code == 200 else None
+
+    try:
+        return wait_until(answering, START_LIMIT_S, "serve did not start in time", interval_s=0.2)
+    except AssertionError:
+        proc.kill()
+        raise
 
 
 def wait_for(client: httpx.Client, study: str, ready: Any, limit: float = JOB_LIMIT_S) -> dict[str, Any]:
-    """Poll ``GET /api/studies/{study}`` until ``ready(status)``."""
-    deadline = time.monotonic() + limit
-    status: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+    """Poll ``GET /api/studies/{study}`` until ``ready(status)``; fail at once if the job fails or
+    is cancelled unless that is what ``ready`` waits for."""
+    last: dict[str, Any] = {}
+
+    def reached() -> dict[str, Any] | None:
         response = client.get(f"/api/studies/{study}")
         assert response.status_code == 200, response.text
         status = response.json()
+        last.update(status)
         if ready(status):
             return status
-        assert status["state"] not in ("failed", "cancelled") or ready(status), status
-        time.sleep(0.3)
-    raise AssertionError(f"study {study} did not get there in time: {json.dumps(status)[:2000]}")
+        assert status["state"] not in ("failed", "cancelled"), status
+        return None
+
+    return wait_until(
+        reached, limit, lambda: f"study {study} did not get there: {json.dumps(last)[:2000]}", interval_s=0.3
+    )
 
 
 def events(client: httpx.Client, study: str) -> Iterator[tuple[str, dict[str, Any]]]:

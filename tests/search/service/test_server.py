@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import httpx
 import onnxruntime as ort
 import optuna
 import pytest
@@ -24,15 +25,16 @@ from search.service.jobs import worker_alive
 from search.study import counted, open_storage, trial_record
 from search.workloads.datasets import load_dataset
 from tests.search.service.server_process import (
+    JOB_LIMIT_S,
     Server,
     events,
     start_server,
     wait_for,
 )
 from tests.search.study_fixtures import TINY_SPACE
+from tests.support import RunCli, wait_until
 
 pytestmark = pytest.mark.slow
-RunCli = Callable[[list[str]], tuple[int, str, str]]
 
 
 @pytest.fixture
@@ -73,9 +75,7 @@ def _onnx_accuracy(path: Path) -> float:
     return float((np.argmax(logits, axis=1) == test.y.numpy()).mean() * 100)
 
 
-def test_a_demo_job_end_to_end_over_http(
-    server: Server, folder: Path, run_cli: RunCli, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_demo_job_end_to_end_over_http(server: Server, folder: Path, run_cli: RunCli) -> None:
     with server.client() as client:
         checkpoint = (folder / "studies" / ".cache" / "demo-digits.pt").read_bytes()
         form = {"model": "demo", "dataset": "digits"}
@@ -111,21 +111,18 @@ def test_a_demo_job_end_to_end_over_http(
         assert _onnx_accuracy(path) == pytest.approx(sidecar["verification"]["test_acc_measured"], abs=1e-6)
         report = client.get(f"/api/studies/{name}/report")
         assert report.status_code == 200 and "Plotly.newPlot" in report.text
-        failed = next((t["number"] for t in trials if t["state"] != "complete"), None)
-        if failed is not None:
-            assert client.get(f"/api/studies/{name}/trials/{failed}/model.onnx").status_code == 409
 
         # What `inspect` says about the upload, from its own process.
-        deadline = time.monotonic() + 120
-        while (inspect := client.get(f"/api/models/{model_id}").json()["inspect"])["state"] == "running":
-            assert time.monotonic() < deadline, "inspect did not finish in time"
-            time.sleep(0.5)
+        def inspected() -> dict[str, object] | None:
+            inspect = client.get(f"/api/models/{model_id}").json()["inspect"]
+            return None if inspect["state"] == "running" else inspect
+
+        inspect = wait_until(inspected, 120, "inspect did not finish", interval_s=0.5)
         assert inspect["state"] == "done", inspect
         assert inspect["analysis"]["params"] == 24058 and inspect["teacher"]["val_acc"] > 90
         assert ("parameters / MACs", "24,058 / 615,050") in [tuple(row) for row in inspect["rows"]]
 
     # The CLI reads what the server ran, from the same storage.
-    monkeypatch.setenv("COLUMNS", "200")  # a table row per study, not wrapped
     code, out, err = run_cli(["list"])
     assert code == 0 and name in out, err
     code, out, err = run_cli(["export", "--study", name, "--best", "--out", str(folder / "cli.onnx")])
@@ -166,17 +163,38 @@ def test_status_is_answered_while_a_job_trains_and_cancel_stops_it(server: Serve
     # No request waited for a trial (a demo trial trains for seconds).
     assert p50 < 1.0
 
+    # The cancel lands inside a trial: the worker is held stopped while one is seen running, so
+    # that trial cannot end between the look and the Ctrl-C the cancel sends.
+    pid = _worker_pid(folder, name)
     with server.client() as client:
-        response = client.post(f"/api/studies/{name}/cancel")
+        [held] = wait_until(lambda: _stopped_in_a_trial(client, name, pid), JOB_LIMIT_S, "no trial was seen running")
+        try:
+            response = client.post(f"/api/studies/{name}/cancel")
+        finally:
+            os.killpg(pid, signal.SIGCONT)
         assert response.status_code == 200
         status = wait_for(client, name, lambda s: s["state"] == "cancelled", limit=90)
         assert status["trials"]["finished"] < 40
-        trials = client.get(f"/api/studies/{name}/trials").json()
-    # The trial Ctrl-C stopped is recorded as interrupted, as the CLI records it.
-    assert any(t["state"] == "failed" and t["reason"].startswith("interrupted") for t in trials) or all(
-        t["state"] != "running" for t in trials
-    )
-    assert all(t["state"] != "running" for t in trials)
+        trials = {t["number"]: t for t in client.get(f"/api/studies/{name}/trials").json()}
+        # The trial Ctrl-C stopped is recorded as interrupted, as the CLI records it; it has no model.
+        assert trials[held]["state"] == "failed" and trials[held]["reason"].startswith("interrupted"), trials[held]
+        assert all(t["state"] != "running" for t in trials.values())
+        assert client.get(f"/api/studies/{name}/trials/{held}/model.onnx").status_code == 409
+
+
+def _worker_pid(folder: Path, name: str) -> int:
+    """The pid (and process group) of job ``name``'s worker."""
+    return int(json.loads((folder / "studies" / "server" / "jobs" / name / "worker.json").read_text())["pid"])
+
+
+def _stopped_in_a_trial(client: httpx.Client, name: str, pid: int) -> list[int]:
+    """Stop the worker's process group; if a trial of ``name`` is running, leave it stopped and
+    return that trial's number (one job runs one trial at a time), else let it go on."""
+    os.killpg(pid, signal.SIGSTOP)
+    running = [t["number"] for t in client.get(f"/api/studies/{name}/trials").json() if t["state"] == "running"]
+    if not running:
+        os.killpg(pid, signal.SIGCONT)
+    return running
 
 
 def _study(folder: Path, name: str) -> optuna.Study:
