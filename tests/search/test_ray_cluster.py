@@ -30,12 +30,14 @@ import pytest
 
 from search.study import open_storage, trial_record
 from tests.search.study_fixtures import TINY_SPACE
+from tests.support import RunCli, WaitTimeout, wait_until
 
 pytestmark = pytest.mark.slow
 
 RAY = Path(sys.executable).with_name("ray")  # the `ray` command of this environment
 START_S = 90  # generous: the machine is shared; a node starts in seconds
 STOP_S = 30
+KILLED_S = 10  # for processes killed with kill -9 to be gone
 READY = "Ray runtime started."  # what `ray start` prints once its node is up
 
 # Prints the ids of the cluster's live nodes once there are N (argv: address, N, timeout).
@@ -93,12 +95,17 @@ def _start_node(folder: Path, name: str, args: list[str], env: dict[str, str]) -
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    deadline = time.monotonic() + START_S
-    while READY not in log.read_text(errors="replace"):
-        if process.poll() is not None or time.monotonic() > deadline:
-            _stop_node(process)
-            pytest.fail(f"the {name} node did not start:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.5)
+
+    def started() -> bool:
+        assert process.poll() is None, f"the {name} node exited:\n{log.read_text(errors='replace')[-3000:]}"
+        return READY in log.read_text(errors="replace")
+
+    try:
+        wait_until(started, START_S, lambda: f"the {name} node did not start:\n{log.read_text(errors='replace')[-3000:]}",
+                   interval_s=0.5)
+    except AssertionError:
+        _stop_node(process)
+        raise
     return process
 
 
@@ -108,15 +115,16 @@ def _stop_node(process: subprocess.Popen[bytes]) -> list[int]:
     session = process.pid
     with contextlib.suppress(ProcessLookupError):
         process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_S
-    while (process.poll() is None or _session_pids(session)) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    with contextlib.suppress(WaitTimeout):  # those still there are killed
+        wait_until(lambda: process.poll() is not None and not _session_pids(session), STOP_S,
+                   "the node did not stop", interval_s=0.2)
     for pid in _session_pids(session):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=10)
-    time.sleep(0.5)  # for the killed ones to be gone
+    with contextlib.suppress(WaitTimeout):  # the caller reports any left
+        wait_until(lambda: not _session_pids(session), KILLED_S, "killed node processes are still there")
     return _session_pids(session)
 
 
@@ -169,7 +177,7 @@ def test_a_search_joins_the_cluster_with_its_token_and_runs_on_both_nodes(
     cluster: Cluster,
     ray_env: pytest.MonkeyPatch,
     search_folder: Callable[[str], Path],
-    run_cli: Callable[[list[str]], tuple[int, str, str]],
+    run_cli: RunCli,
 ) -> None:
     search_folder(TINY_SPACE)
     # Only the token file, as a user would set it: the run itself turns token mode on.
@@ -197,7 +205,7 @@ def test_a_missing_or_wrong_token_is_a_one_line_error(
     cluster: Cluster,
     ray_env: pytest.MonkeyPatch,
     search_folder: Callable[[str], Path],
-    run_cli: Callable[[list[str]], tuple[int, str, str]],
+    run_cli: RunCli,
 ) -> None:
     folder = search_folder(TINY_SPACE)
     if token == "missing":
