@@ -39,7 +39,8 @@ from search.study import StudyInfo, TrialRecord, counted, open_storage, trial_re
 from search.study.lifecycle import _pid_alive
 from search.study.storage import FlockJournalLock, repair_journal_tail
 from spaces import PROFILES, is_mcaas_profile
-from tests.search.study_fixtures import TINY_SPACE, HandMadeStudy, run_cli
+from tests.search.study_fixtures import TINY_SPACE, HandMadeStudy
+from tests.support import RunCli, WaitTimeout, wait_until
 
 torch.set_num_threads(1)
 
@@ -141,31 +142,31 @@ def _wait_for(
     proc: subprocess.Popen[bytes], folder: Path, ready: Callable[[Trials], bool], timeout: float = RUN_LIMIT_S
 ) -> list[FrozenTrial]:
     """Poll the journal until ``ready(trials)``; fail if the search ends or hangs first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def reached() -> list[FrozenTrial] | None:
         if proc.poll() is not None:
             pytest.fail(f"the search ended (exit {proc.returncode}) before the moment to interrupt it:\n"
                         + (folder / "stderr.txt").read_text(errors="replace")[-3000:])
         trials = _trials(folder)
-        if trials is not None and ready(trials):
-            return trials
-        time.sleep(0.1)
-    proc.kill()
-    pytest.fail("the search did not reach the moment to interrupt it in time")
+        return trials if trials is not None and ready(trials) else None
+
+    try:
+        return wait_until(reached, timeout, "the search did not reach the moment to interrupt it")
+    except WaitTimeout:
+        proc.kill()
+        raise
 
 
 def _some_done_one_running(trials: Trials) -> bool:
     return bool(_numbers(trials, TrialState.COMPLETE)) and _running_a_while(trials)
 
 
-def _group_gone(pgid: int, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
+def _group_gone(pgid: int) -> bool:
+    """No process of group ``pgid`` is left."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
     return False
 
 
@@ -248,7 +249,7 @@ def test_kill_9_of_two_jobs_then_the_same_command_finishes_the_study(search_dir:
     _wait_for(proc, search_dir, _some_done_one_running)
     os.killpg(proc.pid, signal.SIGKILL)  # the parent and both worker processes
     proc.wait()
-    assert _group_gone(proc.pid)
+    wait_until(lambda: _group_gone(proc.pid), 30, "a process of the search outlived it")
     before = _trials(search_dir) or []
     _assert_rerun_finishes(search_dir, command, before, trials=5)
 
@@ -276,7 +277,7 @@ def test_ctrl_c_with_two_jobs_stops_every_worker(search_dir: Path, to_group: boo
     else:
         proc.send_signal(signal.SIGINT)
     _assert_ctrl_c_recorded(search_dir, proc, _resume_line(6, "--jobs", "2", "--no-early-stop"))
-    assert _group_gone(proc.pid), "a worker process outlived the search"
+    wait_until(lambda: _group_gone(proc.pid), 30, "a worker process outlived the search")
 
 
 def test_a_trial_killed_before_its_worker_claimed_it_is_failed_on_resume(tmp_path: Path) -> None:
@@ -310,9 +311,7 @@ def test_a_ctrl_c_that_lands_in_a_finalizer_is_raised_again(ctrl_c_handler: None
     hook = sys.unraisablehook
     with pytest.raises(KeyboardInterrupt), redeliver_lost_interrupts():
         Finalizer()  # dropped at once
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: False, 10, "the dropped Ctrl-C was not raised again", interval_s=0.01)
     assert sys.unraisablehook is hook
 
 
@@ -328,10 +327,8 @@ def test_ctrl_c_waits_for_the_end_of_a_deferred_block(ctrl_c_handler: None) -> N
 def test_a_killed_workers_zombie_counts_as_gone() -> None:
     """Until its parent reaps it, a killed worker is a zombie that ``kill(pid, 0)`` still finds."""
     child = subprocess.Popen([sys.executable, "-c", "pass"])
-    deadline = time.monotonic() + 30
-    while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z", 30,
+               "the child did not exit", interval_s=0.05)
     try:
         assert not _pid_alive(child.pid)
     finally:
@@ -359,7 +356,7 @@ class _Faults:
 
 @pytest.mark.slow
 def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(
-    search_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    search_dir: Path, monkeypatch: pytest.MonkeyPatch, run_cli: RunCli
 ) -> None:
     import stages.distill
     from stages.errors import StageError
@@ -392,8 +389,8 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(
     monkeypatch.setattr(Export, "run", export)
     # Pruning always runs (ratio >= 0.2) and no trial stops early, so each fault hits one trial.
     (search_dir / "tiny.toml").write_text(TINY_SPACE + '"prune.ratio" = { low = 0.2, high = 0.6 }\n')
-    code, out, err = run_cli(capsys, "--space", "tiny.toml", "--study", STUDY, "--trials", "5",
-                             "--no-profiles", "--no-early-stop")
+    code, out, err = run_cli(["--space", "tiny.toml", "--study", STUDY, "--trials", "5",
+                              "--no-profiles", "--no-early-stop"])
     assert code == 0, err
     assert not faults.queue
     trials = _trials(search_dir) or []
@@ -406,11 +403,11 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(
     assert "failed trials (4):" in out  # the search's own summary lists them
 
     for number, reason in enumerate(reasons):
-        code, out, err = run_cli(capsys, "show", "--study", STUDY, "--trial", str(number))
+        code, out, err = run_cli(["show", "--study", STUDY, "--trial", str(number)])
         assert code == 0, err
         assert f"failure reason: {reason}" in out
         assert "no model to export: the trial failed" in out
-    code, out, err = run_cli(capsys, "report", "--study", STUDY)
+    code, out, err = run_cli(["report", "--study", STUDY])
     assert code == 0, err
     assert "4 failed" in out
     for number, reason in enumerate(reasons):
@@ -450,7 +447,7 @@ def test_a_log_cut_short_by_kill_9_is_dropped_and_the_journal_stays_usable(tmp_p
 
 @pytest.mark.parametrize("keep", [19, 11, 0.5, -1])
 def test_a_journal_cut_inside_its_first_record_is_refused_and_left_as_it_is(
-    tmp_path: Path, keep: float, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, keep: float, run_cli: RunCli
 ) -> None:
     """A run killed while creating its study (or a file copied half-way) leaves a journal whose
     only record is cut off: one clear line, exit 2, nothing written, the file kept to inspect."""
@@ -466,7 +463,7 @@ def test_a_journal_cut_inside_its_first_record_is_refused_and_left_as_it_is(
     with pytest.raises(UserError, match="first record is cut off"):
         open_storage(str(journal), create=True)
     for command in (["list"], ["report", "--study", "j"], ["--trials", "1", "--study", "a6"]):
-        code, out, err = run_cli(capsys, *command, "--storage", str(journal))
+        code, out, err = run_cli([*command, "--storage", str(journal)])
         assert code == 2 and err.count("\n") == 1 and "first record is cut off" in err, (command, err)
         assert "Traceback" not in err
     assert journal.read_bytes() == damaged
@@ -549,14 +546,14 @@ def _die_halfway_through_writes(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_an_export_cut_short_leaves_the_old_file_and_no_partial_one(
-    hand: HandMadeStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    hand: HandMadeStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli: RunCli
 ) -> None:
     out = tmp_path / "m.onnx"
     out.write_bytes(b"the model exported yesterday")
     (tmp_path / "m.onnx.json").write_text("{}")
     _die_halfway_through_writes(monkeypatch)
-    code, _, err = run_cli(capsys, "export", "--study", hand.name, "--storage", hand.storage,
-                           "--trial", str(hand.trials["best"]), "--out", str(out))
+    code, _, err = run_cli(["export", "--study", hand.name, "--storage", hand.storage,
+                            "--trial", str(hand.trials["best"]), "--out", str(out)])
     assert code == 130, err
     monkeypatch.undo()
     assert out.read_bytes() == b"the model exported yesterday"
@@ -565,15 +562,15 @@ def test_an_export_cut_short_leaves_the_old_file_and_no_partial_one(
 
 
 def test_a_report_cut_short_leaves_the_old_report_and_no_partial_one(
-    hand: HandMadeStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    hand: HandMadeStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli: RunCli
 ) -> None:
     report = ("report", "--study", hand.name, "--storage", hand.storage, "--out", str(tmp_path))
-    code, _, err = run_cli(capsys, *report)
+    code, _, err = run_cli(report)
     assert code == 0, err
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert set(before) == {"report.html", "trials.csv"}
     _die_halfway_through_writes(monkeypatch)
-    code, _, err = run_cli(capsys, *report)
+    code, _, err = run_cli(report)
     assert code == 130, err
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
