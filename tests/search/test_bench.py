@@ -495,7 +495,7 @@ def _trials(journal: Path, name: str) -> list[Any]:
 
 def test_a_committed_journal_resumes_in_a_fresh_clone_without_running_a_finished_trial_again(
     search_folder: Callable[[str], Path],
-    run_cli: Callable[[list[str]], tuple[int, str, str]],
+    run_cli: RunCli,
     tmp_path_factory: pytest.TempPathFactory,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -534,7 +534,7 @@ def test_a_committed_journal_resumes_in_a_fresh_clone_without_running_a_finished
 
 def test_timeout_ends_the_bench_between_trials_and_writes_the_section(
     search_folder: Callable[[str], Path],
-    run_cli: Callable[[list[str]], tuple[int, str, str]],
+    run_cli: RunCli,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import time

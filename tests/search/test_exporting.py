@@ -179,11 +179,11 @@ def test_a_trial_the_search_did_not_measure_on_test_is_exported_with_the_measure
         check_accuracy(measured, 85.0, 40)  # type: ignore[arg-type]
 
 
-def test_export_onnx_external(hand: HandMadeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_onnx_external(hand: HandMadeStudy, tmp_path: Path, run_cli: RunCli) -> None:
     """A second ONNX format, made from the same stored artifact and verified through the same
     path: the graph in FILE, its weights in FILE.data beside it."""
     out_path, data = tmp_path / "m.onnx", tmp_path / "m.onnx.data"
-    out = export(capsys, hand, "--trial", "3", "--format", "onnx-external", "--out", str(out_path))
+    out = export(run_cli, hand, "--trial", "3", "--format", "onnx-external", "--out", str(out_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data", "m.onnx.json"]
     meta = json.loads((tmp_path / "m.onnx.json").read_text())
     assert meta["format"] == "onnx-external"
@@ -207,10 +207,10 @@ def test_export_onnx_external(hand: HandMadeStudy, tmp_path: Path, capsys: pytes
 
 
 def test_a_failed_onnx_external_export_leaves_nothing(
-    hand: HandMadeStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    hand: HandMadeStudy, tmp_path: Path, run_cli: RunCli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("search.exporting.check_accuracy", _refuse)
-    assert_refused(capsys, "export", "--study", hand.name, "--storage", hand.storage, "--trial", "3",
+    assert_refused(run_cli, "export", "--study", hand.name, "--storage", hand.storage, "--trial", "3",
                    "--format", "onnx-external", "--out", str(tmp_path / "m.onnx"), says="verification failed")
     assert list(tmp_path.iterdir()) == []
 

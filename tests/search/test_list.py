@@ -60,8 +60,8 @@ def test_list_never_cuts_a_name_a_ratio_or_a_header_in_80_columns() -> None:
     assert "2.00x (17)" in text
 
 
-def test_list_json_is_json_alone_on_stdout(hand: HandMadeStudy, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(capsys, "list", "--storage", hand.storage, "--json")
+def test_list_json_is_json_alone_on_stdout(hand: HandMadeStudy, run_cli: RunCli) -> None:
+    code, out, err = run_cli(["list", "--storage", hand.storage, "--json"])
     assert code == 0, err
     data = json.loads(out)
     assert data["storage"] == hand.storage

@@ -78,8 +78,8 @@ def test_show_refusals(hand: HandMadeStudy, tmp_path: Path, run_cli: RunCli) -> 
                    says="no study storage at")
 
 
-def test_show_json_is_json_alone_on_stdout(hand: HandMadeStudy, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(capsys, "show", "--study", "hand", "--trial", "3", "--storage", hand.storage, "--json")
+def test_show_json_is_json_alone_on_stdout(hand: HandMadeStudy, run_cli: RunCli) -> None:
+    code, out, err = run_cli(["show", "--study", "hand", "--trial", "3", "--storage", hand.storage, "--json"])
     assert code == 0, err
     trial = json.loads(out)
     assert trial["number"] == 3 and trial["state"] == "complete" and trial["feasible"] is True
@@ -88,7 +88,7 @@ def test_show_json_is_json_alone_on_stdout(hand: HandMadeStudy, capsys: pytest.C
     assert trial["config"]["prune.ratio"] == 0.75
     assert trial["export"] == f"mcaas-search export --study hand --storage {hand.storage} --trial 3 --out hand-t3.onnx"
     # Without --trial: the study, its front, the recommended trial, its analysis and space.
-    code, out, err = run_cli(capsys, "show", "--study", "hand", "--storage", hand.storage, "--json")
+    code, out, err = run_cli(["show", "--study", "hand", "--storage", hand.storage, "--json"])
     assert code == 0, err
     study = json.loads(out)
     assert study["study"] == "hand" and study["target"] == "size"
