@@ -26,7 +26,8 @@ from search.service.config import ServerConfig
 from search.service.errors import ApiError, error_response, install_handlers
 from search.service.events import status_events
 from search.service.inspection import Inspections
-from search.service.jobs import Jobs, parse_request
+from search.service.jobs import Jobs
+from search.service.requests import parse_request
 from search.service.studies import Studies
 from search.service.uploads import list_models, load_model, save_upload
 

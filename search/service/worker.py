@@ -23,15 +23,8 @@ import torch
 
 from search.backends import run_study
 from search.errors import USER_ERRORS, first_line
-from search.service.jobs import (
-    CANCEL,
-    LOCK,
-    REQUEST,
-    RESULT,
-    SPACE_FILE,
-    JobRequest,
-    write_result,
-)
+from search.service.jobs import CANCEL, LOCK, REQUEST, RESULT, write_result
+from search.service.requests import SPACE_FILE, JobRequest
 from search.trials.context import trial_threads
 from search.workloads.workload import load_workload, pick_device
 

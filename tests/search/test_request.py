@@ -15,7 +15,7 @@ from search.cli import main
 from search.request import MAX_TRIALS, RequestError, SearchRequest
 from search.service.config import ServerConfig
 from search.service.errors import ApiError
-from search.service.jobs import JobRequest, parse_request
+from search.service.requests import JobRequest, parse_request
 from search.workloads.workload import WorkloadSpec
 
 # (flags, JSON body fields, field): the same bad request as the CLI and the service take it.
