@@ -515,7 +515,7 @@ def _bad_values(inputs: Path, hand: HandMadeStudy) -> dict[str, dict[str, st.Sea
             **workload,
             "--target": choice, "--drop-type": choice, "--backend": choice, "--sampler": choice,
             "--max-drop": floats("-1", "100", "nan", "inf", "1e9"),
-            "--select": choice,
+            "--select": choice, "--strategy": choice,
             "--max-size": floats("0", "-5", "nan", "inf"),
             "--max-latency": floats("0", "-5", "nan", "inf"),
             "--trials": ints("0") | huge, "--jobs": ints("0") | huge, "--threads": ints("0") | huge,
