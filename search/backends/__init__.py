@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from search.backends.backend import Backend
-from search.backends.running import StudyRun, open_study, run_study
+from search.backends.running import StudyRun, join_with_study_teacher, open_study, run_study
 from search.backends.settings import DEFAULT_STRATEGY, SAMPLERS, STRATEGIES, SearchSettings, Strategy
 from search.errors import UserError
 
@@ -64,6 +64,7 @@ __all__ = [
     "SearchSettings",
     "Strategy",
     "StudyRun",
+    "join_with_study_teacher",
     "make_backend",
     "open_study",
     "run_study",

@@ -24,11 +24,12 @@ from search.study import (
     load_study,
     open_storage,
 )
-from search.study.artifacts import record_store
+from search.study.artifacts import fetch_teacher, open_store, record_store, upload_teacher
 from search.study.records import ARTIFACTS, BASELINE_ONNX
 from search.trials.context import cached_analysis, make_context, measure_baseline_into
 from search.workloads.analysis import Analysis
-from search.workloads.workload import Workload
+from search.workloads.checkpoints import file_sha256
+from search.workloads.workload import Workload, WorkloadSpec, demo_cache_path
 from spaces import SearchSpace, default_space, fit_space
 
 if TYPE_CHECKING:
@@ -121,8 +122,35 @@ def open_study(
         sampler=settings.make_sampler(),
         profiles=settings.space if settings.profiles else None,
     )
-    record_store(study, settings.artifacts)
+    url = record_store(study, settings.artifacts)
+    if url is not None and workload.spec.is_demo:
+        upload_teacher(study, demo_cache_path(STUDIES_DIR, workload.spec), open_store(url))
     return study, info, settings
+
+
+def join_with_study_teacher(spec: WorkloadSpec, study: str, storage: str | None) -> str | None:
+    """Before a demo worker (no ``--weights``) loads its workload: when study ``study`` already
+    exists with its teacher in an artifact store, put that teacher in this machine's demo cache
+    (checked against the study's recorded hash), so the worker runs with it instead of training
+    one of its own that the study would refuse. Returns the line saying so, or None when nothing
+    was fetched (no such study, no stored teacher, another split, or the cache already holds it)."""
+    if not spec.is_demo:
+        return None
+    try:
+        existing = load_study(study, open_storage(storage, create=True))
+        stored = StudyInfo.load(existing)
+    except UserError:
+        return None
+    want = stored.workload.get("weights_sha256")
+    ran = WorkloadSpec.from_dict(stored.workload)
+    if not want or not ran.is_demo or (ran.seed, ran.image_size) != (spec.seed, spec.image_size):
+        return None  # not this worker's demo: check_resumable names the difference
+    cache = demo_cache_path(STUDIES_DIR, ran)
+    if cache.is_file() and file_sha256(cache) == want:
+        return None
+    if not fetch_teacher(existing, want, cache):
+        return None
+    return f"using the teacher of study {study!r} from the artifact store (sha256 {want[:12]})"
 
 
 def rebuild_missing_folders(

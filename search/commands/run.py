@@ -15,7 +15,15 @@ import torch
 from rich.console import Console
 
 from objectives import TARGETS, Constraint
-from search.backends import BACKENDS, DEFAULT_STRATEGY, SAMPLERS, STRATEGIES, StudyRun, run_study
+from search.backends import (
+    BACKENDS,
+    DEFAULT_STRATEGY,
+    SAMPLERS,
+    STRATEGIES,
+    StudyRun,
+    join_with_study_teacher,
+    run_study,
+)
 from search.commands import (
     add_json_argument,
     add_select_argument,
@@ -185,6 +193,10 @@ def run(args: argparse.Namespace) -> int:
     if request.artifacts is not None:
         open_store(request.artifacts)
     backend = request.make_backend()
+    if request.study is not None:
+        joined = join_with_study_teacher(request.spec, request.study, request.storage)
+        if joined is not None:
+            console.print(joined, highlight=False, soft_wrap=True)
     workload = load_workload(request.spec, device=pick_device(request.device))
     _say_how_the_split_decides(console, workload, request.spec, request.constraint)
     threads = request.threads or trial_threads(workload, request.jobs)

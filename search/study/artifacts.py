@@ -4,7 +4,9 @@ any of them.
 On one machine (the default) a trial's files stay in the study's folder and its record points to
 them. With ``--artifacts`` (a folder every machine mounts, or ``s3://bucket`` for an S3-compatible
 store) each complete trial's files are uploaded through Optuna's artifact API as the trial ends;
-the store is recorded in the study, and ``export`` fetches a file it does not find on disk.
+the store is recorded in the study, and ``export`` fetches a file it does not find on disk. The
+demo teacher is uploaded too, so a worker joining from another machine runs with the study's own
+teacher rather than training one of its own (whose hash the study would refuse).
 """
 
 from __future__ import annotations
@@ -23,14 +25,27 @@ from optuna.artifacts import (
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from search.errors import UserError, first_line
+from search.workloads.checkpoints import file_sha256
 
 if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
 
-__all__ = ["STORE_ATTR", "fetch_trial_file", "open_store", "record_store", "store_url", "upload_folder"]
+__all__ = [
+    "STORE_ATTR",
+    "TEACHER_ATTR",
+    "fetch_teacher",
+    "fetch_trial_file",
+    "open_store",
+    "record_store",
+    "store_url",
+    "upload_folder",
+    "upload_teacher",
+]
 
 # The study's user attribute naming its store (absent: trial files stay where they were written).
 STORE_ATTR = "artifact_store"
+# The study's user attribute holding the artifact id of its teacher checkpoint in that store.
+TEACHER_ATTR = "teacher_artifact"
 
 
 def store_url(url: str) -> str:
@@ -91,6 +106,42 @@ def upload_folder(trial: optuna.Trial, folder: Path, store: ArtifactStore) -> in
     for path in files:
         upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
     return len(files)
+
+
+def upload_teacher(study: optuna.Study, checkpoint: Path, store: ArtifactStore) -> None:
+    """Upload the study's teacher checkpoint once (the first worker to run with a store does)."""
+    if TEACHER_ATTR in study.user_attrs or not checkpoint.is_file():
+        return
+    artifact_id = upload_artifact(artifact_store=store, file_path=str(checkpoint), study_or_trial=study)
+    study.set_user_attr(TEACHER_ATTR, artifact_id)
+
+
+def fetch_teacher(study: optuna.Study, sha256: str, into: Path) -> bool:
+    """Put the study's stored teacher at ``into``, checked against ``sha256`` (the hash the study
+    recorded); a different file already there is kept beside it, named by its own hash. Returns
+    False when the study has no stored teacher (nothing is changed)."""
+    url, artifact_id = study.user_attrs.get(STORE_ATTR), study.user_attrs.get(TEACHER_ATTR)
+    if url is None or artifact_id is None:
+        return False
+    into.parent.mkdir(parents=True, exist_ok=True)
+    partial = into.with_name(into.name + ".part")
+    partial.unlink(missing_ok=True)
+    try:
+        download_artifact(artifact_store=open_store(url), file_path=str(partial), artifact_id=artifact_id)
+    except (ArtifactNotFound, OSError) as exc:
+        partial.unlink(missing_ok=True)
+        raise UserError(f"cannot fetch study {study.study_name!r}'s teacher from {url!r}: {first_line(exc)}") from None
+    got = file_sha256(partial)
+    if got != sha256:
+        partial.unlink(missing_ok=True)
+        raise UserError(
+            f"study {study.study_name!r}'s teacher in {url!r} has sha256 {got[:12]}, not the "
+            f"{sha256[:12]} the study recorded; pass the study's checkpoint with --weights"
+        )
+    if into.is_file():
+        os.replace(into, into.with_name(f"{into.stem}-{file_sha256(into)[:12]}{into.suffix}"))
+    os.replace(partial, into)
+    return True
 
 
 def fetch_trial_file(study: optuna.Study, number: int, recorded: Path, into: Path) -> Path:

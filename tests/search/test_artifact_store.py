@@ -1,23 +1,32 @@
 """The artifact store: a trial's files uploaded through Optuna's artifact API and fetched back on
 a machine that lacks them, from a folder store and from an S3 bucket (moto's in-process S3);
-bad store URLs refused in one line."""
+bad store URLs refused in one line; the study's teacher fetched by a worker joining from another
+folder, checked against the study's hash."""
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 import pytest
+import torch
 
 from search.errors import UserError
+from search.study import open_storage
 from search.study.artifacts import (
     STORE_ATTR,
+    TEACHER_ATTR,
+    fetch_teacher,
     fetch_trial_file,
     open_store,
     record_store,
     store_url,
     upload_folder,
+    upload_teacher,
 )
+from search.workloads.checkpoints import file_sha256
 
 
 def _trial_with_files(tmp_path: Path, url: str) -> tuple[optuna.Study, Path]:
@@ -84,3 +93,66 @@ def test_a_study_keeps_its_store(tmp_path: Path) -> None:
     assert record_store(study, None) == str((tmp_path / "a").resolve())
     with pytest.raises(UserError, match="keeps its trial files in"):
         record_store(study, str(tmp_path / "b"))
+
+
+def test_the_studys_teacher_is_fetched_checked_and_a_local_one_kept_aside(tmp_path: Path) -> None:
+    study = optuna.create_study()
+    record_store(study, str(tmp_path / "store"))
+    teacher = tmp_path / "first" / "teacher.pt"
+    teacher.parent.mkdir()
+    teacher.write_bytes(b"the study's teacher")
+    upload_teacher(study, teacher, open_store(str(tmp_path / "store")))
+    assert TEACHER_ATTR in study.user_attrs
+    cache = tmp_path / "second" / ".cache" / "demo.pt"
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"a teacher trained here")
+    with pytest.raises(UserError, match="has sha256 .* not the 000000000000 the study recorded"):
+        fetch_teacher(study, "0" * 64, cache)
+    assert cache.read_bytes() == b"a teacher trained here"  # a refused download changes nothing
+    assert fetch_teacher(study, file_sha256(teacher), cache)
+    assert cache.read_bytes() == b"the study's teacher"
+    [aside] = [p for p in cache.parent.iterdir() if p != cache]
+    assert aside.read_bytes() == b"a teacher trained here" and not list(cache.parent.glob("*.part"))
+    assert not fetch_teacher(optuna.create_study(), file_sha256(teacher), cache)  # no stored teacher
+
+
+SHARED_SPACE = """
+"distill.epochs" = 1
+"prune.steps" = 1
+"quantize.mode" = ["none"]
+drop = ["cluster.k"]
+profile_epochs = 1
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_joining_from_another_folder_runs_with_the_studys_teacher(
+    tmp_path: Path,
+    search_folder: Callable[[str], Path],
+    run_cli: Callable[[list[str]], tuple[int, str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = search_folder(SHARED_SPACE)
+    # The first machine's teacher is one that training here does not reproduce bit for bit (as a
+    # teacher trained on another machine): nudge one weight of the cached demo teacher.
+    [cached] = (first / "studies" / ".cache").glob("*.pt")
+    state = torch.load(cached, weights_only=True)
+    key = next(iter(state))
+    state[key] = state[key] + 1e-3
+    torch.save(state, cached)
+    shared = ["--space", "tiny.toml", "--study", "shared", "--storage", str(tmp_path / "shared.journal"),
+              "--artifacts", str(tmp_path / "store")]
+    code, _, err = run_cli([*shared, "--trials", "1"])
+    assert code == 0, err
+    second = tmp_path / "second"  # another machine's folder: no demo teacher of its own
+    second.mkdir()
+    shutil.copy(first / "tiny.toml", second / "tiny.toml")
+    monkeypatch.chdir(second)
+    code, _, err = run_cli([*shared, "--trials", "2"])
+    assert code == 0, err
+    want = file_sha256(cached)
+    assert f"using the teacher of study 'shared' from the artifact store (sha256 {want[:12]})" in err
+    assert "training the demo teacher" not in err
+    assert file_sha256(second / "studies" / ".cache" / cached.name) == want
+    study = optuna.load_study(study_name="shared", storage=open_storage(str(tmp_path / "shared.journal"), create=False))
+    assert len([t for t in study.trials if t.state.is_finished()]) == 2  # the second worker's trial ran
