@@ -577,11 +577,13 @@ def _trained(study: Any, *specs: tuple[int, float, float]) -> list[TrialRecord]:
     for samples, size, val in specs:
         study.add_trial(create_trial(
             state=TrialState.COMPLETE, values=[val, size], params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)},
-            user_attrs={"metrics": {"val_acc": val, "test_acc": val - 1.0, "n_val": 1e5, "val_gained": 0.0,
-                                    "val_lost": round((BASELINE["val_acc"] - val) * 1e3)},  # vouched for
-                        "ratios": {"size": size, "latency": 1.0},
-                        "violations": {"accuracy": BASELINE["val_acc"] - 1.0 - val},
-                        "stages": [{"stage": "distill", "seconds": 5.0, "metrics": {"samples_seen": samples}}]},
+            user_attrs=TrialRecord(
+                metrics={"val_acc": val, "test_acc": val - 1.0, "n_val": 1e5, "val_gained": 0.0,
+                         "val_lost": round((BASELINE["val_acc"] - val) * 1e3)},  # vouched for
+                ratios={"size": size, "latency": 1.0},
+                violations={"accuracy": BASELINE["val_acc"] - 1.0 - val},
+                stages=[{"stage": "distill", "seconds": 5.0, "metrics": {"samples_seen": samples}}],
+            ).to_attrs(),
         ))
     assert isinstance(study, optuna.Study)
     return trial_records(study)

@@ -39,6 +39,10 @@ STORED: dict[str, Any] = {
     "ray_run": "run-1",
     "ray_trial": "abc_00001",
     "ray_node": "node-1",
+    "rungs": [[120.0, 93.5], [360.0, 95.5]],
+    "untrained_ratio": 4.0,
+    "resumed_from": 120,
+    "resumes": 2,
 }
 
 # The user attributes of a complete trial as mcaas-search wrote them before the schema existed
