@@ -19,12 +19,14 @@ tiny space; the demo teacher is trained once per session and copied into each fo
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 from pathlib import Path
 
 import optuna
@@ -535,14 +537,26 @@ def test_a_study_record_cut_short_is_saved_again_not_half_read(tmp_path: Path) -
 
 
 def _die_halfway_through_writes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every file write stops halfway with Ctrl-C, as a crash in the middle of writing would."""
-    real = Path.write_bytes
+    """Every file write stops halfway with Ctrl-C, as a crash in the middle of writing would:
+    bytes or text written through ``Path``, and files copied with ``shutil.copyfile`` (how an
+    export writes a trial's stored model)."""
+    real_bytes, real_text = Path.write_bytes, Path.write_text
 
-    def half_then_interrupt(self: Path, data: bytes) -> int:
-        real(self, data[: len(data) // 2])
+    def half_bytes_then_interrupt(self: Path, data: bytes) -> int:
+        real_bytes(self, data[: len(data) // 2])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Path, "write_bytes", half_then_interrupt)
+    def half_text_then_interrupt(self: Path, data: str, *args: Any, **kwargs: Any) -> int:
+        real_text(self, data[: len(data) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    def half_copy_then_interrupt(src: str | os.PathLike[str], dst: str | os.PathLike[str], **_: Any) -> str:
+        real_bytes(Path(dst), Path(src).read_bytes()[: Path(src).stat().st_size // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_bytes", half_bytes_then_interrupt)
+    monkeypatch.setattr(Path, "write_text", half_text_then_interrupt)
+    monkeypatch.setattr(shutil, "copyfile", half_copy_then_interrupt)
 
 
 def test_an_export_cut_short_leaves_the_old_file_and_no_partial_one(
