@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import importlib.metadata
 import json
 import math
@@ -29,6 +28,7 @@ from search.study import StudyInfo, TrialRecord, trial_record
 from search.study.artifacts import fetch_trial_file
 from search.study.scoring import closest_records, recommended_record, unvouched_note
 from search.study.storage import STUDIES_DIR
+from search.workloads.checkpoints import file_sha256
 from search.workloads.workload import WorkloadSpec, load_task_data
 from stages import EXPORT_FORMATS, ExportFormat, Split, TaskData
 
@@ -325,7 +325,7 @@ def sidecar(
     r = selection.record
     entry = export_format(fmt)
     broken = {k: v for k, v in r.violations.items() if v > 0}
-    listed = [{"name": f.name, metrics.BYTES: f.stat().st_size, "sha256": _sha256(f)} for f in files]
+    listed = [{"name": f.name, metrics.BYTES: f.stat().st_size, "sha256": file_sha256(f)} for f in files]
     return {
         "model": model_name,
         "format": fmt,
@@ -363,14 +363,6 @@ def sidecar(
 
 # ---------------------------------------------------------------------------------------------
 # The export itself
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_trial(
