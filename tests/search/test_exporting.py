@@ -1,7 +1,7 @@
 """``mcaas-search export``: the stored artifact copied byte for byte with a JSON sidecar, verified
 by re-measuring test accuracy; every refusal is one line and exit code 2.
 
-(Named test_exporting.py, after search/exporting.py: tests/stages/test_export.py already holds
+(Named test_exporting.py, after search/exporting/: tests/stages/test_export.py already holds
 the basename test_export, and pytest's default import mode needs unique basenames.)"""
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def test_export_round_trip(hand: HandMadeStudy, tmp_path: Path, run_cli: RunCli)
 
 
 def test_the_sidecar_session_is_the_one_latency_was_best_at() -> None:
-    from search.exporting import _session_settings
+    from search.exporting.sidecar import _session_settings
 
     session = _session_settings({"latency_ms": 0.21, "latency_threads": 2.0})
     assert session["intra_op_num_threads"] == 2 and session["execution_mode"] == "ORT_SEQUENTIAL"
@@ -209,7 +209,7 @@ def test_export_onnx_external(hand: HandMadeStudy, tmp_path: Path, run_cli: RunC
 def test_a_failed_onnx_external_export_leaves_nothing(
     hand: HandMadeStudy, tmp_path: Path, run_cli: RunCli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("search.exporting.check_accuracy", _refuse)
+    monkeypatch.setattr("search.exporting.writing.check_accuracy", _refuse)
     assert_refused(run_cli, "export", "--study", hand.name, "--storage", hand.storage, "--trial", "3",
                    "--format", "onnx-external", "--out", str(tmp_path / "m.onnx"), says="verification failed")
     assert list(tmp_path.iterdir()) == []
