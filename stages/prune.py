@@ -1,31 +1,23 @@
 """Pruning: structured (channels physically removed through torch-pruning's dependency graph, so
-the model gets smaller and faster) or unstructured (magnitude sparsity: the weights become
-zeros, the shape stays, and only compressed bytes shrink)."""
+the model gets smaller and faster) or unstructured (magnitude sparsity, ``stages/sparsity.py``:
+the weights become zeros, the shape stays, and only compressed bytes shrink).
+
+Why torch-pruning failed, and where, is worked out in ``stages/prune_failures.py``; the
+analysis's probe of what structural pruning can do on a model is ``stages/prune_probe.py``."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
-import traceback
 import warnings
 from typing import ClassVar
 
 import torch
 import torch_pruning as tp
 from torch import nn
-from torch_pruning.dependency.node import Node
 
 from stages._context import Context
-from stages._graph import (
-    check_forward,
-    count_params_macs,
-    find_classifier,
-    head_layers,
-    module_name,
-    out_width,
-    weight_layers,
-)
+from stages._graph import check_forward, find_classifier, head_layers
 from stages._transformer import (
     attention_channel_groups,
     attention_layers,
@@ -37,48 +29,20 @@ from stages._transformer import (
 )
 from stages.config import PruneConfig
 from stages.criteria import CRITERIA
-from stages.errors import StageError
+from stages.prune_failures import PRUNER_FAILURES, PruneFailure, step_failure, trace_failure
+from stages.sparsity import prune_unstructured
 
-__all__ = [
-    "Prune",
-    "PruneFailure",
-    "StructuralProbe",
-    "count_params_macs",
-    "find_classifier",
-    "probe_structured",
-]
+__all__ = ["GRADIENT_BATCHES", "MAX_LAYER_RATIO", "Prune"]
 
 # Over iterative steps, torch-pruning stops pruning a layer that has lost this fraction of its
 # initial channels (checked before each step), so global ranking cannot hollow one layer out.
 MAX_LAYER_RATIO = 0.95
-
-# What torch-pruning raises on graphs it cannot handle (it has no error type of its own):
-# index mapping failures, shape mismatches, asserts, divisions by zero in reshape tracking.
-_PRUNER_FAILURES = (
-    ArithmeticError,
-    AssertionError,
-    AttributeError,
-    LookupError,
-    RuntimeError,
-    TypeError,
-    ValueError,
-)
 
 # Training batches whose loss gradients feed gradient-based criteria.
 GRADIENT_BATCHES = 4
 
 # Above any real importance, finite so thresholds that reach it still compare sanely.
 _PROTECTED_SCORE = 1e300
-
-
-class PruneFailure(StageError):
-    """torch-pruning failed on this model's graph; ``layer`` is the layer it failed on, when
-    known (leaving that layer whole, via ``Context.frozen_layers``, may let the rest prune)."""
-
-    def __init__(self, message: str, layer: str | None = None, group: tuple[str, ...] = ()) -> None:
-        super().__init__("prune", message)
-        self.layer = layer
-        self.group = group  # the layers coupled to the failing one (their channels go together)
 
 
 class _RankableImportance(tp.importance.Importance):
@@ -217,14 +181,8 @@ def _build_pruner(
             out_channel_groups=attention_channel_groups(model),
             pruning_ratio_dict=attention_ratio_caps(model, config.ratio) or None,
         )
-    except _PRUNER_FAILURES as exc:
-        site, layer = _failure_site(exc, model)
-        where = "" if site is None else f" at {site}"
-        raise PruneFailure(
-            f"torch-pruning cannot trace this model's dependency graph{where} "
-            f"({type(exc).__name__}: {exc}); prune.method=unstructured still applies.",
-            layer,
-        ) from exc
+    except PRUNER_FAILURES as exc:
+        raise trace_failure(exc, model) from exc
 
 
 def _frozen(model: nn.Module, ctx: Context) -> list[nn.Module]:
@@ -239,90 +197,8 @@ def _step(pruner: tp.pruner.MetaPruner, model: nn.Module) -> None:
     try:
         for group in pruner.step(interactive=True):
             group.prune()
-    except _PRUNER_FAILURES as exc:
-        site, layer = _failure_site(exc, model)
-        if site is None and group is not None:
-            layer = module_name(model, group[0].dep.target.module)
-            site = f"layer {layer!r}"
-        where = site or "a layer"
-        raise PruneFailure(
-            f"torch-pruning cannot prune {where} in this graph "
-            f"({type(exc).__name__}: {exc}); prune.method=unstructured still applies.",
-            layer,
-            _coupled_layers(pruner, model, group, layer),
-        ) from exc
-
-
-def _coupled_layers(
-    pruner: tp.pruner.MetaPruner, model: nn.Module, group: tp.Group | None, layer: str | None
-) -> tuple[str, ...]:
-    """Names of the layers whose output channels the failing step was removing: those of
-    ``group``, or (when the failure came before any group) of every group touching ``layer``."""
-    names = {id(m): name for name, m in model.named_modules() if name}
-    graph = pruner.DG
-
-    def out_layers(g: tp.Group) -> list[str]:
-        return [
-            names[id(dep.target.module)]
-            for dep, _ in g
-            if graph.is_out_channel_pruning_fn(dep.handler) and id(dep.target.module) in names
-        ]
-
-    if group is not None:
-        return tuple(dict.fromkeys(out_layers(group)))
-    if layer is None:
-        return ()
-    coupled: list[str] = []
-    try:
-        for g in graph.get_all_groups(root_module_types=(nn.modules.conv._ConvNd, nn.Linear)):
-            members = out_layers(g)
-            if layer in members or any(names.get(id(dep.target.module)) == layer for dep, _ in g):
-                coupled += members
-    except _PRUNER_FAILURES:  # the graph cannot even list its groups: nothing more to learn
-        return ()
-    return tuple(dict.fromkeys(coupled))
-
-
-def _failure_site(exc: BaseException, model: nn.Module) -> tuple[str | None, str | None]:
-    """Where in ``model`` torch-pruning failed (its errors do not say, but the innermost frames
-    of the traceback hold the layer or graph node they were working on): a description, and the
-    layer's name when the innermost site is a layer."""
-    names = {id(m): name for name, m in model.named_modules() if name}
-    site, layer = None, None
-    for frame, _ in traceback.walk_tb(exc.__traceback__):  # outermost frame first
-        layers: list[str] = []
-        operations: list[str] = []
-        for value in frame.f_locals.values():
-            if isinstance(value, Node):
-                node, value = value, value.module
-                if id(value) not in names:  # a functional op (view, cat, ...) in forward
-                    operation = f"operation {type(value).__name__.strip('_')!r}"
-                    upstream = _upstream_layer(node, names)
-                    if upstream is not None:
-                        operation += f" after layer {upstream!r}"
-                    operations.append(operation)
-                    continue
-            if isinstance(value, nn.Module) and id(value) in names:
-                layers.append(names[id(value)])
-        if layers:
-            site, layer = f"layer {layers[0]!r}", layers[0]
-        elif operations:
-            site, layer = operations[0], None
-    return site, layer
-
-
-def _upstream_layer(node: Node, names: dict[int, str]) -> str | None:
-    """Name of the nearest model layer feeding graph node ``node`` (breadth first)."""
-    queue, seen = list(node.inputs), {id(node)}
-    while queue:
-        current = queue.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if id(current.module) in names:
-            return names[id(current.module)]
-        queue.extend(current.inputs)
-    return None
+    except PRUNER_FAILURES as exc:
+        raise step_failure(exc, pruner, model, group) from exc
 
 
 def _accumulate_gradients(model: nn.Module, ctx: Context) -> None:
@@ -352,89 +228,3 @@ def _accumulate_gradients(model: nn.Module, ctx: Context) -> None:
         with torch.no_grad():
             for name, b in model.named_buffers():
                 b.copy_(buffers[name])
-
-
-@torch.no_grad()
-def prune_unstructured(model: nn.Module, ratio: float, scope: str, num_classes: int) -> None:
-    """Zero the ``ratio`` smallest-magnitude weights of every Conv/Linear but the classifier.
-
-    ``scope`` "global" ranks all layers together (layers with small weights lose more);
-    "uniform" zeroes ``ratio`` of each layer. Plain tensor writes: no masks or hooks stay behind.
-    """
-    heads = {id(m) for m in head_layers(model, num_classes)}
-    weights = [m.weight for _, m in weight_layers(model) if id(m) not in heads]
-    if not weights:
-        return
-    if scope == "global":
-        magnitudes = torch.cat([w.detach().abs().flatten().float() for w in weights])
-        threshold = _kth_smallest(magnitudes, ratio)
-        if threshold is not None:
-            for w in weights:
-                w.masked_fill_(w.abs() <= threshold, 0)
-        return
-    for w in weights:
-        threshold = _kth_smallest(w.detach().abs().flatten().float(), ratio)
-        if threshold is not None:
-            w.masked_fill_(w.abs() <= threshold, 0)
-
-
-def _kth_smallest(values: torch.Tensor, ratio: float) -> torch.Tensor | None:
-    """The magnitude at or below which ``ratio`` of ``values`` lie; None when that is none."""
-    k = int(ratio * values.numel())
-    if k == 0:
-        return None
-    return torch.kthvalue(values, k).values
-
-
-# Rounds of probing: each failure on a named layer freezes it and the probe runs again.
-PROBE_ROUNDS = 12
-# The ratio the probe prunes every layer by (uniform): enough to touch every channel group.
-PROBE_RATIO = 0.5
-
-
-@dataclasses.dataclass(frozen=True)
-class StructuralProbe:
-    """What structural pruning can do on a model: whether it applies at all (``reason`` says
-    why not), which layers it must leave whole and why, and how many layers it thinned."""
-
-    possible: bool
-    frozen: dict[str, str]
-    pruned_layers: tuple[str, ...]
-    reason: str | None = None
-
-
-def probe_structured(model: nn.Module, ctx: Context) -> StructuralProbe:
-    """Prune copies of ``model`` uniformly, freezing each layer torch-pruning fails on, until a
-    copy prunes and still runs (or no layer can be blamed, or nothing is left to prune).
-
-    ``model`` is not changed. The result's ``frozen`` goes into ``Context.frozen_layers`` so every
-    trial prunes the rest without failing where the probe did.
-    """
-    frozen: dict[str, str] = dict.fromkeys(ctx.frozen_layers, "frozen by the caller")
-    heads = {id(m) for m in head_layers(model, ctx.data.num_classes)}
-    before = {name: out_width(m) for name, m in weight_layers(model) if id(m) not in heads}
-    config = PruneConfig(ratio=PROBE_RATIO, scope="uniform", criterion="l2")
-    for _ in range(PROBE_ROUNDS):
-        candidate = copy.deepcopy(model).cpu().eval()
-        probe_ctx = dataclasses.replace(ctx, frozen_layers=tuple(frozen), device=torch.device("cpu"))
-        try:
-            Prune(config).run(candidate, probe_ctx)
-        except PruneFailure as exc:
-            # Freeze the layer it failed on; if that was frozen already (its channels are
-            # pruned as another layer's dependants), the whole group the failing step pruned.
-            blamed = [exc.layer] if exc.layer is not None and exc.layer not in frozen else [
-                name for name in exc.group if name not in frozen
-            ]
-            if not blamed:
-                return StructuralProbe(False, frozen, (), reason=str(exc))
-            for name in blamed:
-                frozen[name] = str(exc)
-            continue
-        except StageError as exc:  # the pruned copy no longer runs: no layer to blame
-            return StructuralProbe(False, frozen, (), reason=str(exc))
-        after = {name: out_width(m) for name, m in weight_layers(candidate)}
-        pruned = tuple(name for name, width in before.items() if after.get(name, width) < width)
-        if not pruned:
-            return StructuralProbe(False, frozen, (), reason="no layer can be thinned (every channel group is frozen or coupled to the classifier)")
-        return StructuralProbe(True, frozen, pruned)
-    return StructuralProbe(False, frozen, (), reason=f"torch-pruning failed on {PROBE_ROUNDS} layers in turn")

@@ -39,7 +39,7 @@ from search.workloads.analysis import Analysis
 from search.workloads.workload import Workload
 from stages import Context, PipelineConfig, StageError
 from stages.distill import checkpointed_step, remove_rung_checkpoint
-from stages.prune import PruneFailure
+from stages.prune_failures import PruneFailure
 
 if TYPE_CHECKING:
     from search.study.artifacts import ArtifactStore

@@ -33,7 +33,7 @@ from stages.measure import (
     optimized_op_count,
     thread_counts,
 )
-from stages.prune import probe_structured
+from stages.prune_probe import probe_structured
 from stages.quant_modes import QUANT_MODES
 from stages.quantize import Quantize
 

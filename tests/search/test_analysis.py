@@ -17,7 +17,7 @@ from search.study.exclusions import Exclusion, excluded_by, exclusions, frozen_l
 from search.trials.worker import learn_from_failure
 from search.workloads.analysis import Analysis, thread_counts
 from stages import PipelineConfig, StageError
-from stages.prune import PruneFailure
+from stages.prune_failures import PruneFailure
 from tests.support import RunCli
 
 # A user model file of the kind the search used to fail on: two branches concatenated on

@@ -185,7 +185,7 @@ def test_a_swin_transformer_takes_the_path_torch_pruning_allows(tiny_data: TaskD
     from stages.depth import find_removable_blocks
     from stages.export import export_onnx
     from stages.measure import OnnxRunner
-    from stages.prune import probe_structured
+    from stages.prune_probe import probe_structured
 
     model = _tiny_swin()
     ctx = Context(data=tiny_data, teacher=model, workdir=tmp_path, batch_size=32)

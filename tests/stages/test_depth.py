@@ -26,7 +26,7 @@ from stages.depth import (
     remove_blocks,
 )
 from stages.errors import ConfigError, StageError
-from stages.prune import probe_structured
+from stages.prune_probe import probe_structured
 from tests.tiny_models import (
     _BasicBlock,
     _SqueezeExcite,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pickle
 
 from stages.errors import StageError
-from stages.prune import PruneFailure
+from stages.prune_failures import PruneFailure
 
 
 def test_a_stage_error_reads_stage_colon_message_and_keeps_its_fields() -> None:
