@@ -42,14 +42,15 @@ def add_select_argument(parser: argparse.ArgumentParser) -> None:
     """``--select``, the rule for the recommended trial, as every command that names it takes it."""
     from objectives import DEFAULT_SELECTION, SELECTIONS
 
-    parser.add_argument(
-        "--select",
-        choices=tuple(SELECTIONS),
-        default=DEFAULT_SELECTION,
-        help="which feasible trial is recommended: "
+    text = (
+        "which feasible trial is recommended: "
         + "; ".join(f"{s.name}: {s.describe}" for s in SELECTIONS.values())
         + f" (default {DEFAULT_SELECTION}: on a small validation split the most compressed "
-        "trial on its point estimate is often one that got lucky on those images)",
+        "trial on its point estimate is often one that got lucky on those images)"
+    )
+    # argparse %-formats help text: the rules' "95 %" would read as a conversion ("% i").
+    parser.add_argument(
+        "--select", choices=tuple(SELECTIONS), default=DEFAULT_SELECTION, help=text.replace("%", "%%")
     )
 
 

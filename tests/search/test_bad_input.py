@@ -350,6 +350,14 @@ WITHOUT_FASTAPI = (
 )
 
 
+@pytest.mark.parametrize("argv", [["--help"]] + [[name, "--help"] for name in COMMANDS if name != "serve"])
+def test_every_help_prints(argv: list[str], run_cli: RunCli) -> None:
+    # A help text is a %-format: a bare "%" in one (a "95 % interval") made --help a traceback.
+    code, out, err = run_cli(argv)
+    assert code == 0, err
+    assert "usage: mcaas-search" in out and err == ""
+
+
 @pytest.mark.parametrize("argv", [["serve"], ["serve", "--help"]])
 def test_serve_without_the_service_extra_names_it_in_one_line(argv: list[str], tmp_path: Path) -> None:
     done = subprocess.run(
