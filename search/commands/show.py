@@ -9,7 +9,7 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from search.commands import add_json_argument, add_storage_argument
+from search.commands import add_json_argument, add_select_argument, add_storage_argument
 from search.errors import UserError
 from search.exporting import torch_artifact_of
 from search.reporting.as_json import study_json, trial_json, write_json
@@ -28,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="trial number; without it, the study's pre-flight analysis of the teacher and its space",
     )
     add_storage_argument(parser)
+    add_select_argument(parser)
     add_json_argument(parser, "the trial (or the study: its front, recommended trial, analysis and space)")
 
 
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     records = trial_records(study)
     if args.trial is None:
         if args.json:
-            write_json({**study_json(args.study, info, records, storage=args.storage),
+            write_json({**study_json(args.study, info, records, storage=args.storage, select=args.select),
                         "analysis": info.analysis or None, "space": dict(info.space)})
         else:
             _print_study(Console(), args.study, info)

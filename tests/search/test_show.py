@@ -96,3 +96,17 @@ def test_show_json_is_json_alone_on_stdout(hand: HandMadeStudy, run_cli: RunCli)
     assert study["recommended"]["number"] == 3
     assert study["export"].startswith("mcaas-search export --study hand")
     assert {"space", "analysis"} <= set(study)
+
+
+def test_show_json_names_the_recommended_trial_under_either_rule(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, run_cli: RunCli
+) -> None:
+    # On 1,000 validation images only trial 0 (0.2 pt lost, 3.9x) is vouched for; trial 3
+    # (0.9 pt, 12x) is within the bound on its point estimate: each rule reads its own pick.
+    small = make_study(tmp_path / "studies", tiny_artifacts(tmp_path_factory), name="small", n_val=1000)
+    picks = {}
+    for select in ("confident", "point"):
+        code, out, err = run_cli(["show", "--study", "small", "--storage", small.storage, "--select", select, "--json"])
+        assert code == 0, err
+        picks[select] = json.loads(out)["recommended"]["number"]
+    assert picks == {"confident": 0, "point": 3}
