@@ -41,6 +41,7 @@ from objectives._targets import (
     ratio,
     ratios,
     target,
+    untrained_ratio_bound,
 )
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "drop_points",
     "fit_calibration",
     "estimate_ratio",
+    "untrained_ratio_bound",
     "format_violations",
     "hypervolume",
     "images_to_decide",

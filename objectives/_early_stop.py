@@ -3,7 +3,8 @@
 
 Two rules: stop a trial whose validation accuracy during distillation is too far below the
 required accuracy to catch up in the budget left, and skip a config before any training when
-even the best accuracy it could reach would not get it onto the front.
+no outcome it can plausibly reach (its ratio bounded before training, its accuracy by a stated
+ceiling) would get it onto the front.
 """
 
 from __future__ import annotations
@@ -51,18 +52,28 @@ class EarlyStop:
 
 
 def dominated_before_training(
-    estimated_ratio: float, front: Sequence[Point], accuracy_ceiling: float
-) -> bool:
-    """Whether a config is already beaten before it is trained.
+    ratio_bound: float, front: Sequence[Point], accuracy_ceiling: float
+) -> Point | None:
+    """The feasible point that makes training a config pointless, or None.
 
-    ``estimated_ratio`` is the config's ratio known before training (MACs or params after
-    pruning, or an estimated size); ``accuracy_ceiling`` the best accuracy it could reach (e.g.
-    the teacher's). True when a feasible front point has at least that ratio and at least that
-    accuracy: training the config cannot add a non-dominated point.
+    The config's trained outcome is plausibly somewhere in the box (accuracy <= ``accuracy_ceiling``,
+    ratio <= ``ratio_bound``): ``ratio_bound`` bounds its ratio before training (its untrained
+    student's measured ratio plus the target's measurement slack, or the estimate from its
+    params / MACs), and ``accuracy_ceiling`` is the plausibility bound on accuracy (the search
+    uses the best of the teacher's and every feasible trial's). A new point enters the front
+    (``pareto_front``: only a point that is better in one objective and no worse in the other
+    removes it) unless one feasible point dominates it, so the whole box is ruled out exactly
+    when one feasible point dominates its best corner: ratio above ``ratio_bound`` at an accuracy
+    of at least the ceiling, or accuracy above the ceiling at a ratio of at least the bound.
+    Returns that point (the most accurate, then the highest ratio, when several do).
     """
-    estimated_ratio = check_positive("estimated_ratio", estimated_ratio)
+    ratio_bound = check_positive("ratio_bound", ratio_bound)
     accuracy_ceiling = check_finite("accuracy_ceiling", accuracy_ceiling)
-    return any(
-        p.feasible and p.ratio >= estimated_ratio and p.accuracy >= accuracy_ceiling
-        for p in front
-    )
+    beating = [
+        p for p in front
+        if p.feasible
+        and p.ratio >= ratio_bound
+        and p.accuracy >= accuracy_ceiling
+        and (p.ratio > ratio_bound or p.accuracy > accuracy_ceiling)
+    ]
+    return max(beating, key=lambda p: (p.accuracy, p.ratio, -p.id), default=None)

@@ -125,6 +125,13 @@ def _save_rung(
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+    mark_rung_checkpoint(path, step, total)
+
+
+def mark_rung_checkpoint(path: Path, step: int, total: int) -> None:
+    """Say that the checkpoint file at ``path`` holds step ``step`` of a ``total``-step run (the
+    JSON ``checkpointed_step`` reads), once the file is complete: after ``_save_rung`` writes it,
+    or once a copy fetched from another machine is in place."""
     write_atomic(path.with_suffix(".json"), json.dumps({"step": step, "total": total}))
 
 

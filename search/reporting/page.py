@@ -269,6 +269,7 @@ def trials_frame(info: StudyInfo, records: Sequence[TrialRecord]) -> pd.DataFram
             "rung_accuracies": ";".join(f"{steps}:{acc:.2f}" for steps, acc in r.rungs),
             "untrained_ratio": r.untrained_ratio,
             "resumed_from": r.resumed_from or None,
+            "skipped_by": r.skipped_by,
         })
         row.update({"seconds": r.seconds, "artifact": r.artifact or "", "reason": r.reason or ""})
         rows.append(row)

@@ -281,6 +281,13 @@ def print_trial(
 
     if record.rungs:
         console.print(_rungs_line(info, record, records), highlight=False)
+    elif record.untrained_ratio is not None:
+        console.print(f"measured before training: {record.untrained_ratio:.2f}x {info.target}", highlight=False)
+    if record.skipped_by is not None:
+        console.print(
+            f"skipped before training: trial {record.skipped_by} dominates every outcome it could reach",
+            highlight=False,
+        )
 
     if record.config:
         settings = Table(title="settings", title_justify="left", header_style="bold")

@@ -6,14 +6,16 @@ them. With ``--artifacts`` (a folder every machine mounts, or ``s3://bucket`` fo
 store) each complete trial's files are uploaded through Optuna's artifact API as the trial ends;
 the store is recorded in the study, and ``export`` fetches a file it does not find on disk. The
 demo teacher is uploaded too, so a worker joining from another machine runs with the study's own
-teacher rather than training one of its own (whose hash the study would refuse).
+teacher rather than training one of its own (whose hash the study would refuse). A promoted
+multi-fidelity trial's rung checkpoint is uploaded at the end of its rung too, so the replacement
+of a trial whose worker died continues from it on any machine.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.artifacts import (
@@ -32,12 +34,15 @@ if TYPE_CHECKING:
 __all__ = [
     "STORE_ATTR",
     "TEACHER_ATTR",
+    "discard_rung_checkpoint",
+    "fetch_rung_checkpoint",
     "fetch_teacher",
     "fetch_trial_file",
     "open_store",
     "record_store",
     "store_url",
     "upload_folder",
+    "upload_rung_checkpoint",
     "upload_teacher",
 ]
 
@@ -124,17 +129,12 @@ def fetch_teacher(study: optuna.Study, sha256: str, into: Path) -> bool:
     url, artifact_id = study.user_attrs.get(STORE_ATTR), study.user_attrs.get(TEACHER_ATTR)
     if url is None or artifact_id is None:
         return False
-    into.parent.mkdir(parents=True, exist_ok=True)
     partial = into.with_name(into.name + ".part")
-    partial.unlink(missing_ok=True)
     try:
-        download_artifact(artifact_store=open_store(url), file_path=str(partial), artifact_id=artifact_id)
+        got = _download_checked(open_store(url), artifact_id, partial, sha256)
     except (ArtifactNotFound, OSError) as exc:
-        partial.unlink(missing_ok=True)
         raise UserError(f"cannot fetch study {study.study_name!r}'s teacher from {url!r}: {first_line(exc)}") from None
-    got = file_sha256(partial)
     if got != sha256:
-        partial.unlink(missing_ok=True)
         raise UserError(
             f"study {study.study_name!r}'s teacher in {url!r} has sha256 {got[:12]}, not the "
             f"{sha256[:12]} the study recorded; pass the study's checkpoint with --weights"
@@ -143,6 +143,63 @@ def fetch_teacher(study: optuna.Study, sha256: str, into: Path) -> bool:
         os.replace(into, into.with_name(f"{into.stem}-{file_sha256(into)[:12]}{into.suffix}"))
     os.replace(partial, into)
     return True
+
+
+def _download_checked(store: ArtifactStore, artifact_id: str, partial: Path, sha256: str) -> str:
+    """Download ``artifact_id`` to ``partial`` and return the sha256 of what came; the file is
+    left there only when that is ``sha256`` (a failed download raises, leaving nothing)."""
+    from search.workloads.checkpoints import file_sha256  # torch: only when a file is fetched
+
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.unlink(missing_ok=True)
+    try:
+        download_artifact(artifact_store=store, file_path=str(partial), artifact_id=artifact_id)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    got = file_sha256(partial)
+    if got != sha256:
+        partial.unlink(missing_ok=True)
+    return got
+
+
+def upload_rung_checkpoint(trial: optuna.Trial, checkpoint: Path, step: int, total: int, store: ArtifactStore) -> dict[str, Any]:
+    """Upload a promoted trial's rung checkpoint (step ``step`` of ``total``), attached to the
+    trial; returns what its record keeps to fetch it back: step, total, artifact id, sha256."""
+    from search.workloads.checkpoints import file_sha256
+
+    sha256 = file_sha256(checkpoint)
+    artifact_id = upload_artifact(artifact_store=store, file_path=str(checkpoint), study_or_trial=trial)
+    return {"step": step, "total": total, "artifact": artifact_id, "sha256": sha256}
+
+
+def fetch_rung_checkpoint(stored: dict[str, Any], into: Path, store: ArtifactStore) -> bool:
+    """Put the rung checkpoint ``stored`` describes (``upload_rung_checkpoint``'s entry) at
+    ``into``, checked against its sha256, and mark it as holding its step. False, with nothing
+    put there, when it is gone from the store, cannot be read or is not the file uploaded (the
+    config then trains from its first step: a slower run, never a wrong one)."""
+    from stages.distill import mark_rung_checkpoint  # torch: only when a checkpoint is fetched
+
+    partial = into.with_name(into.name + ".part")
+    try:
+        got = _download_checked(store, stored["artifact"], partial, stored["sha256"])
+    except (ArtifactNotFound, OSError):
+        return False
+    if got != stored["sha256"]:
+        return False
+    os.replace(partial, into)
+    mark_rung_checkpoint(into, int(stored["step"]), int(stored["total"]))
+    return True
+
+
+def discard_rung_checkpoint(stored: dict[str, Any] | None, store: ArtifactStore) -> None:
+    """Remove an uploaded rung checkpoint nothing will continue from (it may be gone already)."""
+    if stored is None:
+        return
+    try:
+        store.remove(stored["artifact"])
+    except (ArtifactNotFound, OSError):
+        pass
 
 
 def fetch_trial_file(study: optuna.Study, number: int, recorded: Path, into: Path) -> Path:

@@ -169,12 +169,19 @@ class TrialRecord:
     ray_trial: str | None = _stored("ray_trial")  # its Ray Tune trial id
     ray_node: str | None = _stored("ray_node")  # the Ray node it ran on
     # Multi-fidelity (--strategy asha): [steps, validation accuracy] at each rung reached (the
-    # last is the budget it received), its ratio measured before training, the step an earlier,
+    # last is the budget it received), its ratio measured before training (any strategy, where
+    # it was measured), the step an earlier,
     # interrupted run of its config had trained to (it continued from there), and that trial.
     rungs: list[list[float]] = _stored("rungs", factory=list)
     untrained_ratio: float | None = _stored("untrained_ratio")
     resumed_from: int = _stored("resumed_from", 0)
     resumes: int | None = _stored("resumes")
+    # Its last promoted rung's checkpoint as uploaded to the study's artifact store (step, total,
+    # artifact id, sha256): what the replacement of the trial continues from on another machine
+    # (removed from the store once the trial ends other than interrupted).
+    rung_artifact: dict[str, Any] | None = _stored("rung_artifact")
+    # Skipped before training: the feasible trial that dominates every outcome it could reach.
+    skipped_by: int | None = _stored("skipped_by")
 
     @property
     def budget_steps(self) -> int | None:

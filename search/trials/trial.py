@@ -2,8 +2,8 @@
 
 Early stopping lives here because Optuna's pruners are single-objective and know nothing of the
 accuracy bound: a trial stops (state pruned) when its validation accuracy during distillation can
-no longer plausibly reach the bound, or before any training when its pruned size/MACs are already
-dominated by a feasible trial.
+no longer plausibly reach the bound, or before any training when a feasible trial dominates every
+outcome it can plausibly reach (see ``run_trial``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from objectives import (
     ratio,
     ratios,
     should_promote,
+    target,
+    untrained_ratio_bound,
 )
 from objectives import metrics as m
 from search.study import StudyInfo, TrialRecord
@@ -41,12 +43,21 @@ from stages.pipeline import TORCH_ARTIFACT, run_pipeline
 
 class TrialStopped(Exception):
     """A trial stopped early on purpose; ``saved_s`` estimates the time this saved, ``stages``
-    records what ran before the stop (a stop during distillation: the samples it had seen)."""
+    records what ran before the stop (a stop during distillation: the samples it had seen), and
+    ``record`` what else the stop learned, stored with it (a skip: the trial that beat it)."""
 
-    def __init__(self, reason: str, saved_s: float, *, stages: Sequence[dict[str, Any]] = ()) -> None:
+    def __init__(
+        self,
+        reason: str,
+        saved_s: float,
+        *,
+        stages: Sequence[dict[str, Any]] = (),
+        record: TrialRecord | None = None,
+    ) -> None:
         super().__init__(reason)
         self.saved_s = saved_s
         self.stages = list(stages)
+        self.record = record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +103,10 @@ class RungLog(Protocol):
         """(accuracy at the rung at ``steps``, final accuracy) of the trials that finished."""
         ...
 
+    def promoted(self, steps: int, total: int) -> None:
+        """This trial trains on from the rung at ``steps`` (of ``total``): its rung checkpoint is
+        what a run continuing it after an interruption starts from."""
+
 
 # The optimizer steps a multi-fidelity trial is judged at: the space's floor, then x3 (Distill
 # stops at those below its budget; the end of its budget is its last rung).
@@ -129,6 +144,15 @@ def run_trial(
     the untrained student's, measured in ONNX Runtime); it continues from ``ctx.rung_checkpoint`` when an earlier
     run of the same config left one there.
 
+    Before any training a config is skipped when it cannot add to the feasible front:
+    ``dominated_before_training`` with its ratio bounded by its untrained structural student,
+    exported in its number format and measured (``untrained_ratio_bound``: measured ratio plus
+    the target's slack; also bounded by the params/MACs estimate where the target has one), and
+    its accuracy by the plausibility ceiling max(teacher's validation accuracy, the most accurate
+    feasible trial's). The untrained student is measured when the rungs need it, or when that
+    gate is armed and the study has a feasible front to compare with (seconds, against a
+    training budget of minutes); otherwise only the estimate bounds it.
+
     The final file's test accuracy is measured only when it is within the accuracy bound on
     validation: any other trial is never a pick, so its test pass would be spent for nothing.
     Raises TrialStopped when a stop fires. ``stop_early=False`` (the fixed profiles, which every
@@ -138,32 +162,37 @@ def run_trial(
     resumed = checkpointed_step(ctx.rung_checkpoint) if rung_log is not None else 0
     # When distillation starts (after_prune runs right before it) and the samples it is to see.
     distill_plan: list[float] = []
+    measured: list[float] = []  # the untrained student's ratio, measured in ONNX Runtime
     untrained: list[float] = []  # the ratio known before training: what rungs judge a trial at
+    skip_armed = stop_early and scoring.skip_dominated
 
     def after_prune(pruned: dict[str, float]) -> None:
         distill_plan[:] = [time.perf_counter(), pruned.get(m.SAMPLES_SEEN, 0.0)]
-        est = untrained[0] if untrained else estimated_ratio(
-            scoring.target, scoring.baseline, pruned, config.quantize.mode
-        )
-        if est is not None:
-            untrained[:] = [est]
-        if not (stop_early and scoring.skip_dominated):
+        est = estimated_ratio(scoring.target, scoring.baseline, pruned, config.quantize.mode)
+        untrained[:] = measured or ([est] if est is not None else [])
+        # Both are upper bounds on the trained ratio: the tighter one decides.
+        from_measure = untrained_ratio_bound(scoring.target, measured[0]) if measured else None
+        bounds = [b for b in (from_measure, est) if b is not None]
+        points = list(study.feasible_front()) if skip_armed else []
+        if not bounds or not points:
             return
-        points = list(study.feasible_front())
-        if est is None or not points:
-            return
+        bound = min(bounds)
         ceiling = max([scoring.baseline[m.VAL_ACC], *(p.accuracy for p in points)])
-        if dominated_before_training(est, points, ceiling):
-            typical = study.median_trial_seconds()
+        beaten_by = dominated_before_training(bound, points, ceiling)
+        if beaten_by is not None:
+            known = f"measured {measured[0]:.2f}x untrained" if measured else "estimated from its params"
             raise TrialStopped(
-                f"skipped before training: at best {est:.1f}x {scoring.target}, already reached "
-                f"by a feasible trial at >= {ceiling:.2f} % accuracy",
-                saved_s=max(typical - (time.perf_counter() - started), 0.0),
+                f"skipped before training: at most {bound:.2f}x {scoring.target} ({known}), and "
+                f"feasible trial {beaten_by.id} already has {beaten_by.ratio:.2f}x at "
+                f"{beaten_by.accuracy:.2f} %, at or above the most accuracy a trial is expected to "
+                f"reach ({ceiling:.2f} %: the teacher's or the best feasible trial's)",
+                saved_s=max(study.median_trial_seconds() - (time.perf_counter() - started), 0.0),
+                record=TrialRecord(skipped_by=beaten_by.id, untrained_ratio=measured[0] if measured else None),
             )
 
-    def on_untrained(measured: dict[str, float]) -> None:
+    def on_untrained(metrics: dict[str, float]) -> None:
         try:
-            untrained[:] = [ratio(scoring.target, scoring.baseline, measured)]
+            measured[:] = [ratio(scoring.target, scoring.baseline, metrics)]
         except ObjectiveError:  # a target the untrained file does not measure: the estimate
             pass
 
@@ -192,9 +221,10 @@ def run_trial(
         earlier = rung_log.results_at(done)
         calibration = fit_calibration(rung_log.pairs_at(done), steps=done, top=total)
         rung_log.record(done, val_acc, rung_ratio)
-        if done >= total or should_promote(
-            result, earlier, required_accuracy=scoring.required_accuracy, calibration=calibration
-        ):
+        if done >= total:
+            return
+        if should_promote(result, earlier, required_accuracy=scoring.required_accuracy, calibration=calibration):
+            rung_log.promoted(done, total)
             return
         if not plausible(result, scoring.required_accuracy, calibration):
             why = f"cannot plausibly reach the required {scoring.required_accuracy:.2f} % ({calibration.describe()})"
@@ -225,16 +255,23 @@ def run_trial(
     )
     if rung_log is not None:
         ctx = dataclasses.replace(ctx, rungs=RUNGS, on_rung=on_rung)
-    # Multi-fidelity judges trials at their ratio before any training: measured, not estimated.
+    # Multi-fidelity judges trials at their ratio before any training: measured, not estimated;
+    # the skip gate measures too where the measurement bounds the ratio and a front exists.
+    measure = rung_log is not None or (
+        skip_armed and target(scoring.target).untrained_slack is not None and bool(study.feasible_front())
+    )
     result = run_pipeline(
         config,
         ctx,
         after_prune=after_prune,
-        on_untrained=on_untrained if rung_log is not None else None,
+        on_untrained=on_untrained if measure else None,
         untrained_latency=scoring.target == "latency",
     )
-    return score(result.metrics, scoring, stages=[r.to_dict() for r in result.stages],
-                 artifact=result.artifact, seconds=result.seconds)
+    outcome = score(result.metrics, scoring, stages=[r.to_dict() for r in result.stages],
+                    artifact=result.artifact, seconds=result.seconds)
+    if not measured:
+        return outcome
+    return dataclasses.replace(outcome, record=dataclasses.replace(outcome.record, untrained_ratio=measured[0]))
 
 
 def score(

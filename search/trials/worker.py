@@ -16,7 +16,14 @@ from optuna.trial import TrialState
 from objectives import EarlyStop, Point, RungResult
 from objectives import metrics as m
 from search.study import StudyInfo, TrialRecord, ask_lock, feasible_front, heartbeat, trial_record
-from search.study.artifacts import STORE_ATTR, open_store, upload_folder
+from search.study.artifacts import (
+    STORE_ATTR,
+    discard_rung_checkpoint,
+    fetch_rung_checkpoint,
+    open_store,
+    upload_folder,
+    upload_rung_checkpoint,
+)
 from search.study.exclusions import (
     Exclusion,
     exclude,
@@ -69,10 +76,19 @@ class LiveStudyView:
 
 class StudyRungLog(RungLog):
     """A trial's rungs in its record in the study storage (journal, SQLite or PostgreSQL), so
-    every worker on every machine judges against the same rungs."""
+    every worker on every machine judges against the same rungs; with the study's artifact
+    ``store``, a promoted trial's ``checkpoint`` goes there too (the previous rung's is removed)."""
 
-    def __init__(self, study: optuna.Study, trial: optuna.Trial) -> None:
+    def __init__(
+        self,
+        study: optuna.Study,
+        trial: optuna.Trial,
+        *,
+        store: ArtifactStore | None = None,
+        checkpoint: Path | None = None,
+    ) -> None:
         self.study, self.trial = study, trial
+        self.store, self.checkpoint = store, checkpoint
 
     def record(self, steps: int, accuracy: float, ratio: float) -> None:
         rungs = [*TrialRecord.from_attrs(self.trial.user_attrs).rungs, [steps, accuracy]]
@@ -101,6 +117,15 @@ class StudyRungLog(RungLog):
             if r.state == "complete" and m.VAL_ACC in r.metrics
         ]
 
+    def promoted(self, steps: int, total: int) -> None:
+        if self.store is None or checkpointed_step(self.checkpoint, total) != steps:
+            return
+        assert self.checkpoint is not None
+        previous = TrialRecord.from_attrs(self.trial.user_attrs).rung_artifact
+        uploaded = upload_rung_checkpoint(self.trial, self.checkpoint, steps, total, self.store)
+        TrialRecord(rung_artifact=uploaded).save(self.trial)
+        discard_rung_checkpoint(previous, self.store)
+
 
 def rung_checkpoint(artifacts: Path, flat: dict[str, object]) -> Path:
     """Where the rung checkpoint of a config lives: keyed by the config, so a trial that runs
@@ -108,30 +133,58 @@ def rung_checkpoint(artifacts: Path, flat: dict[str, object]) -> Path:
     return artifacts / "rungs" / fingerprint_hash(flat) / "rung.pt"
 
 
-def resume_rungs(study: optuna.Study, trial: optuna.Trial, flat: dict[str, object], start: int) -> None:
-    """Give ``trial``, which continues its config from step ``start``, the rungs up to there
-    that the interrupted trial of the same config reached (what it is judged on goes on)."""
-    TrialRecord(resumed_from=start).save(trial)
+def _earlier_run(study: optuna.Study, trial: optuna.Trial, flat: dict[str, object]) -> TrialRecord | None:
+    """The latest other trial of the config ``flat`` that reached a rung: the interrupted run
+    ``trial`` continues."""
     for t in reversed(study.get_trials(deepcopy=False)):
         earlier = trial_record(t)
         if t.number != trial.number and earlier.config == flat and earlier.rungs:
-            kept = [r for r in earlier.rungs if int(r[0]) <= start]
-            TrialRecord(rungs=kept, untrained_ratio=earlier.untrained_ratio).save(trial)
-            return
+            return earlier
+    return None
+
+
+def resume_rungs(study: optuna.Study, trial: optuna.Trial, flat: dict[str, object], start: int) -> None:
+    """Give ``trial``, which continues its config from step ``start``, the rungs up to there
+    that the interrupted trial of the same config reached (what it is judged on goes on), and
+    the stored checkpoint it continues from (the next interruption's replacement may need it)."""
+    TrialRecord(resumed_from=start).save(trial)
+    earlier = _earlier_run(study, trial, flat)
+    if earlier is not None:
+        kept = [r for r in earlier.rungs if int(r[0]) <= start]
+        stored = earlier.rung_artifact if earlier.rung_artifact and earlier.rung_artifact["step"] == start else None
+        TrialRecord(rungs=kept, untrained_ratio=earlier.untrained_ratio, rung_artifact=stored).save(trial)
+
+
+def fetch_earlier_rung(
+    study: optuna.Study, trial: optuna.Trial, flat: dict[str, object], checkpoint: Path, store: ArtifactStore
+) -> int:
+    """Fetch the stored checkpoint of the interrupted run of ``flat`` to ``checkpoint`` (its
+    worker was on another machine, or this one lost its disk), checked against its sha256;
+    returns the step it holds (0: none stored, or not the file uploaded)."""
+    earlier = _earlier_run(study, trial, flat)
+    if earlier is None or earlier.rung_artifact is None:
+        return 0
+    if not fetch_rung_checkpoint(earlier.rung_artifact, checkpoint, store):
+        return 0
+    return checkpointed_step(checkpoint)
 
 
 def requeue_interrupted(study: optuna.Study) -> list[int]:
     """Queue the config of each interrupted multi-fidelity trial that reached a rung again (once),
     so a replacement continues from its checkpoint instead of the study drawing another config.
-    Call holding the ask lock."""
+    Configs that wait together are queued by their measured (untrained) ratio, highest first:
+    Optuna hands waiting trials out in the order they were queued, so with ``--jobs N`` the
+    worker that frees up first continues the config most likely to extend the front. Call
+    holding the ask lock."""
     trials = study.get_trials(deepcopy=False)
     replaced = {trial_record(t).resumes for t in trials}
-    queued = []
-    for t in trials:
-        if was_interrupted(t) and trial_record(t).rungs and t.number not in replaced:
-            study.enqueue_trial(t.params, user_attrs=TrialRecord(resumes=t.number).to_attrs(), skip_if_exists=False)
-            queued.append(t.number)
-    return queued
+    waiting = [
+        t for t in trials if was_interrupted(t) and trial_record(t).rungs and t.number not in replaced
+    ]
+    waiting.sort(key=lambda t: (-(trial_record(t).untrained_ratio or 0.0), t.number))
+    for t in waiting:
+        study.enqueue_trial(t.params, user_attrs=TrialRecord(resumes=t.number).to_attrs(), skip_if_exists=False)
+    return [t.number for t in waiting]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,9 +264,11 @@ def run_and_record(
         ctx = trial_context(setup.base, folder, frozen_layers=setup.base.frozen_layers + learned)
         rung_log = None
         if setup.multi_fidelity and profile is None:
-            rung_log = StudyRungLog(study, trial)
             ctx = dataclasses.replace(ctx, rung_checkpoint=rung_checkpoint(setup.artifacts, flat))
+            rung_log = StudyRungLog(study, trial, store=setup.store, checkpoint=ctx.rung_checkpoint)
             start = checkpointed_step(ctx.rung_checkpoint)
+            if not start and setup.store is not None and TrialRecord.from_attrs(trial.user_attrs).resumes is not None:
+                start = fetch_earlier_rung(study, trial, flat, ctx.rung_checkpoint, setup.store)
             if start:
                 resume_rungs(study, trial, flat, start)
         with heartbeat(study, trial.number):
@@ -224,6 +279,8 @@ def run_and_record(
                 upload_folder(trial, folder, setup.store)
     except TrialStopped as stop:
         TrialRecord(reason=str(stop), saved_s=stop.saved_s, stages=stop.stages).save(trial)
+        if stop.record is not None:
+            stop.record.save(trial)
         study.tell(trial, state=TrialState.PRUNED)
         return "pruned", None
     except KeyboardInterrupt:
@@ -243,6 +300,8 @@ def run_and_record(
         # rung is final): any other end frees the disk it holds.
         if not interrupted:
             remove_rung_checkpoint(ctx.rung_checkpoint)
+            if setup.store is not None:
+                discard_rung_checkpoint(TrialRecord.from_attrs(trial.user_attrs).rung_artifact, setup.store)
     record_outcome(study, trial, outcome)
     return "complete", outcome
 

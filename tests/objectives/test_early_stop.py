@@ -81,14 +81,17 @@ FRONT = [Point(0, 91.0, 4.0), Point(1, 89.0, 40.0), Point(2, 95.0, 100.0, feasib
 
 
 def test_dominated_before_training_examples() -> None:
-    assert dominated_before_training(3.0, FRONT, accuracy_ceiling=90.5)  # point 0 beats it
-    assert dominated_before_training(40.0, FRONT, accuracy_ceiling=89.0)  # equal to point 1
+    assert dominated_before_training(3.0, FRONT, accuracy_ceiling=90.5) == FRONT[0]  # point 0 beats it
+    # At best equal to point 1: a duplicate, which the front keeps beside it.
+    assert dominated_before_training(40.0, FRONT, accuracy_ceiling=89.0) is None
+    assert dominated_before_training(39.0, FRONT, accuracy_ceiling=89.0) == FRONT[1]
+    assert dominated_before_training(3.0, FRONT, accuracy_ceiling=89.0) == FRONT[0]  # the most accurate
     assert not dominated_before_training(5.0, FRONT, accuracy_ceiling=90.0)  # more compressed
     assert not dominated_before_training(3.0, FRONT, accuracy_ceiling=92.0)  # could be better
     # The infeasible point 2 would dominate, but does not count.
     assert not dominated_before_training(50.0, FRONT, accuracy_ceiling=90.0)
     assert not dominated_before_training(1.0, [], accuracy_ceiling=0.0)
-    with pytest.raises(ObjectiveError, match="estimated_ratio must be > 0"):
+    with pytest.raises(ObjectiveError, match="ratio_bound must be > 0"):
         dominated_before_training(0.0, FRONT, accuracy_ceiling=90.0)
 
 
@@ -111,9 +114,13 @@ def test_dominated_before_training_means_it_cannot_help(
     ceiling = 85.0 + ceiling_step
     new_id = len(points)
     if dominated_before_training(est, front, accuracy_ceiling=ceiling):
-        # Whatever accuracy up to the ceiling training reaches, the front's area stays the same.
-        acc = data.draw(st.floats(min_value=0.0, max_value=ceiling))
-        grown = points + [Point(new_id, acc, est)]
+        # Whatever accuracy up to the ceiling and ratio up to the bound training reaches, the
+        # config never enters the front (brute force: pareto_front itself), nor grows its area.
+        # (the corner itself, the best it can do, is drawn often)
+        acc = data.draw(st.just(ceiling) | st.floats(min_value=0.0, max_value=ceiling))
+        got_ratio = data.draw(st.just(est) | st.floats(min_value=1e-3, max_value=est))
+        grown = points + [Point(new_id, acc, got_ratio)]
+        assert new_id not in {p.id for p in pareto_front(grown)}
         assert hypervolume(grown, ref_accuracy=80.0) == pytest.approx(
             hypervolume(points, ref_accuracy=80.0)
         )

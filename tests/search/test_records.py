@@ -43,6 +43,8 @@ STORED: dict[str, Any] = {
     "untrained_ratio": 4.0,
     "resumed_from": 120,
     "resumes": 2,
+    "rung_artifact": {"step": 120, "total": 480, "artifact": "a1b2", "sha256": "0" * 64},
+    "skipped_by": 5,
 }
 
 # The user attributes of a complete trial as mcaas-search wrote them before the schema existed
