@@ -16,6 +16,7 @@ from objectives import (
     ratio,
     ratios,
     target,
+    untrained_ratio_bound,
 )
 
 BASELINE = {"bytes": 4_000_000.0, "latency_ms": 2.4, "macs": 33e6, "params": 11.2e6}
@@ -131,3 +132,14 @@ def test_estimates_match_the_former_hand_written_rules(
 
     for name in ("size", "latency", "macs", "params"):
         assert estimate_ratio(name, BASELINE, pruned, bytes_per_weight=bytes_per_weight) == by_hand(name)
+
+
+def test_the_untrained_ratio_bounds_the_trained_one_within_the_targets_slack() -> None:
+    # Shapes and number format fix size, params and MACs; a second timing of the same graph
+    # differs by its noise; gzip bytes shrink with clustering and sparsity: no bound at all.
+    assert untrained_ratio_bound("size", 10.0) == pytest.approx(10.1)
+    assert untrained_ratio_bound("latency", 10.0) == pytest.approx(12.5)
+    assert untrained_ratio_bound("params", 10.0) == 10.0
+    assert untrained_ratio_bound("gzip-size", 10.0) is None
+    with pytest.raises(ObjectiveError, match="measured must be > 0"):
+        untrained_ratio_bound("size", 0.0)

@@ -23,7 +23,10 @@ from search.reporting.tables import print_trial
 from search.study import TrialRecord, trial_record
 from search.study.records import INTERRUPTED
 from search.study.rungs import compute_line
-from search.trials.worker import StudyRungLog, requeue_interrupted, resume_rungs
+from search.study.artifacts import open_store
+from search.trials.worker import StudyRungLog, fetch_earlier_rung, requeue_interrupted, resume_rungs
+from search.workloads.checkpoints import file_sha256
+from stages.distill import checkpointed_step, mark_rung_checkpoint
 from tests.search.study_fixtures import HandMadeStudy
 from tests.search.test_reliability import RUN_LIMIT_S, STUDY, _env, _start, _trials, _wait_for
 
@@ -134,6 +137,100 @@ def test_rungs_in_the_study_storage_are_read_by_every_trial(tmp_path: Path) -> N
     assert _rec(replacement).untrained_ratio == 2.0
 
 
+def test_configs_waiting_for_a_rung_slot_go_highest_measured_ratio_first(tmp_path: Path) -> None:
+    study = optuna.create_study(directions=["maximize", "maximize"],
+                                storage=f"sqlite:///{tmp_path / 's.db'}")
+    cut = {}
+    for ratio in (2.0, 9.0, 5.0):
+        trial = _trial(study, [[120, 80.0]], ratio, reason=f"{INTERRUPTED} (kill -9)")
+        study.tell(trial, state=TrialState.FAIL)
+        cut[ratio] = trial.number
+    assert requeue_interrupted(study) == [cut[9.0], cut[5.0], cut[2.0]]
+    # The workers that free up take them in that order, whichever asks.
+    taken = [_rec(study.ask()).resumes for _ in range(3)]
+    assert taken == [cut[9.0], cut[5.0], cut[2.0]]
+
+
+def _checkpoint(path: Path, step: int, total: int, payload: bytes) -> None:
+    """A rung checkpoint as Distill leaves it: the file, then the JSON naming its step."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(payload)
+    mark_rung_checkpoint(path, step, total)
+
+
+def test_a_promoted_rung_checkpoint_goes_to_the_store_and_a_replacement_elsewhere_fetches_it(tmp_path: Path) -> None:
+    study = optuna.create_study(directions=["maximize", "maximize"],
+                                storage=f"sqlite:///{tmp_path / 's.db'}")
+    store = open_store(str(tmp_path / "store"))
+    here = tmp_path / "machine-a" / "rungs" / "rung.pt"
+    trial = _trial(study, [[120, 85.0]], 6.0)
+    log = StudyRungLog(study, trial, store=store, checkpoint=here)
+
+    _checkpoint(here, 120, 480, b"state at 120")
+    log.promoted(120, 480)
+    stored = _rec(trial).rung_artifact
+    assert stored is not None and (stored["step"], stored["total"]) == (120, 480)
+    assert stored["sha256"] == file_sha256(here)
+    # The next rung's checkpoint replaces it in the store: one kept per trial.
+    _checkpoint(here, 360, 480, b"state at 360")
+    log.promoted(360, 480)
+    stored = _rec(trial).rung_artifact
+    assert stored is not None and stored["step"] == 360
+    assert [p.read_bytes() for p in (tmp_path / "store").rglob("*") if p.is_file()] == [b"state at 360"]
+
+    # Its worker dies; the replacement runs on a machine that never saw the checkpoint.
+    TrialRecord(reason=f"{INTERRUPTED} (kill -9)").save(trial)
+    study.tell(trial, state=TrialState.FAIL)
+    requeue_interrupted(study)
+    replacement = study.ask()
+    flat = {"x": trial.params["x"]}
+    there = tmp_path / "machine-b" / "rungs" / "rung.pt"
+    assert fetch_earlier_rung(study, replacement, flat, there, store) == 360
+    assert there.read_bytes() == b"state at 360" and checkpointed_step(there, 480) == 360
+    resume_rungs(study, replacement, flat, 360)
+    assert _rec(replacement).rung_artifact == stored  # a second interruption can fetch it too
+
+    # A stored copy that is not the file uploaded (sha256) is never continued from.
+    [kept] = [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    kept.write_bytes(b"state at 360, damaged")
+    elsewhere = tmp_path / "machine-c" / "rungs" / "rung.pt"
+    assert fetch_earlier_rung(study, replacement, flat, elsewhere, store) == 0
+    assert not elsewhere.exists() and not list(elsewhere.parent.glob("*"))
+
+
+def test_a_trial_promoted_at_a_rung_uploads_that_rungs_checkpoint(tiny_context, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from objectives import Constraint
+    from search.trials.trial import Scoring, run_trial
+    from stages.config import PipelineConfig
+
+    study = optuna.create_study(directions=["maximize", "maximize"],
+                                storage=f"sqlite:///{tmp_path / 's.db'}")
+    store = open_store(str(tmp_path / "store"))
+    trial = study.ask()
+    checkpoint = tmp_path / "rungs" / "rung.pt"
+    ctx = dataclasses.replace(tiny_context, rung_checkpoint=checkpoint)
+    log = StudyRungLog(study, trial, store=store, checkpoint=checkpoint)
+    # 20 epochs of 8 steps: a rung at 120 steps, the first there (promoted), then the end at 160.
+    config = PipelineConfig.from_flat({"prune.ratio": 0.3, "distill.epochs": 20.0})
+    baseline = {"val_acc": 90.0, "test_acc": 90.0, "bytes": 1e6, "params": 1e5}
+    scoring = Scoring("size", Constraint(max_drop=90.0), baseline, early_stop=None)
+    outcome = run_trial(config, ctx, scoring, _NoFront(), rung_log=log)
+    assert [s for s, _ in _rec(trial).rungs] == [120, 160]
+    stored = _rec(trial).rung_artifact
+    assert stored is not None and (stored["step"], stored["total"]) == (120, 160)
+    [uploaded] = [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    assert file_sha256(uploaded) == stored["sha256"] == file_sha256(checkpoint)
+    assert outcome.record.untrained_ratio == _rec(trial).untrained_ratio
+
+
+class _NoFront:
+    def feasible_front(self) -> list[object]:
+        return []
+
+    def median_trial_seconds(self) -> float:
+        return 0.0
+
+
 def _record(number: int, state: TrialState, rungs: list[list[float]], val_acc: float | None = None) -> TrialRecord:
     distill = {"stage": "distill", "seconds": 1.0, "metrics": {"samples_seen": 128.0 * rungs[-1][0]}}
     stored = TrialRecord(rungs=rungs, untrained_ratio=8.5, stages=[distill],
@@ -195,3 +292,16 @@ def test_a_search_request_for_asha_on_ray_is_refused() -> None:
     with pytest.raises(RequestError, match="strategy"):
         SearchRequest(spec=WorkloadSpec(), strategy="bogus")
     assert SearchRequest(spec=WorkloadSpec(), strategy="asha").settings("s", SearchRequest(spec=WorkloadSpec()).space(), 1).strategy == "asha"
+
+
+def test_show_says_a_trial_was_skipped_before_training_and_what_it_measured(hand: HandMadeStudy) -> None:
+    stored = TrialRecord(reason="skipped before training: at most 3.03x size (measured 3.00x untrained)",
+                         untrained_ratio=3.0, skipped_by=7)
+    frozen = optuna.trial.create_trial(state=TrialState.PRUNED, user_attrs=stored.to_attrs())
+    record = dataclasses.replace(trial_record(frozen), number=9)
+    console = Console(record=True, width=200)
+    print_trial(console, hand.info, record, [record], study_name="s", storage=None)
+    shown = console.export_text()
+    assert "measured before training: 3.00x" in shown
+    assert "skipped before training: trial 7 dominates every outcome it could reach" in shown
+    assert trials_frame(hand.info, [record])["skipped_by"].iloc[0] == 7
