@@ -21,8 +21,7 @@ from objectives import DROP_TYPES, TARGETS, Constraint
 from search.backends import BACKENDS, SAMPLERS, STRATEGIES, Backend, SearchSettings, make_backend
 from search.errors import UserError
 from search.study import STUDIES_DIR
-from search.workloads.datasets import MAX_SEED
-from search.workloads.workload import Workload, WorkloadSpec, workload_space
+from search.workloads import MAX_SEED, Workload, WorkloadSpec, workload_space
 from spaces import SearchSpace, load_space
 
 # Upper bounds that catch typos (and keep --jobs from forking thousands of processes).

@@ -56,7 +56,7 @@ def image_folder_root(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def digits_data() -> TaskData:
     """scikit-learn digits as loaded by the search (seed 0): 1293 train / 144 val / 360 test."""
-    from search.workloads.datasets import load_dataset
+    from search.workloads import load_dataset
 
     return load_dataset("digits")
 
@@ -75,8 +75,7 @@ def tiny_cnn() -> nn.Module:
 
 @pytest.fixture(scope="session")
 def _trained_digits_teacher(digits_data: TaskData) -> nn.Module:
-    from search.workloads.models import DemoCNN
-    from search.workloads.training import train_teacher
+    from search.workloads import DemoCNN, train_teacher
 
     torch.manual_seed(0)
     model = DemoCNN()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar, Protocol
 
 from search.backends.settings import SearchSettings
-from search.workloads.workload import Workload
+from search.workloads import Workload
 
 
 class Backend(Protocol):

@@ -31,7 +31,7 @@ from search.study.lifecycle import server_database
 from search.study.records import StudyInfo, TrialRecord
 from search.study.storage import STUDIES_DIR
 from search.trials.worker import requeue_interrupted, run_and_record, worker_setup
-from search.workloads.workload import Workload, WorkloadSpec, load_workload, pick_device
+from search.workloads import Workload, WorkloadSpec, load_workload, pick_device
 from spaces import trial_config
 
 # How often a worker that reached the study's total looks again at its peers' running trials.

@@ -27,9 +27,7 @@ from search.study import (
 from search.study.artifacts import fetch_teacher, open_store, record_store, upload_teacher
 from search.study.records import ARTIFACTS, BASELINE_ONNX
 from search.trials.context import cached_analysis, make_context, measure_baseline_into
-from search.workloads.analysis import Analysis
-from search.workloads.checkpoints import file_sha256
-from search.workloads.workload import Workload, WorkloadSpec, demo_cache_path
+from search.workloads import Analysis, Workload, WorkloadSpec, demo_cache_path, file_sha256
 from spaces import SearchSpace, default_space, fit_space
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from search.bench.results import BenchSummary
-from search.workloads.workload import Workload
+from search.workloads import Workload
 from stages.files import write_atomic
 from stages.measure import alone_latency, thread_counts
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from objectives import PairedDrop, paired_drop
 from search.bench.results import BenchSummary, test_drop
-from search.workloads.workload import Workload
+from search.workloads import Workload
 from stages.files import write_atomic
 from stages.measure import OnnxRunner, onnx_correct
 

@@ -45,7 +45,7 @@ from search.trials.worker import (
     run_and_record,
     worker_setup,
 )
-from search.workloads.workload import Workload
+from search.workloads import Workload
 from spaces import SearchSpace
 from stages import Context, timed
 from stages.config import PipelineConfig

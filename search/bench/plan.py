@@ -38,7 +38,7 @@ from search.reporting.progress import LiveProgress
 from search.request import SearchRequest
 from search.study import STUDIES_DIR, StudyInfo, load_study, open_storage
 from search.trials.context import make_context, measure_baseline_into
-from search.workloads.workload import Workload
+from search.workloads import Workload
 from spaces import SearchSpace
 from stages.files import write_atomic
 

@@ -27,7 +27,7 @@ from search.errors import UserError
 from search.reporting.screenshot import find_chromium, take_screenshot
 from search.study import TrialRecord, load_study, open_storage, trial_records
 from search.trials.context import teacher_pass_seconds
-from search.workloads.workload import Workload
+from search.workloads import Workload
 from stages.files import write_atomic
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 from search.study import storage_url
 
 if TYPE_CHECKING:
-    from search.workloads.workload import WorkloadSpec
+    from search.workloads import WorkloadSpec
 
 __all__ = [
     "add_json_argument",
@@ -65,9 +65,7 @@ def add_workload_arguments(
     parser: argparse.ArgumentParser, *, weights_help: str | None = None
 ) -> None:
     """Add the flags that choose the teacher model, its weights, the dataset and the device."""
-    from search.workloads.datasets import (
-        DATASETS,  # here: `list` and `show` need no torch
-    )
+    from search.workloads import DATASETS  # here: `list` and `show` need no torch
 
     group = parser.add_argument_group("workload")
     group.add_argument(
@@ -191,7 +189,7 @@ def _seed(value: object) -> int:
 def spec_from_args(args: argparse.Namespace) -> WorkloadSpec:
     """The workload flags of parsed ``args`` as a ``WorkloadSpec``, its input size resolved
     (``with_input_size``)."""
-    from search.workloads.workload import WorkloadSpec, with_input_size
+    from search.workloads import WorkloadSpec, with_input_size
 
     return with_input_size(WorkloadSpec(
         model=args.model,

@@ -21,7 +21,7 @@ from search.errors import UserError
 from search.request import MAX_THREADS, MAX_TRIALS, SearchRequest
 from search.study import check_storage
 from search.trials.context import trial_threads
-from search.workloads.workload import load_workload, pick_device
+from search.workloads import load_workload, pick_device
 from spaces import Fixed, SearchSpace
 
 # --quick: enough trials that the search runs past its three profiles, a distillation of one epoch.

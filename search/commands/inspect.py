@@ -20,9 +20,7 @@ from search.trials.context import (
     measure_baseline_into,
     trial_threads,
 )
-from search.workloads import load_workload, pick_device
-from search.workloads.analysis import Analysis
-from search.workloads.workload import workload_space
+from search.workloads import Analysis, load_workload, pick_device, workload_space
 from spaces import fit_space
 
 # What random weights measure but mean nothing by.

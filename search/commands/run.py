@@ -53,9 +53,14 @@ from search.study import (
 )
 from search.study.artifacts import open_store
 from search.trials.context import trial_threads
-from search.workloads.analysis import val_split_note
-from search.workloads.training import evaluate_accuracy
-from search.workloads.workload import Workload, WorkloadSpec, load_workload, pick_device
+from search.workloads import (
+    Workload,
+    WorkloadSpec,
+    evaluate_accuracy,
+    load_workload,
+    pick_device,
+    val_split_note,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 def _print_study(console: Console, name: str, info: StudyInfo) -> None:
     """What the study was run for, the pre-flight analysis stored with it, and its space."""
     from search.commands.inspect import print_analysis
-    from search.workloads.analysis import Analysis
+    from search.workloads import Analysis
 
     console.print(f"study [bold]{name}[/]: target {info.target}, {info.constraint.describe()}; teacher {info.teacher_acc:.2f} % val")
     if info.analysis:

@@ -11,26 +11,26 @@ from pathlib import Path
 
 from search.commands import add_workload_arguments, spec_from_args
 from search.errors import UserError
-from search.workloads.datasets import check_dataset_name
-from search.workloads.models import check_model_name
-from search.workloads.recipes import OPTIMIZERS, recipe_family, recipe_for
-from search.workloads.training import (
+from search.workloads import (
     DEFAULT_EPOCHS,
-    available_cores,
-    check_training_settings,
-    metrics_path,
-    save_checkpoint,
-    train_teacher,
-)
-from search.workloads.workload import (
     DEMO_DATASET,
     DEMO_EPOCHS,
     DEMO_MODEL,
+    OPTIMIZERS,
+    available_cores,
     build_for_data,
+    check_dataset_name,
+    check_model_name,
+    check_training_settings,
     checkpoint_info,
     demo_cache_path,
     load_task_data,
+    metrics_path,
     pick_device,
+    recipe_family,
+    recipe_for,
+    save_checkpoint,
+    train_teacher,
     weak_teacher,
 )
 

@@ -26,12 +26,7 @@ from search.trials.context import (
     with_analysis,
 )
 from search.trials.worker import raised_at
-from search.workloads.workload import (
-    WorkloadSpec,
-    load_workload,
-    pick_device,
-    workload_space,
-)
+from search.workloads import WorkloadSpec, load_workload, pick_device, workload_space
 from spaces import MIN_STEPS, min_epochs
 from stages import Context
 from stages.config import PipelineConfig, valid_keys

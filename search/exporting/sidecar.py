@@ -13,7 +13,7 @@ from objectives import metrics
 from search.exporting.selection import Selection
 from search.exporting.sources import export_format
 from search.study import StudyInfo
-from search.workloads.checkpoints import file_sha256
+from search.workloads import file_sha256
 from stages import TaskData
 
 SIDECAR_SUFFIX = ".json"

@@ -11,7 +11,7 @@ from objectives import metrics
 from search.errors import UserError, first_line
 from search.exporting.sources import export_format
 from search.study import StudyInfo, TrialRecord
-from search.workloads.workload import WorkloadSpec, load_task_data
+from search.workloads import WorkloadSpec, load_task_data
 from stages import Split, TaskData
 
 EVAL_BATCH_SIZE = 512  # the batch size trials are measured with (Context.eval_batch_size)

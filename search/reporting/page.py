@@ -45,7 +45,7 @@ from search.study.scoring import (
     paired_val_drop,
     recommended_record,
 )
-from search.workloads.analysis import Analysis
+from search.workloads import Analysis
 from stages.files import write_atomic
 
 REPORT_HTML = "report.html"

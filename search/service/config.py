@@ -13,7 +13,7 @@ from pathlib import Path
 
 from search.errors import UserError
 from search.study import STUDIES_DIR, storage_url
-from search.workloads.datasets import DATASETS, dataset_at
+from search.workloads import DATASETS, dataset_at
 
 DEFAULT_FOLDER = STUDIES_DIR / "server"
 DEFAULT_MAX_UPLOAD_MB = 200.0

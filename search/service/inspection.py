@@ -15,7 +15,7 @@ from typing import Any
 
 from search.service.config import ServerConfig
 from search.service.uploads import workload_spec
-from search.workloads.analysis import Analysis
+from search.workloads import Analysis
 from stages.files import write_atomic
 
 RESULT, OUTPUT, ERRORS = "inspect.json", "inspect.out", "inspect.err"

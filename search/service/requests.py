@@ -16,7 +16,7 @@ from search.request import RequestError, SearchRequest, constraint_of
 from search.service.config import ServerConfig
 from search.service.errors import ApiError
 from search.service.uploads import DEMO, check_name, load_model, workload_spec
-from search.workloads.workload import WorkloadSpec, workload_space
+from search.workloads import WorkloadSpec, workload_space
 from spaces import load_space
 from stages.errors import ConfigError
 

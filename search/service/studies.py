@@ -26,7 +26,7 @@ from search.service.errors import ApiError
 from search.service.jobs import FINAL, Jobs
 from search.study import StudyInfo, TrialRecord, open_storage, trial_records
 from search.study.scoring import accuracy_drop, front_records, recommended_record
-from search.workloads.analysis import Analysis
+from search.workloads import Analysis
 
 MODEL_FILE = "model.onnx"
 

@@ -23,8 +23,13 @@ from torch import nn
 from search.errors import UserError
 from search.service.config import ServerConfig, dataset_kind
 from search.service.errors import ApiError
-from search.workloads.models import ModelFile, check_model_name
-from search.workloads.workload import WorkloadSpec, build_for_data, load_task_data
+from search.workloads import (
+    ModelFile,
+    WorkloadSpec,
+    build_for_data,
+    check_model_name,
+    load_task_data,
+)
 from stages import TaskData, count_params_macs, weight_layers
 
 CHECKPOINT = "checkpoint.pt"

@@ -26,7 +26,7 @@ from search.errors import USER_ERRORS, first_line
 from search.service.jobs import CANCEL, LOCK, REQUEST, RESULT, write_result
 from search.service.requests import SPACE_FILE, JobRequest
 from search.trials.context import trial_threads
-from search.workloads.workload import load_workload, pick_device
+from search.workloads import load_workload, pick_device
 
 
 def run_job(folder: Path) -> int:

@@ -124,7 +124,7 @@ def fetch_teacher(study: optuna.Study, sha256: str, into: Path) -> bool:
     """Put the study's stored teacher at ``into``, checked against ``sha256`` (the hash the study
     recorded); a different file already there is kept beside it, named by its own hash. Returns
     False when the study has no stored teacher (nothing is changed)."""
-    from search.workloads.checkpoints import file_sha256  # torch: only when a teacher is fetched
+    from search.workloads import file_sha256  # torch: only when a teacher is fetched
 
     url, artifact_id = study.user_attrs.get(STORE_ATTR), study.user_attrs.get(TEACHER_ATTR)
     if url is None or artifact_id is None:

@@ -12,9 +12,7 @@ from pathlib import Path
 import torch
 
 from search.study import STUDIES_DIR
-from search.workloads.analysis import VERSION as ANALYSIS_VERSION
-from search.workloads.analysis import Analysis, analyze
-from search.workloads.workload import Workload
+from search.workloads import ANALYSIS_VERSION, Analysis, Workload, analyze
 from stages import Context, timed
 from stages.files import write_atomic
 from stages.pipeline import measure_baseline

@@ -42,8 +42,7 @@ from search.trials.context import (
     with_analysis,
 )
 from search.trials.trial import RungLog, Scoring, TrialOutcome, TrialStopped, run_trial
-from search.workloads.analysis import Analysis
-from search.workloads.workload import Workload
+from search.workloads import Analysis, Workload
 from stages import Context, PipelineConfig, StageError
 from stages.distill import checkpointed_step, remove_rung_checkpoint
 from stages.prune_failures import PruneFailure

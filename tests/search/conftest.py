@@ -30,7 +30,7 @@ def hand(studies: tuple[HandMadeStudy, HandMadeStudy]) -> HandMadeStudy:
 def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo teacher's cache folder, trained once for the whole session (as the first search
     would); tests copy it to ``<cwd>/studies/.cache``."""
-    from search.workloads.workload import WorkloadSpec, load_workload
+    from search.workloads import WorkloadSpec, load_workload
 
     studies = tmp_path_factory.mktemp("demo-teacher") / "studies"
     load_workload(WorkloadSpec(), device=torch.device("cpu"), studies_dir=studies, progress=False)

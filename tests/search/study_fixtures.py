@@ -26,7 +26,7 @@ from optuna.trial import TrialState, create_trial
 
 from objectives import Constraint, ratios
 from search.study import StudyInfo, TrialRecord
-from search.workloads.datasets import DatasetRequest, load_dataset
+from search.workloads import DatasetRequest, load_dataset
 from stages.export import export_onnx, export_pt2
 from stages.measure import OnnxRunner, onnx_accuracy
 from tests.support import RunCli

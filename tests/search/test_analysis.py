@@ -15,7 +15,8 @@ from optuna.trial import TrialState
 from search.study import load_study, open_storage, trial_record
 from search.study.exclusions import Exclusion, excluded_by, exclusions, frozen_layers
 from search.trials.worker import learn_from_failure
-from search.workloads.analysis import Analysis, thread_counts
+from search.workloads import Analysis
+from search.workloads.analysis import thread_counts
 from stages import PipelineConfig, StageError
 from stages.prune_failures import PruneFailure
 from tests.support import RunCli
@@ -245,7 +246,7 @@ def test_a_teacher_at_chance_level_is_refused_unless_allowed(
 
 
 def test_chance_level_bound_follows_the_number_of_classes() -> None:
-    from search.workloads.workload import chance_margin, weak_teacher
+    from search.workloads import chance_margin, weak_teacher
 
     assert chance_margin(10) == (10.0, 19.0)
     assert chance_margin(2) == (50.0, 55.0)
@@ -254,6 +255,6 @@ def test_chance_level_bound_follows_the_number_of_classes() -> None:
 
 
 def load_user_model(path: Path):  # noqa: ANN201 - the test's own model class
-    from search.workloads.models import build_model
+    from search.workloads import build_model
 
     return build_model(f"{path}:build", in_channels=1, num_classes=10)

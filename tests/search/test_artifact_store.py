@@ -26,7 +26,7 @@ from search.study.artifacts import (
     upload_folder,
     upload_teacher,
 )
-from search.workloads.checkpoints import file_sha256
+from search.workloads import file_sha256
 
 
 def _trial_with_files(tmp_path: Path, url: str) -> tuple[optuna.Study, Path]:

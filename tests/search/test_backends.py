@@ -16,7 +16,7 @@ from search.backends import BACKENDS, SearchSettings, make_backend, run_study
 from search.backends.local import OptunaBackend
 from search.errors import UserError
 from search.study import StudyInfo, open_storage
-from search.workloads.workload import Workload, WorkloadSpec
+from search.workloads import Workload, WorkloadSpec
 from spaces import FloatRange, SearchSpace, default_space
 from stages import EXPORT_FORMATS
 from tests.tiny_models import make_tiny_cnn, tiny_task_data

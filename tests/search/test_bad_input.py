@@ -34,9 +34,7 @@ from search.cli import COMMANDS, build_parser, main
 from search.errors import UserError
 from search.study import StudyInfo, open_storage
 from search.study.storage import CONNECT_TIMEOUT_S, rdb_engine_kwargs
-from search.workloads.analysis import Analysis
-from search.workloads.models import DemoCNN
-from search.workloads.workload import WorkloadSpec, load_workload
+from search.workloads import Analysis, DemoCNN, WorkloadSpec, load_workload
 from tests.search.study_fixtures import HandMadeStudy
 from tests.support import RunCli
 from tests.tiny_models import TinyCNN
@@ -54,7 +52,7 @@ class WorkStarted(BaseException):
 
 # Where real work starts, as the modules that start it name it.
 TRIPWIRES = (
-    "search.workloads.workload.train_teacher",
+    "search.workloads.demo.train_teacher",
     "search.commands.train.train_teacher",
     "search.trials.context.teacher_logits",
     "search.trials.context.measure_baseline",
@@ -178,7 +176,7 @@ def test_bad_checkpoints_are_refused_before_any_work(
 def test_checkpoints_are_read_weights_only_and_a_module_needs_allow_pickle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from search.workloads.checkpoints import read_checkpoint
+    from search.workloads import read_checkpoint
 
     marker = tmp_path / "pwned"
     files = _checkpoints(tmp_path, marker)
@@ -220,7 +218,7 @@ def test_a_user_model_file_runs_only_when_named_by_its_path(
     marker = tmp_path / "ran"
     (workdir / "evil.py").write_text(
         f"open({str(marker)!r}, 'w').write('imported')\n"
-        "from search.workloads.models import DemoCNN\n"
+        "from search.workloads import DemoCNN\n"
         "def make(in_channels=1, num_classes=10):\n"
         "    return DemoCNN(in_channels, num_classes)\n"
     )

@@ -36,7 +36,7 @@ from search.bench.results import (
 from search.reporting.format import settings_summary
 from search.request import SearchRequest
 from search.study import TrialRecord
-from search.workloads.workload import WorkloadSpec
+from search.workloads import WorkloadSpec
 from spaces import demo_space
 from tests.support import RunCli
 

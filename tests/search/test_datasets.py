@@ -12,14 +12,8 @@ import pytest
 import torch
 
 from search.errors import UserError
-from search.workloads.datasets import (
-    DATASETS,
-    DatasetRequest,
-    RandomCropFlip,
-    carve,
-    load_dataset,
-    read_idx,
-)
+from search.workloads import DATASETS, DatasetRequest, load_dataset
+from search.workloads.datasets import RandomCropFlip, carve, read_idx
 from stages import Split, TaskData
 from tests.data_files import write_idx, write_image_folder
 

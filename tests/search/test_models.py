@@ -11,14 +11,15 @@ import torch_pruning as tp
 from torch import nn
 
 from search.errors import UserError
-from search.workloads.checkpoints import load_state, read_checkpoint
-from search.workloads.models import (
+from search.workloads import (
     DemoCNN,
     ModelFile,
     build_model,
     check_fits,
-    is_user_model,
+    load_state,
+    read_checkpoint,
 )
+from search.workloads.models import is_user_model
 
 
 def param_count(model: nn.Module) -> int:

@@ -285,7 +285,7 @@ def test_asha_holds_the_budget_at_the_top_of_its_range_and_is_refused_on_ray() -
 
 def test_a_search_request_for_asha_on_ray_is_refused() -> None:
     from search.request import RequestError, SearchRequest
-    from search.workloads.workload import WorkloadSpec
+    from search.workloads import WorkloadSpec
 
     with pytest.raises(RequestError, match="asha runs on the optuna backend only"):
         SearchRequest(spec=WorkloadSpec(), backend="ray", strategy="asha")

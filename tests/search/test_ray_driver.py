@@ -25,7 +25,7 @@ from search.backends import SearchSettings
 from search.backends import ray_tune as ray_driver
 from search.errors import UserError
 from search.study import StudyInfo, TrialRecord, open_storage, profiles_to_run, trial_record, trial_records
-from search.workloads.workload import WorkloadSpec
+from search.workloads import WorkloadSpec
 from spaces import (
     PROFILES,
     QUANT_ONLY,

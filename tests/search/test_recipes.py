@@ -13,17 +13,21 @@ import torch
 from torchvision.ops import StochasticDepth
 
 from search.errors import UserError
-from search.workloads.models import DemoCNN, build_model
+from search.workloads import (
+    DemoCNN,
+    Recipe,
+    WorkloadSpec,
+    build_model,
+    recipe_family,
+    train_teacher,
+    with_input_size,
+)
 from search.workloads.recipes import (
     RECIPES,
-    Recipe,
     batch_size_for,
-    recipe_family,
     regularisation_scale,
     scale_regularisation,
 )
-from search.workloads.training import train_teacher
-from search.workloads.workload import WorkloadSpec, with_input_size
 from stages import TaskData
 from tests.search.test_bad_input import tripwires  # noqa: F401 - the fixture: no work may start
 from tests.support import RunCli

@@ -16,7 +16,7 @@ from search.request import MAX_TRIALS, RequestError, SearchRequest
 from search.service.config import ServerConfig
 from search.service.errors import ApiError
 from search.service.requests import JobRequest, parse_request
-from search.workloads.workload import WorkloadSpec
+from search.workloads import WorkloadSpec
 
 # (flags, JSON body fields, field): the same bad request as the CLI and the service take it.
 SAME_REFUSALS = [

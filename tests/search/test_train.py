@@ -11,9 +11,7 @@ import pytest
 import torch
 
 from search.errors import UserError
-from search.workloads.models import DemoCNN
-from search.workloads.training import evaluate_accuracy, train_teacher
-from search.workloads.workload import WorkloadSpec, load_workload
+from search.workloads import DemoCNN, WorkloadSpec, evaluate_accuracy, load_workload, train_teacher
 from stages import TaskData
 from tests.support import RunCli
 

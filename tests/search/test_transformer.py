@@ -15,7 +15,7 @@ from torch import nn
 
 from search.errors import UserError
 from search.study import StudyInfo, open_storage, trial_record
-from search.workloads.models import build_model, check_fits
+from search.workloads import build_model, check_fits
 from search.workloads.vit import patch_size_for
 from stages import Context, TaskData
 from stages.config import PruneConfig

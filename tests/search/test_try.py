@@ -12,8 +12,8 @@ import pytest
 from search.cli import build_parser, main
 from search.commands import try_config
 from search.commands.try_config import workload_defaults
-from search.workloads import workload as workload_module
-from search.workloads.workload import WorkloadSpec
+from search.workloads import WorkloadSpec
+from search.workloads import demo as demo_module
 from spaces import MIN_STEPS as MIN_DISTILL_STEPS
 from spaces import default_space, demo_space
 
@@ -23,7 +23,7 @@ def test_json_output_is_the_json_alone_even_when_the_teacher_is_trained_first(
 ) -> None:
     """A new folder: the demo teacher is trained and cached first; its message goes to stderr."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(workload_module, "DEMO_EPOCHS", 1)  # a quick, weak teacher
+    monkeypatch.setattr(demo_module, "DEMO_EPOCHS", 1)  # a quick, weak teacher
     argv = ["try", "--allow-weak-teacher", "--set", "prune.ratio=0.5", "--set", "quantize.mode=int8-static"]
     assert main([*argv, "--set", "distill.epochs=1", "--threads", "1", "--json"]) == 0
     captured = capsys.readouterr()

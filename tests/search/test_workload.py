@@ -13,15 +13,17 @@ from torch import nn
 
 from search.commands import add_workload_arguments, spec_from_args
 from search.errors import UserError
-from search.workloads import workload as workload_module
-from search.workloads.models import DemoCNN
-from search.workloads.training import evaluate_accuracy, metrics_path, save_checkpoint
-from search.workloads.workload import (
+from search.workloads import (
+    DemoCNN,
     WorkloadSpec,
     demo_cache_path,
+    evaluate_accuracy,
     load_workload,
+    metrics_path,
     pick_device,
+    save_checkpoint,
 )
+from search.workloads import demo as demo_module
 from stages import TaskData
 
 CPU = torch.device("cpu")
@@ -75,7 +77,7 @@ def test_pick_device() -> None:
 def test_demo_teacher_is_trained_once_then_loaded_from_the_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(workload_module, "DEMO_EPOCHS", 3)
+    monkeypatch.setattr(demo_module, "DEMO_EPOCHS", 3)
     first = load_workload(WorkloadSpec(), device=CPU, studies_dir=tmp_path)
     captured = capsys.readouterr()
     printed = captured.err.strip().splitlines()  # a message: stdout may be a command's JSON
@@ -97,7 +99,7 @@ def test_demo_teacher_is_trained_once_then_loaded_from_the_cache(
 def test_unreadable_demo_cache_is_retrained(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(workload_module, "DEMO_EPOCHS", 1)
+    monkeypatch.setattr(demo_module, "DEMO_EPOCHS", 1)
     cache = demo_cache_path(tmp_path, WorkloadSpec())
     cache.parent.mkdir(parents=True)
     cache.write_bytes(b"garbage")
@@ -242,7 +244,7 @@ def test_user_model_fingerprint_and_name_are_unchanged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Pinned: studies store this fingerprint and refuse to resume when it differs."""
-    from search.workloads.workload import _display_name, workload_fingerprint
+    from search.workloads.fingerprint import display_name, workload_fingerprint
     from stages import Split
 
     monkeypatch.chdir(tmp_path)
@@ -258,11 +260,12 @@ def test_user_model_fingerprint_and_name_are_unchanged(
         "model", "model_file_sha256", "dataset", "data_root", "image_size", "input_shape",
         "num_classes", "seed", "val_fraction", "weights_sha256",
     ]  # fmt: skip
-    assert _display_name(spec) == "my_net.make-digits"
+    assert display_name(spec) == "my_net.make-digits"
 
 
 def test_the_default_validation_split_grows_until_it_can_decide_the_bound() -> None:
-    from search.workloads.workload import grown_val_fraction, load_task_data
+    from search.workloads import load_task_data
+    from search.workloads.task_data import grown_val_fraction
 
     # The demo's default quarter of digits (360 images) decides 1 pt; 0.5 pt needs 390 images.
     demo = WorkloadSpec(decide_drop=1.0)

@@ -237,7 +237,7 @@ def test_torchvision_cuts_end_at_whole_stages() -> None:
     cuts = find_cuts(resnet, torch.randn(1, 3, 32, 32), 10)
     assert cuts[1] == ("layer4.1", "layer4.0")  # "truncate after layer3"
     assert cuts[-1][-1] == "layer1.1" and len(cuts) == 7  # the head needs a block before it
-    from search.workloads.models import DemoCNN
+    from search.workloads import DemoCNN
 
     assert find_cuts(DemoCNN().eval(), torch.randn(1, 1, 8, 8), 10) == []  # a chain of layers, no blocks
     vit = torchvision.models.VisionTransformer(32, 8, 2, 2, 32, 64, num_classes=10).eval()

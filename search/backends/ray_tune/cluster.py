@@ -21,8 +21,7 @@ from search import checkout_pythonpath
 from search.errors import UserError, first_line
 from search.study import storage_url
 from search.trials.context import default_threads
-from search.workloads.models import ModelFile
-from search.workloads.workload import WorkloadSpec
+from search.workloads import ModelFile, WorkloadSpec
 
 CONNECT_TIMEOUT_S = 3.0
 DEFAULT_GCS_PORT = 6379

@@ -42,7 +42,7 @@ from search.study import (
     profiles_to_run,
     trial_record,
 )
-from search.workloads.workload import Workload, WorkloadSpec
+from search.workloads import Workload, WorkloadSpec
 
 
 @dataclasses.dataclass(frozen=True)

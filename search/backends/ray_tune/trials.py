@@ -24,7 +24,7 @@ from search.backends.settings import SearchSettings
 from search.study import StudyInfo, open_storage, worker_id
 from search.study.records import TrialRecord, trial_record
 from search.trials.worker import WorkerSetup, run_and_record, worker_setup
-from search.workloads.workload import Workload, WorkloadSpec, load_workload, pick_device
+from search.workloads import Workload, WorkloadSpec, load_workload, pick_device
 from spaces import SearchSpace, rebuilt_config
 from stages import PipelineConfig
 

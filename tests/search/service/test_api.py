@@ -21,8 +21,7 @@ from search.errors import UserError
 from search.service import ServerConfig, create_app, data_roots, load_or_create_token
 from search.service.app import PLOTLY_JS
 from search.service.uploads import describe_model
-from search.workloads.datasets import load_dataset
-from search.workloads.models import DemoCNN
+from search.workloads import DemoCNN, load_dataset
 from stages import count_params_macs, weight_layers
 from tests.search.study_fixtures import TINY_SPACE
 
@@ -235,7 +234,7 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(client: TestClient, 
 
 def test_model_code_only_with_allow_model_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_checkpoint: bytes) -> None:
     monkeypatch.chdir(tmp_path)
-    code = b"from search.workloads.models import DemoCNN\n\ndef build(in_channels, num_classes):\n    return DemoCNN(in_channels, num_classes)\n"
+    code = b"from search.workloads import DemoCNN\n\ndef build(in_channels, num_classes):\n    return DemoCNN(in_channels, num_classes)\n"
     files = {"file": ("ckpt.pt", demo_checkpoint), "code": ("net.py", code)}
     form = {"factory": "build", "dataset": "digits"}
     refused = ServerConfig(folder=tmp_path / "a", workdir=tmp_path)

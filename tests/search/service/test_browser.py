@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 
 from search.reporting.screenshot import find_chromium
-from search.workloads.datasets import load_dataset
+from search.workloads import load_dataset
 from tests.search.service.server_process import (
     JOB_LIMIT_S,
     Server,

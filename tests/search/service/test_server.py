@@ -23,7 +23,7 @@ import pytest
 
 from search.service.jobs import worker_alive
 from search.study import counted, open_storage, trial_record
-from search.workloads.datasets import load_dataset
+from search.workloads import load_dataset
 from tests.search.service.server_process import (
     JOB_LIMIT_S,
     Server,
