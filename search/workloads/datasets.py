@@ -130,6 +130,11 @@ def _find_idx_files(root: Path) -> dict[str, Path] | None:
     return None
 
 
+def holds_fashion_mnist(root: Path) -> bool:
+    """Fashion-MNIST's four IDX files in ``root``, in a layout ``load_fashion_mnist`` reads."""
+    return _find_idx_files(root) is not None
+
+
 def load_fashion_mnist(request: DatasetRequest) -> TaskData:
     """Fashion-MNIST from IDX files: ``ROOT/*-ubyte(.gz)`` (Debian) or ``ROOT/FashionMNIST/raw``."""
     root = request.data_root
@@ -193,6 +198,11 @@ def _find_cifar_dir(root: Path) -> Path | None:
     return None
 
 
+def holds_cifar10(root: Path) -> bool:
+    """CIFAR-10's python batches in ``root`` or its ``cifar-10-batches-py``."""
+    return _find_cifar_dir(root) is not None
+
+
 def load_cifar10(request: DatasetRequest) -> TaskData:
     """CIFAR-10 from torchvision's layout ``ROOT/cifar-10-batches-py`` (50k train, 10k test)."""
     root = request.data_root
@@ -229,6 +239,11 @@ def load_cifar10(request: DatasetRequest) -> TaskData:
 
 # ---------------------------------------------------------------------------------------------
 # imagefolder
+
+
+def holds_image_folder(root: Path) -> bool:
+    """Any visible sub-folder in ``root`` (``load_imagefolder`` says what is missing inside)."""
+    return any(child.is_dir() and not child.name.startswith(".") for child in root.iterdir())
 
 
 def load_imagefolder(request: DatasetRequest) -> TaskData:
@@ -307,6 +322,9 @@ class Dataset:
     takes_data_root: bool = True
     # The side of its images as loaded without --image-size (what a recipe's minimum is held to).
     native_size: int | None = None
+    # Whether an existing folder holds this dataset in a layout ``load`` reads, from names alone
+    # (``dataset_at``); None for a dataset that is never in a folder.
+    detect: Callable[[Path], bool] | None = None
 
 
 DATASETS: dict[str, Dataset] = {
@@ -320,33 +338,30 @@ DATASETS: dict[str, Dataset] = {
         load_fashion_mnist,
         "expected train-images-idx3-ubyte.gz etc. there or in FashionMNIST/raw",
         native_size=28,
+        detect=holds_fashion_mnist,
     ),
     "cifar10": Dataset(
         load_cifar10,
         f"expected {CIFAR10_DIR}/data_batch_1..5 and test_batch there",
         native_size=32,
+        detect=holds_cifar10,
     ),
     "imagefolder": Dataset(
         load_imagefolder,
         "expected class sub-folders of images, optionally under train/ and test/",
         native_size=DEFAULT_IMAGE_SIZE,
+        detect=holds_image_folder,  # any folder with a sub-folder: last, after the narrower ones
     ),
 }
 
 
 def dataset_at(root: Path) -> str | None:
-    """Which of ``DATASETS`` the folder ``root`` holds in a layout its loader reads:
-    ``fashion-mnist`` (IDX files), ``cifar10`` (the python batches), ``imagefolder`` (class
-    sub-folders of images), or None. Cheap: looks at names only, reads no image."""
+    """Which of ``DATASETS`` the folder ``root`` holds in a layout its loader reads: the first
+    entry whose ``detect`` sees it there, in the registry's order, or None. Cheap: looks at names
+    only, reads no image."""
     if not root.is_dir():
         return None
-    if _find_idx_files(root) is not None:
-        return "fashion-mnist"
-    if _find_cifar_dir(root) is not None:
-        return "cifar10"
-    if any(child.is_dir() and not child.name.startswith(".") for child in root.iterdir()):
-        return "imagefolder"
-    return None
+    return next((name for name, d in DATASETS.items() if d.detect is not None and d.detect(root)), None)
 
 
 def check_dataset_name(name: str) -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from search.errors import UserError
-from search.workloads import DATASETS, DatasetRequest, load_dataset
+from search.workloads import DATASETS, Dataset, DatasetRequest, dataset_at, load_dataset
 from search.workloads.datasets import RandomCropFlip, carve, read_idx
 from stages import Split, TaskData
 from tests.data_files import write_idx, write_image_folder
@@ -204,6 +204,42 @@ def test_image_folder_needs_classes(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # rules shared by every dataset
+
+
+# ---------------------------------------------------------------------------------------------
+# a dataset found in a folder
+
+
+def test_dataset_at_names_each_layout(
+    fashion_mnist_root: Path,
+    fashion_mnist_torchvision_root: Path,
+    cifar10_root: Path,
+    image_folder_root: Path,
+    tmp_path: Path,
+) -> None:
+    assert dataset_at(fashion_mnist_root) == "fashion-mnist"
+    assert dataset_at(fashion_mnist_torchvision_root) == "fashion-mnist"
+    # A cifar10 root is a folder with a sub-folder too: the narrower entry comes first.
+    assert dataset_at(cifar10_root) == "cifar10"
+    assert dataset_at(image_folder_root) == "imagefolder"
+    (tmp_path / "empty" / ".hidden").mkdir(parents=True)
+    assert dataset_at(tmp_path / "empty") is None
+    assert dataset_at(tmp_path / "missing") is None
+    (tmp_path / "notes.txt").write_text("")
+    assert dataset_at(tmp_path / "notes.txt") is None
+
+
+def test_a_registry_entry_brings_its_own_detection(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``dataset_at`` asks the entries of ``DATASETS``: a new entry is found with no other change."""
+    (tmp_path / "npz").mkdir()
+    (tmp_path / "npz" / "data.npz").write_bytes(b"")
+    entry = Dataset(
+        load=lambda request: load_dataset("digits"),
+        expected_files="expected data.npz there",
+        detect=lambda root: (root / "data.npz").is_file(),
+    )
+    monkeypatch.setitem(DATASETS, "npz", entry)
+    assert dataset_at(tmp_path / "npz") == "npz"
 
 
 def test_unknown_dataset_lists_valid_ones() -> None:
