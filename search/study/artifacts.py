@@ -148,7 +148,7 @@ def fetch_teacher(study: optuna.Study, sha256: str, into: Path) -> bool:
 def _download_checked(store: ArtifactStore, artifact_id: str, partial: Path, sha256: str) -> str:
     """Download ``artifact_id`` to ``partial`` and return the sha256 of what came; the file is
     left there only when that is ``sha256`` (a failed download raises, leaving nothing)."""
-    from search.workloads.checkpoints import file_sha256  # torch: only when a file is fetched
+    from search.workloads import file_sha256  # torch: only when a file is fetched
 
     partial.parent.mkdir(parents=True, exist_ok=True)
     partial.unlink(missing_ok=True)
@@ -166,7 +166,7 @@ def _download_checked(store: ArtifactStore, artifact_id: str, partial: Path, sha
 def upload_rung_checkpoint(trial: optuna.Trial, checkpoint: Path, step: int, total: int, store: ArtifactStore) -> dict[str, Any]:
     """Upload a promoted trial's rung checkpoint (step ``step`` of ``total``), attached to the
     trial; returns what its record keeps to fetch it back: step, total, artifact id, sha256."""
-    from search.workloads.checkpoints import file_sha256
+    from search.workloads import file_sha256
 
     sha256 = file_sha256(checkpoint)
     artifact_id = upload_artifact(artifact_store=store, file_path=str(checkpoint), study_or_trial=trial)

@@ -25,7 +25,7 @@ from search.study.records import INTERRUPTED
 from search.study.rungs import compute_line
 from search.study.artifacts import open_store
 from search.trials.worker import StudyRungLog, fetch_earlier_rung, requeue_interrupted, resume_rungs
-from search.workloads.checkpoints import file_sha256
+from search.workloads import file_sha256
 from stages.distill import checkpointed_step, mark_rung_checkpoint
 from tests.search.study_fixtures import HandMadeStudy
 from tests.search.test_reliability import RUN_LIMIT_S, STUDY, _env, _start, _trials, _wait_for
