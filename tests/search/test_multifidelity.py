@@ -305,3 +305,43 @@ def test_show_says_a_trial_was_skipped_before_training_and_what_it_measured(hand
     assert "measured before training: 3.00x" in shown
     assert "skipped before training: trial 7 dominates every outcome it could reach" in shown
     assert trials_frame(hand.info, [record])["skipped_by"].iloc[0] == 7
+
+
+def test_a_worker_on_another_machine_continues_from_the_stored_rung_and_frees_it(
+    tiny_context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    from search.study.artifacts import upload_rung_checkpoint
+    from search.trials import worker
+    from search.trials.trial import TrialStopped
+    from stages.config import PipelineConfig
+
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    store = open_store(str(tmp_path / "store"))
+    flat = PipelineConfig().to_flat()
+    # Machine A ran the config to its rung at 120 steps and died there.
+    cut = study.ask()
+    _checkpoint(tmp_path / "machine-a" / "rung.pt", 120, 480, b"state at 120")
+    stored = upload_rung_checkpoint(cut, tmp_path / "machine-a" / "rung.pt", 120, 480, store)
+    TrialRecord(config=flat, rungs=[[120, 80.0]], untrained_ratio=3.0, rung_artifact=stored,
+                reason=f"{INTERRUPTED} (kill -9)").save(cut)
+    study.tell(cut, state=TrialState.FAIL)
+    requeue_interrupted(study)
+
+    # Machine B runs the replacement: what its pipeline starts from, and a skip it records.
+    started: list[int] = []
+
+    def run_trial(config, ctx, *args: object, **kwargs: object) -> None:  # type: ignore[no-untyped-def]
+        started.append(checkpointed_step(ctx.rung_checkpoint, 480))
+        raise TrialStopped("stopped at 360 of 480 steps", saved_s=1.0, record=TrialRecord(skipped_by=0))
+
+    monkeypatch.setattr(worker, "run_trial", run_trial)
+    setup = worker.WorkerSetup(study, None, tiny_context, None, None, tmp_path / "machine-b", store,  # type: ignore[arg-type]
+                               multi_fidelity=True)
+    replacement = study.ask()
+    state, _ = worker.run_and_record(replacement, setup, PipelineConfig, profile=None)
+    assert (state, started) == ("pruned", [120])
+    record = trial_record(study.trials[replacement.number])
+    assert record.resumed_from == 120 and record.rungs == [[120, 80.0]] and record.skipped_by == 0
+    # It ended (not interrupted): nothing continues it, so neither copy of the checkpoint is kept.
+    assert not [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    assert not list((tmp_path / "machine-b").rglob("rung.pt"))
