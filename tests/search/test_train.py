@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from search.errors import UserError
-from search.workloads import DemoCNN, WorkloadSpec, evaluate_accuracy, load_workload, train_teacher
+from search.workloads import (
+    DemoCNN,
+    WorkloadSpec,
+    build_for_data,
+    evaluate_accuracy,
+    load_workload,
+    train_teacher,
+)
 from stages import TaskData
 from tests.support import RunCli
 
@@ -178,3 +185,22 @@ def test_train_errors_are_one_line_exit_2(
 def test_train_needs_out_for_a_named_model(tmp_path: Path, run_cli: RunCli) -> None:
     code, _, stderr = run_cli(["train", "--model", "resnet18", "--dataset", "digits"])
     assert code == 2 and "--out is required" in stderr
+
+
+def test_a_teacher_built_without_weights_starts_from_its_seed(digits_data: TaskData) -> None:
+    """The demo teacher and `train` start from weights the seed decides: two runs of the same
+    spec train the same teacher (they differed per process before), and the caller's random
+    state is left alone."""
+
+    def built(seed: int) -> dict[str, torch.Tensor]:
+        spec = WorkloadSpec(seed=seed)
+        return build_for_data(spec, digits_data, weights=None).state_dict()
+
+    torch.manual_seed(7)
+    expected_next = torch.rand(1)
+    torch.manual_seed(7)
+    a = built(0)
+    assert torch.equal(torch.rand(1), expected_next)
+    b, c = built(0), built(1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

@@ -103,7 +103,9 @@ def test_unreadable_demo_cache_is_retrained(
     cache = demo_cache_path(tmp_path, WorkloadSpec())
     cache.parent.mkdir(parents=True)
     cache.write_bytes(b"garbage")
-    workload = load_workload(WorkloadSpec(), device=CPU, studies_dir=tmp_path)
+    # One epoch can leave the teacher near chance: that guard is not what this test is about.
+    spec = WorkloadSpec(allow_weak_teacher=True)
+    workload = load_workload(spec, device=CPU, studies_dir=tmp_path)
     assert "retraining" in capsys.readouterr().err  # a message, not a result
     assert workload.fingerprint["weights_sha256"] == sha256(cache)
 
