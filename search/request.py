@@ -142,12 +142,6 @@ class SearchRequest:
         check_choice("backend", self.backend, BACKENDS)
         if self.strategy is not None:
             check_choice("strategy", self.strategy, STRATEGIES)
-            if self.backend == "ray" and STRATEGIES[self.strategy].multi_fidelity:
-                raise RequestError(
-                    "strategy",
-                    f"{self.strategy} runs on the optuna backend only (Ray Tune's scheduler is not "
-                    "wired to its rungs yet); use backend optuna, or strategy full on Ray",
-                )
         unknown = sorted(set(self.backend_options) - set(BACKEND_OPTIONS))
         if unknown:
             raise RequestError("backend_options", f"unknown {unknown}; options: {', '.join(BACKEND_OPTIONS)}")

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from objectives import (
     REDUCTION,
+    Calibration,
     Constraint,
     EarlyStop,
     ObjectiveError,
@@ -34,9 +35,9 @@ from objectives import (
 )
 from objectives import metrics as m
 from search.study import StudyInfo, TrialRecord
-from spaces import MIN_STEPS
+from spaces import MIN_STEPS, Choice, Fixed, FloatRange, IntRange, SearchSpace
 from stages import QUANT_MODES, Context, StageRecord
-from stages.config import PipelineConfig
+from stages.config import DistillConfig, PipelineConfig
 from stages.distill import checkpointed_step
 from stages.pipeline import TORCH_ARTIFACT, run_pipeline
 
@@ -108,9 +109,58 @@ class RungLog(Protocol):
         what a run continuing it after an interruption starts from."""
 
 
+class RungJudge(Protocol):
+    """Decides at a rung whether a multi-fidelity trial trains on: the Optuna workers apply the
+    promotion rule themselves (``successive_halving``), a Ray trial hands its score to Ray Tune's
+    ASHA scheduler."""
+
+    def __call__(
+        self, steps: int, result: RungResult, earlier: Sequence[RungResult], required: float, calibration: Calibration
+    ) -> str | None:
+        """None to train on, else why the trial stops at the rung at ``steps``."""
+        ...
+
+
+def implausible(result: RungResult, required: float, calibration: Calibration) -> str | None:
+    """Why ``result`` stops for the bound (the promotion rule's plausibility half), or None."""
+    if plausible(result, required, calibration):
+        return None
+    return f"cannot plausibly reach the required {required:.2f} % ({calibration.describe()})"
+
+
+def successive_halving(
+    steps: int, result: RungResult, earlier: Sequence[RungResult], required: float, calibration: Calibration
+) -> str | None:
+    """The promotion rule against the ``earlier`` trials at the rung (see objectives.should_promote)."""
+    if should_promote(result, earlier, required_accuracy=required, calibration=calibration):
+        return None
+    return implausible(result, required, calibration) or (
+        f"not in the best third of the {len(earlier) + 1} trials at this rung"
+    )
+
+
 # The optimizer steps a multi-fidelity trial is judged at: the space's floor, then x3 (Distill
 # stops at those below its budget; the end of its budget is its last rung).
 RUNGS = tuple(MIN_STEPS * REDUCTION**k for k in range(16))
+
+
+def top_budget_steps(space: SearchSpace, train_size: int, batch_size: int = Context.batch_size) -> int:
+    """The most optimizer steps a trial of ``space`` trains on a ``train_size``-sample training
+    split (the top of ``distill.epochs``, boosted at most ``distill.size_boost`` times, as
+    stages.distill.training_plan counts them): the end of every multi-fidelity trial's rungs."""
+    epochs = _top(space.dimensions.get("distill.epochs"), DistillConfig().epochs)
+    boost = max(1.0, _top(space.dimensions.get("distill.size_boost"), DistillConfig().size_boost))
+    return max(1, round(epochs * boost * (train_size // max(1, min(batch_size, train_size)))))
+
+
+def _top(dimension: object, default: float) -> float:
+    if isinstance(dimension, Fixed):
+        return float(dimension.value)  # type: ignore[arg-type]
+    if isinstance(dimension, (FloatRange, IntRange)):
+        return float(dimension.high)
+    if isinstance(dimension, Choice):
+        return float(max(dimension.choices))  # type: ignore[type-var,arg-type]
+    return default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,11 +186,12 @@ def run_trial(
     *,
     stop_early: bool = True,
     rung_log: RungLog | None = None,
+    judge: RungJudge = successive_halving,
 ) -> TrialOutcome:
     """Run the pipeline for ``config`` with both early stops armed, and score the result.
 
     With ``rung_log`` (the multi-fidelity strategy) distillation stops at each of ``RUNGS`` below
-    its budget, and the trial trains on only when the promotion rule promotes it (its ratio is
+    its budget, and the trial trains on only when ``judge`` promotes it (its ratio is
     the untrained student's, measured in ONNX Runtime); it continues from ``ctx.rung_checkpoint`` when an earlier
     run of the same config left one there.
 
@@ -223,13 +274,10 @@ def run_trial(
         rung_log.record(done, val_acc, rung_ratio)
         if done >= total:
             return
-        if should_promote(result, earlier, required_accuracy=scoring.required_accuracy, calibration=calibration):
+        why = judge(done, result, earlier, scoring.required_accuracy, calibration)
+        if why is None:
             rung_log.promoted(done, total)
             return
-        if not plausible(result, scoring.required_accuracy, calibration):
-            why = f"cannot plausibly reach the required {scoring.required_accuracy:.2f} % ({calibration.describe()})"
-        else:
-            why = f"not in the best third of the {len(earlier) + 1} trials at this rung"
         distill_started, planned = distill_plan
         spent = time.perf_counter() - distill_started
         # Samples this trial saw: its own steps (those before ``resumed`` an earlier run saw).

@@ -41,7 +41,15 @@ from search.trials.context import (
     trial_context,
     with_analysis,
 )
-from search.trials.trial import RungLog, Scoring, TrialOutcome, TrialStopped, run_trial
+from search.trials.trial import (
+    RungJudge,
+    RungLog,
+    Scoring,
+    TrialOutcome,
+    TrialStopped,
+    run_trial,
+    successive_halving,
+)
 from search.workloads import Analysis, Workload
 from stages import Context, PipelineConfig, StageError
 from stages.distill import checkpointed_step, remove_rung_checkpoint
@@ -240,9 +248,11 @@ def run_and_record(
     make_config: Callable[[], PipelineConfig],
     *,
     profile: str | None,
+    judge: RungJudge = successive_halving,
 ) -> tuple[str, TrialOutcome | None]:
     """Run one trial and record it in the study: complete with its constraints and attributes,
     pruned (stopped early) with the reason and time saved, or failed with the reason.
+    ``judge`` decides at each rung of a multi-fidelity trial whether it trains on.
 
     Returns the state name and, for a complete trial, its outcome. Ctrl-C marks the trial failed
     as interrupted (it is replaced on resume) and propagates.
@@ -272,7 +282,7 @@ def run_and_record(
                 resume_rungs(study, trial, flat, start)
         with heartbeat(study, trial.number):
             outcome = run_trial(
-                config, ctx, setup.scoring, setup.view, stop_early=profile is None, rung_log=rung_log
+                config, ctx, setup.scoring, setup.view, stop_early=profile is None, rung_log=rung_log, judge=judge
             )
             if setup.store is not None:
                 upload_folder(trial, folder, setup.store)

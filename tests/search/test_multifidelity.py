@@ -269,26 +269,20 @@ def test_show_and_trials_csv_give_the_rungs_budget_and_calibration(hand: HandMad
     )
 
 
-def test_asha_holds_the_budget_at_the_top_of_its_range_and_is_refused_on_ray() -> None:
+def test_asha_holds_the_budget_at_the_top_of_its_range() -> None:
     from search.backends import STRATEGIES
-    from search.backends.ray_tune.driver import check_strategy
-    from search.errors import UserError
     from spaces import Fixed, FloatRange, SearchSpace, default_space
 
     space = SearchSpace({**default_space().dimensions, "distill.epochs": FloatRange(2.0, 60.0, log=True)})
     assert STRATEGIES["asha"].space(space)["distill.epochs"] == Fixed(60.0)
     assert STRATEGIES["full"].space(space) is space
-    check_strategy("full")
-    with pytest.raises(UserError, match="--strategy asha runs on the optuna backend only"):
-        check_strategy("asha")
 
 
-def test_a_search_request_for_asha_on_ray_is_refused() -> None:
+def test_a_search_request_carries_its_strategy_on_either_backend() -> None:
     from search.request import RequestError, SearchRequest
     from search.workloads import WorkloadSpec
 
-    with pytest.raises(RequestError, match="asha runs on the optuna backend only"):
-        SearchRequest(spec=WorkloadSpec(), backend="ray", strategy="asha")
+    assert SearchRequest(spec=WorkloadSpec(), backend="ray", strategy="asha").strategy == "asha"
     with pytest.raises(RequestError, match="strategy"):
         SearchRequest(spec=WorkloadSpec(), strategy="bogus")
     assert SearchRequest(spec=WorkloadSpec(), strategy="asha").settings("s", SearchRequest(spec=WorkloadSpec()).space(), 1).strategy == "asha"

@@ -14,7 +14,9 @@ from typing import Any, ClassVar
 import optuna
 from optuna.trial import TrialState
 from ray import tune
+from ray.tune.schedulers import ASHAScheduler
 
+from objectives import REDUCTION
 from search.backends.ray_tune.cluster import (
     absolute_spec,
     absolute_storage,
@@ -30,7 +32,7 @@ from search.backends.ray_tune.searcher import (
     optuna_quiet,
     searcher_storage,
 )
-from search.backends.ray_tune.trials import RayJob, ray_trial
+from search.backends.ray_tune.trials import ASHA_METRIC, ASHA_TIME, RayJob, ray_trial
 from search.backends.settings import DEFAULT_STRATEGY, STRATEGIES, SearchSettings
 from search.errors import UserError
 from search.study import (
@@ -42,6 +44,7 @@ from search.study import (
     profiles_to_run,
     trial_record,
 )
+from search.trials.trial import RUNGS, top_budget_steps
 from search.workloads import Workload, WorkloadSpec
 
 
@@ -70,17 +73,7 @@ class RayBackend:
             cpus_per_trial=self.cpus_per_trial,
             gpus_per_trial=self.gpus_per_trial,
             deadline=deadline,
-        )
-
-
-def check_strategy(strategy: str | None) -> None:
-    """Refuse a multi-fidelity strategy: on Ray its rungs are not wired to Ray Tune's scheduler
-    yet, and running its trials in full would make the study claim what it did not do."""
-    name = strategy or DEFAULT_STRATEGY
-    if STRATEGIES[name].multi_fidelity:
-        raise UserError(
-            f"--strategy {name} runs on the optuna backend only (Ray Tune's scheduler is not "
-            "wired to its rungs yet); use --backend optuna, or --strategy full on Ray"
+            top_steps=top_budget_steps(settings.space, int(workload.data.train.x.shape[0])),
         )
 
 
@@ -92,6 +85,7 @@ def run(
     cpus_per_trial: float,
     gpus_per_trial: float,
     deadline: float | None,
+    top_steps: int | None = None,
 ) -> None:
     """Run the study's remaining trials on Ray Tune (the study must exist: ``create_or_resume``).
 
@@ -99,8 +93,9 @@ def run(
     this process, which is then used and left running). Returns when the study holds
     ``settings.trials`` counted trials or ``deadline`` (epoch seconds) passes; Ctrl-C raises
     KeyboardInterrupt after Ray stopped, with the unfinished trials marked interrupted.
+    Under a multi-fidelity strategy Ray Tune's ASHA scheduler decides at each rung which trials
+    train on, up to ``top_steps`` (the most steps a trial trains; required then).
     """
-    check_strategy(settings.strategy)
     settings = dataclasses.replace(settings, storage=absolute_storage(settings.storage))
     storage = open_storage(settings.storage, create=False)
     study = optuna.load_study(
@@ -121,7 +116,7 @@ def run(
     try:
         with quiet_env(), connected(address):
             check_fits(cpus_per_trial, gpus_per_trial)
-            _fit(job, study, info, profiles, remaining, deadline, cpus_per_trial, gpus_per_trial)
+            _fit(job, study, info, profiles, remaining, deadline, cpus_per_trial, gpus_per_trial, top_steps)
     finally:
         # After Ray stopped, so no worker finishes a trial this marks.
         _fail_unfinished(study, job.run_id)
@@ -136,6 +131,7 @@ def _fit(
     deadline: float | None,
     cpus_per_trial: float,
     gpus_per_trial: float,
+    top_steps: int | None,
 ) -> None:
     settings = job.settings
     with optuna_quiet():
@@ -149,6 +145,7 @@ def _fit(
             study_name=SEARCHER_STUDY,
             deadline=deadline,
         )
+    multi_fidelity = STRATEGIES[settings.strategy or DEFAULT_STRATEGY].multi_fidelity
     trainable = tune.with_resources(
         tune.with_parameters(ray_trial, job=job), {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
     )
@@ -160,6 +157,7 @@ def _fit(
             max_concurrent_trials=settings.jobs,
             reuse_actors=True,  # a worker process loads the workload once and runs many trials
             trial_dirname_creator=_trial_dirname,
+            scheduler=asha_scheduler(top_steps) if multi_fidelity else None,
         ),
         run_config=tune.RunConfig(
             storage_path=str(Path(info.artifacts_dir, "ray").resolve()),
@@ -181,6 +179,22 @@ def _fit(
             tuner.fit()
     finally:
         ray_logger.setLevel(level)
+
+
+def asha_scheduler(top_steps: int | None) -> ASHAScheduler:
+    """Ray Tune's ASHA on the Optuna workers' rungs (``RUNGS``: the first, then x``REDUCTION``,
+    up to ``top_steps``) and the promotion rule's score: it keeps the best third at each rung, as
+    the rule's quantile cutoff does; the trial itself stops for the bound (see trials.AshaJudge)."""
+    if top_steps is None or top_steps < 1:
+        raise ValueError(f"a multi-fidelity Ray run needs its top budget in steps, but got {top_steps!r}")
+    return ASHAScheduler(
+        time_attr=ASHA_TIME,
+        metric=ASHA_METRIC,
+        mode="max",
+        grace_period=RUNGS[0],
+        reduction_factor=REDUCTION,
+        max_t=max(top_steps, RUNGS[0]),
+    )
 
 
 def _trial_dirname(trial: Any) -> str:

@@ -109,7 +109,8 @@ class StudySearch(OptunaSearch):
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
         outcome = (result or {}).get(OUTCOME)
-        if outcome in ("pruned", "failed"):
+        # No outcome: Ray's scheduler stopped the trial at a rung (its last result is the rung's).
+        if outcome != "complete":
             result, error = None, error or outcome == "failed"
         super().on_trial_complete(trial_id, result=result, error=error)
 

@@ -4,7 +4,7 @@ and records the outcome as the Optuna backend does, then reports it to Ray's sea
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,46 @@ from search.backends.ray_tune.searcher import (
     PROFILE_KEY,
     distributions_for,
 )
-from search.backends.settings import SearchSettings
+from objectives import Calibration, RungResult, promotion_score
+from search.backends.settings import DEFAULT_STRATEGY, STRATEGIES, SearchSettings
 from search.study import StudyInfo, open_storage, worker_id
 from search.study.records import TrialRecord, trial_record
+from search.trials.trial import implausible
 from search.trials.worker import WorkerSetup, run_and_record, worker_setup
 from search.workloads import Workload, WorkloadSpec, load_workload, pick_device
 from spaces import SearchSpace, rebuilt_config
 from stages import PipelineConfig
+
+
+# What a multi-fidelity Ray trial reports at each rung for Ray Tune's ASHA scheduler: its
+# optimizer steps (the scheduler's time_attr) and the promotion rule's score (its metric).
+ASHA_TIME = "optimizer_steps"
+ASHA_METRIC = "promotion_score"
+# Seconds Tune waits for a stopped trial's thread before reusing its actor (see _worker).
+THREAD_TIMEOUT_S = 120
+
+
+@dataclasses.dataclass
+class AshaJudge:
+    """Hands a rung's promotion score to Ray Tune's ASHA scheduler, which applies the rule's
+    quantile cutoff over the trials at the rung itself, and stops the trial where the scheduler
+    does or where the rule's other half, plausibility against the bound (no quantile can say
+    that), does. Every result at a rung reaches the scheduler, as every result reaches the
+    Optuna workers' rule."""
+
+    stopped_by_ray: bool = False
+
+    def __call__(
+        self, steps: int, result: RungResult, earlier: Sequence[RungResult], required: float, calibration: Calibration
+    ) -> str | None:
+        try:
+            tune.report({ASHA_TIME: steps, ASHA_METRIC: promotion_score(result, required, calibration)})
+        except SystemExit:  # how a Tune function trial's report ends when the scheduler stopped it
+            self.stopped_by_ray = True
+        why = implausible(result, required, calibration)
+        if why is None and self.stopped_by_ray:
+            why = "not in the best third of the trials at this rung (stopped by Ray Tune's ASHAScheduler)"
+        return why
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +101,14 @@ def _trial_device(job: RayJob) -> str:
 def _worker(job: RayJob) -> _Worker:
     if job in _WORKERS:
         return _WORKERS[job]
+    import os
+
     import torch
+
+    # A trial Ray's scheduler stopped records itself (pruned, its rungs) after the stop; Tune
+    # reuses this actor only once that finished, waiting this long (its default, 2 s, is less
+    # than a loaded machine may need: the next trial would then fail instead of starting).
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(THREAD_TIMEOUT_S))
 
     settings = job.settings
     torch.set_num_threads(settings.threads)
@@ -94,6 +134,7 @@ def _worker(job: RayJob) -> _Worker:
             early_stop=settings.early_stop,
             skip_dominated=settings.skip_dominated,
             cache_dir=job.studies_dir / ".cache",
+            multi_fidelity=STRATEGIES[settings.strategy or DEFAULT_STRATEGY].multi_fidelity,
         ),
     )
     _WORKERS[job] = worker
@@ -102,7 +143,8 @@ def _worker(job: RayJob) -> _Worker:
 
 def ray_trial(config: dict[str, Any], job: RayJob) -> None:
     """One Ray trial: open a study trial, run the pipeline for ``config``, record the outcome,
-    and report the objective values to Ray's searcher (complete trials only)."""
+    and report the objective values to Ray's searcher (complete trials only). Under a
+    multi-fidelity strategy it also reports each rung to Ray Tune's ASHA scheduler (AshaJudge)."""
     profile = config.get(PROFILE_KEY)
     params = {key: value for key, value in config.items() if key != PROFILE_KEY}
     worker = _worker(job)
@@ -118,7 +160,12 @@ def ray_trial(config: dict[str, Any], job: RayJob) -> None:
         _set_params(worker, trial, job.settings.space, params)
         return rebuilt_config(job.settings.space, params, profile=profile)
 
-    state, outcome = run_and_record(trial, worker.setup, make_config, profile=profile)
+    judge = AshaJudge()
+    state, outcome = run_and_record(trial, worker.setup, make_config, profile=profile, judge=judge)
+    if judge.stopped_by_ray:
+        # Recorded: now end as Tune ends a trial it stopped (its report raised this), so the
+        # actor is free at once; returning would wait on a report Tune no longer takes.
+        raise SystemExit(0)
     if outcome is None:
         tune.report({OUTCOME: state})
         return
