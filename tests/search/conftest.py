@@ -1,11 +1,11 @@
 """Fixtures shared by the search tests: the demo teacher trained once per session (for the
-end-to-end searches) and the hand-made study storage of the report / show / export / list tests,
-built once per test module."""
+end-to-end searches), a local Ray (for the Ray backend's searches) and the hand-made study
+storage of the report / show / export / list tests, built once per test module."""
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -51,3 +51,18 @@ def search_folder(
         return tmp_path
 
     return make
+
+
+@pytest.fixture
+def local_ray() -> Iterator[None]:
+    """A 2-CPU local Ray without dashboard for the test, always shut down afterwards."""
+    import ray
+
+    from search.backends.ray_tune import worker_runtime_env
+
+    # The runtime env lets the workers import this checkout when it is not pip-installed.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=worker_runtime_env())
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -270,21 +269,6 @@ profile_epochs = 1.0
 """
 
 
-@pytest.fixture
-def local_ray() -> Iterator[None]:
-    """A 2-CPU local Ray without dashboard for the test, always shut down afterwards."""
-    import ray
-
-    # The runtime env lets the workers import this checkout when it is not pip-installed.
-    ray.init(
-        num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=ray_driver.worker_runtime_env()
-    )
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 @pytest.mark.slow
 def test_ray_search_writes_the_study_format(
     tmp_path: Path,
@@ -336,102 +320,3 @@ def test_ray_search_writes_the_study_format(
     assert err.splitlines()[-1].startswith("mcaas-search: error: cannot reach the Ray cluster at '127.0.0.1:")
     assert len(study.get_trials()) == 4
 
-
-# --strategy asha on Ray: distinct prune ratios give distinct ratios (the score's major term,
-# size: exact), so with one trial at a time a stop at the first rung is certain unless every trial
-# beats the best third of those before it; the budget (~160 steps) puts one rung at 120.
-ASHA_SPACE = """
-"prune.ratio" = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
-"prune.steps" = 1
-"distill.epochs" = { low = 2.0, high = 20.0, log = true }
-"quantize.mode" = ["none"]
-drop = ["cluster.k"]
-"""
-
-
-def test_asha_scheduler_is_ray_tunes_on_the_rungs_of_the_optuna_workers() -> None:
-    from ray.tune.schedulers import ASHAScheduler
-
-    from search.backends.ray_tune.driver import asha_scheduler
-    from search.backends.ray_tune.trials import ASHA_METRIC, ASHA_TIME
-
-    scheduler = asha_scheduler(480)
-    assert type(scheduler) is ASHAScheduler
-    assert (scheduler.metric, scheduler._time_attr, scheduler._max_t) == (ASHA_METRIC, ASHA_TIME, 480)
-    assert sorted(milestone for milestone, _ in scheduler._brackets[0]._rungs) == [120, 360]
-    with pytest.raises(ValueError, match="top budget"):
-        asha_scheduler(None)
-
-
-def test_top_budget_is_the_most_steps_a_trial_trains() -> None:
-    from search.trials.trial import top_budget_steps
-    from spaces import Fixed
-
-    space = SearchSpace({"distill.epochs": FloatRange(2.0, 60.0, log=True)})
-    assert top_budget_steps(space, 1000) == 60 * (1000 // 128)
-    boosted = SearchSpace({"distill.epochs": Fixed(10.0), "distill.size_boost": Fixed(4.0)})
-    assert top_budget_steps(boosted, 1000) == 10 * 4 * 7
-
-
-def test_asha_judge_reports_the_rule_score_and_stops_where_ray_or_the_bound_does(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from objectives import Calibration, RungResult, promotion_score
-    from search.backends.ray_tune import trials as ray_trials
-
-    reported: list[dict[str, float]] = []
-    stop = {"now": False}
-
-    def report(metrics: dict[str, float]) -> None:
-        reported.append(metrics)
-        if stop["now"]:
-            raise SystemExit(0)  # what a Tune function trial's report raises once it is stopped
-
-    monkeypatch.setattr(ray_trials.tune, "report", report)
-    calibration = Calibration.default(120, 480)
-    good = RungResult(90.0, 5.0)
-    judge = ray_trials.AshaJudge()
-    assert judge(120, good, [], 80.0, calibration) is None
-    assert reported == [{ray_trials.ASHA_TIME: 120, ray_trials.ASHA_METRIC: promotion_score(good, 80.0, calibration)}]
-    # Below the bound: stopped by the rule's plausibility half, though reported to ASHA too.
-    assert "cannot plausibly reach" in str(judge(120, RungResult(10.0, 9.0), [], 80.0, calibration))
-    assert len(reported) == 2 and not judge.stopped_by_ray
-    stop["now"] = True
-    why = judge(360, good, [], 80.0, calibration)
-    assert judge.stopped_by_ray and why is not None and "Ray Tune's ASHAScheduler" in why
-
-
-@pytest.mark.slow
-def test_ray_asha_search_stops_trials_with_rays_scheduler(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    local_ray: None,
-    run_cli: Callable[[list[str]], tuple[int, str, str]],
-) -> None:
-    from ray.tune.schedulers import ASHAScheduler
-
-    from search.backends.ray_tune import driver
-
-    built: list[object] = []
-    real = driver.asha_scheduler
-    monkeypatch.setattr(driver, "asha_scheduler", lambda top: built.append(real(top)) or built[-1])
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "tiny.toml").write_text(ASHA_SPACE)
-    argv = ["--backend", "ray", "--jobs", "1", "--study", "a", "--space", "tiny.toml", "--no-profiles"]
-    argv += ["--device", "cpu", "--max-drop", "60", "--strategy", "asha", "--trials", "3"]
-
-    code, out, err = run_cli(argv)
-
-    assert code == 0, err
-    assert len(built) == 1 and type(built[0]) is ASHAScheduler
-    study = optuna.load_study(study_name="a", storage=open_storage(None, create=False))
-    records = trial_records(study)
-    assert len(records) == 3
-    for r in records:  # every trial reached its first rung, and its rungs are in the study
-        assert r.rungs and r.rungs[0][0] == 120, (r.state, r.reason)
-        assert r.state in ("complete", "pruned"), r.reason
-    stopped = [r for r in records if r.state == "pruned"]
-    assert stopped and all("Ray Tune's ASHAScheduler" in str(r.reason) for r in stopped)
-    assert all(r.reason.startswith(f"stopped at {r.rungs[-1][0]} of ") for r in stopped)
-    assert any(r.state == "complete" and r.budget_steps and r.budget_steps > 120 for r in records)
-    assert not list((tmp_path / "studies").rglob("rung.pt"))

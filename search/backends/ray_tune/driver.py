@@ -32,7 +32,7 @@ from search.backends.ray_tune.searcher import (
     optuna_quiet,
     searcher_storage,
 )
-from search.backends.ray_tune.trials import ASHA_METRIC, ASHA_TIME, RayJob, ray_trial
+from search.backends.ray_tune.trials import ASHA_METRIC, ASHA_TIME, RayJob, ray_trainable
 from search.backends.settings import DEFAULT_STRATEGY, STRATEGIES, SearchSettings
 from search.errors import UserError
 from search.study import (
@@ -146,9 +146,7 @@ def _fit(
             deadline=deadline,
         )
     multi_fidelity = STRATEGIES[settings.strategy or DEFAULT_STRATEGY].multi_fidelity
-    trainable = tune.with_resources(
-        tune.with_parameters(ray_trial, job=job), {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
-    )
+    trainable = tune.with_resources(ray_trainable(job), {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(

@@ -4,6 +4,7 @@ and records the outcome as the Optuna backend does, then reports it to Ray's sea
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,18 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 from ray import tune
 
+# Tune's own handle on a function trial's thread (what FunctionTrainable waits on): the one way
+# to let a trial its scheduler stopped finish recording itself before the actor goes.
+from ray.train._internal.session import get_session
+from ray.tune.trainable import Trainable, wrap_function
+
+from objectives import Calibration, RungResult, promotion_score
 from search.backends.ray_tune.searcher import (
     METRICS,
     OUTCOME,
     PROFILE_KEY,
     distributions_for,
 )
-from objectives import Calibration, RungResult, promotion_score
 from search.backends.settings import DEFAULT_STRATEGY, STRATEGIES, SearchSettings
 from search.study import StudyInfo, open_storage, worker_id
 from search.study.records import TrialRecord, trial_record
@@ -35,8 +41,11 @@ from stages import PipelineConfig
 # optimizer steps (the scheduler's time_attr) and the promotion rule's score (its metric).
 ASHA_TIME = "optimizer_steps"
 ASHA_METRIC = "promotion_score"
-# Seconds Tune waits for a stopped trial's thread before reusing its actor (see _worker).
-THREAD_TIMEOUT_S = 120
+# Seconds an actor waits for a trial the scheduler stopped to record itself (see ray_trainable;
+# at the end of a run Tune kills an actor that is still stopping after 10 s).
+THREAD_TIMEOUT_S = 60
+# Set while this worker process's trial waits in a rung's report for the scheduler's decision.
+_AT_RUNG = threading.Event()
 
 
 @dataclasses.dataclass
@@ -52,14 +61,46 @@ class AshaJudge:
     def __call__(
         self, steps: int, result: RungResult, earlier: Sequence[RungResult], required: float, calibration: Calibration
     ) -> str | None:
+        _AT_RUNG.set()
         try:
             tune.report({ASHA_TIME: steps, ASHA_METRIC: promotion_score(result, required, calibration)})
         except SystemExit:  # how a Tune function trial's report ends when the scheduler stopped it
             self.stopped_by_ray = True
+        finally:
+            _AT_RUNG.clear()
         why = implausible(result, required, calibration)
         if why is None and self.stopped_by_ray:
             why = "not in the best third of the trials at this rung (stopped by Ray Tune's ASHAScheduler)"
         return why
+
+
+def ray_trainable(job: RayJob) -> type[Trainable]:
+    """``ray_trial`` for ``job`` as Tune's function trainable, whose actor, before it runs the
+    next trial or stops, lets a trial the scheduler stopped at a rung record itself (pruned, with
+    its rungs). That trial waits in its report until then; Tune's own stop does not wait for it
+    (and reuse waits 2 s), so the actor could go with the trial left running in the study."""
+    return finishing_stopped_trials(wrap_function(tune.with_parameters(ray_trial, job=job)))
+
+
+def finishing_stopped_trials(base: type[Trainable]) -> type[Trainable]:
+    """``base`` (a function trainable whose trials judge their rungs with ``AshaJudge``) whose
+    actor, before it runs the next trial or stops, waits for a trial stopped at a rung to end."""
+
+    class FinishingStoppedTrials(base):  # type: ignore[misc,valid-type]
+        def reset_config(self, new_config: dict[str, Any]) -> bool:
+            _finish_stopped_trial()
+            return bool(super().reset_config(new_config))
+
+        def cleanup(self) -> None:
+            _finish_stopped_trial()
+            super().cleanup()
+
+    return FinishingStoppedTrials
+
+
+def _finish_stopped_trial() -> None:
+    if _AT_RUNG.is_set():  # only a trial at a rung: one mid-training is not waited for
+        get_session().finish(timeout=THREAD_TIMEOUT_S)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,14 +142,7 @@ def _trial_device(job: RayJob) -> str:
 def _worker(job: RayJob) -> _Worker:
     if job in _WORKERS:
         return _WORKERS[job]
-    import os
-
     import torch
-
-    # A trial Ray's scheduler stopped records itself (pruned, its rungs) after the stop; Tune
-    # reuses this actor only once that finished, waiting this long (its default, 2 s, is less
-    # than a loaded machine may need: the next trial would then fail instead of starting).
-    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(THREAD_TIMEOUT_S))
 
     settings = job.settings
     torch.set_num_threads(settings.threads)
