@@ -561,6 +561,7 @@ def _bad_values(inputs: Path, hand: HandMadeStudy) -> dict[str, dict[str, st.Sea
             "--study": st.sampled_from(["", "nope", "foreign"]),
             "--trial": ints("99", "-1") | huge,
             "--storage": st.sampled_from([missing, str(inputs), UNREACHABLE_DB]),
+            "--select": choice,
         },
         "export": {
             "--study": st.sampled_from(["", "nope", "foreign"]),

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from search.bench import scaling
 from search.study import StudyInfo, counted, open_storage, trial_record
 from search.study.artifacts import STORE_ATTR
 from search.study.lifecycle import ask_lock, server_database
+from search.study.storage import GRACE_BEATS
 from tests.search.postgres_server import PostgresServer, remove, start_server
 from tests.search.study_fixtures import TINY_SPACE
 from tests.support import wait_until
@@ -171,6 +173,13 @@ def _claimed_by(url: str, pid: int) -> bool:
     return any(str(trial_record(t).worker or "").endswith(f":{pid}") for t in _trials(url, TrialState.RUNNING))
 
 
+def _claimed(url: str, pid: int) -> int:
+    """The number of the running trial worker ``pid`` holds."""
+    (number,) = [t.number for t in _trials(url, TrialState.RUNNING)
+                 if str(trial_record(t).worker or "").endswith(f":{pid}")]
+    return number
+
+
 def _alive(proc: subprocess.Popen[bytes], folder: Path) -> bool:
     """True while the search runs; fails the test at once if it ended."""
     assert proc.poll() is None, f"the search in {folder.name} ended (exit {proc.returncode}):\n" + (
@@ -188,6 +197,20 @@ def _stopped_holding_a_trial(proc: subprocess.Popen[bytes], url: str) -> bool:
     return False
 
 
+def _stale(url: str, number: int) -> bool:
+    """True once trial ``number``'s heartbeats are older than the grace period the workers use
+    (the same query the survivor's check makes)."""
+    with warnings.catch_warnings():  # heartbeats are experimental in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=GRACE_BEATS)
+    try:
+        study_id = storage.get_study_id_from_name(STUDY)
+        return any(storage.get_trial_number_from_id(i) == number
+                   for i in storage._get_stale_trial_ids(study_id))
+    finally:
+        storage.engine.dispose()
+
+
 def test_kill_9_of_one_of_two_workers_the_other_ends_the_study_with_its_total(
     database: str, machine: Callable[[str], Path]
 ) -> None:
@@ -196,26 +219,35 @@ def test_kill_9_of_one_of_two_workers_the_other_ends_the_study_with_its_total(
     wait_until(lambda: _alive(victim, a) and _claimed_by(database, victim.pid), RUN_LIMIT_S,
                "the first worker never ran a trial", interval_s=0.2)
     survivor = _search(b, database, 6)
-    # Let it join while the victim's trial runs: once it holds a trial of its own it has opened
-    # the study with the victim alive, so only the missing heartbeats can tell it the victim died
-    # (a survivor that opened it after the kill tells by the pid, as on one machine: CI saw it).
     wait_until(lambda: _alive(survivor, b) and _claimed_by(database, survivor.pid), RUN_LIMIT_S,
                "the second worker never ran a trial", interval_s=0.2)
     # Killed holding a trial: frozen first, so the trial it holds cannot end between the look and
     # the kill (CI once killed it between two trials, and there was nothing to recover).
     wait_until(lambda: _alive(victim, a) and _stopped_holding_a_trial(victim, database), RUN_LIMIT_S,
                "the first worker never held a trial again")
+    held = _claimed(database, victim.pid)
+    # Both workers run on this one host, where a dead worker is also told by its pid. To test what
+    # another machine has, the heartbeats alone, the survivor is frozen in a trial of its own (so
+    # outside its check for dead workers) until the victim's heartbeats have gone stale: the check
+    # asks the heartbeats first (CI saw the pid answer first when the survivor looked within the
+    # 2 s grace period after the kill).
+    wait_until(lambda: _alive(survivor, b) and _stopped_holding_a_trial(survivor, database), RUN_LIMIT_S,
+               "the second worker never held a trial again")
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
+    wait_until(lambda: _stale(database, held), RUN_LIMIT_S, "the killed worker's trial never went stale",
+               interval_s=0.2)
+    os.kill(survivor.pid, signal.SIGCONT)
     assert _finish(survivor, b) == 0, (b / "stderr.txt").read_text()
 
     study = _study(database)
-    records = [trial_record(t) for t in study.get_trials(deepcopy=False)]
+    records = {t.number: trial_record(t) for t in study.get_trials(deepcopy=False)}
     assert counted(study) == 6
-    interrupted = [r for r in records if r.reason and "no heartbeat" in r.reason]
-    # The victim's running trial: failed as interrupted (not counted), replaced by the survivor.
-    assert len(interrupted) >= 1, [r.reason for r in records]
-    assert not [r for r in records if r.state == "running"]
+    # The victim's running trial: failed as interrupted by its missing heartbeats (not counted),
+    # and run again by the survivor.
+    assert records[held].state == "failed", records[held]
+    assert "no heartbeat" in str(records[held].reason), records[held].reason
+    assert not [r for r in records.values() if r.state == "running"]
 
 
 def _stopped_between_transactions(proc: subprocess.Popen[bytes], url: str) -> bool:
