@@ -4,10 +4,13 @@ how to reproduce them), and reading it back for a later command's spec (``record
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import torch
 
+from search.errors import UserError
+from search.workloads.models import ModelFile
 from search.workloads.spec import WorkloadSpec
 from search.workloads.training import metrics_path
 from stages import TaskData
@@ -17,7 +20,7 @@ def checkpoint_info(spec: WorkloadSpec, data: TaskData, metrics: dict[str, Any])
     """The JSON written beside a trained checkpoint: its metrics and how to reproduce them."""
     return {
         **metrics,
-        "model": spec.model_name,
+        "model": _canonical_model(spec.model_name),
         "dataset": spec.dataset_name,
         "data_root": str(spec.data_root.resolve()) if spec.data_root is not None else None,
         "image_size": spec.image_size,
@@ -38,6 +41,38 @@ def recorded_info(spec: WorkloadSpec) -> dict[str, Any] | None:
         return None
     if not isinstance(info, dict) or "preprocessing" not in info:
         return None
-    if info.get("model") != spec.model_name or info.get("dataset") != spec.dataset:
+    recorded = info.get("model")
+    if not isinstance(recorded, str) or info.get("dataset") != spec.dataset:
+        return None
+    if _canonical_model(recorded) != _canonical_model(spec.model_name):
         return None
     return info
+
+
+def _canonical_model(name: str) -> str:
+    """``name``, with a ``file.py:factory``'s file made absolute: the same model however the path
+    was spelled (``train`` and the search may run from different folders)."""
+    model_file = ModelFile.parse(name)
+    return model_file.absolute() if model_file is not None else name
+
+
+def check_recorded_split(spec: WorkloadSpec) -> None:
+    """Refuse ``--weights`` that ``train`` trained on another split than ``spec``'s (another
+    ``--seed`` or ``--val-fraction``): the images the search would validate and test on would
+    include some the teacher trained on, and every accuracy it reports would be flattered."""
+    info = recorded_info(spec)
+    if info is None:
+        return
+    seed, fraction = info.get("seed"), info.get("val_fraction")
+    if not isinstance(seed, int) or not isinstance(fraction, (int, float)):
+        return  # recorded before the split was: nothing to hold it to
+    assert spec.val_fraction is not None
+    if seed == spec.seed and math.isclose(fraction, spec.val_fraction):
+        return
+    raise UserError(
+        f"--weights {spec.weights} were trained by `train` on the split of --seed {seed} "
+        f"--val-fraction {fraction:g} (recorded in {metrics_path(spec.weights).name}), but this "
+        f"run splits with --seed {spec.seed} --val-fraction {spec.val_fraction:g}: it would "
+        "validate and test on images the teacher trained on. Pass "
+        f"--seed {seed} --val-fraction {fraction:g}, or train a teacher on the split you want."
+    )

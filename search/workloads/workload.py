@@ -20,6 +20,7 @@ from search.workloads.models import check_model_name
 from search.workloads.spec import WorkloadSpec
 from search.workloads.task_data import grown_val_fraction, load_task_data
 from search.workloads.teacher import build_for_data
+from search.workloads.teacher_info import check_recorded_split
 from search.workloads.training import evaluate_accuracy
 from spaces import SearchSpace, default_space, demo_space
 from stages import TaskData
@@ -82,6 +83,7 @@ def load_workload(
             f"with `mcaas-search train --model {spec.model_name} --dataset {spec.dataset_name} "
             "--out CHECKPOINT.pt`."
         )
+    check_recorded_split(spec)
     data = load_task_data(spec)
     grown = grown_val_fraction(spec, data)
     if grown is not None:

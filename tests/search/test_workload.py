@@ -16,6 +16,7 @@ from search.errors import UserError
 from search.workloads import (
     DemoCNN,
     WorkloadSpec,
+    checkpoint_info,
     demo_cache_path,
     evaluate_accuracy,
     load_workload,
@@ -138,6 +139,37 @@ def test_checkpoint_round_trip(tmp_path: Path, digits_teacher: nn.Module, digits
     assert workload.name == "demo-digits"
     assert workload.fingerprint["weights_sha256"] == sha256(ckpt)
     assert not (tmp_path / "studies").exists()  # given weights never touch the demo cache
+
+
+def test_a_teacher_trained_on_another_split_is_refused(
+    tmp_path: Path, digits_teacher: nn.Module, digits_data: TaskData
+) -> None:
+    """``train`` records the split it trained on; searching with another seed or fraction would
+    score images the teacher learned, so it is refused in one line naming the flags to pass."""
+    ckpt = tmp_path / "teacher.pt"
+    trained_on = WorkloadSpec(model="demo", dataset="digits", weights=ckpt, seed=0, val_fraction=0.2)
+    save_checkpoint(digits_teacher, ckpt, checkpoint_info(trained_on, digits_data, {}))
+    assert load_workload(trained_on, device=CPU).spec.seed == 0  # its own split: accepted
+    for other in ({"seed": 1}, {"val_fraction": 0.1}):
+        spec = WorkloadSpec(**{**vars(trained_on), **other})
+        with pytest.raises(UserError, match=r"--seed 0 --val-fraction 0.2") as caught:
+            load_workload(spec, device=CPU)
+        assert "\n" not in str(caught.value) and "trained on" in str(caught.value)
+
+
+def test_the_recorded_split_holds_however_the_model_file_is_spelled(
+    tmp_path: Path, digits_teacher: nn.Module, digits_data: TaskData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``train --model /abs/net.py:build`` and a search with ``--model net.py:build`` from the
+    file's folder are the same model: the split check holds (it passed silently before)."""
+    (tmp_path / "net.py").write_text("def build(num_classes=10, in_channels=1): ...\n")
+    ckpt = tmp_path / "teacher.pt"
+    absolute = WorkloadSpec(model=f"{tmp_path / 'net.py'}:build", dataset="digits", weights=ckpt, seed=1)
+    save_checkpoint(digits_teacher, ckpt, checkpoint_info(absolute, digits_data, {}))
+    monkeypatch.chdir(tmp_path)
+    relative = WorkloadSpec(model="net.py:build", dataset="digits", weights=Path("teacher.pt"))
+    with pytest.raises(UserError, match=r"--seed 1 "):
+        load_workload(relative, device=CPU)
 
 
 def test_fingerprint_identifies_split_and_weights(tmp_path: Path, digits_teacher: nn.Module) -> None:
