@@ -54,15 +54,31 @@ def search_folder(
 
 
 @pytest.fixture
-def local_ray() -> Iterator[None]:
-    """A 2-CPU local Ray without dashboard for the test, always shut down afterwards."""
+def local_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A 2-CPU local Ray without dashboard for the test, always shut down afterwards.
+
+    Its token authentication is off, said explicitly: with RAY_AUTH_MODE unset, whether a local
+    Ray runs in token mode depends on a token at hand (~/.ray/auth_token) and on what earlier
+    Ray sessions of this process left in Ray's once-read config; after the cluster test's token
+    session and two local ones, the GCS wanted a token the driver did not send."""
     import ray
+    from ray._raylet import AuthenticationTokenLoader, Config
 
     from search.backends.ray_tune import worker_runtime_env
 
-    # The runtime env lets the workers import this checkout when it is not pip-installed.
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=worker_runtime_env())
+    def reread() -> None:
+        Config.initialize("")  # Ray reads RAY_AUTH_MODE once: read it again
+        AuthenticationTokenLoader.instance().reset_cache()
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    reread()
     try:
-        yield
+        # The runtime env lets the workers import this checkout when it is not pip-installed.
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=worker_runtime_env())
+        try:
+            yield
+        finally:
+            ray.shutdown()
     finally:
-        ray.shutdown()
+        monkeypatch.delenv("RAY_AUTH_MODE")
+        reread()
