@@ -7,16 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from search.workloads.checkpoints import file_sha256
-from search.workloads.models import ModelFile, model_file_sha256
+from search.workloads.models import ModelFile, canonical_model_name, model_file_sha256
 from search.workloads.spec import WorkloadSpec
 from stages import TaskData
 
 
 def workload_fingerprint(spec: WorkloadSpec, data: TaskData, weights: Path | None) -> dict[str, Any]:
     """JSON-able identity of the workload: model, data, split and the teacher weights' hash."""
-    ref = ModelFile.parse(spec.model_name)
     return {
-        "model": ref.absolute() if ref is not None else spec.model_name,
+        "model": canonical_model_name(spec.model_name),
         "model_file_sha256": model_file_sha256(spec.model_name),
         "dataset": spec.dataset_name,
         "data_root": str(spec.data_root.resolve()) if spec.data_root is not None else None,

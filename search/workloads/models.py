@@ -124,6 +124,13 @@ class ModelFile:
         return f"{Path(self.path).stem}.{self.factory}"
 
 
+def canonical_model_name(name: str) -> str:
+    """``name``, with a ``file.py:factory``'s file made absolute: the same model however its path
+    was spelled (``train`` and a later search may run from different folders)."""
+    ref = ModelFile.parse(name)
+    return ref.absolute() if ref is not None else name
+
+
 def is_user_model(name: str) -> bool:
     """``path/to/file.py:factory`` names the user's own factory function."""
     return ModelFile.parse(name) is not None

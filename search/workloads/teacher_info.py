@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from search.errors import UserError
-from search.workloads.models import ModelFile
+from search.workloads.models import canonical_model_name
 from search.workloads.spec import WorkloadSpec
 from search.workloads.training import metrics_path
 from stages import TaskData
@@ -20,7 +20,7 @@ def checkpoint_info(spec: WorkloadSpec, data: TaskData, metrics: dict[str, Any])
     """The JSON written beside a trained checkpoint: its metrics and how to reproduce them."""
     return {
         **metrics,
-        "model": _canonical_model(spec.model_name),
+        "model": canonical_model_name(spec.model_name),
         "dataset": spec.dataset_name,
         "data_root": str(spec.data_root.resolve()) if spec.data_root is not None else None,
         "image_size": spec.image_size,
@@ -44,16 +44,9 @@ def recorded_info(spec: WorkloadSpec) -> dict[str, Any] | None:
     recorded = info.get("model")
     if not isinstance(recorded, str) or info.get("dataset") != spec.dataset:
         return None
-    if _canonical_model(recorded) != _canonical_model(spec.model_name):
+    if canonical_model_name(recorded) != canonical_model_name(spec.model_name):
         return None
     return info
-
-
-def _canonical_model(name: str) -> str:
-    """``name``, with a ``file.py:factory``'s file made absolute: the same model however the path
-    was spelled (``train`` and the search may run from different folders)."""
-    model_file = ModelFile.parse(name)
-    return model_file.absolute() if model_file is not None else name
 
 
 def check_recorded_split(spec: WorkloadSpec) -> None:
