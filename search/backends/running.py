@@ -134,8 +134,8 @@ def join_with_study_teacher(spec: WorkloadSpec, study: str, storage: str | None)
     was fetched (no such study, no stored teacher, another split, or the cache already holds it)."""
     if not spec.is_demo:
         return None
-    try:
-        existing = load_study(study, open_storage(storage, create=True))
+    try:  # create=False: a worker refused later (a bad --device) must leave no empty journal
+        existing = load_study(study, open_storage(storage, create=False))
         stored = StudyInfo.load(existing)
     except UserError:
         return None

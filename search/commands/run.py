@@ -198,11 +198,12 @@ def run(args: argparse.Namespace) -> int:
     if request.artifacts is not None:
         open_store(request.artifacts)
     backend = request.make_backend()
+    device = pick_device(request.device)
     if request.study is not None:
         joined = join_with_study_teacher(request.spec, request.study, request.storage)
         if joined is not None:
             console.print(joined, highlight=False, soft_wrap=True)
-    workload = load_workload(request.spec, device=pick_device(request.device))
+    workload = load_workload(request.spec, device=device)
     _say_how_the_split_decides(console, workload, request.spec, request.constraint)
     threads = request.threads or trial_threads(workload, request.jobs)
     torch.set_num_threads(threads)

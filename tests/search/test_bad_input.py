@@ -328,6 +328,9 @@ PARSE_REFUSALS = [
     (["--seed", "-1"], "--seed: must lie in [0, 4294967295]"),
     (["--val-fraction", "1"], "--val-fraction must lie strictly between 0 and 1"),
     (["--device", "cuda:99"], "cuda:99"),
+    # --study makes a demo run look for that study's stored teacher first: that look once created
+    # an empty studies/mcaas.journal before the device was refused.
+    (["--study", "s", "--device", "tpu"], "unknown device 'tpu'"),
     (["--model", "resnet-9000"], "unknown model 'resnet-9000'"),
     (["--dataset", "mnist-ish"], "unknown dataset 'mnist-ish'"),
 ]
@@ -384,6 +387,15 @@ def test_an_unreachable_storage_fails_fast_and_writes_nothing(
         _refused(run_cli, "--storage", storage, "--trials", "2", says=says)
     for command in (["list"], ["report", "--study", "s"], ["show", "--study", "s", "--trial", "0"]):
         _refused(run_cli, *command, "--storage", UNREACHABLE_DB, says="cannot open storage")
+    assert _tree(workdir) == {}
+
+
+def test_looking_for_a_study_teacher_creates_no_journal(workdir: Path) -> None:
+    # A demo worker looks for its study's teacher before anything else is checked; a refusal after
+    # that look must find the folder as it was.
+    from search.backends import join_with_study_teacher
+
+    assert join_with_study_teacher(WorkloadSpec(), "s", None) is None
     assert _tree(workdir) == {}
 
 
