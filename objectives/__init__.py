@@ -3,6 +3,7 @@ hypervolume, the recommended trial (and the rule that picks it), early stopping 
 rule of successive halving. Pure Python (no torch, no Optuna)."""
 
 from objectives._constraints import (
+    DEFAULT_MAX_DROP,
     DROP_TYPES,
     Constraint,
     closest_infeasible,
@@ -45,6 +46,7 @@ from objectives._targets import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_DROP",
     "DEFAULT_SELECTION",
     "SELECTIONS",
     "DROP_TYPES",

@@ -44,6 +44,10 @@ def _metric(metrics: Mapping[str, float], key: str, needed_for: str) -> float:
     return check_finite(f"metrics[{key!r}]", metrics[key])
 
 
+# The promise a search makes when the user names none: at most 1 point of accuracy lost.
+DEFAULT_MAX_DROP = 1.0
+
+
 @dataclasses.dataclass(frozen=True)
 class Constraint:
     """What a trial must satisfy to count as feasible.

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from objectives import DROP_TYPES, TARGETS, Constraint
+from objectives import DEFAULT_MAX_DROP, DROP_TYPES, TARGETS, Constraint
 from search.backends import BACKENDS, SAMPLERS, STRATEGIES, Backend, SearchSettings, make_backend
 from search.errors import UserError
 from search.study import STUDIES_DIR
@@ -107,7 +107,7 @@ class SearchRequest:
 
     spec: WorkloadSpec
     target: str = "size"
-    constraint: Constraint = Constraint(max_drop=1.0)
+    constraint: Constraint = Constraint(max_drop=DEFAULT_MAX_DROP)
     study: str | None = None
     trials: int = 40
     timeout: float | None = None

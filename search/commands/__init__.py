@@ -130,7 +130,8 @@ def add_workload_arguments(
         help="fraction of the training data held out for validation (the accuracy constraint); "
         "none means 0.25 for digits (1437 images: a larger split makes its accuracy less noisy) "
         "and 0.1 otherwise, which a search grows (up to 0.3) until the split can vouch for "
-        "--max-drop, unless --weights were trained by `train` on the rest of their own split",
+        "--max-drop (`train`: for the default 1 pt), unless --weights were trained by `train` on "
+        "the rest of their own split (their recorded fraction is taken)",
     )
     group.add_argument(
         "--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda:N"

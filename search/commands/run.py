@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from objectives import TARGETS, Constraint
+from objectives import DEFAULT_MAX_DROP, TARGETS, Constraint
 from search.backends import (
     BACKENDS,
     DEFAULT_STRATEGY,
@@ -101,7 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     goal = parser.add_argument_group("goal")
     goal.add_argument("--target", choices=TARGETS, default="size", help="what to compress: the ratio maximised")
     goal.add_argument(
-        "--max-drop", type=drop_points, default=1.0, help="largest accuracy drop allowed (validation split)"
+        "--max-drop", type=drop_points, default=DEFAULT_MAX_DROP, help="largest accuracy drop allowed (validation split)"
     )
     goal.add_argument(
         "--drop-type",

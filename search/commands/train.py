@@ -6,9 +6,11 @@ With no ``--model`` it trains the demo CNN on digits into the cache the search i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
+from objectives import DEFAULT_MAX_DROP
 from search.commands import add_workload_arguments, spec_from_args
 from search.errors import UserError
 from search.workloads import (
@@ -24,7 +26,7 @@ from search.workloads import (
     check_training_settings,
     checkpoint_info,
     demo_cache_path,
-    load_task_data,
+    load_grown_task_data,
     metrics_path,
     pick_device,
     recipe_family,
@@ -118,7 +120,20 @@ def run(args: argparse.Namespace) -> int:
         out = demo_cache_path(args.studies_dir, spec)
     else:
         raise UserError(f"--out is required to say where to write the {spec.model_name} checkpoint.")
-    data = load_task_data(spec)
+    asked = spec.val_fraction
+    if args.val_fraction is None:
+        # The search keeps the split its teacher was trained on, so the default split is sized
+        # here to vouch for the search's default bound where the data has the images.
+        spec = dataclasses.replace(spec, decide_drop=DEFAULT_MAX_DROP)
+    spec, data = load_grown_task_data(spec)
+    if spec.val_fraction != asked:
+        print(
+            f"validation split grown to {spec.val_fraction:g} of the training data "
+            f"({len(data.val)} of {len(data.train) + len(data.val)} images) so a search can vouch "
+            f"for its default --max-drop {DEFAULT_MAX_DROP:g}",
+            file=sys.stderr,
+            flush=True,
+        )
     model = build_for_data(spec, data, weights=spec.weights)
     out.parent.mkdir(parents=True, exist_ok=True)  # the demo cache folder; only now that all is checked
     progress = not args.no_progress

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from objectives import DEFAULT_MAX_DROP
 from search.request import RequestError, SearchRequest, constraint_of
 from search.service.config import ServerConfig
 from search.service.errors import ApiError
@@ -115,7 +116,7 @@ def parse_request(config: ServerConfig, body: object, taken: set[str]) -> JobReq
     target = body.get("target", "size")
     study = body.get("study")
     try:
-        constraint = constraint_of(body.get("max_drop", 1.0))
+        constraint = constraint_of(body.get("max_drop", DEFAULT_MAX_DROP))
         # The default validation split grows to decide the bound, as `run`'s does.
         spec = workload_spec(config, model, dataset)
         spec = dataclasses.replace(spec, seed=body.get("seed", 0), decide_drop=constraint.max_drop)

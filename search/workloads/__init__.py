@@ -37,7 +37,7 @@ from search.workloads.models import (
 )
 from search.workloads.recipes import OPTIMIZERS, Recipe, recipe_family, recipe_for
 from search.workloads.spec import DEMO_DATASET, DEMO_MODEL, WorkloadSpec
-from search.workloads.task_data import load_task_data
+from search.workloads.task_data import load_grown_task_data, load_task_data
 from search.workloads.teacher import build_for_data
 from search.workloads.teacher_info import checkpoint_info
 from search.workloads.training import (
@@ -84,6 +84,7 @@ __all__ = [
     "file_sha256",
     "load_dataset",
     "load_state",
+    "load_grown_task_data",
     "load_task_data",
     "load_workload",
     "metrics_path",

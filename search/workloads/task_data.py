@@ -3,6 +3,7 @@ default fraction) until the split can vouch for the accuracy bound."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from objectives import images_to_decide
@@ -19,6 +20,17 @@ MAX_GROWN_VAL_FRACTION = 0.3
 def load_task_data(spec: WorkloadSpec) -> TaskData:
     """The dataset of ``spec`` with its seeded validation split."""
     return load_dataset(spec.dataset_name, spec.dataset_request())
+
+
+def load_grown_task_data(spec: WorkloadSpec) -> tuple[WorkloadSpec, TaskData]:
+    """``spec``'s data, with its validation split grown as ``grown_val_fraction`` says: the spec
+    the data was loaded with (its ``val_fraction`` the grown one) and the data."""
+    data = load_task_data(spec)
+    grown = grown_val_fraction(spec, data)
+    if grown is None:
+        return spec, data
+    spec = dataclasses.replace(spec, val_fraction=grown)
+    return spec, load_task_data(spec)
 
 
 def grown_val_fraction(spec: WorkloadSpec, data: TaskData) -> float | None:

@@ -3,6 +3,7 @@ how to reproduce them), and reading it back for a later command's spec (``record
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from typing import Any
@@ -49,19 +50,24 @@ def recorded_info(spec: WorkloadSpec) -> dict[str, Any] | None:
     return info
 
 
-def check_recorded_split(spec: WorkloadSpec) -> None:
-    """Refuse ``--weights`` that ``train`` trained on another split than ``spec``'s (another
-    ``--seed`` or ``--val-fraction``): the images the search would validate and test on would
-    include some the teacher trained on, and every accuracy it reports would be flattered."""
+def recorded_split(spec: WorkloadSpec) -> WorkloadSpec:
+    """``spec`` on the split ``train`` recorded for ``spec.weights``: with the default fraction
+    (``spec.decide_drop`` set: no ``--val-fraction`` given) the recorded fraction is taken, as
+    ``train`` may have grown it. Refuses ``--weights`` trained on another split than the one asked
+    for (another ``--seed``, or another ``--val-fraction`` given): the images the search would
+    validate and test on would include some the teacher trained on, and every accuracy it
+    reports would be flattered."""
     info = recorded_info(spec)
     if info is None:
-        return
+        return spec
     seed, fraction = info.get("seed"), info.get("val_fraction")
     if not isinstance(seed, int) or not isinstance(fraction, (int, float)):
-        return  # recorded before the split was: nothing to hold it to
+        return spec  # recorded before the split was: nothing to hold it to
     assert spec.val_fraction is not None
+    if seed == spec.seed and spec.decide_drop is not None:
+        return dataclasses.replace(spec, val_fraction=float(fraction))
     if seed == spec.seed and math.isclose(fraction, spec.val_fraction):
-        return
+        return spec
     raise UserError(
         f"--weights {spec.weights} were trained by `train` on the split of --seed {seed} "
         f"--val-fraction {fraction:g} (recorded in {metrics_path(spec.weights).name}), but this "

@@ -18,9 +18,9 @@ from search.workloads.demo import demo_teacher
 from search.workloads.fingerprint import display_name, workload_fingerprint
 from search.workloads.models import check_model_name
 from search.workloads.spec import WorkloadSpec
-from search.workloads.task_data import grown_val_fraction, load_task_data
+from search.workloads.task_data import load_grown_task_data
 from search.workloads.teacher import build_for_data
-from search.workloads.teacher_info import check_recorded_split
+from search.workloads.teacher_info import recorded_split
 from search.workloads.training import evaluate_accuracy
 from spaces import SearchSpace, default_space, demo_space
 from stages import TaskData
@@ -83,12 +83,8 @@ def load_workload(
             f"with `mcaas-search train --model {spec.model_name} --dataset {spec.dataset_name} "
             "--out CHECKPOINT.pt`."
         )
-    check_recorded_split(spec)
-    data = load_task_data(spec)
-    grown = grown_val_fraction(spec, data)
-    if grown is not None:
-        spec = dataclasses.replace(spec, val_fraction=grown)
-        data = load_task_data(spec)
+    spec = recorded_split(spec)
+    spec, data = load_grown_task_data(spec)
     if spec.is_demo:
         teacher, weights = demo_teacher(
             spec, data, device=device, studies_dir=studies_dir, progress=progress

@@ -204,3 +204,37 @@ def test_a_teacher_built_without_weights_starts_from_its_seed(digits_data: TaskD
     b, c = built(0), built(1)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_train_grows_a_small_default_split_and_the_search_keeps_it(tmp_path: Path, run_cli: RunCli) -> None:
+    """A search keeps the split its teacher was trained on, so ``train``'s default split is sized
+    for the search's default 1-point bound where the data has the images (24 validation images
+    here would vouch for nothing); a given --val-fraction is kept as it is."""
+    from tests.data_files import write_image_folder
+
+    root = write_image_folder(tmp_path / "images", per_class=100, size=(8, 8), mode="L")
+    model = _user_model(
+        tmp_path,
+        "def build(in_channels=1, num_classes=3):\n"
+        "    return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),"
+        " nn.Linear(4, num_classes))\n",
+    )
+    base = ["train", "--model", model, "--dataset", "imagefolder", "--data-root", str(root),
+            "--image-size", "8", "--epochs", "1", "--no-progress"]  # fmt: skip
+    code, _, stderr = run_cli([*base, "--out", str(tmp_path / "grown.pt")])
+    assert code == 0, stderr
+    info = json.loads((tmp_path / "grown.json").read_text())
+    assert info["val_fraction"] == 0.3  # the most a split grows to: 72 of 240 images
+    assert "validation split grown to 0.3 of the training data (72 of 240 images)" in stderr
+    code, _, stderr = run_cli([*base, "--val-fraction", "0.1", "--out", str(tmp_path / "asked.pt")])
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "asked.json").read_text())["val_fraction"] == 0.1
+    assert "grown" not in stderr
+    # A search with the default fraction takes the split the teacher recorded; one with another
+    # --seed is still refused.
+    spec = WorkloadSpec(model=model, dataset="imagefolder", data_root=root, image_size=8,
+                        weights=tmp_path / "grown.pt", decide_drop=1.0, allow_weak_teacher=True)  # fmt: skip
+    workload = load_workload(spec, device=torch.device("cpu"))
+    assert workload.spec.val_fraction == 0.3 and len(workload.data.val) == 72
+    with pytest.raises(UserError, match="--seed 0 --val-fraction 0.3"):
+        load_workload(WorkloadSpec(**{**vars(spec), "seed": 1}), device=torch.device("cpu"))
