@@ -32,6 +32,7 @@ from search.workloads.models import (
     DemoCNN,
     ModelFile,
     build_model,
+    canonical_model_name,
     check_fits,
     check_model_name,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "available_cores",
     "build_for_data",
     "build_model",
+    "canonical_model_name",
     "chance_margin",
     "check_dataset_name",
     "check_fits",

@@ -21,7 +21,7 @@ from search import checkout_pythonpath
 from search.errors import UserError, first_line
 from search.study import storage_url
 from search.trials.context import default_threads
-from search.workloads import ModelFile, WorkloadSpec
+from search.workloads import WorkloadSpec, canonical_model_name
 
 CONNECT_TIMEOUT_S = 3.0
 DEFAULT_GCS_PORT = 6379
@@ -250,11 +250,9 @@ def absolute_storage(url: str | None) -> str:
 
 def absolute_spec(spec: WorkloadSpec) -> WorkloadSpec:
     """``spec`` with its file paths (weights, data root, a model file) made absolute."""
-    ref = ModelFile.parse(spec.model) if spec.model is not None else None
-    model = ref.absolute() if ref is not None else spec.model
     return dataclasses.replace(
         spec,
-        model=model,
+        model=canonical_model_name(spec.model) if spec.model is not None else None,
         weights=spec.weights.expanduser().resolve() if spec.weights is not None else None,
         data_root=spec.data_root.expanduser().resolve() if spec.data_root is not None else None,
     )
