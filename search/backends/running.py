@@ -27,6 +27,7 @@ from search.study import (
 from search.study.artifacts import fetch_teacher, open_store, record_store, upload_teacher
 from search.study.records import ARTIFACTS, BASELINE_ONNX
 from search.trials.context import cached_analysis, make_context, measure_baseline_into
+from search.trials.trial import first_rung_steps
 from search.workloads import Analysis, Workload, WorkloadSpec, demo_cache_path, file_sha256
 from spaces import SearchSpace, default_space, fit_space
 
@@ -100,7 +101,8 @@ def open_study(
         with status("analysing the teacher: what prunes, which blocks can go, how long an epoch takes"):
             analysis = cached_analysis(workload, ctx, baseline[0])
         strategy = settings.strategy or DEFAULT_STRATEGY
-        fitted = STRATEGIES[strategy].space(fit_space(settings.space, analysis.facts, target=target))
+        sized = fit_space(settings.space, analysis.facts, target=target)
+        fitted = STRATEGIES[strategy].space(sized)
         settings = dataclasses.replace(settings, strategy=strategy, space=fitted)
         info = StudyInfo(
             workload=workload.fingerprint,
@@ -112,6 +114,7 @@ def open_study(
             space=[list(row) for row in settings.space.describe()],
             analysis=analysis.to_dict(),
             strategy=strategy,
+            first_rung=first_rung_steps(sized, int(workload.data.train.x.shape[0])),
         )
     study, info = create_or_resume(
         settings.study,

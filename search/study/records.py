@@ -23,7 +23,7 @@ from objectives import metrics as m
 from search.errors import UserError
 
 # Keys of the study's user attributes.
-WORKLOAD, TARGET, CONSTRAINT, BASELINE, BASELINE_ONNX, ARTIFACTS, SPACE, ANALYSIS, STRATEGY = (
+WORKLOAD, TARGET, CONSTRAINT, BASELINE, BASELINE_ONNX, ARTIFACTS, SPACE, ANALYSIS, STRATEGY, FIRST_RUNG = (
     "workload",
     "target",
     "constraint",
@@ -33,7 +33,12 @@ WORKLOAD, TARGET, CONSTRAINT, BASELINE, BASELINE_ONNX, ARTIFACTS, SPACE, ANALYSI
     "space",
     "analysis",
     "strategy",
+    "first_rung",
 )
+
+# The first rung, in optimizer steps, of a multi-fidelity study that did not record its own (made
+# before rungs started at the space's floor): spaces.MIN_STEPS, which those studies judged at.
+LEGACY_FIRST_RUNG = 120
 
 
 # A failed trial whose reason starts so was interrupted (its worker was stopped or died): it is
@@ -67,6 +72,10 @@ class StudyInfo:
     # How the study spends its training budget (search.backends.settings.STRATEGIES); studies
     # made before there was a choice trained every trial in full.
     strategy: str = "full"
+    # Where a multi-fidelity trial is first judged, in optimizer steps (its later rungs are
+    # x objectives.REDUCTION): fixed when the study is created, so a resumed study keeps the
+    # rungs its trials were judged at (see search.trials.trial.first_rung_steps).
+    first_rung: int = LEGACY_FIRST_RUNG
 
     @property
     def teacher_acc(self) -> float:
@@ -83,6 +92,7 @@ class StudyInfo:
         study.set_user_attr(SPACE, self.space)
         study.set_user_attr(ANALYSIS, self.analysis)
         study.set_user_attr(STRATEGY, self.strategy)
+        study.set_user_attr(FIRST_RUNG, self.first_rung)
         study.set_user_attr(BASELINE, self.baseline)
 
     @classmethod
@@ -100,6 +110,7 @@ class StudyInfo:
             space=attrs.get(SPACE, []),
             analysis=attrs.get(ANALYSIS, {}),
             strategy=attrs.get(STRATEGY, "full"),
+            first_rung=int(attrs.get(FIRST_RUNG, LEGACY_FIRST_RUNG)),
         )
 
     def mismatch(self, workload: Mapping[str, Any], target: str, constraint: Constraint) -> str | None:

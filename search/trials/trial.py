@@ -139,27 +139,50 @@ def successive_halving(
     )
 
 
-# The optimizer steps a multi-fidelity trial is judged at: the space's floor, then x3 (Distill
-# stops at those below its budget; the end of its budget is its last rung).
-RUNGS = tuple(MIN_STEPS * REDUCTION**k for k in range(16))
+def rung_ladder(first: int) -> tuple[int, ...]:
+    """The optimizer steps a multi-fidelity trial is judged at: ``first``, then x``REDUCTION``
+    (Distill stops at those below its budget; the end of its budget is its last rung)."""
+    if first < 1:
+        raise ValueError(f"the first rung must be >= 1 step, but got {first!r}.")
+    return tuple(first * REDUCTION**k for k in range(16))
+
+
+def first_rung_steps(space: SearchSpace, train_size: int, batch_size: int = Context.batch_size) -> int:
+    """Where a multi-fidelity study of ``space`` (before the strategy holds its budget at the
+    top) first judges a trial: ``MIN_STEPS``, or the bottom of the space's own budget where that
+    is lower. Such a space (the demo's: 5 epochs of 8 steps, 40) runs trials that short to the
+    end under the full-budget strategy, so judging one there is no harsher than the space; a
+    first rung above it would make every config pay more than the cheapest whole trial (on the
+    demo, a 120-step rung under a 240-step top left one rung of reduction 2). A space whose
+    floor is higher (ResNet-18 / Fashion-MNIST: 211 steps) keeps ``MIN_STEPS``."""
+    floor = _steps(space, train_size, batch_size, top=False)
+    return max(1, min(MIN_STEPS, floor))
 
 
 def top_budget_steps(space: SearchSpace, train_size: int, batch_size: int = Context.batch_size) -> int:
     """The most optimizer steps a trial of ``space`` trains on a ``train_size``-sample training
     split (the top of ``distill.epochs``, boosted at most ``distill.size_boost`` times, as
     stages.distill.training_plan counts them): the end of every multi-fidelity trial's rungs."""
-    epochs = _top(space.dimensions.get("distill.epochs"), DistillConfig().epochs)
-    boost = max(1.0, _top(space.dimensions.get("distill.size_boost"), DistillConfig().size_boost))
-    return max(1, round(epochs * boost * (train_size // max(1, min(batch_size, train_size)))))
+    return max(1, _steps(space, train_size, batch_size, top=True))
 
 
-def _top(dimension: object, default: float) -> float:
+def _steps(space: SearchSpace, train_size: int, batch_size: int, *, top: bool) -> int:
+    """Optimizer steps at the top (or bottom, unboosted) of ``space``'s distillation budget."""
+    epochs = _end(space.dimensions.get("distill.epochs"), DistillConfig().epochs, top=top)
+    # The boost lengthens the training of small students only: the bottom is a teacher-sized one's.
+    boost = max(1.0, _end(space.dimensions.get("distill.size_boost"), DistillConfig().size_boost, top=True)) if top else 1.0
+    return round(epochs * boost * (train_size // max(1, min(batch_size, train_size))))
+
+
+def _end(dimension: object, default: float, *, top: bool) -> float:
+    """The highest (``top``) or lowest value ``dimension`` takes."""
     if isinstance(dimension, Fixed):
         return float(dimension.value)  # type: ignore[arg-type]
     if isinstance(dimension, (FloatRange, IntRange)):
-        return float(dimension.high)
+        return float(dimension.high if top else dimension.low)
     if isinstance(dimension, Choice):
-        return float(max(dimension.choices))  # type: ignore[type-var,arg-type]
+        pick = max if top else min
+        return float(pick(dimension.choices))  # type: ignore[type-var,arg-type]
     return default
 
 
@@ -187,11 +210,12 @@ def run_trial(
     stop_early: bool = True,
     rung_log: RungLog | None = None,
     judge: RungJudge = successive_halving,
+    first_rung: int = MIN_STEPS,
 ) -> TrialOutcome:
     """Run the pipeline for ``config`` with both early stops armed, and score the result.
 
-    With ``rung_log`` (the multi-fidelity strategy) distillation stops at each of ``RUNGS`` below
-    its budget, and the trial trains on only when ``judge`` promotes it (its ratio is
+    With ``rung_log`` (the multi-fidelity strategy) distillation stops at each rung of
+    ``rung_ladder(first_rung)`` below its budget, and the trial trains on only when ``judge`` promotes it (its ratio is
     the untrained student's, measured in ONNX Runtime); it continues from ``ctx.rung_checkpoint`` when an earlier
     run of the same config left one there.
 
@@ -302,7 +326,7 @@ def run_trial(
         test_min_val_acc=scoring.required_accuracy,
     )
     if rung_log is not None:
-        ctx = dataclasses.replace(ctx, rungs=RUNGS, on_rung=on_rung)
+        ctx = dataclasses.replace(ctx, rungs=rung_ladder(first_rung), on_rung=on_rung)
     # Multi-fidelity judges trials at their ratio before any training: measured, not estimated;
     # the skip gate measures too where the measurement bounds the ratio and a front exists.
     measure = rung_log is not None or (

@@ -282,7 +282,8 @@ def run_and_record(
                 resume_rungs(study, trial, flat, start)
         with heartbeat(study, trial.number):
             outcome = run_trial(
-                config, ctx, setup.scoring, setup.view, stop_early=profile is None, rung_log=rung_log, judge=judge
+                config, ctx, setup.scoring, setup.view, stop_early=profile is None, rung_log=rung_log, judge=judge,
+                first_rung=setup.info.first_rung,
             )
             if setup.store is not None:
                 upload_folder(trial, folder, setup.store)

@@ -30,9 +30,10 @@ from stages.distill import checkpointed_step, mark_rung_checkpoint
 from tests.search.study_fixtures import HandMadeStudy
 from tests.search.test_reliability import RUN_LIMIT_S, STUDY, _env, _start, _trials, _wait_for
 
-# A budget of about 480 steps on the demo's digits (8 steps an epoch): rungs at 120 and 360.
+# A budget of about 480 steps on the demo's digits (8 steps an epoch): rungs at 120 and 360 (the
+# space's floor, 15 epochs, is 120 steps: the first rung).
 SPACE = """
-"distill.epochs" = [2.0, 60.0]
+"distill.epochs" = [15.0, 60.0]
 "prune.steps" = 1
 "quantize.mode" = ["none"]
 drop = ["cluster.k"]
@@ -223,6 +224,63 @@ def test_a_trial_promoted_at_a_rung_uploads_that_rungs_checkpoint(tiny_context, 
     assert outcome.record.untrained_ratio == _rec(trial).untrained_ratio
 
 
+def test_a_study_whose_budget_starts_below_min_steps_first_judges_a_trial_at_its_floor(
+    tiny_context, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    from objectives import Constraint
+    from search.trials.trial import Scoring, run_trial
+    from stages.config import PipelineConfig
+
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    trial = study.ask()
+    # 20 epochs of 8 steps, judged from a first rung of 40 steps: 40, 120, then the end at 160
+    # (with the default first rung, MIN_STEPS, it would be 120 and 160 only).
+    config = PipelineConfig.from_flat({"prune.ratio": 0.3, "distill.epochs": 20.0})
+    baseline = {"val_acc": 90.0, "test_acc": 90.0, "bytes": 1e6, "params": 1e5}
+    scoring = Scoring("size", Constraint(max_drop=90.0), baseline, early_stop=None)
+    run_trial(config, tiny_context, scoring, _NoFront(), rung_log=StudyRungLog(study, trial), first_rung=40)
+    assert [s for s, _ in _rec(trial).rungs] == [40, 120, 160]
+
+
+def test_the_first_rung_is_the_spaces_floor_where_that_is_below_min_steps() -> None:
+    from search.backends import STRATEGIES
+    from search.trials.trial import first_rung_steps, top_budget_steps
+    from spaces import MIN_STEPS, Fixed, FloatRange, ModelFacts, SearchSpace, default_space, demo_space, fit_space
+
+    # The demo: 5..30 epochs of 8 steps (1,077 training images in batches of 128), so 40..240.
+    demo = fit_space(demo_space(), ModelFacts(True, 0, 0, steps_per_epoch=8, epoch_seconds=0.3), target="size")
+    assert first_rung_steps(demo, 1077) == 40
+    assert top_budget_steps(STRATEGIES["asha"].space(demo), 1077) == 240
+    # ResNet-18 / Fashion-MNIST (422 steps an epoch, 0.5..3 epochs: 211..1,266 steps, boosted x4
+    # for latency): the floor is above MIN_STEPS, which stays the first rung.
+    facts = ModelFacts(True, 5, 2, steps_per_epoch=421, epoch_seconds=75.0)
+    for target in ("size", "latency"):
+        assert first_rung_steps(fit_space(default_space(), facts, target=target), 54_000) == MIN_STEPS
+    # The boost lengthens small students' training, not the shortest trial's.
+    boosted = SearchSpace({"distill.epochs": FloatRange(2.0, 60.0), "distill.size_boost": Fixed(4.0)})
+    assert first_rung_steps(boosted, 1024) == 2 * 8
+
+
+def test_a_study_keeps_its_first_rung_and_an_older_one_its_min_steps(tmp_path: Path) -> None:
+    from objectives import Constraint
+    from search.study import StudyInfo
+    from search.study.records import FIRST_RUNG
+
+    study = optuna.create_study(directions=["maximize", "maximize"], storage=f"sqlite:///{tmp_path / 's.db'}")
+    info = StudyInfo(workload={}, target="size", constraint=Constraint(max_drop=1.0), baseline={"val_acc": 90.0},
+                     baseline_onnx="t.onnx", artifacts_dir=str(tmp_path), strategy="asha", first_rung=40)
+    info.save(study)
+    assert StudyInfo.load(study).first_rung == 40
+    # A study made before the first rung was recorded judged its trials at 120 steps, and a resumed
+    # one goes on judging there.
+    study.set_user_attr(FIRST_RUNG, None)
+    older = optuna.create_study(directions=["maximize", "maximize"])
+    for key, value in study.user_attrs.items():
+        if key != FIRST_RUNG:
+            older.set_user_attr(key, value)
+    assert StudyInfo.load(older).first_rung == 120
+
+
 class _NoFront:
     def feasible_front(self) -> list[object]:
         return []
@@ -304,6 +362,8 @@ def test_show_says_a_trial_was_skipped_before_training_and_what_it_measured(hand
 def test_a_worker_on_another_machine_continues_from_the_stored_rung_and_frees_it(
     tiny_context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
 ) -> None:
+    from objectives import Constraint
+    from search.study import StudyInfo
     from search.study.artifacts import upload_rung_checkpoint
     from search.trials import worker
     from search.trials.trial import TrialStopped
@@ -324,16 +384,19 @@ def test_a_worker_on_another_machine_continues_from_the_stored_rung_and_frees_it
     # Machine B runs the replacement: what its pipeline starts from, and a skip it records.
     started: list[int] = []
 
-    def run_trial(config, ctx, *args: object, **kwargs: object) -> None:  # type: ignore[no-untyped-def]
-        started.append(checkpointed_step(ctx.rung_checkpoint, 480))
+    def run_trial(config, ctx, *args: object, first_rung: int, **kwargs: object) -> None:  # type: ignore[no-untyped-def]
+        started.append((checkpointed_step(ctx.rung_checkpoint, 480), first_rung))
         raise TrialStopped("stopped at 360 of 480 steps", saved_s=1.0, record=TrialRecord(skipped_by=0))
 
     monkeypatch.setattr(worker, "run_trial", run_trial)
-    setup = worker.WorkerSetup(study, None, tiny_context, None, None, tmp_path / "machine-b", store,  # type: ignore[arg-type]
+    info = StudyInfo(workload={}, target="size", constraint=Constraint(max_drop=1.0), baseline={},
+                     baseline_onnx="", artifacts_dir="", strategy="asha", first_rung=120)
+    setup = worker.WorkerSetup(study, info, tiny_context, None, None, tmp_path / "machine-b", store,  # type: ignore[arg-type]
                                multi_fidelity=True)
     replacement = study.ask()
     state, _ = worker.run_and_record(replacement, setup, PipelineConfig, profile=None)
-    assert (state, started) == ("pruned", [120])
+    # It continued from the stored rung, judged at its study's rungs.
+    assert (state, started) == ("pruned", [(120, 120)])
     record = trial_record(study.trials[replacement.number])
     assert record.resumed_from == 120 and record.rungs == [[120, 80.0]] and record.skipped_by == 0
     # It ended (not interrupted): nothing continues it, so neither copy of the checkpoint is kept.

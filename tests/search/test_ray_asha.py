@@ -34,22 +34,24 @@ from search.backends.ray_tune import trials as ray_trials
 from search.backends.ray_tune.searcher import SEARCHER_STUDY
 from search.backends.ray_tune.trials import ASHA_METRIC, ASHA_TIME, AshaJudge, finishing_stopped_trials
 from search.study import StudyInfo, open_storage, trial_records
-from search.trials.trial import RUNGS, Scoring, top_budget_steps
+from search.trials.trial import Scoring, rung_ladder, top_budget_steps
 from spaces import Fixed, FloatRange, SearchSpace
 from tests.support import RunCli
 
 
-@pytest.mark.parametrize("top", [121, 160, 359, 360, 361, 1079, 1080, 1081, 9720, 30000])
-def test_the_schedulers_rungs_are_those_a_trial_is_judged_at(top: int) -> None:
-    scheduler = driver.asha_scheduler(top)
+@pytest.mark.parametrize("first", [40, 120])
+@pytest.mark.parametrize("top", [121, 160, 240, 359, 360, 361, 1079, 1080, 1081, 9720, 30000])
+def test_the_schedulers_rungs_are_those_a_trial_is_judged_at(top: int, first: int) -> None:
+    scheduler = driver.asha_scheduler(top, first)
 
     assert type(scheduler) is ASHAScheduler and len(scheduler._brackets) == 1  # ASHA, not Hyperband
     assert (scheduler._time_attr, scheduler.metric, scheduler._max_t) == (ASHA_TIME, ASHA_METRIC, top)
     # A trial is judged at each rung below its budget (at most ``top``), never at its end.
     milestones = sorted(int(milestone) for milestone, _ in scheduler._brackets[0]._rungs if milestone < top)
-    assert milestones == list(rung_steps(RUNGS[0], top)[:-1])
+    assert milestones == list(rung_steps(first, top)[:-1])
+    assert milestones == [r for r in rung_ladder(first) if r < top]  # the Optuna workers' rungs
     with pytest.raises(ValueError, match="top budget"):
-        driver.asha_scheduler(None)
+        driver.asha_scheduler(None, first)
 
 
 def test_top_budget_is_the_most_steps_a_trial_trains() -> None:
@@ -90,7 +92,7 @@ def test_rays_scheduler_with_the_trials_bound_stop_is_the_promotion_rule(
     """Trials arrive one after another (asynchronous: each judged against those before it) and
     each reports at the rungs 120 and 360 while it is promoted; the decision the trial acts on
     (``AshaJudge``: Ray's stop, or its own for the bound) must be ``should_promote``'s."""
-    scheduler = driver.asha_scheduler(1080)
+    scheduler = driver.asha_scheduler(1080, 120)
     earlier: dict[int, list[RungResult]] = {120: [], 360: []}
     for number, per_rung in enumerate(trials):
         trial = SimpleNamespace(trial_id=str(number))
@@ -167,7 +169,7 @@ def test_a_trial_stopped_at_a_rung_records_itself_before_its_actor_is_reused_or_
         tune.with_resources(trainable, {"cpu": 1}),
         param_space={"ratio": tune.grid_search(ratios)},
         tune_config=tune.TuneConfig(
-            scheduler=driver.asha_scheduler(160),
+            scheduler=driver.asha_scheduler(160, 120),
             max_concurrent_trials=1,
             reuse_actors=True,
         ),

@@ -44,7 +44,7 @@ from search.study import (
     profiles_to_run,
     trial_record,
 )
-from search.trials.trial import RUNGS, top_budget_steps
+from search.trials.trial import top_budget_steps
 from search.workloads import Workload, WorkloadSpec
 
 
@@ -155,7 +155,7 @@ def _fit(
             max_concurrent_trials=settings.jobs,
             reuse_actors=True,  # a worker process loads the workload once and runs many trials
             trial_dirname_creator=_trial_dirname,
-            scheduler=asha_scheduler(top_steps) if multi_fidelity else None,
+            scheduler=asha_scheduler(top_steps, info.first_rung) if multi_fidelity else None,
         ),
         run_config=tune.RunConfig(
             storage_path=str(Path(info.artifacts_dir, "ray").resolve()),
@@ -179,19 +179,20 @@ def _fit(
         ray_logger.setLevel(level)
 
 
-def asha_scheduler(top_steps: int | None) -> ASHAScheduler:
-    """Ray Tune's ASHA on the Optuna workers' rungs (``RUNGS``: the first, then x``REDUCTION``,
-    up to ``top_steps``) and the promotion rule's score: it keeps the best third at each rung, as
-    the rule's quantile cutoff does; the trial itself stops for the bound (see trials.AshaJudge)."""
+def asha_scheduler(top_steps: int | None, first_rung: int) -> ASHAScheduler:
+    """Ray Tune's ASHA on the Optuna workers' rungs (``first_rung``, the study's, then
+    x``REDUCTION``, up to ``top_steps``) and the promotion rule's score: it keeps the best third
+    at each rung, as the rule's quantile cutoff does; the trial itself stops for the bound (see
+    trials.AshaJudge)."""
     if top_steps is None or top_steps < 1:
         raise ValueError(f"a multi-fidelity Ray run needs its top budget in steps, but got {top_steps!r}")
     return ASHAScheduler(
         time_attr=ASHA_TIME,
         metric=ASHA_METRIC,
         mode="max",
-        grace_period=RUNGS[0],
+        grace_period=first_rung,
         reduction_factor=REDUCTION,
-        max_t=max(top_steps, RUNGS[0]),
+        max_t=max(top_steps, first_rung),
     )
 
 
