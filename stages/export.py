@@ -18,6 +18,7 @@ from torch import nn
 from stages._base import OnnxFile
 from stages._context import Context, Split
 from stages._graph import on_device_in_eval
+from stages._onnx_registry import reuse_registry
 from stages.config import ExportConfig
 from stages.errors import StageError
 from stages.files import atomic_path, temp_beside, write_atomic
@@ -60,12 +61,14 @@ class Export:
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int = 18) -> Path:
     """Export ``model`` to an fp32 ONNX file at ``path`` (atomically) and check it.
 
-    Uses the dynamo exporter (the TorchScript-based one is deprecated). The debug metadata it
+    Uses the dynamo exporter (the TorchScript-based one is deprecated), with its operator
+    registry built once per process (``stages._onnx_registry``). The debug metadata it
     records (Python stack traces, module paths, the torch.export graph signature) is dropped:
     it is no part of the model, leaks local file paths and, on a small compressed model, would
     be a sizeable share of the bytes the size ratio is computed from.
     """
     path = Path(path)
+    reuse_registry()  # the exporter's operator registry, built once per process
     with on_device_in_eval(model, "cpu"):  # exported on the CPU, then put back
         try:
             program = torch.onnx.export(

@@ -171,3 +171,44 @@ def test_onnx_external_data_holds_the_weights_beside_the_graph(data: TaskData, t
     assert graph.stat().st_size + weights.stat().st_size >= inline.stat().st_size * 0.9
     x = data.val.x[:5].numpy()
     np.testing.assert_allclose(OnnxRunner(graph).predict(x), OnnxRunner(inline).predict(x), rtol=1e-6, atol=1e-6)
+
+
+def test_the_exporters_operator_registry_is_built_once_a_process_and_changes_no_file(
+    data: TaskData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torch.onnx._internal.exporter import _registration
+
+    from stages import _onnx_registry
+
+    class Counting:
+        """torchlib's operator list, counting how often the exporter builds its registry from it."""
+
+        def __init__(self, inner: object) -> None:
+            self.inner, self.builds = inner, 0
+
+        def get_torchlib_ops(self) -> object:
+            self.builds += 1
+            return self.inner.get_torchlib_ops()  # type: ignore[attr-defined]
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.inner, name)
+
+    counting = Counting(_registration.onnxscript_apis)
+    monkeypatch.setattr(_registration, "onnxscript_apis", counting)
+    monkeypatch.setattr(_onnx_registry, "_BUILT", {})
+    first = export_onnx(make_tiny_cnn(), data.example_input(), tmp_path / "a.onnx")
+    other = export_onnx(TINY_MODELS[sorted(TINY_MODELS)[-1]](), data.example_input(), tmp_path / "b.onnx")
+    export_onnx(make_tiny_cnn(), data.example_input(), tmp_path / "c.onnx")
+    assert counting.builds == 1  # three exports, one registry (each export built its own before)
+    assert other.read_bytes() != first.read_bytes()
+    # The same model gives the same file from a registry built for it and from the reused one.
+    torch.manual_seed(0)
+    model = make_tiny_cnn()
+    monkeypatch.setattr(_onnx_registry, "_BUILT", {})
+    built = export_onnx(model, data.example_input(), tmp_path / "built.onnx").read_bytes()
+    assert export_onnx(model, data.example_input(), tmp_path / "reused.onnx").read_bytes() == built
+    assert counting.builds == 2
+    # Each caller gets its own copy of the table: what one registers is not in the next one's.
+    registry = _registration.ONNXRegistry.from_torchlib()
+    registry.functions.clear()
+    assert _registration.ONNXRegistry.from_torchlib().functions
