@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import onnx
 import torch
+from onnxscript import ir
 from onnx.external_data_helper import convert_model_to_external_data
 from torch import nn
 
@@ -31,9 +32,11 @@ __all__ = [
     "ExportFormat",
     "ExportedProgram",
     "Runtime",
+    "TracedGraph",
     "export_onnx",
     "export_onnx_external",
     "export_pt2",
+    "trace_onnx",
     "to_external_data",
 ]
 
@@ -47,28 +50,76 @@ OUTPUT_NAME = "logits"
 @dataclasses.dataclass(frozen=True)
 class Export:
     """Write ``ctx.workdir / "model.fp32.onnx"`` from the module (exported on the CPU, in eval
-    mode; the module's device and mode are restored afterwards)."""
+    mode; the module's device and mode are restored afterwards). With ``traced``, the graph of
+    a module of the same structure traced earlier (the untrained structural student's, see
+    ``TracedGraph``), the file is written from it instead of tracing the module again."""
 
     config: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    traced: TracedGraph | None = dataclasses.field(default=None, kw_only=True)
     name: ClassVar[str] = "export"
 
     def run(self, model: nn.Module, ctx: Context) -> OnnxFile:
         path = ctx.workdir / FP32_ONNX_NAME
-        export_onnx(model, ctx.data.example_input(), path, opset=self.config.opset)
+        if self.traced is not None and self.traced.opset == self.config.opset and self.traced.fits(model):
+            self.traced.write(model, path)
+        else:
+            export_onnx(model, ctx.data.example_input(), path, opset=self.config.opset)
         return OnnxFile(path)
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int = 18) -> Path:
-    """Export ``model`` to an fp32 ONNX file at ``path`` (atomically) and check it.
+@dataclasses.dataclass(frozen=True)
+class TracedGraph:
+    """A module's ONNX graph as the dynamo exporter traced it, before the weights are folded in
+    and the graph optimized (``optimize=False``): ``write`` makes the exported file of any module
+    of the same ``structure`` from it (its weights applied, then the exporter's own optimization,
+    which folds batch norms into convolutions with their values), so the file is byte for byte
+    the one tracing that module would give (``export_onnx`` writes every file this way).
 
-    Uses the dynamo exporter (the TorchScript-based one is deprecated), with its operator
-    registry built once per process (``stages._onnx_registry``). The debug metadata it
-    records (Python stack traces, module paths, the torch.export graph signature) is dropped:
-    it is no part of the model, leaks local file paths and, on a small compressed model, would
-    be a sizeable share of the bytes the size ratio is computed from.
-    """
-    path = Path(path)
-    reuse_registry()  # the exporter's operator registry, built once per process
+    Why: a trial measures its untrained structural student's file before training and exports
+    its trained student at the end. Training changes weights, never the structure, and
+    torch.export lifts weights as graph inputs (a trace cannot depend on their values), so the
+    second trace (1.5-6 s of a demo trial, on this machine) repeated the first; writing from the
+    kept graph takes under 0.1 s. ``structure`` is the module tree as printed (every module's
+    type and settings) and the name, shape and dtype of every parameter and buffer: a module
+    that differs in any of them is traced again (``Export``)."""
+
+    structure: str
+    unoptimized: bytes  # the serialized ModelProto, before optimization
+    opset: int
+
+    def fits(self, model: nn.Module) -> bool:
+        """Whether ``model`` has the structure this graph was traced from."""
+        return _structure(model) == self.structure
+
+    def write(self, model: nn.Module, path: Path) -> Path:
+        """Write the ONNX file of ``model`` (of this structure) at ``path`` (atomically), checked."""
+        if not self.fits(model):
+            raise ValueError(f"{type(model).__name__} has another structure than the traced graph; trace it.")
+        program = torch.onnx.ONNXProgram(ir.serde.deserialize_model(onnx.ModelProto.FromString(self.unoptimized)), None)
+        lifted = program.model.graph.initializers
+        weights = {name: tensor.detach().cpu() for name, tensor in _weights(model).items() if name in lifted}
+        program.apply_weights(weights)
+        program.optimize()
+        proto = program.model_proto
+        _strip_debug_metadata(proto.graph)
+        for function in proto.functions:
+            _strip_debug_metadata(function)
+        try:
+            onnx.checker.check_model(proto, full_check=True)
+        except onnx.checker.ValidationError as exc:
+            raise StageError(
+                "export", f"the ONNX graph of {type(model).__name__} fails onnx.checker: "
+                f"{_root_cause(exc)}"
+            ) from exc
+        write_atomic(Path(path), proto.SerializeToString())
+        return Path(path)
+
+
+def trace_onnx(model: nn.Module, example: torch.Tensor, opset: int = 18) -> TracedGraph:
+    """Trace ``model`` with the dynamo exporter (the TorchScript-based one is deprecated, and its
+    operator registry is built once per process: ``stages._onnx_registry``) into a
+    ``TracedGraph``, with a dynamic batch axis, input ``input`` and output ``logits``."""
+    reuse_registry()
     with on_device_in_eval(model, "cpu"):  # exported on the CPU, then put back
         try:
             program = torch.onnx.export(
@@ -82,24 +133,37 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int 
                 output_names=[OUTPUT_NAME],
                 dynamic_shapes=({0: torch.export.Dim("batch")},),
                 verbose=False,
+                optimize=False,
             )
         except Exception as exc:
             raise StageError(
                 "export", f"torch.onnx.export failed for {type(model).__name__}: {_root_cause(exc)}"
             ) from exc
-    proto = program.model_proto
-    _strip_debug_metadata(proto.graph)
-    for function in proto.functions:
-        _strip_debug_metadata(function)
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise StageError(
-            "export", f"the ONNX graph of {type(model).__name__} fails onnx.checker: "
-            f"{_root_cause(exc)}"
-        ) from exc
-    write_atomic(path, proto.SerializeToString())
-    return path
+        structure = _structure(model)
+    return TracedGraph(structure, ir.serde.serialize_model(program.model).SerializeToString(), opset)
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int = 18) -> Path:
+    """Export ``model`` to an fp32 ONNX file at ``path`` (atomically) and check it.
+
+    Traced (``trace_onnx``), then written from the trace (``TracedGraph.write``): the
+    exporter's optimization with the module's weights. The debug metadata it records (Python
+    stack traces, module paths, the torch.export graph signature) is dropped: it is no part of
+    the model, leaks local file paths and, on a small compressed model, would be a sizeable
+    share of the bytes the size ratio is computed from.
+    """
+    return trace_onnx(model, example, opset).write(model, path)
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer by name (non-persistent buffers too: a trace lifts them)."""
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+def _structure(model: nn.Module) -> str:
+    """The module tree as printed, then each parameter's and buffer's name, shape and dtype."""
+    tensors = (f"{name} {tuple(t.shape)} {t.dtype}" for name, t in _weights(model).items())
+    return "\n".join([repr(model), *tensors])
 
 
 def export_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> Path:

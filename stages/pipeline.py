@@ -21,7 +21,7 @@ from stages.cluster import Cluster
 from stages.config import PipelineConfig
 from stages.depth import Depth
 from stages.distill import Distill, checkpointed_step, trained_epochs, training_plan
-from stages.export import EXPORT_FORMATS, Export
+from stages.export import EXPORT_FORMATS, Export, TracedGraph, trace_onnx
 from stages.measure import best_latency, measure_onnx, measure_torch, onnx_sizes, thread_counts
 from stages.prune import Prune
 from stages.quant_modes import QUANT_MODES
@@ -85,6 +85,7 @@ def run_pipeline(
     after_prune = after_prune or (lambda _: None)
     enabled_names = [stage.name for stage, enabled in torch_stages if enabled]
     samples = 0
+    traced: TracedGraph | None = None
     for stage, enabled in torch_stages:
         if stage.name == "distill" and enabled:
             steps, batch_size = training_plan(config.distill, model, ctx)
@@ -93,7 +94,8 @@ def run_pipeline(
         if stage.name not in structural and not heard:
             heard = True
             if on_untrained is not None:
-                on_untrained(untrained_metrics(model, config, ctx, latency=untrained_latency))
+                measured, traced = untrained_metrics(model, config, ctx, latency=untrained_latency)
+                on_untrained(measured)
             pruned = records[-1].metrics if records else measure_torch(model, ctx, accuracy=False)
             after_prune({**pruned, metrics.SAMPLES_SEEN: float(samples)})  # type: ignore[misc]
         if not enabled:
@@ -123,7 +125,9 @@ def run_pipeline(
         records.append(StageRecord(stage.name, seconds, stage_metrics))
 
     model = model.cpu().eval()
-    exported, export_s = timed(lambda: Export(config.export).run(model, ctx))
+    # Written from the untrained student's graph where it was traced (TracedGraph: the same
+    # file as tracing the trained module again, without the trace).
+    exported, export_s = timed(lambda: Export(config.export, traced=traced).run(model, ctx))
     assert isinstance(exported, OnnxFile)
     if config.quantize.mode != "none":
         # The fp32 file is an intermediate: its accuracy is the module's (measured above) and
@@ -143,16 +147,18 @@ def run_pipeline(
 
 def untrained_metrics(
     model: nn.Module, config: PipelineConfig, ctx: Context, *, latency: bool = False
-) -> dict[str, float]:
+) -> tuple[dict[str, float], TracedGraph]:
     """What ``model`` (the structural student, untrained) measures once exported and in its
     number format: file bytes and params / MACs, and with ``latency`` its ONNX Runtime latency
     at its best thread count, the teacher's timed interleaved. Training changes weights, not
     shapes or formats, so these are the trained file's figures to within the quantizer's
-    rounding, known seconds after pruning. Written under ``ctx.workdir / "untrained"``."""
+    rounding, known seconds after pruning. Written under ``ctx.workdir / "untrained"``; also
+    returns the traced graph, which the trained student's export is written from."""
     student = copy.deepcopy(model).cpu().eval()
     sub = dataclasses.replace(ctx, workdir=ctx.workdir / "untrained")
     sub.workdir.mkdir(parents=True, exist_ok=True)
-    exported = Export(config.export).run(student, sub)
+    traced = trace_onnx(student, ctx.data.example_input(), opset=config.export.opset)
+    exported = Export(config.export, traced=traced).run(student, sub)
     final = Quantize(config.quantize).run(exported, sub)
     assert isinstance(exported, OnnxFile) and isinstance(final, OnnxFile)
     result = onnx_sizes(final.path, sub, torch_model=student)
@@ -168,7 +174,7 @@ def untrained_metrics(
         result[metrics.LATENCY_MS], result[metrics.LATENCY_THREADS] = ms, float(threads)
         if teacher is not None:
             result[metrics.TEACHER_LATENCY_MS] = teacher[0]
-    return result
+    return result, traced
 
 
 def _remember_final(

@@ -155,3 +155,50 @@ def test_distillation_reports_the_samples_it_will_see_before_it_trains(
         )
     assert [h["samples_seen"] for h in heard] == [12 * 32, 0]  # 1.5 epochs of 8 steps
     assert all("macs" in h for h in heard)
+
+
+@pytest.mark.parametrize("mode", ["int8-dynamic", "int8-qat", "none"])
+def test_a_trial_that_measured_its_untrained_student_traces_its_graph_once(
+    data: TaskData, teacher: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    from stages import export, pipeline
+
+    traces: list[str] = []
+    real_trace, real_run = export.trace_onnx, export.Export.run
+    exported: list[torch.nn.Module] = []
+
+    def counting(model, example, opset=18):  # type: ignore[no-untyped-def]
+        traces.append(type(model).__name__)
+        return real_trace(model, example, opset)
+
+    def keeping(self, model, ctx):  # type: ignore[no-untyped-def]
+        exported.append(copy.deepcopy(model))
+        return real_run(self, model, ctx)
+
+    monkeypatch.setattr(export, "trace_onnx", counting)
+    monkeypatch.setattr(pipeline, "trace_onnx", counting)
+    monkeypatch.setattr(export.Export, "run", keeping)
+    heard: list[dict[str, float]] = []
+    config = PipelineConfig.from_flat({**CONFIG, "distill.epochs": 2.0, "quantize.mode": mode, "cluster.k": 16})
+    run_pipeline(config, _context(data, teacher, tmp_path), on_untrained=heard.append)
+    # One trace, before training: the trained student's file is written from it (after QAT's
+    # fake quantization is stripped, and after clustering, as well).
+    assert len(heard) == 1 and len(traces) == 1
+    written = (tmp_path / export.FP32_ONNX_NAME).read_bytes()
+    assert written != (tmp_path / "untrained" / export.FP32_ONNX_NAME).read_bytes()  # trained weights
+    # Byte for byte what tracing the trained student gives: the same deployed file.
+    fresh = export.export_onnx(exported[-1], data.example_input(), tmp_path / "fresh.onnx")
+    assert written == fresh.read_bytes() and len(traces) == 2
+
+
+def test_a_module_of_another_structure_is_traced_again(data: TaskData, tmp_path: Path) -> None:
+    from stages import export
+    from tests.tiny_models import TinyCNN
+
+    small, wide = make_tiny_cnn(), TinyCNN(width=32).eval()
+    traced = export.trace_onnx(small, data.example_input())
+    assert traced.fits(copy.deepcopy(small)) and not traced.fits(wide)
+    path = export.Export(traced=traced).run(wide, _context(data, wide, tmp_path)).path
+    assert path.read_bytes() == export.export_onnx(wide, data.example_input(), tmp_path / "w.onnx").read_bytes()
+    with pytest.raises(ValueError, match="another structure"):
+        traced.write(wide, tmp_path / "x.onnx")
