@@ -22,6 +22,7 @@ from search.study import (
     ask_lock,
     awaited,
     counted,
+    counted_samples,
     fail_orphaned,
     mark_interrupted,
     open_storage,
@@ -64,7 +65,8 @@ def run_worker(
     worker: int = 0,
     deadline: float | None = None,
 ) -> None:
-    """Ask, run and tell trials until the study holds ``settings.trials`` counted trials. When
+    """Ask, run and tell trials until the study holds ``settings.trials`` counted trials (or
+    they have seen ``settings.max_samples`` training samples: checked between trials). When
     the total is reached while other workers still run trials, wait for them: one that dies is
     failed as interrupted (its pid gone, or its heartbeats stopped) and its trial run again."""
     study = optuna.load_study(study_name=settings.study, storage=open_storage(settings.storage, create=False))
@@ -93,7 +95,7 @@ def run_worker(
                 fail_orphaned(study)
                 if setup.multi_fidelity:
                     requeue_interrupted(study)
-                if counted(study) < settings.trials:
+                if counted(study) < settings.trials and not spent(study, settings):
                     trial = study.ask()
                     TrialRecord(worker=worker_id()).save(trial)
                 elif not awaited(study):
@@ -109,6 +111,11 @@ def run_worker(
             if trial is not None:  # Ctrl-C outside the trial's own handler (claiming, telling)
                 mark_interrupted(study, trial.number, "Ctrl-C")
             raise
+
+
+def spent(study: optuna.Study, settings: SearchSettings) -> bool:
+    """Whether the study has used its compute budget (``settings.max_samples``), if it has one."""
+    return settings.max_samples is not None and counted_samples(study) >= settings.max_samples
 
 
 def _stop_requested(signum: int, frame: object) -> None:

@@ -79,12 +79,17 @@ class SearchSettings:
     # A name in STRATEGIES; None: the one the study was created with (DEFAULT_STRATEGY for a new
     # study). ``open_study`` settles it.
     strategy: str | None = None
+    # A compute budget beside ``trials``: no trial is started once the counted trials have seen
+    # this many training samples (the benchmark's equal-compute studies; the Optuna backend only).
+    max_samples: int | None = None
 
     def __post_init__(self) -> None:
         if self.strategy is not None and self.strategy not in STRATEGIES:
             raise UserError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         if self.sampler not in SAMPLERS:
             raise UserError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.max_samples is not None and self.max_samples < 0:
+            raise UserError(f"max_samples must be >= 0, but got ({self.max_samples=})")
         if self.trials < 1 or self.jobs < 1 or self.threads < 1:
             raise UserError(
                 f"trials, jobs and threads must be >= 1, but got "

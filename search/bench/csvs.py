@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from objectives import TARGETS, metrics
-from search.bench.results import BenchSummary, passes_text, test_drop, val_drop
+from search.bench.results import BenchSummary, TargetResults, passes_text, reaches_share, test_drop, val_drop
 from stages.files import write_atomic
 
 SUMMARY_CSV, TRIALS_CSV = "summary.csv", "trials.csv"
@@ -54,6 +54,11 @@ def write_csvs(summary: BenchSummary, results: Path) -> list[Path]:
                 "teacher_alone_ms": _num(summary.teacher_alone[0]) if m.alone and summary.teacher_alone else "",
                 # The trial count at which the search reached random search's final hypervolume.
                 "search_passes_random_at": passes_text(block) if m.method == "search" and "random" in block.histories else "",
+                # The samples after which the multi-fidelity search reached the default search's
+                # hypervolume at its compute, and their share of that compute ("never": not reached;
+                # empty when the search has no feasible front there).
+                "asha_reaches_search_at": _reaches(block) if m.method == "asha" and block.search_volume else "",
+                "asha_reaches_search_share": _num(reaches_share(block)) if m.method == "asha" else "",
             })
     summary_csv = _write_csv(results / SUMMARY_CSV, rows)
     trial_rows = []
@@ -78,6 +83,11 @@ def write_csvs(summary: BenchSummary, results: Path) -> list[Path]:
                     **{k: v for k, v in sorted(r.config.items())},
                 })
     return [summary_csv, _write_csv(results / TRIALS_CSV, trial_rows)]
+
+
+def _reaches(block: TargetResults) -> str:
+    at = block.asha_reaches_search
+    return "never" if at is None else str(at)
 
 
 def _write_csv(path: Path, rows: Sequence[dict]) -> Path:

@@ -18,6 +18,7 @@ from search.bench.csvs import SUMMARY_CSV, TRIALS_CSV
 from search.bench.plan import METHOD_LABELS
 from search.bench.plots import EFFICIENCY_HTML, FIXED_SYMBOLS
 from search.bench.results import (
+    ASHA_SHARE,
     BEGIN,
     END,
     PROFILE_FACTOR,
@@ -27,6 +28,7 @@ from search.bench.results import (
     TargetResults,
     markers,
     passes_text,
+    reaches_share,
     test_drop,
     val_drop,
 )
@@ -111,7 +113,10 @@ def markdown(
         f"- **Teacher (fp32 ONNX):** {base[metrics.VAL_ACC]:.2f} % validation, {base[metrics.TEST_ACC]:.2f} % test "
         f"({base.get(metrics.N_TEST, 0):.0f} images), {base[metrics.BYTES] / 1e6:.1f} MB, {base[metrics.LATENCY_MS]:.3f} ms batch 1.",
         f"- **Budget:** {plan.trials} trials per study, rounds of {plan.round_size}; bound: at most "
-        f"{plan.constraint.max_drop:g} point of accuracy lost, on validation (what the search sees) and on test.",
+        f"{plan.constraint.max_drop:g} point of accuracy lost, on validation (what the search sees) and on test."
+        + (" The multi-fidelity search's budget is compute: in each round it runs until its trials have seen the "
+           f"training samples the default search's trials of that round saw (at most {plan.asha_trial_factor}x their count)."
+           if "asha" in plan.methods else ""),
         "- **Studies:** " + ", ".join(f"`{k}` {v} trials" for k, v in summary.studies.items()) + ".",
         f"- **Reproduce:** `{command}` (resumes where it stopped; add `--report-only` to rewrite this section).",
         "",
@@ -146,7 +151,7 @@ def markdown(
         lines += _alone(summary, block)
         lines += ["", "Each row on its own (the same studies; the profiles are the search's first three trials):", ""]
         lines += [f"- {METHOD_LABELS[m.method]}: `{method_command(block.target, m.method)}`" for m in block.methods]
-        lines += ["", *_verdicts(summary, block.target, block.methods), *_efficiency(block)]
+        lines += ["", *_verdicts(summary, block.target, block.methods), *_efficiency(block), *_multi_fidelity(block)]
         largest = {m.method: m.largest for m in block.methods}
         far = [
             f"{METHOD_LABELS[k]} {r.ratio(block.target):.1f}x at {_drop_at_any(base, r)} (trial {r.number})"
@@ -276,6 +281,36 @@ def _efficiency(block: TargetResults) -> list[str]:
         f"- Search efficiency: random search's final hypervolume ({random[-1]:.3f} after {len(random)} trials) "
         f"reached by the search at trial **{passes_text(block)}** (plotted in `{EFFICIENCY_HTML}`)."
     ]
+
+
+def _multi_fidelity(block: TargetResults) -> list[str]:
+    """The multi-fidelity search against the default and random search at the default search's
+    compute, and the compute it took to reach the default search's hypervolume there."""
+    at = {m.method: m for m in block.at_compute}
+    asha, search = at.get("asha"), at.get("search")
+    if asha is None or search is None:
+        return []
+    others = [m for m in (search, at.get("random")) if m is not None]
+    above = all(asha.hypervolume > m.hypervolume for m in others)
+    lines = [
+        f"- Multi-fidelity search at equal compute ({samples_text(block.budget)} samples): hypervolume "
+        f"{asha.hypervolume:.3f} vs " + " and ".join(f"{METHOD_LABELS[m.method]}'s {m.hypervolume:.3f}" for m in others)
+        + f"; above {'both' if len(others) > 1 else 'it'}: **{'met' if above else 'missed'}**."
+    ]
+    if search.hypervolume <= 0:
+        return [*lines, "- The default search has no feasible front at its compute: no hypervolume for the multi-fidelity search to reach."]
+    share = reaches_share(block)
+    reached = (
+        f"after **{samples_text(block.asha_reaches_search or 0)} samples, {share:.0%} of that compute**; goal "
+        f"<= {ASHA_SHARE:.0%}: **{'met' if share <= ASHA_SHARE + 1e-9 else 'missed'}**"
+        if share is not None else
+        f"**never** in the {samples_text(block.spent.get('asha', 0))} samples its trials saw"
+    )
+    lines.append(
+        f"- The default search's hypervolume at its compute ({search.hypervolume:.3f}) reached by the multi-fidelity "
+        f"search {reached} (plotted in `{EFFICIENCY_HTML}`)."
+    )
+    return lines
 
 
 def _cost_lines(summary: BenchSummary) -> list[str]:

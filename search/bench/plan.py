@@ -1,5 +1,6 @@
-"""``mcaas-search bench``: the default search against the three MCaaS fixed profiles and random
-search on one workload, with one trial budget, for one or more targets.
+"""``mcaas-search bench``: the default search against the three MCaaS fixed profiles, random
+search, the multi-fidelity search and peers on one workload, with one trial budget, for one or
+more targets.
 
 The studies are ordinary studies in the storage (``report``, ``show`` and ``export`` work on them):
 
@@ -11,10 +12,17 @@ The studies are ordinary studies in the storage (``report``, ``show`` and ``expo
   (a space is fitted to its target: a latency study leaves out number formats slower than fp32
   here and weight clustering), no profiles; it skips no config as dominated but stops
   distillation that cannot reach the accuracy bound, as the search does.
+- ``NAME-TARGET-asha`` per target: the multi-fidelity search (``--strategy asha``) over the same
+  fitted space with the same sampler as that target's search, no profiles. Its budget is compute,
+  not trials: in each round it runs until its trials have seen as many training samples as the
+  search's trials of that round (``search_compute``), checked between trials, so it stops at the
+  first trial that brings it there; at most ``ASHA_TRIAL_FACTOR`` times the round's trial count
+  (``BenchPlan.asha_trial_factor``).
 
-They run in rounds (every study to ``round_size`` trials, then every study to twice that, ...),
-so an interrupted or time-limited benchmark leaves every method with about the same number of
-trials, and the summary compares them at the count all of them reached. A rerun resumes.
+They run in rounds (every study to ``round_size`` trials, then every study to twice that, ...;
+in each round the search before the multi-fidelity search, whose budget it sets), so an
+interrupted or time-limited benchmark leaves every method with about the same number of trials,
+or compute, and the summary compares them at the count all of them reached. A rerun resumes.
 """
 
 from __future__ import annotations
@@ -35,28 +43,34 @@ from search.backends.running import resumed_space
 from search.bench.peers import PEERS, PEERS_STUDY_TARGET, run_peers
 from search.errors import UserError
 from search.reporting.progress import LiveProgress
-from search.request import SearchRequest
-from search.study import STUDIES_DIR, StudyInfo, load_study, open_storage
+from search.request import MAX_TRIALS, SearchRequest
+from search.study import STUDIES_DIR, StudyInfo, TrialRecord, load_study, open_storage, trial_records
 from search.trials.context import make_context, measure_baseline_into
 from search.workloads import Workload
 from spaces import SearchSpace
 from stages.files import write_atomic
 
-METHODS = ("profiles", "random", "search", *PEERS)
+METHODS = ("profiles", "random", "search", "asha", *PEERS)
 # Method -> what the benchmark calls it.
 METHOD_LABELS = {
     "profiles": "MCaaS fixed profiles",
     "random": "random search",
     "search": "default search (TPE)",
+    "asha": "multi-fidelity search (ASHA)",
     **{name: peer.label for name, peer in PEERS.items()},
 }
 BASELINE_FILE = "baseline.json"
+# The multi-fidelity study's trial cap in a round: this many times the round's trial count. Its
+# trials cost less than the search's (most stop at a rung; a config skipped before training costs
+# no compute at all), so its compute budget ends it first; the cap ends a study whose trials cost
+# nearly nothing, which would otherwise start trials for ever.
+ASHA_TRIAL_FACTOR = 5
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchStudy:
-    """One study of the benchmark: ``method`` is "search" or "random"; ``target`` is the
-    study's own target (random search is scored on every target)."""
+    """One study of the benchmark: ``method`` is "search", "random", "asha" or "peers";
+    ``target`` is the study's own target."""
 
     name: str
     method: str
@@ -64,7 +78,12 @@ class BenchStudy:
 
     @property
     def sampler(self) -> str:
-        return "tpe" if self.method == "search" else "random"
+        return "tpe" if self.method in ("search", "asha") else "random"
+
+    @property
+    def strategy(self) -> str:
+        """Named, not left to the default, so the search row stays the full-budget search."""
+        return "asha" if self.method == "asha" else "full"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +101,8 @@ class BenchPlan:
     threads: int = 1
     # target -> the ratio at the bound the default search should reach (``WORKLOAD_GOALS``)
     goals: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    # The multi-fidelity study's trial cap in a round: this many times the round's trial count.
+    asha_trial_factor: int = ASHA_TRIAL_FACTOR
 
     @property
     def trials(self) -> int:
@@ -124,32 +145,64 @@ class BenchPlan:
         """The studies the chosen methods need (the profiles live in the search studies); the
         peers' study, run once and not in rounds, is ``peer_study``."""
         out = []
-        if "search" in self.methods or "profiles" in self.methods:
+        # The multi-fidelity search's budget is the search's compute: it needs the search.
+        if {"search", "profiles", "asha"} & set(self.methods):
             out += [BenchStudy(self.study_name(t, "search"), "search", t) for t in self.targets]
-        if "random" in self.methods:
-            out += [BenchStudy(self.study_name(t, "random"), "random", t) for t in self.targets]
+        for method in ("random", "asha"):
+            if method in self.methods:
+                out += [BenchStudy(self.study_name(t, method), method, t) for t in self.targets]
         return out
 
     def study_name(self, target: str, method: str) -> str:
-        """The study of ``method`` ("search" or "random") for ``target``."""
+        """The study of ``method`` ("search", "random" or "asha") for ``target``."""
         return f"{self.name}-{target}-{method}"
 
     def rounds(self) -> list[int]:
         """The trial count each study is brought to, round after round."""
         return [*range(self.round_size, self.trials, self.round_size), self.trials]
 
-    def settings(self, study: BenchStudy, upto: int) -> SearchSettings:
-        """How ``study`` runs up to ``upto`` trials: the request's search, with the study's
-        sampler; only the default search runs the profiles first and skips dominated configs."""
+    def settings(self, study: BenchStudy, upto: int, *, compute: int | None = None) -> SearchSettings:
+        """How ``study`` runs in the round of ``upto`` trials: the request's search, with the
+        study's sampler and strategy; only the default search runs the profiles first; the
+        searches skip dominated configs. The multi-fidelity study runs until its trials have seen
+        ``compute`` training samples, at most ``asha_trial_factor * upto`` trials."""
+        asha = study.method == "asha"
         request = dataclasses.replace(
             self.request,
-            trials=upto,
+            trials=min(self.asha_trial_factor * upto, MAX_TRIALS) if asha else upto,
             sampler=study.sampler,
+            strategy=study.strategy,
             profiles=study.method == "search",
             early_stop=study.method != "peers",
-            skip_dominated=study.method == "search",
+            skip_dominated=study.method in ("search", "asha"),
         )
-        return request.settings(study.name, self.space, self.threads)
+        settings = request.settings(study.name, self.space, self.threads)
+        return dataclasses.replace(settings, max_samples=compute) if asha else settings
+
+
+def counted_records(records: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """Trials that count towards a budget, in order: finished, and not interrupted."""
+    done = [
+        r
+        for r in records
+        if r.state in ("complete", "pruned")
+        or (r.state == "failed" and not r.interrupted)
+    ]
+    return sorted(done, key=lambda r: r.number)
+
+
+def search_compute(plan: BenchPlan, target: str, upto: int) -> int | None:
+    """The training samples the default search's first ``upto`` trials on ``target`` saw: the
+    multi-fidelity study's budget in the round of ``upto`` trials. None while the search has
+    not finished that many (the multi-fidelity study waits for it)."""
+    try:
+        study = load_study(plan.study_name(target, "search"), open_storage(plan.storage, create=False))
+    except UserError:  # no journal or no search study yet
+        return None
+    done = counted_records(trial_records(study))
+    if len(done) < upto:
+        return None
+    return sum(r.samples_seen for r in done[:upto])
 
 
 def shared_baseline(plan: BenchPlan, workload: Workload, console: Console) -> tuple[Path, dict[str, float]]:
@@ -241,16 +294,22 @@ def run_bench(
             if deadline is not None and time.time() >= deadline:
                 console.print("bench: --timeout reached; rerun the same command to go on")
                 return False
+            compute = None
+            goal = f"to {upto} trials"
+            if bench_study.method == "asha":
+                compute = search_compute(plan, bench_study.target, upto)
+                if compute is None:
+                    console.print(f"round {index}/{len(rounds)}: {bench_study.name} waits for the default search to finish {upto} trials")
+                    continue
+                goal = f"to {compute:,} training samples, the default search's {upto} trials'"
+            settings = plan.settings(bench_study, upto, compute=compute)
 
-            def watch(study: object, info: StudyInfo, *, upto: int = upto, s: BenchStudy = bench_study) -> LiveProgress:
-                console.print(
-                    f"round {index}/{len(rounds)}: [bold]{s.name}[/] "
-                    f"({METHOD_LABELS[s.method]}) to {upto} trials"
-                )
-                return LiveProgress(study, info, total=upto, jobs=1, console=console)  # type: ignore[arg-type]
+            def watch(study: object, info: StudyInfo, *, goal: str = goal, total: int = settings.trials, s: BenchStudy = bench_study) -> LiveProgress:
+                console.print(f"round {index}/{len(rounds)}: [bold]{s.name}[/] ({METHOD_LABELS[s.method]}) {goal}")
+                return LiveProgress(study, info, total=total, jobs=1, console=console)  # type: ignore[arg-type]
 
             result = run_study(
-                plan.settings(bench_study, upto),
+                settings,
                 workload,
                 bench_study.target,
                 plan.constraint,

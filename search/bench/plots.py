@@ -2,7 +2,8 @@
 hypervolume after each trial, in one self-contained HTML page; and the search efficiency page
 (hypervolume against trial count for the search and random search, with random search's final
 hypervolume and the trial count at which the search reaches it; and hypervolume against compute,
-training samples seen, for every method, with the compute the methods are compared at)."""
+training samples seen, for every method, with the compute the methods are compared at, the
+default search's hypervolume there and the compute at which the multi-fidelity search reaches it)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from search.bench.plan import METHOD_LABELS
-from search.bench.results import BenchSummary, TargetResults, passes_text, test_drop
+from search.bench.results import BenchSummary, TargetResults, passes_text, reaches_share, test_drop
 from stages.files import write_atomic
 
 PLOT_HTML, PLOT_PNG, EFFICIENCY_HTML, EFFICIENCY_PNG = "bench.html", "bench.png", "efficiency.html", "efficiency.png"
-METHOD_COLOURS = {"profiles": "#8c564b", "random": "#7f7f7f", "search": "#1f77b4",
+METHOD_COLOURS = {"profiles": "#8c564b", "random": "#7f7f7f", "search": "#1f77b4", "asha": "#d62728",
                   "ort-int8": "#2ca02c", "torch-pruning": "#ff7f0e", "nncf": "#9467bd"}
 # One marker for each fixed config (the profiles, the peers): they are points, not a search.
 FIXED_SYMBOLS = {"profiles": "diamond", "ort-int8": "square", "torch-pruning": "triangle-up", "nncf": "star"}
@@ -80,7 +81,7 @@ def write_plots(summary: BenchSummary, path: Path) -> Path:
         fig.update_yaxes(title_text="test drop (points; larger drops off the chart)", row=i, col=1)
         _hypervolume_traces(fig, block, row=i, col=2, legend=False)
     fig.update_layout(
-        title=f"{summary.plan.name}: search vs fixed profiles, random search and peers (<= {summary.plan.constraint.max_drop:g} pt)",
+        title=f"{summary.plan.name}: search vs fixed profiles, random search, multi-fidelity search and peers (<= {summary.plan.constraint.max_drop:g} pt)",
         height=480 * rows + 80, width=1280, template="plotly_white",
     )
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,6 +103,10 @@ def _compute_traces(fig: go.Figure, block: TargetResults, *, row: int, col: int,
         )
     if block.budget:
         fig.add_vline(x=block.budget, line_dash="dot", line_color=METHOD_COLOURS["search"], row=row, col=col)
+    if block.search_volume is not None and "asha" in block.compute_histories:
+        fig.add_hline(y=block.search_volume, line_dash="dash", line_color=METHOD_COLOURS["search"], row=row, col=col)
+        if block.asha_reaches_search is not None:
+            fig.add_vline(x=block.asha_reaches_search, line_dash="dot", line_color=METHOD_COLOURS["asha"], row=row, col=col)
     fig.update_xaxes(title_text="training samples seen (optimizer steps x batch size)", row=row, col=col)
     fig.update_yaxes(title_text="hypervolume (pt x log10 ratio)", row=row, col=col)
 
@@ -109,13 +114,18 @@ def _compute_traces(fig: go.Figure, block: TargetResults, *, row: int, col: int,
 def write_efficiency(summary: BenchSummary, path: Path) -> Path:
     """Per target: hypervolume against trial count for the search and random search, random
     search's final hypervolume (dashed) and the trial count at which the search reaches it; and
-    hypervolume against compute for every method, with the default search's compute (dotted)."""
+    hypervolume against compute for every method, with the default search's compute (dotted)
+    and, beside a multi-fidelity search, the default search's hypervolume there (dashed) and the
+    compute at which the multi-fidelity search reaches it (dotted)."""
     blocks = [b for b in summary.targets if b.histories or b.compute_histories]
     rows = max(len(blocks), 1)
     titles = []
     for b in blocks:
+        share = reaches_share(b)
+        reaches = "" if "asha" not in b.compute_histories or b.search_volume is None else (
+            "; ASHA reaches its level " + ("never" if share is None else f"at {share:.0%} of it"))
         titles += [f"{b.target}: search reaches random search's final hypervolume at trial {passes_text(b)}",
-                   f"{b.target}: hypervolume against compute (dotted: the default search's)"]
+                   f"{b.target}: hypervolume against compute (dotted: the default search's{reaches})"]
     fig = make_subplots(rows=rows, cols=2, subplot_titles=titles or None, horizontal_spacing=0.08,
                         vertical_spacing=0.16 / rows)
     for i, block in enumerate(blocks, 1):

@@ -9,6 +9,8 @@ what a user of the method gets. Beside it, ``best_on_both`` is the largest ratio
 the bound on validation and on test: chosen with the test split, the best case, not a result.
 Every method is also compared at the same compute: the training samples the default search's
 trials saw (on the full trial budget, or what it has done), since trials do not all cost the same.
+The multi-fidelity search, whose budget is that compute, is shown at equal trials on its first
+trials (as many as the others have, or all it has) and at equal compute on its trials within it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from objectives import DEFAULT_SELECTION, PairedDrop, hypervolume, metrics, selection
-from search.bench.plan import BenchPlan
+from search.bench.plan import BenchPlan, counted_records
 from search.study import TrialRecord
 from search.study.scoring import drop_upper_bounds, scored_points, scored_records
 from spaces import is_mcaas_profile
@@ -70,17 +72,6 @@ class MethodResult:
     @property
     def trials_per_hour(self) -> float:
         return self.trials / self.wall_s * 3600 if self.wall_s > 0 else math.nan
-
-
-def counted_records(records: Sequence[TrialRecord]) -> list[TrialRecord]:
-    """Trials that count towards a budget, in order: finished, and not interrupted."""
-    done = [
-        r
-        for r in records
-        if r.state in ("complete", "pruned")
-        or (r.state == "failed" and not r.interrupted)
-    ]
-    return sorted(done, key=lambda r: r.number)
 
 
 def test_drop(baseline: Mapping[str, float], record: TrialRecord) -> float:
@@ -244,6 +235,9 @@ WORKLOAD_GOALS: dict[str, dict[str, float]] = {
     "vit_tiny-fashion-mnist": {"size": 10.0, "latency": 2.0},
 }
 PROFILE_FACTOR = 3.0  # the default search should beat the best feasible profile by this much
+# The multi-fidelity search should reach the default search's hypervolume within this share of
+# the default search's compute (the multi-fidelity search issue's "at most a third").
+ASHA_SHARE = 1 / 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,6 +258,22 @@ class TargetResults:
     compute_histories: dict[str, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)
 
     @property
+    def asha_reaches_search(self) -> int | None:
+        """The training samples after which the multi-fidelity search's hypervolume first reaches
+        the default search's at its budget (None: it never does, or one of them did not run)."""
+        asha, reference = self.compute_histories.get("asha"), self.search_volume
+        if not asha or reference is None:
+            return None
+        return next((seen for seen, volume in asha if volume >= reference - 1e-12), None)
+
+    @property
+    def search_volume(self) -> float | None:
+        """The default search's hypervolume at its compute: what the multi-fidelity search is to
+        reach (None: the search did not run, or found no feasible front, nothing to reach)."""
+        search = next((m for m in self.at_compute if m.method == "search"), None)
+        return search.hypervolume if search is not None and search.hypervolume > 0 else None
+
+    @property
     def search_passes_random(self) -> int | None:
         """The trial count at which the search's hypervolume first reaches random search's final
         one (None: it never does, or one of them did not run); see ``passes_at``."""
@@ -277,6 +287,13 @@ def passes_text(block: TargetResults) -> str:
     """When the search reached random search's final hypervolume: a trial count, or "never"."""
     at = block.search_passes_random
     return "never" if at is None else str(at)
+
+
+def reaches_share(block: TargetResults) -> float | None:
+    """``asha_reaches_search`` as a share of the default search's compute (None: never, or
+    nothing to reach)."""
+    at = block.asha_reaches_search
+    return None if at is None or not block.budget else at / block.budget
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,6 +333,14 @@ def gather(plan: BenchPlan, baseline: Mapping[str, float], records: Mapping[str,
             histories[method] = history(target, cut, required)
             points[method] = [r for r in cut if r.state == "complete"]
             ran[method] = (study, runs[method][: plan.trials])
+        asha_name = plan.study_name(target, "asha")
+        if "asha" in plan.methods and done.get(asha_name):
+            # Its budget is compute, not trials: it does not set the count the others are cut to.
+            cut = done[asha_name][:n]
+            compared_all[asha_name] = cut
+            results.append(summarise("asha", target, asha_name, cut, baseline, required, plan.constraint.max_drop))
+            histories["asha"] = history(target, cut, required)
+            ran["asha"] = (asha_name, done[asha_name])
         peers_name = plan.peer_study().name
         for peer in plan.peers:
             trials = [r for r in done.get(peers_name, []) if r.profile == peer]
@@ -329,6 +354,9 @@ def gather(plan: BenchPlan, baseline: Mapping[str, float], records: Mapping[str,
             summarise(method, target, study, within_compute(trials, budget), baseline, required, plan.constraint.max_drop)
             for method, (study, trials) in ran.items()
         ] if budget else []
+        if "asha" in ran:  # its trials in the plots and trials.csv: those it is compared on
+            asha = within_compute(ran["asha"][1], budget) if budget else compared_all[asha_name]
+            points["asha"] = [r for r in asha if r.state == "complete"]
         targets.append(TargetResults(
             target, n, results, histories, points,
             budget=budget,

@@ -1,5 +1,6 @@
 """``mcaas-search bench``: the default search against the three MCaaS fixed profiles, random
-search and peer methods on one workload and trial budget, for each target; writes BENCHMARKS.md,
+search, the multi-fidelity search (at the default search's compute) and peer methods on one
+workload and trial budget, for each target; writes BENCHMARKS.md,
 CSVs and plots. Resumable: the same command continues where it stopped. ``--quick``: a smoke run."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 from rich.console import Console
 
 from objectives import TARGETS, Constraint
-from search.bench.plan import METHODS, BenchPlan, bench_command, run_bench
+from search.bench.plan import ASHA_TRIAL_FACTOR, METHODS, BenchPlan, bench_command, run_bench
 from search.bench.results import WORKLOAD_GOALS
 from search.commands import add_workload_arguments, count_arg, spec_from_args
 from search.commands.run import drop_points, duration, study_arg
@@ -53,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quick",
         action="store_true",
         help=f"a smoke run that checks every row is produced, not what the ratios are: {QUICK_TRIALS} trials per "
-        f"study in one round, distillation of {QUICK_EPOCHS:g} epoch(s); name NAME-quick, summary in the results folder",
+        f"study in one round (the multi-fidelity search: at most {QUICK_TRIALS}), distillation of {QUICK_EPOCHS:g} "
+        "epoch(s); name NAME-quick, summary in the results folder",
     )
 
 
@@ -147,6 +149,9 @@ def run(args: argparse.Namespace) -> int:
         space=space,
         threads=threads,
         goals=WORKLOAD_GOALS.get(workload.name, {}),
+        # A smoke run's multi-fidelity search: as many trials as the others (the quick space
+        # trains one short budget, so it would otherwise run to its cap on the profiles' compute).
+        asha_trial_factor=1 if args.quick else ASHA_TRIAL_FACTOR,
     )
     if args.quick and args.out is None:  # a smoke run never rewrites BENCHMARKS.md unless told to
         args.out = results / QUICK_MARKDOWN

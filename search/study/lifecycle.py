@@ -267,3 +267,9 @@ def queue_profiles(study: optuna.Study, space: SearchSpace) -> None:
 def counted(study: optuna.Study) -> int:
     """Trials that count towards ``--trials``: done or running; interrupted ones are replaced."""
     return sum(trial_record(t).counted for t in study.get_trials(deepcopy=False))
+
+
+def counted_samples(study: optuna.Study) -> int:
+    """Training samples the study's counted trials recorded: its compute so far (a running
+    trial's count once it ends; interrupted ones, replaced, count none)."""
+    return sum(r.samples_seen for r in map(trial_record, study.get_trials(deepcopy=False)) if r.counted)

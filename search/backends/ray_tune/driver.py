@@ -96,6 +96,9 @@ def run(
     Under a multi-fidelity strategy Ray Tune's ASHA scheduler decides at each rung which trials
     train on, up to ``top_steps`` (the most steps a trial trains; required then).
     """
+    if settings.max_samples is not None:
+        # Tune starts its trials up front: a budget in samples is known only as trials end.
+        raise UserError("a compute budget (max_samples) is run by the optuna backend only, not by ray")
     settings = dataclasses.replace(settings, storage=absolute_storage(settings.storage))
     storage = open_storage(settings.storage, create=False)
     study = optuna.load_study(
