@@ -36,6 +36,18 @@ def test_backends_are_named_in_one_registry_and_built_with_their_own_options() -
         make_backend("ray", {"cpus_per_trial": 0.0})
 
 
+def test_a_compute_budget_is_refused_by_ray_before_it_starts() -> None:
+    """Ray Tune starts its trials up front, so a budget in samples (the benchmark's, checked by
+    the Optuna workers between trials) is refused there rather than ignored."""
+    from search.backends.ray_tune import driver
+
+    settings = SearchSettings(study="s", storage=None, trials=4, space=default_space(), max_samples=100)
+    with pytest.raises(UserError, match="a compute budget .* optuna backend only"):
+        driver.run(settings, WorkloadSpec(), address=None, cpus_per_trial=1.0, gpus_per_trial=0.0, deadline=None)
+    with pytest.raises(UserError, match="max_samples must be >= 0"):
+        dataclasses.replace(settings, max_samples=-1)
+
+
 @dataclasses.dataclass
 class FakeBackend:
     """Records what it was asked to run; ``fail_with`` raises from inside the run."""

@@ -19,7 +19,7 @@ from search.bench import peers
 from search.bench.csvs import write_csvs
 from search.bench.markdown import markdown, splice
 from search.bench.peers import PEERS, run_peers
-from search.bench.plan import METHOD_LABELS, METHODS, BenchPlan
+from search.bench.plan import ASHA_TRIAL_FACTOR, METHOD_LABELS, METHODS, BenchPlan
 from search.bench.plots import ratio_ticks, write_efficiency
 from search.bench.results import (
     BEGIN,
@@ -133,11 +133,22 @@ def test_methods_are_compared_at_the_trial_count_all_reached() -> None:
 
 def test_plans_name_their_studies_and_rounds() -> None:
     plan = _plan(trials=12, round_size=5)
-    assert [s.name for s in plan.studies()] == ["b-size-search", "b-latency-search", "b-size-random", "b-latency-random"]
+    assert [s.name for s in plan.studies()] == ["b-size-search", "b-latency-search", "b-size-random", "b-latency-random",
+                                                "b-size-asha", "b-latency-asha"]
     assert plan.rounds() == [5, 10, 12]
     assert plan.settings(plan.studies()[2], 5).sampler == "random"
     assert not plan.settings(plan.studies()[2], 5).profiles
     assert not plan.settings(plan.studies()[2], 5).skip_dominated  # random search skips nothing
+    # The search is named the full-budget one, whatever the default strategy becomes.
+    search = plan.settings(plan.studies()[0], 5)
+    assert (search.strategy, search.sampler, search.trials, search.max_samples) == ("full", "tpe", 5, None)
+    # The multi-fidelity study: the search's sampler, no profiles, the search's compute as its
+    # budget and a trial cap of ASHA_TRIAL_FACTOR times the round's trials.
+    asha = plan.settings(plan.studies()[4], 5, compute=1234)
+    assert (asha.strategy, asha.sampler, asha.profiles, asha.skip_dominated) == ("asha", "tpe", False, True)
+    assert (asha.max_samples, asha.trials) == (1234, ASHA_TRIAL_FACTOR * 5)
+    # It needs the search's studies (their compute is its budget), not their rows.
+    assert [s.name for s in _plan(targets=("size",), methods=("asha",)).studies()] == ["b-size-search", "b-size-asha"]
     assert [s.name for s in _plan(methods=("random",)).studies()] == ["b-size-random", "b-latency-random"]
     # Random search for a target searches that target's space: the study has the target.
     (latency,) = _plan(targets=("latency",), methods=("random",)).studies()
@@ -231,8 +242,10 @@ def test_demo_bench_writes_the_summary_and_resumes(
     assert "- random search: `mcaas-search bench --space tiny.toml --name tb --targets size --methods random" in text
     with open(folder / "res" / "summary.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert [(r["method"], r["trials"]) for r in rows][:5] == [
-        ("profiles", "3"), ("random", "4"), ("search", "4"), ("ort-int8", "1"), ("torch-pruning", "1")]  # nncf if installed
+    assert [(r["method"], r["trials"]) for r in rows][:3] == [("profiles", "3"), ("random", "4"), ("search", "4")]
+    # The multi-fidelity search runs to the search's compute, not to 4 trials; then the peers
+    # (nncf if installed).
+    assert [r["method"] for r in rows][3:6] == ["asha", "ort-int8", "torch-pruning"]
     with_best = [row for row in rows if row["best_trial"]]
     assert with_best, rows
     for row in with_best:  # a best trial has a paired interval around its test drop
@@ -589,11 +602,13 @@ def _trained(study: Any, *specs: tuple[int, float, float]) -> list[TrialRecord]:
     return trial_records(study)
 
 
-def _studies(search: list[tuple[int, float, float]], random: list[tuple[int, float, float]]) -> dict[str, list[TrialRecord]]:
+def _studies(search: list[tuple[int, float, float]], random: list[tuple[int, float, float]],
+             asha: list[tuple[int, float, float]] | None = None) -> dict[str, list[TrialRecord]]:
     import optuna
 
     new = lambda: optuna.create_study(directions=["maximize", "maximize"])  # noqa: E731
-    return {"b-size-search": _trained(new(), *search), "b-size-random": _trained(new(), *random)}
+    studies = {"b-size-search": _trained(new(), *search), "b-size-random": _trained(new(), *random)}
+    return {**studies, "b-size-asha": _trained(new(), *asha)} if asha is not None else studies
 
 
 def test_methods_are_also_compared_at_the_compute_the_default_search_spent() -> None:
@@ -639,6 +654,47 @@ def test_the_table_gives_samples_seen_and_the_equal_compute_rows(tmp_path: Path)
     assert "hypervolume against compute" in page and "training samples seen" in page
 
 
+def test_the_multi_fidelity_search_is_compared_at_the_search_s_compute(tmp_path: Path) -> None:
+    # The search and random search: 4 trials of 100 samples each (400). The multi-fidelity search:
+    # 11 trials of 40, ratio 2x to 12x; it ran past 400 samples by its last trial, which is not
+    # compared. It reaches the search's 8x after 7 trials: 280 samples, 70 % of the search's.
+    summary = gather(_plan(targets=("size",), methods=("random", "search", "asha")), BASELINE,
+                     _studies([(100, 5.0 + i, 95.5) for i in range(4)], [(100, 2.0 + i, 95.5) for i in range(4)],
+                              [(40, 2.0 + i, 95.5) for i in range(11)]), logits_s=None)
+    (block,) = summary.targets
+    by, at = {m.method: m for m in block.methods}, {m.method: m for m in block.at_compute}
+    assert [m.method for m in block.methods] == ["random", "search", "asha"]
+    # At equal trials: its first 4 (its budget is compute, it does not set the count compared).
+    assert (block.compared, by["asha"].trials, by["asha"].samples_seen, by["asha"].study) == (4, 4, 160, "b-size-asha")
+    # At equal compute: its 10 trials within the search's 400 samples; the headline is still
+    # the trial it recommends on validation (the most compressed feasible one: 11x).
+    assert (at["asha"].trials, at["asha"].samples_seen, at["asha"].ratio) == (10, 400, 11.0)
+    assert at["asha"].hypervolume > at["search"].hypervolume > at["random"].hypervolume
+    assert block.asha_reaches_search == 280 and block.spent["asha"] == 440
+    assert [seen for seen, _ in block.compute_histories["asha"]] == [40 * i for i in range(1, 12)]
+    assert [r.number for r in block.points["asha"]] == list(range(10))
+
+    text = markdown(summary, command="c", method_command=lambda t, m: m, results=tmp_path, png=None,
+                    html=tmp_path / "bench.html", links_from=tmp_path)
+    assert "| multi-fidelity search (ASHA) | 4 | none | - |" not in text  # it has a recommended trial
+    assert "| multi-fidelity search (ASHA) | 4 | **5.0x** | 3 |" in text and "| 160 |" in text
+    assert "| multi-fidelity search (ASHA) | 10 | 400 | **11.0x** | 9 |" in text
+    assert "above both: **met**" in text
+    assert ("reached by the multi-fidelity search after **280 samples, 70% of that compute**; goal <= 33%: "
+            "**missed**") in text
+    summary_csv, trials_csv = write_csvs(summary, tmp_path)
+    with open(summary_csv) as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    assert (rows["asha"]["samples_seen"], rows["asha"]["at_compute_trials"], rows["asha"]["at_compute_samples_seen"]) == (
+        "160", "10", "400")
+    assert (rows["asha"]["asha_reaches_search_at"], rows["asha"]["asha_reaches_search_share"]) == ("280", "0.7")
+    assert rows["search"]["asha_reaches_search_at"] == ""
+    with open(trials_csv) as handle:
+        assert sum(row["study"] == "b-size-asha" for row in csv.DictReader(handle)) == 10
+    page = write_efficiency(summary, tmp_path / "efficiency.html").read_text()
+    assert "multi-fidelity search (ASHA)" in page and "ASHA reaches its level at 70% of it" in page
+
+
 def test_trials_from_before_the_figure_are_counted_as_no_compute_and_said_so() -> None:
     old = record(0, stages=[{"stage": "distill", "seconds": 5.0, "metrics": {"epochs": 2.0}}])
     summary = gather(_plan(targets=("size",), methods=("search",)), BASELINE, {"b-size-search": [old]}, logits_s=None)
@@ -679,3 +735,89 @@ def test_the_latency_table_gives_each_best_trial_and_the_teacher_measured_alone(
     # Cached by file: the next summary measures nothing again.
     monkeypatch.setattr(alone, "alone_latency", lambda *a, **k: pytest.fail("measured again"))
     assert add_alone(summary, workload, teacher, tmp_path / "res").teacher_alone == measured.teacher_alone  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# The multi-fidelity search's compute budget, run for real with trials that only record samples
+
+ASHA_BENCH = ["bench", "--trials", "4", "--round", "2", "--targets", "size", "--methods", "asha", "--name", "ta",
+              "--out", "B.md", "--space", "tiny.toml", "--device", "cpu"]
+
+
+def _sampled_trials(monkeypatch: pytest.MonkeyPatch, samples: Callable[[str, int], int]) -> list[tuple[str, int]]:
+    """Trials that train nothing and record ``samples(study, number)`` training samples seen
+    (stopped at once, as a rung stop is recorded); returns the (study, trial) each run, in order.
+    The summary is not written (the summary tests cover it)."""
+    from optuna.trial import TrialState
+
+    from search.backends import local
+
+    ran: list[tuple[str, int]] = []
+
+    def sampled(trial: Any, setup: Any, make_config: Any, *, profile: str | None) -> tuple[str, None]:
+        study = setup.study.study_name
+        ran.append((study, trial.number))
+        seen = {"stage": "distill", "seconds": 0.0, "metrics": {"samples_seen": float(samples(study, trial.number))}}
+        TrialRecord(stages=[seen], reason="stopped at a rung").save(trial)
+        setup.study.tell(trial, state=TrialState.PRUNED)
+        return "pruned", None
+
+    monkeypatch.setattr(local, "run_and_record", sampled)
+    monkeypatch.setattr("search.bench.summary.write_summary", lambda *a, **k: [])
+    return ran
+
+
+def test_the_multi_fidelity_study_runs_to_the_search_s_compute_each_round_and_resumes(
+    search_folder: Callable[[str], Path], run_cli: RunCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    search_folder(ONE_EPOCH)
+    # The search's trials see 100 samples each, the multi-fidelity search's 30.
+    ran = _sampled_trials(monkeypatch, lambda study, number: 100 if study.endswith("-search") else 30)
+    code, _, err = run_cli(ASHA_BENCH)
+    assert code == 0, err
+    # Round 1: the search's 2 trials saw 200 samples; the multi-fidelity study stops at the first
+    # trial that brings it to 200 (7 x 30 = 210). Round 2: 400, at its 14th trial (420). Each
+    # round runs the search first.
+    assert ran == [*(("ta-size-search", n) for n in (0, 1)), *(("ta-size-asha", n) for n in range(7)),
+                   *(("ta-size-search", n) for n in (2, 3)), *(("ta-size-asha", n) for n in range(7, 14))]
+    assert "ta-size-asha (multi-fidelity search (ASHA)) to 400 training samples, the default search's 4 trials'" in err
+    journal = Path("studies/benchmarks/ta/bench.journal")
+    assert len(_trials(journal, "ta-size-asha")) == 14
+    # A rerun finds every round done: no trial runs again.
+    ran.clear()
+    code, _, err = run_cli(ASHA_BENCH)
+    assert code == 0, err
+    assert ran == [] and len(_trials(journal, "ta-size-asha")) == 14
+    # A larger budget resumes from the journal: the search's next trials, then the
+    # multi-fidelity study's from its 15th on, up to the search's 600 samples (20 x 30).
+    code, _, err = run_cli([*ASHA_BENCH, "--trials", "6"])
+    assert code == 0, err
+    assert ran == [("ta-size-search", 4), ("ta-size-search", 5), *(("ta-size-asha", n) for n in range(14, 20))]
+
+
+def test_the_multi_fidelity_budget_waits_for_the_search_to_finish_its_round(tmp_path: Path) -> None:
+    import optuna
+
+    from search.bench.plan import search_compute
+    from search.study import open_storage
+
+    plan = _plan(targets=("size",), methods=("asha",), request=SearchRequest(
+        WorkloadSpec(), constraint=Constraint(max_drop=1.0), storage=str(tmp_path / "bench.journal")))
+    assert search_compute(plan, "size", 1) is None  # no journal yet
+    storage = open_storage(plan.storage, create=True)
+    search = optuna.create_study(study_name="b-size-search", storage=storage, directions=["maximize", "maximize"])
+    _trained(search, (100, 2.0, 95.5), (50, 3.0, 95.5))
+    search.ask()  # a third trial still running: not finished, not counted
+    assert (search_compute(plan, "size", 1), search_compute(plan, "size", 2)) == (100, 150)
+    assert search_compute(plan, "size", 3) is None
+
+
+def test_the_multi_fidelity_study_stops_at_its_trial_cap_when_its_trials_cost_nothing(
+    search_folder: Callable[[str], Path], run_cli: RunCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    search_folder(ONE_EPOCH)
+    # Every config skipped before training (0 samples): only the cap, 5 x the round's trials, ends it.
+    ran = _sampled_trials(monkeypatch, lambda study, number: 100 if study.endswith("-search") else 0)
+    code, _, err = run_cli([*ASHA_BENCH, "--trials", "2"])
+    assert code == 0, err
+    assert [n for study, n in ran if study == "ta-size-asha"] == list(range(ASHA_TRIAL_FACTOR * 2))
