@@ -305,7 +305,7 @@ def run_bench(
             settings = plan.settings(bench_study, upto, compute=compute)
 
             def watch(study: object, info: StudyInfo, *, goal: str = goal, total: int = settings.trials, s: BenchStudy = bench_study) -> LiveProgress:
-                console.print(f"round {index}/{len(rounds)}: [bold]{s.name}[/] ({METHOD_LABELS[s.method]}) {goal}")
+                console.print(f"round {index}/{len(rounds)}: [bold]{s.name}[/] ({METHOD_LABELS[s.method]}) {goal}", soft_wrap=True)
                 return LiveProgress(study, info, total=total, jobs=1, console=console)  # type: ignore[arg-type]
 
             result = run_study(
