@@ -94,12 +94,14 @@ class Recipe:
     def stall_check_epoch(self, epochs: int) -> int | None:
         """The epoch after which a training loss that has not fallen means: restart at a lower
         learning rate; a tenth of the run after the learning rate peaked (the warm-up, or
-        one-cycle's rise over 30 % of the steps). None for runs under 5 epochs: too short to
-        tell a slow start from a stall."""
+        one-cycle's rise over 30 % of the steps), and never before the second: the first
+        epoch's loss is what the check compares with (checked after the first, any loss above
+        a uniform guess counted as a stall, and a slow starter was restarted at ever lower
+        rates). None for runs under 5 epochs: too short to tell a slow start from a stall."""
         if epochs < 5:
             return None
         rise = self.warmup if self.schedule == "cosine" else 0.3
-        return math.ceil(epochs * (rise + 0.1))
+        return max(2, math.ceil(epochs * (rise + 0.1)))
 
 
 RECIPES: dict[str, Recipe] = {
