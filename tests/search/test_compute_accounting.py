@@ -11,7 +11,8 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.study import TrialRecord, trial_record, trial_records
+from objectives import Constraint
+from search.study import StudyInfo, TrialRecord, trial_record, trial_records
 from search.trials import worker
 from search.trials.trial import TrialStopped
 from stages import Context, PipelineConfig
@@ -70,7 +71,9 @@ def test_a_stopped_trial_keeps_the_samples_it_saw_in_the_study(
 
     monkeypatch.setattr(worker, "run_trial", stopped)
     study = optuna.create_study(directions=["maximize", "maximize"])
-    setup = worker.WorkerSetup(study, None, tiny_context, None, None, tmp_path, None)  # type: ignore[arg-type]
+    info = StudyInfo(workload={}, target="size", constraint=Constraint(max_drop=1.0), baseline={},
+                     baseline_onnx="", artifacts_dir=str(tmp_path))
+    setup = worker.WorkerSetup(study, info, tiny_context, None, None, tmp_path, None)  # type: ignore[arg-type]
     state, _ = worker.run_and_record(study.ask(), setup, PipelineConfig, profile=None)
     [record] = trial_records(study)
     assert (state, record.state, record.samples_seen) == ("pruned", "pruned", 640)
