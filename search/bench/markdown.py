@@ -20,6 +20,7 @@ from search.bench.plots import EFFICIENCY_HTML, FIXED_SYMBOLS
 from search.bench.results import (
     ASHA_SHARE,
     BEGIN,
+    CHUNK_GAP,
     END,
     PROFILE_FACTOR,
     PUBLISHED,
@@ -118,6 +119,9 @@ def markdown(
            f"training samples the default search's trials of that round saw (at most {plan.asha_trial_factor}x their count)."
            if "asha" in plan.methods else ""),
         "- **Studies:** " + ", ".join(f"`{k}` {v} trials" for k, v in summary.studies.items()) + ".",
+        *([f"- **Runs** (a pause of {CHUNK_GAP.total_seconds() / 60:.0f} min between trials begins a new one; "
+           "the clock of the machine that ran it): " + "; ".join(c.describe() for c in summary.chunks) + "."]
+          if summary.chunks else []),
         f"- **Reproduce:** `{command}` (resumes where it stopped; add `--report-only` to rewrite this section).",
         "",
         "Ratios are measured on the exported ONNX file in ONNX Runtime against the teacher's fp32 export "

@@ -16,14 +16,19 @@ trials (as many as the others have, or all it has) and at equal compute on its t
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from objectives import DEFAULT_SELECTION, PairedDrop, hypervolume, metrics, selection
 from search.bench.plan import BenchPlan, counted_records
 from search.study import TrialRecord
 from search.study.scoring import drop_upper_bounds, scored_points, scored_records
 from spaces import is_mcaas_profile
+
+# A pause this long between the benchmark's trials separates two runs of it: a benchmark longer
+# than a sitting runs in chunks (``--timeout``), each resumed from the journal, maybe elsewhere.
+CHUNK_GAP = datetime.timedelta(minutes=20)
 
 # The one unnamed pair of markers that files written by older versions hold (``splice`` replaces
 # it when it holds the benchmark being written); ``markers`` gives each benchmark its own pair.
@@ -297,6 +302,39 @@ def reaches_share(block: TargetResults) -> float | None:
 
 
 @dataclasses.dataclass(frozen=True)
+class Chunk:
+    """One run of a benchmark, from its first trial's start to its last trial's end (Optuna's
+    times: the clock of the machine that ran it)."""
+
+    start: datetime.datetime
+    end: datetime.datetime
+    trials: int
+
+    def describe(self) -> str:
+        end = f"{self.end:%H:%M}" if self.end.date() == self.start.date() else f"{self.end:%Y-%m-%d %H:%M}"
+        minutes = (self.end - self.start).total_seconds() / 60
+        trials = f"{self.trials} trial" + ("s" if self.trials != 1 else "")
+        return f"{self.start:%Y-%m-%d %H:%M}-{end} ({trials}, {minutes:.0f} min)"
+
+
+def find_chunks(
+    spans: Iterable[tuple[datetime.datetime, datetime.datetime | None]], gap: datetime.timedelta = CHUNK_GAP
+) -> list[Chunk]:
+    """The runs the benchmark's trials were made in, from each trial's (start, end) (end None:
+    the trial never ended, its start counts): in start order, a trial that starts more than
+    ``gap`` after every earlier trial ended begins a new run."""
+    out: list[Chunk] = []
+    for start, end in sorted(spans, key=lambda span: span[0]):
+        end = max(start, end or start)
+        if out and start <= out[-1].end + gap:
+            last = out[-1]
+            out[-1] = Chunk(last.start, max(last.end, end), last.trials + 1)
+        else:
+            out.append(Chunk(start, end, 1))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
 class BenchSummary:
     plan: BenchPlan
     baseline: dict[str, float]
@@ -305,6 +343,7 @@ class BenchSummary:
     studies: dict[str, int]  # study -> trials done (all, not only the compared ones)
     notes: list[str]
     teacher_alone: tuple[float, int] | None = None  # the teacher's (ms, threads) timed alone
+    chunks: list[Chunk] = dataclasses.field(default_factory=list)  # the runs the trials were made in
 
 
 def gather(plan: BenchPlan, baseline: Mapping[str, float], records: Mapping[str, list[TrialRecord]], logits_s: float | None) -> BenchSummary:

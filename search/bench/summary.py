@@ -4,9 +4,12 @@ writes the Markdown section of BENCHMARKS.md, ``summary.csv``, ``trials.csv`` an
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 from collections.abc import Callable
 from pathlib import Path
 
+import optuna
 from rich.console import Console
 
 from search.bench.alone import add_alone
@@ -22,7 +25,7 @@ from search.bench.plots import (
     write_efficiency,
     write_plots,
 )
-from search.bench.results import gather
+from search.bench.results import find_chunks, gather
 from search.errors import UserError
 from search.reporting.screenshot import find_chromium, take_screenshot
 from search.study import TrialRecord, load_study, open_storage, trial_records
@@ -32,11 +35,25 @@ from stages.files import write_atomic
 
 
 def load_records(plan: BenchPlan) -> dict[str, list[TrialRecord]]:
+    return {name: trial_records(study) for name, study in _bench_studies(plan).items()}
+
+
+def trial_spans(plan: BenchPlan) -> list[tuple[datetime.datetime, datetime.datetime | None]]:
+    """Every started trial's (start, end) over the benchmark's studies: the runs it was made in."""
+    return [
+        (trial.datetime_start, trial.datetime_complete)
+        for study in _bench_studies(plan).values()
+        for trial in study.get_trials(deepcopy=False)
+        if trial.datetime_start is not None
+    ]
+
+
+def _bench_studies(plan: BenchPlan) -> dict[str, optuna.Study]:
     storage = open_storage(plan.storage, create=False)
     out = {}
     for study in [*plan.studies(), *([plan.peer_study()] if plan.peers else [])]:
         try:
-            out[study.name] = trial_records(load_study(study.name, storage))
+            out[study.name] = load_study(study.name, storage)
         except UserError:
             continue
     return out
@@ -64,6 +81,7 @@ def write_summary(
     """Gather the studies and write the Markdown section, the CSVs and the plots."""
     teacher_onnx, baseline = _baseline(plan, workload, console)
     summary = gather(plan, baseline, load_records(plan), teacher_pass_seconds(workload))
+    summary = dataclasses.replace(summary, chunks=find_chunks(trial_spans(plan)))
     summary = add_paired(summary, workload, teacher_onnx, results)
     summary = add_alone(summary, workload, teacher_onnx, results)
     results.mkdir(parents=True, exist_ok=True)

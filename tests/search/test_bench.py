@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import importlib.util
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from search.bench.results import (
     END,
     WORKLOAD_GOALS,
     counted_records,
+    find_chunks,
     gather,
     markers,
     passes_at,
@@ -542,7 +544,30 @@ def test_a_committed_journal_resumes_in_a_fresh_clone_without_running_a_finished
     assert Path(info.baseline_onnx).is_file() and str(clone) in info.baseline_onnx
     assert (clone / "studies" / "tj-size-random" / "trials" / "2").is_dir()  # the new trial's files
     assert (clone / "B.md").is_file(), err
-    assert "| random search | 3 |" in (clone / "B.md").read_text()
+    text = (clone / "B.md").read_text()
+    assert "| random search | 3 |" in text
+    # Both runs within minutes of each other: one run of the three trials, as the section says.
+    assert re.search(r"\*\*Runs\*\* \(a pause of 20 min .*\): \d{4}-\d\d-\d\d \d\d:\d\d-\d\d:\d\d \(3 trials, \d+ min\)\.", text), text
+
+
+def test_the_runs_a_benchmark_was_made_in_are_told_apart_by_pauses() -> None:
+    import datetime
+
+    at = lambda h, m: datetime.datetime(2026, 12, 8, h, m)  # noqa: E731
+    spans = [
+        (at(9, 0), at(9, 30)),  # a second sitting, listed first: order is by start
+        (at(6, 0), at(6, 10)),
+        (at(6, 5), at(7, 50)),  # overlaps the first (--jobs 2): the run ends with the later end
+        (at(8, 5), None),  # started 15 min after the last end and never ended: same run
+        (at(22, 0), at(23, 59) + datetime.timedelta(minutes=2)),  # past midnight
+    ]
+    chunks = find_chunks(spans)
+    assert [(c.start, c.end, c.trials) for c in chunks] == [
+        (at(6, 0), at(8, 5), 3), (at(9, 0), at(9, 30), 1), (at(22, 0), datetime.datetime(2026, 12, 9, 0, 1), 1)
+    ]
+    assert chunks[0].describe() == "2026-12-08 06:00-08:05 (3 trials, 125 min)"
+    assert chunks[2].describe() == "2026-12-08 22:00-2026-12-09 00:01 (1 trial, 121 min)"
+    assert find_chunks([]) == []
 
 
 def test_timeout_ends_the_bench_between_trials_and_writes_the_section(
