@@ -120,6 +120,20 @@ def test_fit_recovers_a_line_and_falls_back_with_few_pairs() -> None:
     assert fit_calibration([(70.0, 80.0)] * 6, steps=360, top=1200).spread == pytest.approx(14.0)
 
 
+def test_one_high_leverage_trial_does_not_steepen_the_fit_into_stopping_others() -> None:
+    # The demo's pairs at its 40-step rung: one trial whose int8 file lost 6 points after
+    # training; least squares alone gives a slope of 4.
+    pairs = [(98.61, 97.78), (97.22, 92.22), (98.89, 98.61), (98.61, 98.33), (98.33, 98.33)]
+    cal = fit_calibration(pairs, steps=40, top=240)
+    assert cal.slope == pytest.approx(1.0)
+    assert all(cal.upper_bound(x) >= y for x, y in pairs)
+    # 97.22 % at the rung, as that trial was: not ruled out for a bound of 97.61 %.
+    assert plausible(RungResult(97.22, 9.0), 97.61, cal)
+    # A line with a slope below 1 is kept as fitted.
+    gentle = [(60.0 + i, 0.5 * (60.0 + i) + 45.0 + (0.3 if i % 2 else -0.3)) for i in range(10)]
+    assert fit_calibration(gentle, steps=120, top=1200).slope == pytest.approx(0.5, abs=0.05)
+
+
 @given(st.lists(st.tuples(st.floats(0, 100), st.floats(0, 100)), min_size=5, max_size=20))
 def test_the_fit_keeps_every_pair_it_saw_plausible(pairs: list[tuple[float, float]]) -> None:
     cal = fit_calibration(pairs, steps=120, top=1200)
