@@ -312,7 +312,8 @@ def test_show_and_trials_csv_give_the_rungs_budget_and_calibration(hand: HandMad
     assert "rungs (successive halving): 120 steps 70.00 %" in shown
     assert "budget received: 120 steps, rung 0 reached" in shown
     assert "measured before training: 8.50x" in shown
-    assert "rung 0 (120 steps) accuracy predicted final accuracy with residual sd 0.5" in shown
+    assert ("rung 0 (120 steps) accuracy predicted final accuracy with residual sd 0.61 pt over 6 trials "
+            "(final = 1.00 x rung +2.0 pt)") in shown
     assert "over 6 trials" in shown
 
     frame = trials_frame(hand.info, records)
