@@ -1,10 +1,13 @@
 """Finding layers in an arbitrary model: the weight layers stages compress, the classifier head
-that must keep its width, the layer a broken forward fails in, and the params/MACs counter."""
+that must keep its width, the layer a broken forward fails in, the params/MACs counter, and a
+module's structure (what it computes, weights aside), by which costly results are reused."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 
 import torch
@@ -132,11 +135,42 @@ def check_forward(
 
 def count_params_macs(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
     """``(params, MACs)`` of one forward pass on ``example_input``, as torch-pruning counts them
-    (its "ops" are multiply-accumulates). The model is not changed (the counter works on a copy)."""
+    (its "ops" are multiply-accumulates). The model is not changed (the counter works on a copy).
+    Both follow from the structure and the input's shape alone, so the last structures counted
+    are not counted again: a trial counts its student after each stage and with each file it
+    writes, and the counter took 1.4 s of CPU a call on MobileNetV2 here."""
+    key = (structure_of(model), tuple(example_input.shape), example_input.dtype)
+    with _COUNTS_LOCK:
+        known = _COUNTS.get(key)
+    if known is not None:
+        return known
     # The counter prints notes about unknown modules to stdout; keep them from the user.
     with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         macs, params = tp.utils.count_ops_and_params(model, example_input)
-    return int(params), int(macs) + _head_attention_macs(model, example_input)
+    counts = int(params), int(macs) + _head_attention_macs(model, example_input)
+    with _COUNTS_LOCK:
+        _COUNTS[key] = counts
+        while len(_COUNTS) > _COUNTS_KEPT:
+            _COUNTS.popitem(last=False)
+    return counts
+
+
+# (params, MACs) of the structures counted last (the teacher, the stages of a trial), oldest first.
+_COUNTS: OrderedDict[tuple[str, tuple[int, ...], torch.dtype], tuple[int, int]] = OrderedDict()
+_COUNTS_KEPT = 8
+_COUNTS_LOCK = threading.Lock()  # a service may run trials in threads
+
+
+def named_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer by name (non-persistent buffers too: a trace lifts them)."""
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+def structure_of(model: nn.Module) -> str:
+    """The module tree as printed (every module's type and settings), then each parameter's and
+    buffer's name, shape and dtype: what a module computes, its weights' values aside."""
+    tensors = (f"{name} {tuple(t.shape)} {t.dtype}" for name, t in named_weights(model).items())
+    return "\n".join([repr(model), *tensors])
 
 
 def _head_attention_macs(model: nn.Module, example_input: torch.Tensor) -> int:

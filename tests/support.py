@@ -1,5 +1,6 @@
-"""Helpers every test package uses: running the CLI in-process, and waiting for a condition with a
-deadline (never a fixed sleep: a loaded machine makes any fixed wait either too short or too long).
+"""Helpers every test package uses: running the CLI in-process, waiting for a condition with a
+deadline (never a fixed sleep: a loaded machine makes any fixed wait either too short or too long),
+and counting the calls of a costly function (tests of work not done twice).
 """
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 from unittest import mock
 
 import pytest
@@ -62,3 +63,19 @@ def cli_runner(capsys: pytest.CaptureFixture[str]) -> RunCli:
         return code, out, err
 
     return run
+
+
+def count_calls(
+    monkeypatch: pytest.MonkeyPatch, owner: object, name: str, note: Callable[..., Any] = lambda *a, **k: 1
+) -> list[Any]:
+    """Wrap ``owner.name`` for the test: each call still runs, and appends ``note(*args,
+    **kwargs)`` (by default 1) to the list returned."""
+    calls: list[Any] = []
+    real = getattr(owner, name)
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(note(*args, **kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counting)
+    return calls

@@ -24,6 +24,7 @@ from stages.export import (
     to_external_data,
 )
 from stages.measure import OnnxRunner, onnx_accuracy, torch_accuracy
+from tests.support import count_calls
 from tests.tiny_models import TINY_MODELS, make_tiny_cnn, train_briefly
 
 torch.set_num_threads(1)
@@ -212,3 +213,21 @@ def test_the_exporters_operator_registry_is_built_once_a_process_and_changes_no_
     registry = _registration.ONNXRegistry.from_torchlib()
     registry.functions.clear()
     assert _registration.ONNXRegistry.from_torchlib().functions
+
+
+def test_export_traces_in_place_activations_out_of_place_and_puts_them_back(
+    data: TaskData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.export's decomposition functionalizes each in-place op, which made MobileNetV2's
+    export take 1.8x the CPU time; out-of-place layers give the same graph."""
+    traced = count_calls(
+        monkeypatch, torch.onnx, "export", lambda model, *a, **k: [m.inplace for m in model.modules() if isinstance(m, nn.ReLU)]
+    )
+    model = make_tiny_cnn()
+    path = export_onnx(model, data.example_input(), tmp_path / "m.onnx")
+    assert traced == [[False, False, False]]
+    assert all(m.inplace for m in model.modules() if isinstance(m, nn.ReLU))
+    x = data.val.x[:5]
+    with torch.inference_mode():
+        expected = model.eval()(x).numpy()
+    np.testing.assert_allclose(OnnxRunner(path).predict(x.numpy()), expected, rtol=1e-4, atol=1e-5)

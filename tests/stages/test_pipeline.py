@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
 import torch
+import torch_pruning as tp
 
 from stages import measure
 from stages._context import Context, TaskData
 from stages.config import PipelineConfig
 from stages.measure import torch_accuracy
 from stages.pipeline import run_pipeline
+from tests.support import count_calls
 from tests.tiny_models import make_tiny_cnn, train_briefly
 
 torch.set_num_threads(1)
@@ -202,3 +205,16 @@ def test_a_module_of_another_structure_is_traced_again(data: TaskData, tmp_path:
     assert path.read_bytes() == export.export_onnx(wide, data.example_input(), tmp_path / "w.onnx").read_bytes()
     with pytest.raises(ValueError, match="another structure"):
         traced.write(wide, tmp_path / "x.onnx")
+
+
+def test_a_trial_counts_params_and_macs_once_per_structure(
+    data: TaskData, teacher: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pruned student is counted once, though the records after prune and distillation, the
+    untrained file, the fp32 file and the final one all carry its params and MACs."""
+    counted = count_calls(monkeypatch, tp.utils, "count_ops_and_params")
+    monkeypatch.setattr("stages._graph._COUNTS", OrderedDict())
+    result = run_pipeline(PipelineConfig.from_flat(CONFIG), _context(data, teacher, tmp_path), on_untrained=lambda _: None)
+    carrying = [r.metrics["macs"] for r in result.stages if "macs" in r.metrics]
+    assert len(carrying) == 4 and len(set(carrying)) == 1  # prune, distill, export, quantize
+    assert len(counted) == 1
