@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import optuna
@@ -28,27 +28,24 @@ from search.bench.plots import (
 from search.bench.results import find_chunks, gather
 from search.errors import UserError
 from search.reporting.screenshot import find_chromium, take_screenshot
-from search.study import TrialRecord, load_study, open_storage, trial_records
+from search.study import load_study, open_storage, trial_records
 from search.trials.context import teacher_pass_seconds
 from search.workloads import Workload
 from stages.files import write_atomic
 
 
-def load_records(plan: BenchPlan) -> dict[str, list[TrialRecord]]:
-    return {name: trial_records(study) for name, study in _bench_studies(plan).items()}
-
-
-def trial_spans(plan: BenchPlan) -> list[tuple[datetime.datetime, datetime.datetime | None]]:
+def trial_spans(studies: Iterable[optuna.Study]) -> list[tuple[datetime.datetime, datetime.datetime | None]]:
     """Every started trial's (start, end) over the benchmark's studies: the runs it was made in."""
     return [
         (trial.datetime_start, trial.datetime_complete)
-        for study in _bench_studies(plan).values()
+        for study in studies
         for trial in study.get_trials(deepcopy=False)
         if trial.datetime_start is not None
     ]
 
 
-def _bench_studies(plan: BenchPlan) -> dict[str, optuna.Study]:
+def bench_studies(plan: BenchPlan) -> dict[str, optuna.Study]:
+    """The benchmark's studies that exist in its storage, by name."""
     storage = open_storage(plan.storage, create=False)
     out = {}
     for study in [*plan.studies(), *([plan.peer_study()] if plan.peers else [])]:
@@ -80,8 +77,10 @@ def write_summary(
 ) -> list[Path]:
     """Gather the studies and write the Markdown section, the CSVs and the plots."""
     teacher_onnx, baseline = _baseline(plan, workload, console)
-    summary = gather(plan, baseline, load_records(plan), teacher_pass_seconds(workload))
-    summary = dataclasses.replace(summary, chunks=find_chunks(trial_spans(plan)))
+    studies = bench_studies(plan)  # the journal is read once, for the records and the runs
+    records = {name: trial_records(study) for name, study in studies.items()}
+    summary = gather(plan, baseline, records, teacher_pass_seconds(workload))
+    summary = dataclasses.replace(summary, chunks=find_chunks(trial_spans(studies.values())))
     summary = add_paired(summary, workload, teacher_onnx, results)
     summary = add_alone(summary, workload, teacher_onnx, results)
     results.mkdir(parents=True, exist_ok=True)
