@@ -31,6 +31,7 @@ from search.workloads import (
     pick_device,
     recipe_family,
     recipe_for,
+    recorded_split,
     save_checkpoint,
     train_teacher,
     weak_teacher,
@@ -120,11 +121,13 @@ def run(args: argparse.Namespace) -> int:
         out = demo_cache_path(args.studies_dir, spec)
     else:
         raise UserError(f"--out is required to say where to write the {spec.model_name} checkpoint.")
-    asked = spec.val_fraction
     if args.val_fraction is None:
         # The search keeps the split its teacher was trained on, so the default split is sized
         # here to vouch for the search's default bound where the data has the images.
         spec = dataclasses.replace(spec, decide_drop=DEFAULT_MAX_DROP)
+    # --weights that `train` made continue on their own split, as a search takes them.
+    spec = recorded_split(spec)
+    asked = spec.val_fraction
     spec, data = load_grown_task_data(spec)
     if spec.val_fraction != asked:
         print(

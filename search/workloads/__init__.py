@@ -40,7 +40,7 @@ from search.workloads.recipes import OPTIMIZERS, Recipe, recipe_family, recipe_f
 from search.workloads.spec import DEMO_DATASET, DEMO_MODEL, WorkloadSpec
 from search.workloads.task_data import load_grown_task_data, load_task_data
 from search.workloads.teacher import build_for_data
-from search.workloads.teacher_info import checkpoint_info
+from search.workloads.teacher_info import checkpoint_info, recorded_split
 from search.workloads.training import (
     DEFAULT_EPOCHS,
     available_cores,
@@ -94,6 +94,7 @@ __all__ = [
     "read_checkpoint",
     "recipe_family",
     "recipe_for",
+    "recorded_split",
     "save_checkpoint",
     "train_teacher",
     "val_split_note",

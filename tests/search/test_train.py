@@ -230,6 +230,10 @@ def test_train_grows_a_small_default_split_and_the_search_keeps_it(tmp_path: Pat
     assert code == 0, stderr
     assert json.loads((tmp_path / "asked.json").read_text())["val_fraction"] == 0.1
     assert "grown" not in stderr
+    # Training on from the grown teacher keeps its split (a tenth would validate on images it learned).
+    code, _, stderr = run_cli([*base, "--weights", str(tmp_path / "grown.pt"), "--out", str(tmp_path / "more.pt")])
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "more.json").read_text())["val_fraction"] == 0.3
     # A search with the default fraction takes the split the teacher recorded; one with another
     # --seed is still refused.
     spec = WorkloadSpec(model=model, dataset="imagefolder", data_root=root, image_size=8,
