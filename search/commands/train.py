@@ -18,6 +18,8 @@ from search.workloads import (
     DEMO_DATASET,
     DEMO_EPOCHS,
     DEMO_MODEL,
+    MAX_DEFAULT_EPOCHS,
+    MIN_DEFAULT_STEPS,
     OPTIMIZERS,
     available_cores,
     build_for_data,
@@ -25,6 +27,7 @@ from search.workloads import (
     check_model_name,
     check_training_settings,
     checkpoint_info,
+    default_epochs,
     demo_cache_path,
     load_grown_task_data,
     metrics_path,
@@ -55,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--epochs",
         type=int,
         default=None,
-        help=f"training epochs; none means {DEFAULT_EPOCHS}, or {DEMO_EPOCHS} for the demo CNN",
+        help=f"training epochs; none means {DEFAULT_EPOCHS}, or on a small training set as many as "
+        f"make {MIN_DEFAULT_STEPS:,} optimizer steps (at most {MAX_DEFAULT_EPOCHS}), or {DEMO_EPOCHS} "
+        "for the demo CNN",
     )
     group.add_argument(
         "--lr",
@@ -103,9 +108,8 @@ def run(args: argparse.Namespace) -> int:
     check_model_name(spec.model_name)
     check_dataset_name(spec.dataset_name)
     demo = spec.model_name == DEMO_MODEL and spec.dataset_name == DEMO_DATASET
-    epochs = args.epochs if args.epochs is not None else (DEMO_EPOCHS if demo else DEFAULT_EPOCHS)
     check_training_settings(
-        epochs=epochs,
+        epochs=args.epochs if args.epochs is not None else DEFAULT_EPOCHS,
         lr=args.lr,
         batch_size=args.batch_size,
         optimizer=args.optimizer,
@@ -141,6 +145,12 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)  # the demo cache folder; only now that all is checked
     progress = not args.no_progress
     recipe = recipe_for(spec.model_name)
+    if args.epochs is not None:
+        epochs = args.epochs
+    elif demo:
+        epochs = DEMO_EPOCHS
+    else:
+        epochs = default_epochs(recipe, len(data.train), batch_size=args.batch_size)
     if progress:
         resized = data.preprocessing.get("resize")
         print(

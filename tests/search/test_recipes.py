@@ -19,12 +19,17 @@ from search.workloads import (
     WorkloadSpec,
     build_model,
     recipe_family,
+    DEFAULT_EPOCHS,
+    MAX_DEFAULT_EPOCHS,
+    MIN_DEFAULT_STEPS,
+    default_epochs,
     train_teacher,
     with_input_size,
 )
 from search.workloads.recipes import (
     RECIPES,
     batch_size_for,
+    recipe_for,
     regularisation_scale,
     scale_regularisation,
 )
@@ -60,7 +65,7 @@ profile_epochs = 1
         ("swin_t", "vit"),
         ("demo", "demo"),
         ("alexnet", "default"),
-        ("nets/resnet_like.py:build", "default"),  # a user's file: its name proves nothing
+        ("nets/resnet_like.py:build", "user"),  # a user's file: its name proves nothing
     ],
 )
 def test_recipe_family_by_model_name(model: str, family: str) -> None:
@@ -98,6 +103,24 @@ def test_the_stall_check_has_a_first_epoch_to_compare_with(optimizer: str) -> No
         assert all(recipe.stall_check_epoch(n) >= 2 for n in range(5, 60)), family
 
 
+def test_a_user_file_is_trained_with_adamw() -> None:
+    user = recipe_for("nets/anything.py:build")
+    assert user == RECIPES["user"] and user.optimizer == "adamw" and user.schedule == "cosine"
+    assert user.min_input_size is None  # its inputs are what the user's model was written for
+    assert recipe_for("alexnet").optimizer == "sgd"  # a torchvision name says what it is
+
+
+def test_small_training_sets_get_enough_steps_by_default() -> None:
+    resnet = RECIPES["resnet"]
+    # The digits image folder's 1,241 training images: batch 32, 39 steps an epoch, so 31 epochs.
+    assert default_epochs(resnet, 1241) == 31 and 30 * 39 < MIN_DEFAULT_STEPS <= 31 * 39
+    assert default_epochs(resnet, 1077) == 36  # digits: 34 steps an epoch
+    assert default_epochs(resnet, 54_000) == DEFAULT_EPOCHS  # Fashion-MNIST: 422 steps an epoch
+    assert default_epochs(resnet, 54_000, batch_size=1024) == 23  # 53 steps an epoch
+    assert default_epochs(resnet, 100) == MAX_DEFAULT_EPOCHS  # 7 steps an epoch: capped
+    assert default_epochs(resnet, 1) == MAX_DEFAULT_EPOCHS  # no step at all: capped, not a crash
+
+
 def test_bad_recipe_is_refused_with_the_rule() -> None:
     with pytest.raises(ValueError, match="schedule must be one of"):
         Recipe(optimizer="sgd", lr=0.1, weight_decay=0.0, schedule="step")
@@ -130,6 +153,26 @@ def test_stalled_loss_restarts_at_a_tenth_of_the_lr(digits_data: TaskData) -> No
     )
     assert [r.split(":")[0] for r in result["lr_restarts"]] == ["lr 20"]
     assert result["lr"] == pytest.approx(2.0) and result["val_acc"] > 80
+
+
+@pytest.mark.slow
+def test_a_user_file_trains_with_no_flags(tmp_path: Path, run_cli: RunCli) -> None:
+    # A new user's first `train`: this file (grouped, depthwise and gated convolutions, GELUs)
+    # stalled under the SGD recipe at three learning rates and was refused, and 5 epochs of AdamW
+    # left it at 42 % validation.
+    from tests.search.test_analysis import USER_MODEL
+
+    (tmp_path / "user.py").write_text(USER_MODEL)
+    out = tmp_path / "user.pt"
+    code, stdout, stderr = run_cli(
+        ["train", "--model", f"{tmp_path / 'user.py'}:build", "--dataset", "digits", "--out", str(out)]
+    )
+    assert code == 0, stderr
+    info = json.loads(out.with_suffix(".json").read_text())
+    assert info["optimizer"] == "adamw" and not info["lr_restarts"]
+    assert info["epochs"] > DEFAULT_EPOCHS and f"for {info['epochs']} epochs" in stdout
+    assert info["val_acc"] > 90, info
+    assert "warning" not in stderr
 
 
 def test_training_that_never_learns_is_a_one_line_error(tiny_data: TaskData) -> None:
