@@ -3,9 +3,7 @@
 One recipe does not fit every family: ResNets and VGGs train well with SGD and a one-cycle
 schedule, while depthwise-separable nets (MobileNet, EfficientNet) and vision transformers need
 AdamW with a warm-up. ``recipe_for(model_name)`` picks the family by name prefix (``RECIPE_FAMILIES``);
-a model the table does not know gets ``RECIPES["default"]``, a user's ``file.py:factory``
-``RECIPES["user"]`` (its name says nothing about its architecture, so the optimizer that trains the
-most of them).
+a model the table does not know, and a user's ``file.py:factory``, gets ``RECIPES["default"]``.
 Flags such as ``--lr`` or ``--optimizer`` override single fields (``Recipe.with_overrides``).
 """
 
@@ -113,11 +111,6 @@ RECIPES: dict[str, Recipe] = {
     ),
     # Plain convolutional chains and residual nets: SGD with Nesterov momentum, one-cycle.
     "default": Recipe(optimizer="sgd", lr=0.1, weight_decay=5e-4, schedule="onecycle"),
-    # A user's file: any architecture. AdamW normalises its steps per parameter, so it trains
-    # what SGD at 0.1 leaves at chance: a small file of grouped, depthwise and gated convolutions
-    # with GELUs and two unnormalised stem convolutions (tests/search/test_analysis.py) stalled
-    # under SGD at 0.025, 0.0025 and 0.00025 on digits, and trains to 96-99 % with AdamW.
-    "user": Recipe(optimizer="adamw", lr=2e-3, weight_decay=0.05, schedule="cosine", warmup=0.05),
     "resnet": Recipe(
         optimizer="sgd", lr=0.1, weight_decay=5e-4, schedule="onecycle", min_input_size=28
     ),
@@ -162,10 +155,10 @@ RECIPE_FAMILIES: tuple[tuple[str, str], ...] = (
 
 
 def recipe_family(model_name: str) -> str:
-    """The ``RECIPES`` key for ``model_name``: ``user`` for a user's ``file.py:factory`` (its name
-    says nothing about its architecture), else its family by prefix, else ``default``."""
+    """The ``RECIPES`` key for ``model_name``: its family by prefix, else ``default`` (which a
+    user's ``file.py:factory`` always gets: its name says nothing about its architecture)."""
     if ":" in model_name:
-        return "user"
+        return "default"
     for prefix, family in RECIPE_FAMILIES:
         if model_name.startswith(prefix):
             return family

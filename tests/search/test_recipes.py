@@ -29,7 +29,6 @@ from search.workloads import (
 from search.workloads.recipes import (
     RECIPES,
     batch_size_for,
-    recipe_for,
     regularisation_scale,
     scale_regularisation,
 )
@@ -65,7 +64,7 @@ profile_epochs = 1
         ("swin_t", "vit"),
         ("demo", "demo"),
         ("alexnet", "default"),
-        ("nets/resnet_like.py:build", "user"),  # a user's file: its name proves nothing
+        ("nets/resnet_like.py:build", "default"),  # a user's file: its name proves nothing
     ],
 )
 def test_recipe_family_by_model_name(model: str, family: str) -> None:
@@ -101,13 +100,6 @@ def test_the_stall_check_has_a_first_epoch_to_compare_with(optimizer: str) -> No
     for family, recipe in RECIPES.items():
         recipe = recipe.with_overrides(optimizer=optimizer)
         assert all(recipe.stall_check_epoch(n) >= 2 for n in range(5, 60)), family
-
-
-def test_a_user_file_is_trained_with_adamw() -> None:
-    user = recipe_for("nets/anything.py:build")
-    assert user == RECIPES["user"] and user.optimizer == "adamw" and user.schedule == "cosine"
-    assert user.min_input_size is None  # its inputs are what the user's model was written for
-    assert recipe_for("alexnet").optimizer == "sgd"  # a torchvision name says what it is
 
 
 def test_small_training_sets_get_enough_steps_by_default() -> None:
@@ -157,9 +149,9 @@ def test_stalled_loss_restarts_at_a_tenth_of_the_lr(digits_data: TaskData) -> No
 
 @pytest.mark.slow
 def test_a_user_file_trains_with_no_flags(tmp_path: Path, run_cli: RunCli) -> None:
-    # A new user's first `train`: this file (grouped, depthwise and gated convolutions, GELUs)
-    # stalled under the SGD recipe at three learning rates and was refused, and 5 epochs of AdamW
-    # left it at 42 % validation.
+    # A new user's first `train`: in 5 epochs of digits (170 steps) this file (grouped,
+    # depthwise and gated convolutions, GELUs) was still on its slow start when the stall check
+    # looked, and was refused at three learning rates; 36 epochs train it (97.5 % here).
     from tests.search.test_analysis import USER_MODEL
 
     (tmp_path / "user.py").write_text(USER_MODEL)
@@ -169,7 +161,7 @@ def test_a_user_file_trains_with_no_flags(tmp_path: Path, run_cli: RunCli) -> No
     )
     assert code == 0, stderr
     info = json.loads(out.with_suffix(".json").read_text())
-    assert info["optimizer"] == "adamw" and not info["lr_restarts"]
+    assert info["optimizer"] == "sgd" and not info["lr_restarts"]  # the default recipe
     assert info["epochs"] > DEFAULT_EPOCHS and f"for {info['epochs']} epochs" in stdout
     assert info["val_acc"] > 90, info
     assert "warning" not in stderr
