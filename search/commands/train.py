@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     check_dataset_name(spec.dataset_name)
     demo = spec.model_name == DEMO_MODEL and spec.dataset_name == DEMO_DATASET
     check_training_settings(
-        epochs=args.epochs if args.epochs is not None else DEFAULT_EPOCHS,
+        epochs=args.epochs,
         lr=args.lr,
         batch_size=args.batch_size,
         optimizer=args.optimizer,
