@@ -7,7 +7,8 @@ offers them) and ``TARGET_METRIC`` are derived from it, so a new target is one e
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import statistics
+from collections.abc import Callable, Mapping, Sequence
 
 from objectives import metrics
 from objectives._errors import ObjectiveError, check_positive
@@ -155,12 +156,42 @@ def estimate_ratio(
     return entry.estimate(baseline, pruned, bytes_per_weight)
 
 
-def untrained_ratio_bound(target_name: str, measured: float) -> float | None:
+def untrained_ratio_bound(target_name: str, measured: float, *, slack: float | None = None) -> float | None:
     """The most ``target_name`` ratio a config's trained file can have, given the ratio
     ``measured`` on its untrained structural student (exported in its number format): that ratio
-    plus the target's ``untrained_slack``; None when training can move it without bound (gzip
-    bytes, which clustering and sparsity shrink)."""
-    slack = target(target_name).untrained_slack
-    if slack is None:
+    plus ``slack`` (relative; by default the target's ``untrained_slack``, see
+    ``fit_untrained_slack`` for a study's own); None when training can move it without bound
+    (gzip bytes, which clustering and sparsity shrink)."""
+    fixed = target(target_name).untrained_slack
+    if fixed is None:
         return None
+    slack = fixed if slack is None else slack
+    if slack < 0:
+        raise ObjectiveError(f"slack must be >= 0, but got {slack!r}.")
     return check_positive("measured", measured) * (1.0 + slack)
+
+
+# Finished trials that measured both their untrained structural student and their trained file a
+# study needs before its own slack replaces the target's fixed one.
+MIN_SLACK_PAIRS = 8
+# The fitted slack reaches this many sample sds beyond the mean excess, never below the largest
+# excess the study saw, nor below SLACK_FLOOR.
+SLACK_SDS = 3.0
+SLACK_FLOOR = 0.01
+
+
+def fit_untrained_slack(target_name: str, pairs: Sequence[tuple[float, float]]) -> float | None:
+    """The slack the study's own trials support: ``pairs`` of (ratio measured on the untrained
+    structural student, ratio measured on the trained file) of its finished trials. The trained
+    file has the untrained student's graph (its weights changed), so what separates the two is
+    the measurement's own noise: the relative excess ``trained / untrained - 1``, bounded by
+    ``max(largest excess, mean + SLACK_SDS sds, SLACK_FLOOR)``. Narrower than the target's fixed
+    slack on a quiet machine (more configs skipped before training), wider on a noisy one
+    (none skipped on a lucky timing). The target's fixed slack with fewer than
+    ``MIN_SLACK_PAIRS`` pairs; None for a target the untrained ratio bounds nothing of."""
+    fixed = target(target_name).untrained_slack
+    if fixed is None or len(pairs) < MIN_SLACK_PAIRS:
+        return fixed
+    excess = [check_positive("trained ratio", t) / check_positive("untrained ratio", u) - 1.0 for u, t in pairs]
+    spread = statistics.fmean(excess) + SLACK_SDS * statistics.stdev(excess)
+    return max(SLACK_FLOOR, max(excess), spread)

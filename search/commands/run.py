@@ -264,7 +264,7 @@ def _finish(out: Console, console: Console, result: StudyRun, args: argparse.Nam
         if pruned:
             saved = sum(r.saved_s for r in pruned)
             out.print(f"early stopping: {len(pruned)} trials stopped, about {saved / 60:.1f} min of training saved")
-        for line in budget_lines(records):
+        for line in budget_lines(info, records):
             out.print(line, highlight=False)
         report = write_report(study, info, storage=args.storage)
         out.print(f"report: {report}")

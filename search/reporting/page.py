@@ -38,7 +38,7 @@ from search.reporting.gather import ReportData, gather_report
 from search.reporting.reference import ReferencePoint
 from search.reporting.tables import latency_text
 from search.study import StudyInfo, TrialRecord, trial_records
-from search.study.rungs import calibration_lines, compute_line, strategy_line
+from search.study.rungs import calibration_lines, compute_line, slack_line, strategy_line
 from search.study.scoring import (
     accuracy_drop,
     front_records,
@@ -231,7 +231,7 @@ def write_report(
     command = export_command(study.study_name, storage) if pick is not None else None
     data = gather_report(study, info, records, references=references, export_line=command)
     html_path = out_dir / REPORT_HTML
-    write_html(html_path, data, budget_lines=budget_lines(records))
+    write_html(html_path, data, budget_lines=budget_lines(info, records))
     write_trials_csv(out_dir / TRIALS_CSV, info, records)
     return html_path
 
@@ -276,11 +276,13 @@ def trials_frame(info: StudyInfo, records: Sequence[TrialRecord]) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-def budget_lines(records: Sequence[TrialRecord]) -> list[str]:
+def budget_lines(info: StudyInfo, records: Sequence[TrialRecord]) -> list[str]:
     """What the study spent on training: how its multi-fidelity trials ended, the rung -> final
-    calibration of each rung, and the samples seen in all."""
-    summary = strategy_line(records)
-    return [*([summary] if summary else []), *calibration_lines(records), compute_line(records)]
+    calibration of each rung, how its ratios measured before training held, and the samples seen
+    in all."""
+    lines = [strategy_line(records), *calibration_lines(records), slack_line(records, info.target),
+             compute_line(records)]
+    return [line for line in lines if line]
 
 
 def write_trials_csv(path: Path, info: StudyInfo, records: Sequence[TrialRecord]) -> pd.DataFrame:

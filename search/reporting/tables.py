@@ -30,7 +30,7 @@ from search.reporting.format import (
     teacher_note,
 )
 from search.study import StudyInfo, TrialRecord
-from search.study.rungs import calibration_lines, rungs_text
+from search.study.rungs import calibration_lines, rungs_text, slack_line
 from search.study.scoring import (
     accuracy_drop,
     closest_records,
@@ -288,6 +288,9 @@ def print_trial(
             f"skipped before training: trial {record.skipped_by} dominates every outcome it could reach",
             highlight=False,
         )
+    slack = slack_line(records, info.target) if record.untrained_ratio is not None else None
+    if slack is not None:
+        console.print(slack, highlight=False)
 
     if record.config:
         settings = Table(title="settings", title_justify="left", header_style="bold")

@@ -1,12 +1,13 @@
-"""What a multi-fidelity study's records say about its rungs: the rung -> final accuracy
-calibration its promoted trials support (the one its promotion rule uses), and the lines the
-run summary, ``show`` and the report print about rungs and compute."""
+"""What a study's records say about its rungs and its measurements before training: the rung ->
+final accuracy calibration its promoted trials support (the one its promotion rule uses), the
+untrained -> trained ratio slack its finished trials support (the one its skip before training
+uses), and the lines the run summary, ``show`` and the report print about them and compute."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from objectives import Calibration, fit_calibration
+from objectives import MIN_SLACK_PAIRS, Calibration, fit_calibration, fit_untrained_slack
 from objectives import metrics as m
 from search.study.records import TrialRecord
 
@@ -51,6 +52,39 @@ def calibration_lines(records: Sequence[TrialRecord]) -> list[str]:
                 f"default (final accuracy up to {cal.spread:.1f} pt above the rung's)"
             )
     return lines
+
+
+def untrained_pairs(records: Sequence[TrialRecord], target: str) -> list[tuple[float, float]]:
+    """(ratio measured on the untrained structural student, ratio of the trained file) on
+    ``target`` of the finished trials that measured both."""
+    return [
+        (r.untrained_ratio, r.ratios[target])
+        for r in records
+        if r.state == "complete" and r.untrained_ratio and r.ratios.get(target)
+    ]
+
+
+def untrained_slack(records: Sequence[TrialRecord], target: str) -> float | None:
+    """The slack on the untrained ratio the study's finished trials support (see
+    objectives.fit_untrained_slack): what its skip before training adds to a measured ratio."""
+    return fit_untrained_slack(target, untrained_pairs(records, target))
+
+
+def slack_line(records: Sequence[TrialRecord], target: str) -> str | None:
+    """How the ratio measured before training predicted the trained file's, and the slack the
+    skip before training adds to it (None: no trial measured both, every pair agreed exactly, as
+    file bytes do, or the target has no bound)."""
+    pairs = untrained_pairs(records, target)
+    slack = untrained_slack(records, target)
+    excess = [t / u - 1.0 for u, t in pairs]
+    if slack is None or not any(excess):
+        return None
+    used = (f"allows +{100 * slack:.0f} % (fitted on these trials)" if len(pairs) >= MIN_SLACK_PAIRS
+            else f"allows the fixed +{100 * slack:.0f} % (a fit needs {MIN_SLACK_PAIRS} trials)")
+    return (
+        f"{target} ratio measured before training vs the trained file's: {100 * min(excess):+.1f} % to "
+        f"{100 * max(excess):+.1f} % over {len(pairs)} trials; the skip before training {used}"
+    )
 
 
 def rungs_text(record: TrialRecord) -> str:

@@ -88,6 +88,11 @@ class StudyView(Protocol):
 
     def median_trial_seconds(self) -> float: ...
 
+    def untrained_slack(self) -> float | None:
+        """How much (relative) a trained file's ratio may exceed its untrained student's, as
+        the study's finished trials support (see search.study.rungs.untrained_slack)."""
+        ...
+
 
 class RungLog(Protocol):
     """Where a multi-fidelity trial's rungs are kept (the study storage, which every worker and
@@ -222,7 +227,8 @@ def run_trial(
     Before any training a config is skipped when it cannot add to the feasible front:
     ``dominated_before_training`` with its ratio bounded by its untrained structural student,
     exported in its number format and measured (``untrained_ratio_bound``: measured ratio plus
-    the target's slack; also bounded by the params/MACs estimate where the target has one), and
+    the slack the study's finished trials support, ``StudyView.untrained_slack``; also bounded
+    by the params/MACs estimate where the target has one), and
     its accuracy by the plausibility ceiling max(teacher's validation accuracy, the most accurate
     feasible trial's). The untrained student is measured when the rungs need it, or when that
     gate is armed and the study has a feasible front to compare with (seconds, against a
@@ -246,7 +252,7 @@ def run_trial(
         est = estimated_ratio(scoring.target, scoring.baseline, pruned, config.quantize.mode)
         untrained[:] = measured or ([est] if est is not None else [])
         # Both are upper bounds on the trained ratio: the tighter one decides.
-        from_measure = untrained_ratio_bound(scoring.target, measured[0]) if measured else None
+        from_measure = untrained_ratio_bound(scoring.target, measured[0], slack=study.untrained_slack()) if measured else None
         bounds = [b for b in (from_measure, est) if b is not None]
         points = list(study.feasible_front()) if skip_armed else []
         if not bounds or not points:

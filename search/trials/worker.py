@@ -33,6 +33,7 @@ from search.study.exclusions import (
     frozen_layers,
 )
 from search.study.records import INTERRUPTED, was_interrupted
+from search.study.rungs import untrained_slack
 from search.trials.context import (
     CACHE_DIR,
     fingerprint_hash,
@@ -79,6 +80,9 @@ class LiveStudyView:
         records = [trial_record(t) for t in self._complete()]
         secs = [r.run_seconds for r in records if r.run_seconds is not None]
         return statistics.median(secs) if secs else 0.0
+
+    def untrained_slack(self) -> float | None:
+        return untrained_slack([trial_record(t) for t in self._complete()], self.info.target)
 
 
 class StudyRungLog(RungLog):

@@ -7,11 +7,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from objectives import (
+    MIN_SLACK_PAIRS,
     TARGET_METRIC,
     TARGET_REGISTRY,
     TARGETS,
     ObjectiveError,
     estimate_ratio,
+    fit_untrained_slack,
     metrics,
     ratio,
     ratios,
@@ -143,3 +145,33 @@ def test_the_untrained_ratio_bounds_the_trained_one_within_the_targets_slack() -
     assert untrained_ratio_bound("gzip-size", 10.0) is None
     with pytest.raises(ObjectiveError, match="measured must be > 0"):
         untrained_ratio_bound("size", 0.0)
+    # A study's own slack replaces the target's; gzip bytes stay unbounded whatever is given.
+    assert untrained_ratio_bound("latency", 10.0, slack=0.05) == pytest.approx(10.5)
+    assert untrained_ratio_bound("gzip-size", 10.0, slack=0.05) is None
+    with pytest.raises(ObjectiveError, match="slack must be >= 0"):
+        untrained_ratio_bound("latency", 10.0, slack=-0.1)
+
+
+def test_a_study_fits_its_own_latency_slack_from_its_finished_trials() -> None:
+    # Too few pairs: the target's fixed slack.
+    few = [(10.0, 10.3)] * (MIN_SLACK_PAIRS - 1)
+    assert fit_untrained_slack("latency", few) == 0.25
+    # A quiet machine: the trained files timed within -2..+3 % of their untrained students. The
+    # fit lies above every excess seen and below the fixed 25 %, so more configs are skipped.
+    quiet = [(10.0, 10.0 * (1 + e)) for e in (-0.02, 0.0, 0.01, 0.03, 0.0, -0.01, 0.02, 0.01)]
+    fitted = fit_untrained_slack("latency", quiet)
+    assert fitted is not None and 0.03 <= fitted < 0.25
+    excess = [t / u - 1 for u, t in quiet]
+    mean = sum(excess) / len(excess)
+    sd = (sum((e - mean) ** 2 for e in excess) / (len(excess) - 1)) ** 0.5
+    assert fitted == pytest.approx(mean + 3 * sd)
+    # A noisy one: one trained file timed 40 % faster than its untrained student. The fit widens
+    # past the fixed slack (skipping on a lucky timing would drop a config that can win).
+    noisy = [*quiet[:-1], (10.0, 14.0)]
+    wide = fit_untrained_slack("latency", noisy)
+    assert wide is not None and wide >= 0.40
+    # File bytes agree exactly: the floor, not zero.
+    assert fit_untrained_slack("size", [(10.0, 10.0)] * MIN_SLACK_PAIRS) == 0.01
+    assert fit_untrained_slack("gzip-size", quiet) is None
+    with pytest.raises(ObjectiveError, match="untrained ratio must be > 0"):
+        fit_untrained_slack("latency", [(0.0, 1.0)] * MIN_SLACK_PAIRS)

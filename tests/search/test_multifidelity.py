@@ -22,7 +22,7 @@ from search.reporting.page import trials_frame
 from search.reporting.tables import print_trial
 from search.study import TrialRecord, trial_record
 from search.study.records import INTERRUPTED
-from search.study.rungs import compute_line
+from search.study.rungs import compute_line, slack_line, untrained_slack
 from search.study.artifacts import open_store
 from search.trials.worker import StudyRungLog, fetch_earlier_rung, requeue_interrupted, resume_rungs
 from search.workloads import file_sha256
@@ -288,6 +288,9 @@ class _NoFront:
     def median_trial_seconds(self) -> float:
         return 0.0
 
+    def untrained_slack(self) -> None:
+        return None
+
 
 def _record(number: int, state: TrialState, rungs: list[list[float]], val_acc: float | None = None) -> TrialRecord:
     distill = {"stage": "distill", "seconds": 1.0, "metrics": {"samples_seen": 128.0 * rungs[-1][0]}}
@@ -326,6 +329,41 @@ def test_show_and_trials_csv_give_the_rungs_budget_and_calibration(hand: HandMad
         f"compute: {(6 * 360 + 120) * 128:,} training samples seen (7 trials trained, "
         f"{(6 * 360 + 120) * 128 / 7:,.0f} each on average)"
     )
+
+
+def test_show_and_the_summary_say_how_the_untrained_latency_held_and_what_slack_the_skip_uses(
+    hand: HandMadeStudy,
+) -> None:
+    def timed(number: int, untrained: float, trained: float) -> TrialRecord:
+        stored = TrialRecord(untrained_ratio=untrained, ratios={"latency": trained}, metrics={"val_acc": 90.0})
+        frozen = optuna.trial.create_trial(state=TrialState.COMPLETE, values=[90.0, trained],
+                                           user_attrs=stored.to_attrs())
+        return dataclasses.replace(trial_record(frozen), number=number)
+
+    # trained files timed 2 % slower to 4 % faster than their untrained students
+    excess = [-0.02, 0.0, 0.01, 0.04, 0.0, 0.02, -0.01, 0.01]
+    records = [timed(i, 5.0, 5.0 * (1 + e)) for i, e in enumerate(excess)]
+    slack = untrained_slack(records, "latency")
+    assert slack is not None and 0.04 <= slack < 0.25
+    line = slack_line(records, "latency")
+    assert line == (
+        "latency ratio measured before training vs the trained file's: -2.0 % to +4.0 % over 8 "
+        f"trials; the skip before training allows +{100 * slack:.0f} % (fitted on these trials)"
+    )
+    # With fewer trials, the fixed slack, and the line says why.
+    assert untrained_slack(records[:3], "latency") == 0.25
+    assert slack_line(records[:3], "latency") == (
+        "latency ratio measured before training vs the trained file's: -2.0 % to +1.0 % over 3 "
+        "trials; the skip before training allows the fixed +25 % (a fit needs 8 trials)"
+    )
+    # File bytes agree exactly: nothing to say.
+    same = [timed(i, 5.0, 5.0) for i in range(8)]
+    assert slack_line([dataclasses.replace(r, ratios={"size": 5.0}) for r in same], "size") is None
+    # ``show`` of a trial measured before training carries the line.
+    latency_info = dataclasses.replace(hand.info, target="latency")
+    console = Console(record=True, width=300)
+    print_trial(console, latency_info, records[0], records, study_name="s", storage=None)
+    assert line in console.export_text()
 
 
 def test_asha_holds_the_budget_at_the_top_of_its_range() -> None:

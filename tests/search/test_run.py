@@ -141,14 +141,17 @@ def test_two_jobs_run_trials_in_two_processes(demo_dir: Path, run_cli: RunCli) -
 
 
 class _View:
-    def __init__(self, front: list[Point]) -> None:
-        self.front = front
+    def __init__(self, front: list[Point], slack: float | None = None) -> None:
+        self.front, self.slack = front, slack
 
     def feasible_front(self) -> list[Point]:
         return self.front
 
     def median_trial_seconds(self) -> float:
         return 10.0
+
+    def untrained_slack(self) -> float | None:
+        return self.slack
 
 
 def _scoring(baseline: dict[str, float], **kw: object) -> Scoring:
@@ -191,7 +194,13 @@ def test_a_latency_config_is_skipped_on_its_measured_untrained_ratio(tiny_contex
     assert info.value.record is not None and info.value.record.skipped_by == 4
     measured = info.value.record.untrained_ratio
     assert measured is not None and f"measured {measured:.2f}x untrained" in str(info.value)
+    assert f"at most {measured * 1.25:.2f}x latency" in str(info.value)  # the fixed 25 % slack
     assert not (tiny_context.workdir / "model.onnx").exists()  # nothing trained or exported
+    # The slack the study's finished trials support replaces the fixed one.
+    with pytest.raises(TrialStopped, match="skipped before training") as fitted:
+        run_trial(config, tiny_context, scoring, _View([Point(4, accuracy=100.0, ratio=1e9)], slack=0.04))
+    measured = fitted.value.record.untrained_ratio  # type: ignore[union-attr]
+    assert f"at most {measured * 1.04:.2f}x latency" in str(fitted.value)
 
 
 @pytest.mark.slow
