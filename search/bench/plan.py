@@ -278,7 +278,7 @@ def run_bench(
     """Run every study round by round up to ``plan.trials``; True when all reached it.
 
     ``after_round(upto)`` is called after each round (the summary is rewritten there). Stops
-    starting rounds at ``deadline``. Ctrl-C propagates after the running trial is recorded as
+    starting trials (and rounds) at ``deadline``. Ctrl-C propagates after the running trial is recorded as
     interrupted (a rerun replaces it).
     """
     check_existing(plan, workload)

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bench.add_argument("--round", dest="round_size", type=count_arg("round", MAX_TRIALS), default=10, help="trials per study per round")
     bench.add_argument("--space", type=Path, default=None, help="TOML file fixing, narrowing or dropping dimensions")
     bench.add_argument("--threads", type=count_arg("threads", MAX_THREADS), default=None, help="torch and ONNX Runtime threads (default: all cores)")
-    bench.add_argument("--timeout", type=duration, default=None, help="start no study round after this (90s, 30m, 2h)")
+    bench.add_argument("--timeout", type=duration, default=None, help="start no trial after this (90s, 30m, 2h): the running one finishes, the section is written from what is done, and the same command resumes")
     bench.add_argument("--storage", default=None, help=f"study storage (default: {JOURNAL} in the results folder, which a repository can commit so the benchmark resumes anywhere)")
     bench.add_argument("--out", type=Path, default=None, help="Markdown file whose section for this benchmark (--name) is (re)written, others kept (default: BENCHMARKS.md; with --quick, bench.md in the results folder)")
     bench.add_argument("--results", type=Path, default=None, help="folder for the CSV and plots (default: studies/benchmarks/NAME)")
