@@ -95,7 +95,7 @@ class Calibration:
         if self.pairs == 0:
             return f"default: final accuracy up to {self.spread:.1f} pt above the rung's"
         return (
-            f"final = {self.slope:.2f} x rung + {self.intercept:.1f}, residual sd "
+            f"final = {self.slope:.2f} x rung {self.intercept:+.1f} pt, residual sd "
             f"{self.residual_sd or 0.0:.2f} pt over {self.pairs} trials"
         )
 

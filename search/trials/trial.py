@@ -221,8 +221,9 @@ def run_trial(
 
     With ``rung_log`` (the multi-fidelity strategy) distillation stops at each rung of
     ``rung_ladder(first_rung)`` below its budget, and the trial trains on only when ``judge`` promotes it (its ratio is
-    the untrained student's, measured in ONNX Runtime); it continues from ``ctx.rung_checkpoint`` when an earlier
-    run of the same config left one there.
+    the untrained student's, measured in ONNX Runtime) and it can still add to the feasible front: the skip below,
+    with the accuracy it can plausibly reach by its rung's calibration in place of the ceiling. It continues from
+    ``ctx.rung_checkpoint`` when an earlier run of the same config left one there.
 
     Before any training a config is skipped when it cannot add to the feasible front:
     ``dominated_before_training`` with its ratio bounded by its untrained structural student,
@@ -245,7 +246,19 @@ def run_trial(
     distill_plan: list[float] = []
     measured: list[float] = []  # the untrained student's ratio, measured in ONNX Runtime
     untrained: list[float] = []  # the ratio known before training: what rungs judge a trial at
+    ratio_bound: list[float] = []  # the most ratio its trained file can have (see after_prune)
     skip_armed = stop_early and scoring.skip_dominated
+
+    def beaten(ratio_most: float, accuracy_most: float | None = None) -> tuple[Point, float] | None:
+        """The feasible trial that dominates every outcome within (``ratio_most``, accuracy at
+        most ``accuracy_most`` and the plausibility ceiling), with that ceiling; None if none."""
+        points = list(study.feasible_front()) if skip_armed else []
+        if not points:
+            return None
+        ceiling = max([scoring.baseline[m.VAL_ACC], *(p.accuracy for p in points)])
+        reach = ceiling if accuracy_most is None else min(ceiling, accuracy_most)
+        beaten_by = dominated_before_training(ratio_most, points, reach)
+        return None if beaten_by is None else (beaten_by, reach)
 
     def after_prune(pruned: dict[str, float]) -> None:
         distill_plan[:] = [time.perf_counter(), pruned.get(m.SAMPLES_SEEN, 0.0)]
@@ -254,13 +267,13 @@ def run_trial(
         # Both are upper bounds on the trained ratio: the tighter one decides.
         from_measure = untrained_ratio_bound(scoring.target, measured[0], slack=study.untrained_slack()) if measured else None
         bounds = [b for b in (from_measure, est) if b is not None]
-        points = list(study.feasible_front()) if skip_armed else []
-        if not bounds or not points:
+        if not bounds:
             return
         bound = min(bounds)
-        ceiling = max([scoring.baseline[m.VAL_ACC], *(p.accuracy for p in points)])
-        beaten_by = dominated_before_training(bound, points, ceiling)
-        if beaten_by is not None:
+        ratio_bound[:] = [bound]
+        found = beaten(bound)
+        if found is not None:
+            beaten_by, ceiling = found
             known = f"measured {measured[0]:.2f}x untrained" if measured else "estimated from its params"
             raise TrialStopped(
                 f"skipped before training: at most {bound:.2f}x {scoring.target} ({known}), and "
@@ -305,6 +318,16 @@ def run_trial(
         if done >= total:
             return
         why = judge(done, result, earlier, scoring.required_accuracy, calibration)
+        # Promoted or not by its rung, a trial that can no longer add to the feasible front stops:
+        # the skip before training, with the rung's calibrated reach instead of the ceiling.
+        found = beaten(ratio_bound[0], calibration.upper_bound(val_acc)) if why is None and ratio_bound else None
+        if found is not None:
+            beaten_by, reach = found
+            why = (
+                f"cannot add to the feasible front: feasible trial {beaten_by.id} has "
+                f"{beaten_by.ratio:.2f}x at {beaten_by.accuracy:.2f} %, at or above the most this trial "
+                f"can plausibly reach (at most {ratio_bound[0]:.2f}x, {reach:.2f} %: {calibration.describe()})"
+            )
         if why is None:
             rung_log.promoted(done, total)
             return

@@ -224,6 +224,69 @@ def test_a_trial_promoted_at_a_rung_uploads_that_rungs_checkpoint(tiny_context, 
     assert outcome.record.untrained_ratio == _rec(trial).untrained_ratio
 
 
+class _FittedLog:
+    """A rung log whose study fitted final = rung - 1 pt exactly (no spread) at every rung."""
+
+    def __init__(self) -> None:
+        self.rungs: list[tuple[int, float]] = []
+        self.promotions: list[int] = []
+
+    def record(self, steps: int, accuracy: float, ratio: float) -> None:
+        self.rungs.append((steps, accuracy))
+
+    def results_at(self, steps: int) -> list[RungResult]:
+        return []
+
+    def pairs_at(self, steps: int) -> list[tuple[float, float]]:
+        return [(x, x - 1.0) for x in (50.0, 60.0, 70.0, 80.0, 90.0)]
+
+    def promoted(self, steps: int, total: int) -> None:
+        self.promotions.append(steps)
+
+
+class _Front:
+    def __init__(self, *points: object) -> None:
+        self.points = list(points)
+
+    def feasible_front(self) -> list[object]:
+        return self.points
+
+    def median_trial_seconds(self) -> float:
+        return 0.0
+
+    def untrained_slack(self) -> None:
+        return None
+
+
+def test_a_trial_that_can_no_longer_add_to_the_feasible_front_stops_at_its_rung(tiny_context) -> None:  # type: ignore[no-untyped-def]
+    # A feasible trial at 99.99 % and a ratio no config reaches. Before training the trial could
+    # still end at the teacher's 100 % (the ceiling), above it: it trains. At its first rung the
+    # study's calibration says it ends at most 1 pt below its rung accuracy, so at most 99 %: that
+    # trial dominates every outcome it can still reach, and it stops, though the first trial at
+    # the rung (no quantile to miss) and plausible against the bound.
+    from objectives import Constraint, Point
+    from search.trials.trial import Scoring, TrialStopped, run_trial
+    from stages.config import PipelineConfig
+
+    config = PipelineConfig.from_flat({"prune.ratio": 0.3, "distill.epochs": 20.0})
+    baseline = {"val_acc": 100.0, "test_acc": 100.0, "bytes": 1e6, "params": 1e5}
+    scoring = Scoring("size", Constraint(max_drop=99.0), baseline, early_stop=None)
+    log = _FittedLog()
+    front = _Front(Point(3, accuracy=99.99, ratio=1e9))
+    with pytest.raises(TrialStopped, match="cannot add to the feasible front: feasible trial 3 has") as stop:
+        run_trial(config, tiny_context, scoring, front, rung_log=log)  # type: ignore[arg-type]
+    [(steps, accuracy)] = log.rungs
+    assert steps == 120 and log.promotions == []
+    assert f"stopped at 120 of 160 steps: validation accuracy {accuracy:.2f} %" in str(stop.value)
+    assert f"{min(100.0, accuracy - 1.0):.2f} %: final = 1.00 x rung -1.0 pt, residual sd 0.00 pt over 5 trials" in str(stop.value)
+    [distill] = stop.value.stages
+    assert distill["metrics"]["samples_seen"] == 120 * 32  # what it trained, not its budget
+    # With no such trial, the same config trains on to its budget.
+    log = _FittedLog()
+    run_trial(config, tiny_context, scoring, _NoFront(), rung_log=log)  # type: ignore[arg-type]
+    assert [s for s, _ in log.rungs] == [120, 160] and log.promotions == [120]
+
+
 def test_a_study_whose_budget_starts_below_min_steps_first_judges_a_trial_at_its_floor(
     tiny_context, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
