@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -92,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Inside the try: a command's flags may need an optional extra (serve: the service).
         parser = build_parser(args_list[0])
         args = parser.parse_args(args_list)
+        # The command line as given (what `train` records beside a checkpoint).
+        args.command_line = "mcaas-search " + shlex.join(list(sys.argv[1:] if argv is None else argv))
         with redeliver_lost_interrupts():
             return int(args.handler(args) or 0)
     except USER_ERRORS as exc:

@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         # The demo CNN on 8x8 digits is too small to gain from more than one thread.
         threads=(1 if demo else available_cores()) if device.type == "cpu" else None,
     )
-    save_checkpoint(model, out, checkpoint_info(spec, data, metrics))
+    save_checkpoint(model, out, checkpoint_info(spec, data, metrics, command=args.command_line))
     print(
         f"val {metrics['val_acc']:.2f} %  test {metrics['test_acc']:.2f} %  "
         f"({_epochs(epochs)}, {metrics['seconds']:.0f} s) -> {out} (metrics: {metrics_path(out)})",

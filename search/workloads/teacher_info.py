@@ -17,9 +17,13 @@ from search.workloads.training import metrics_path
 from stages import TaskData
 
 
-def checkpoint_info(spec: WorkloadSpec, data: TaskData, metrics: dict[str, Any]) -> dict[str, Any]:
-    """The JSON written beside a trained checkpoint: its metrics and how to reproduce them."""
+def checkpoint_info(
+    spec: WorkloadSpec, data: TaskData, metrics: dict[str, Any], *, command: str | None = None
+) -> dict[str, Any]:
+    """The JSON written beside a trained checkpoint: its metrics and how to reproduce them
+    (``command``: the command line that trained it, where one did)."""
     return {
+        **({"command": command} if command is not None else {}),
         **metrics,
         "model": canonical_model_name(spec.model_name),
         "dataset": spec.dataset_name,

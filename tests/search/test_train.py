@@ -102,6 +102,11 @@ def test_train_command_writes_checkpoint_and_metrics(
     info = json.loads(out.with_suffix(".json").read_text())
     assert info["model"] == "demo" and info["dataset"] == "digits" and info["seed"] == 0
     assert info["epochs"] == 1 and info["seconds"] > 0
+    # How it was made, as given: a committed teacher carries the command that reproduces it.
+    assert info["command"] == (
+        "mcaas-search train --model demo --dataset digits --epochs 1 --batch-size 32 --device cpu "
+        f"--out {out}"
+    )
     assert info["torch"] == torch.__version__
     assert info["val_acc"] > 40 and info["test_acc"] > 40
     assert f"test {info['test_acc']:.2f} %" in stdout
