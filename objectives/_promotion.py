@@ -7,7 +7,9 @@ Ray Tune's ``ASHAScheduler`` is fed as its metric) and one quantile cutoff over 
 trials that reached the rung before it (what that scheduler computes itself):
 
 - a trial is *plausible* at a rung when the calibrated upper bound of its final accuracy (see
-  ``Calibration``) reaches the required accuracy;
+  ``Calibration``) reaches the required accuracy; an earlier trial that has since finished is
+  judged by its outcome instead (its final accuracy reached the required one or not): a
+  predicted chance is no reason to rank a trial that ended outside the bound above others;
 - its score orders trials by (plausible first, then ratio, then accuracy at the rung);
 - it is promoted when it is plausible and its score is at least the ``1 - 1/reduction`` quantile
   (linear interpolation, as numpy's and Ray Tune's) of the earlier trials' scores at that rung;
@@ -136,15 +138,22 @@ def fit_calibration(
 
 @dataclasses.dataclass(frozen=True)
 class RungResult:
-    """A trial at a rung: its validation accuracy there (%) and its ratio on the target."""
+    """A trial at a rung: its validation accuracy there (%) and its ratio on the target;
+    ``final``: its final validation accuracy where it has since finished (None: it is still
+    training, or stopped at a later rung)."""
 
     accuracy: float
     ratio: float
+    final: float | None = None
 
 
 def plausible(result: RungResult, required_accuracy: float, calibration: Calibration) -> bool:
-    """Whether ``result`` can still plausibly end within the accuracy bound."""
-    return calibration.upper_bound(result.accuracy) >= check_finite("required_accuracy", required_accuracy)
+    """Whether ``result`` can still plausibly end within the accuracy bound: a finished trial's
+    final accuracy decides; otherwise the calibrated upper bound of its accuracy at the rung."""
+    required_accuracy = check_finite("required_accuracy", required_accuracy)
+    if result.final is not None:
+        return check_finite("final accuracy", result.final) >= required_accuracy
+    return calibration.upper_bound(result.accuracy) >= required_accuracy
 
 
 def promotion_score(result: RungResult, required_accuracy: float, calibration: Calibration) -> float:

@@ -102,7 +102,8 @@ class RungLog(Protocol):
         """This trial reached ``steps`` with validation ``accuracy``, at its untrained ``ratio``."""
 
     def results_at(self, steps: int) -> list[RungResult]:
-        """The other trials that reached the rung at ``steps`` (each: accuracy there, ratio)."""
+        """The other trials that reached the rung at ``steps`` (each: accuracy there, ratio, and
+        final accuracy where it has finished since)."""
         ...
 
     def pairs_at(self, steps: int) -> list[tuple[float, float]]:

@@ -119,14 +119,10 @@ class StudyRungLog(RungLog):
         return found
 
     def results_at(self, steps: int) -> list[RungResult]:
-        return [RungResult(a, r.untrained_ratio or 1.0) for r, a in self._at(steps)]
+        return [RungResult(a, r.untrained_ratio or 1.0, final=_final_accuracy(r)) for r, a in self._at(steps)]
 
     def pairs_at(self, steps: int) -> list[tuple[float, float]]:
-        return [
-            (a, float(r.metrics[m.VAL_ACC]))
-            for r, a in self._at(steps)
-            if r.state == "complete" and m.VAL_ACC in r.metrics
-        ]
+        return [(a, final) for r, a in self._at(steps) if (final := _final_accuracy(r)) is not None]
 
     def promoted(self, steps: int, total: int) -> None:
         if self.store is None or checkpointed_step(self.checkpoint, total) != steps:
@@ -136,6 +132,13 @@ class StudyRungLog(RungLog):
         uploaded = upload_rung_checkpoint(self.trial, self.checkpoint, steps, total, self.store)
         TrialRecord(rung_artifact=uploaded).save(self.trial)
         discard_rung_checkpoint(previous, self.store)
+
+
+def _final_accuracy(record: TrialRecord) -> float | None:
+    """The validation accuracy a finished trial's file measured (None: it did not finish)."""
+    if record.state != "complete" or m.VAL_ACC not in record.metrics:
+        return None
+    return float(record.metrics[m.VAL_ACC])
 
 
 def rung_checkpoint(artifacts: Path, flat: dict[str, object]) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -24,6 +25,8 @@ results = st.builds(
     RungResult,
     accuracy=st.floats(min_value=0.0, max_value=100.0),
     ratio=st.floats(min_value=0.05, max_value=1e4),
+    # some earlier trials have finished since they passed the rung
+    final=st.none() | st.floats(min_value=0.0, max_value=100.0),
 )
 calibrations = st.builds(
     Calibration,
@@ -35,10 +38,12 @@ required = st.floats(min_value=0.0, max_value=100.0)
 
 
 def oracle_key(r: RungResult, req: float, cal: Calibration) -> tuple[bool, int, int]:
-    """What the rule ranks by, as a tuple: plausible, ratio at 0.1 % resolution, accuracy at
+    """What the rule ranks by, as a tuple: plausible (a finished trial: its final accuracy
+    reached the bound; else its calibrated reach does), ratio at 0.1 % resolution, accuracy at
     0.001 pt."""
     upper = cal.slope * r.accuracy + cal.intercept + cal.spread
-    return (upper >= req, round(math.log(r.ratio) * 1000), round(r.accuracy * 1000))
+    reaches = r.final >= req if r.final is not None else upper >= req
+    return (reaches, round(math.log(r.ratio) * 1000), round(r.accuracy * 1000))
 
 
 @given(st.lists(results, min_size=2, max_size=8), required, calibrations)
@@ -76,7 +81,8 @@ def test_the_best_plausible_trial_is_always_promoted(rs: list[RungResult], req: 
     assert should_promote(best, others, required_accuracy=req, calibration=cal) == plausible(best, req, cal)
 
 
-@given(st.lists(results, min_size=3, max_size=30, unique_by=lambda r: round(math.log(r.ratio) * 1000)))
+@given(st.lists(results.map(lambda r: dataclasses.replace(r, final=None)), min_size=3, max_size=30,
+                unique_by=lambda r: round(math.log(r.ratio) * 1000)))
 def test_about_a_third_go_on_when_all_are_plausible(rs: list[RungResult]) -> None:
     """Every trial judged against all the others (the synchronous view): the top third pass."""
     cal = Calibration(spread=100.0)
@@ -95,6 +101,18 @@ def test_an_implausible_trial_stops_even_when_first() -> None:
     low, high = RungResult(95.0, 10.0), RungResult(89.0, 20.0)
     assert promotion_score(high, 90.0, cal) > promotion_score(low, 90.0, cal)
     assert promotion_score(low, 90.0, cal) > promotion_score(RungResult(50.0, 900.0), 90.0, cal)
+
+
+def test_a_finished_trial_is_judged_by_its_outcome_not_its_prediction() -> None:
+    # At its rung, 87.25 % at 6.5x, 20 pt of default recovery left: plausible. It then ended at
+    # 90.83 %, below the required 91.93 %. A later trial at 5.5x, plausible, is not held below it.
+    cal = Calibration(spread=16.6)
+    ended_outside = RungResult(87.25, 6.54, final=90.83)
+    assert plausible(RungResult(87.25, 6.54), 91.93, cal) and not plausible(ended_outside, 91.93, cal)
+    assert should_promote(RungResult(89.9, 5.5), [ended_outside], required_accuracy=91.93, calibration=cal)
+    assert not should_promote(RungResult(89.9, 5.5), [RungResult(87.25, 6.54)], required_accuracy=91.93, calibration=cal)
+    # One that ended within the bound ranks as plausible, whatever its rung accuracy said.
+    assert plausible(RungResult(40.0, 6.54, final=92.0), 91.93, Calibration(spread=0.0))
 
 
 def test_rungs() -> None:
@@ -147,3 +165,5 @@ def test_bad_input_is_one_line() -> None:
         promotion_score(RungResult(101.0, 2.0), 90.0, Calibration())
     with pytest.raises(ObjectiveError, match=r"spread must be >= 0, but got -1.0"):
         Calibration(spread=-1.0)
+    with pytest.raises(ObjectiveError, match=r"final accuracy must be a finite number, but got nan"):
+        plausible(RungResult(50.0, 2.0, final=float("nan")), 90.0, Calibration())

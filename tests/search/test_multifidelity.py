@@ -122,8 +122,11 @@ def test_rungs_in_the_study_storage_are_read_by_every_trial(tmp_path: Path) -> N
     log = StudyRungLog(study, me)
     log.record(120, 85.0, 6.0)
     # the others at the rung: the interrupted one is left out (its replacement carries it)
-    assert sorted(log.results_at(120), key=lambda r: r.ratio) == [RungResult(90.0, 4.0), RungResult(80.0, 9.0)]
-    assert log.results_at(360) == [RungResult(95.0, 4.0)]
+    # (a finished one with its outcome, which the rule judges it by)
+    assert sorted(log.results_at(120), key=lambda r: r.ratio) == [
+        RungResult(90.0, 4.0, final=96.0), RungResult(80.0, 9.0)
+    ]
+    assert log.results_at(360) == [RungResult(95.0, 4.0, final=96.0)]
     assert log.pairs_at(120) == [(90.0, 96.0)]  # only the finished trial has a final accuracy
     assert _rec(me).rungs == [[120, 85.0]]
 
