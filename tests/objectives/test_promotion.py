@@ -49,7 +49,10 @@ def oracle_key(r: RungResult, req: float, cal: Calibration) -> tuple[bool, int, 
 @given(st.lists(results, min_size=2, max_size=8), required, calibrations)
 def test_score_orders_as_the_lexicographic_key(rs: list[RungResult], req: float, cal: Calibration) -> None:
     for a in rs:
-        for b in rs:
+        assert math.isnan(promotion_score(a, req, cal)) == (not oracle_key(a, req, cal)[0])
+    ranked = [r for r in rs if oracle_key(r, req, cal)[0]]  # an implausible trial has no score
+    for a in ranked:
+        for b in ranked:
             ka, kb = oracle_key(a, req, cal), oracle_key(b, req, cal)
             sa, sb = promotion_score(a, req, cal), promotion_score(b, req, cal)
             assert (ka > kb) == (sa > sb)
@@ -60,15 +63,17 @@ def test_score_orders_as_the_lexicographic_key(rs: list[RungResult], req: float,
 def test_promotion_matches_brute_force(
     me: RungResult, earlier: list[RungResult], req: float, cal: Calibration, reduction: int
 ) -> None:
-    """Brute force: promoted iff plausible and, when others reached the rung first, at least as
-    good as numpy's (Ray Tune's) 1 - 1/reduction percentile of their scores."""
+    """Brute force: promoted iff plausible and, when plausible others reached the rung first, at
+    least as good as numpy's (Ray Tune's) 1 - 1/reduction percentile of their scores, ranked by
+    the oracle's key (implausible ones are no rivals)."""
+    rivals = [r for r in earlier if oracle_key(r, req, cal)[0]]
     if not oracle_key(me, req, cal)[0]:
         expected = False
-    elif not earlier:
+    elif not rivals:
         expected = True
     else:
-        scores = [promotion_score(r, req, cal) for r in earlier]
-        cutoff = np.nanpercentile(scores, (1 - 1 / reduction) * 100)
+        scores = [promotion_score(r, req, cal) for r in rivals]
+        cutoff = np.percentile(scores, (1 - 1 / reduction) * 100)
         expected = promotion_score(me, req, cal) >= cutoff
     got = should_promote(me, earlier, required_accuracy=req, calibration=cal, reduction=reduction)
     assert got == expected
@@ -97,10 +102,23 @@ def test_an_implausible_trial_stops_even_when_first() -> None:
     cal = Calibration(spread=2.0)
     assert not should_promote(RungResult(80.0, 50.0), [], required_accuracy=90.0, calibration=cal)
     assert should_promote(RungResult(88.0, 50.0), [], required_accuracy=90.0, calibration=cal)
-    # a higher ratio beats a higher accuracy; plausibility beats both
+    # a higher ratio beats a higher accuracy; an implausible trial has no score at all
     low, high = RungResult(95.0, 10.0), RungResult(89.0, 20.0)
     assert promotion_score(high, 90.0, cal) > promotion_score(low, 90.0, cal)
-    assert promotion_score(low, 90.0, cal) > promotion_score(RungResult(50.0, 900.0), 90.0, cal)
+    assert math.isnan(promotion_score(RungResult(50.0, 900.0), 90.0, cal))
+
+
+def test_implausible_trials_at_a_rung_are_no_rivals() -> None:
+    # At 120 steps: a 9.0x trial that ended outside the bound, a feasible 5.1x one. A plausible
+    # 1.9x trial is behind the only rival that can still matter: it stops. (Ranked below every
+    # plausible trial instead, the 9.0x one pulled the interpolated cutoff under any plausible
+    # score, and the 1.9x trial went on.)
+    cal = Calibration(spread=18.9)
+    earlier = [RungResult(75.0, 9.0, final=90.65), RungResult(88.35, 5.24, final=92.75)]
+    assert not should_promote(RungResult(91.7, 1.89), earlier, required_accuracy=91.93, calibration=cal)
+    assert should_promote(RungResult(80.0, 6.0), earlier, required_accuracy=91.93, calibration=cal)
+    # With only implausible trials before it, a plausible one goes on as the first would.
+    assert should_promote(RungResult(91.7, 1.89), earlier[:1], required_accuracy=91.93, calibration=cal)
 
 
 def test_a_finished_trial_is_judged_by_its_outcome_not_its_prediction() -> None:

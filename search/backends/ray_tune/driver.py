@@ -189,6 +189,10 @@ def asha_scheduler(top_steps: int | None, first_rung: int) -> ASHAScheduler:
     trials.AshaJudge)."""
     if top_steps is None or top_steps < 1:
         raise ValueError(f"a multi-fidelity Ray run needs its top budget in steps, but got {top_steps!r}")
+    # An implausible trial reports no score (NaN), which the cutoff's nanpercentile leaves out; a
+    # rung whose trials so far were all implausible has no cutoff (NaN: every plausible one goes
+    # on), which numpy announces with a warning per result.
+    warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=RuntimeWarning)
     return ASHAScheduler(
         time_attr=ASHA_TIME,
         metric=ASHA_METRIC,
