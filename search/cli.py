@@ -80,7 +80,8 @@ def build_parser(command: str | None = None) -> _Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args_list = list(given)
     if args_list in (["-h"], ["--help"]):
         # The commands, then every flag of the default command with its default.
         print(build_parser().format_help())
@@ -94,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser(args_list[0])
         args = parser.parse_args(args_list)
         # The command line as given (what `train` records beside a checkpoint).
-        args.command_line = "mcaas-search " + shlex.join(list(sys.argv[1:] if argv is None else argv))
+        args.command_line = "mcaas-search " + shlex.join(given)
         with redeliver_lost_interrupts():
             return int(args.handler(args) or 0)
     except USER_ERRORS as exc:

@@ -12,13 +12,20 @@ from objectives import metrics as m
 from search.study.records import TrialRecord
 
 
+def final_accuracy(record: TrialRecord) -> float | None:
+    """The validation accuracy a finished trial's file measured (None: it did not finish)."""
+    if record.state != "complete" or m.VAL_ACC not in record.metrics:
+        return None
+    return float(record.metrics[m.VAL_ACC])
+
+
 def rung_pairs(records: Sequence[TrialRecord], steps: int) -> list[tuple[float, float]]:
     """(validation accuracy at the rung at ``steps``, final validation accuracy) of the finished
     trials that passed that rung."""
     return [
-        (acc, float(r.metrics[m.VAL_ACC]))
+        (acc, final)
         for r in records
-        if r.state == "complete" and m.VAL_ACC in r.metrics
+        if (final := final_accuracy(r)) is not None
         for s, acc in r.rungs
         if s == steps and s != r.budget_steps
     ]
@@ -75,7 +82,7 @@ def slack_line(records: Sequence[TrialRecord], target: str) -> str | None:
     skip before training adds to it (None: no trial measured both, every pair agreed exactly, as
     file bytes do, or the target has no bound)."""
     pairs = untrained_pairs(records, target)
-    slack = untrained_slack(records, target)
+    slack = fit_untrained_slack(target, pairs)
     excess = [t / u - 1.0 for u, t in pairs]
     if slack is None or not any(excess):
         return None

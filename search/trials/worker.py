@@ -14,7 +14,6 @@ import optuna
 from optuna.trial import TrialState
 
 from objectives import EarlyStop, Point, RungResult
-from objectives import metrics as m
 from search.study import StudyInfo, TrialRecord, ask_lock, feasible_front, heartbeat, trial_record
 from search.study.artifacts import (
     STORE_ATTR,
@@ -33,7 +32,7 @@ from search.study.exclusions import (
     frozen_layers,
 )
 from search.study.records import INTERRUPTED, was_interrupted
-from search.study.rungs import untrained_slack
+from search.study.rungs import final_accuracy, untrained_slack
 from search.trials.context import (
     CACHE_DIR,
     fingerprint_hash,
@@ -119,10 +118,10 @@ class StudyRungLog(RungLog):
         return found
 
     def results_at(self, steps: int) -> list[RungResult]:
-        return [RungResult(a, r.untrained_ratio or 1.0, final=_final_accuracy(r)) for r, a in self._at(steps)]
+        return [RungResult(a, r.untrained_ratio or 1.0, final=final_accuracy(r)) for r, a in self._at(steps)]
 
     def pairs_at(self, steps: int) -> list[tuple[float, float]]:
-        return [(a, final) for r, a in self._at(steps) if (final := _final_accuracy(r)) is not None]
+        return [(a, final) for r, a in self._at(steps) if (final := final_accuracy(r)) is not None]
 
     def promoted(self, steps: int, total: int) -> None:
         if self.store is None or checkpointed_step(self.checkpoint, total) != steps:
@@ -132,13 +131,6 @@ class StudyRungLog(RungLog):
         uploaded = upload_rung_checkpoint(self.trial, self.checkpoint, steps, total, self.store)
         TrialRecord(rung_artifact=uploaded).save(self.trial)
         discard_rung_checkpoint(previous, self.store)
-
-
-def _final_accuracy(record: TrialRecord) -> float | None:
-    """The validation accuracy a finished trial's file measured (None: it did not finish)."""
-    if record.state != "complete" or m.VAL_ACC not in record.metrics:
-        return None
-    return float(record.metrics[m.VAL_ACC])
 
 
 def rung_checkpoint(artifacts: Path, flat: dict[str, object]) -> Path:
