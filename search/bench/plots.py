@@ -121,11 +121,14 @@ def write_efficiency(summary: BenchSummary, path: Path) -> Path:
     rows = max(len(blocks), 1)
     titles = []
     for b in blocks:
-        share = reaches_share(b)
+        share, spent = reaches_share(b), b.spent.get("asha", 0)
+        never = f"not in its {spent / b.budget:.0%} of it" if b.budget and spent < b.budget else "never"
         reaches = "" if "asha" not in b.compute_histories or b.search_volume is None else (
-            "; ASHA reaches its level " + ("never" if share is None else f"at {share:.0%} of it"))
-        titles += [f"{b.target}: search reaches random search's final hypervolume at trial {passes_text(b)}",
-                   f"{b.target}: hypervolume against compute (dotted: the default search's{reaches})"]
+            "; ASHA reaches its level " + (never if share is None else f"at {share:.0%} of it"))
+        # Two lines each: side by side, one-line titles run into each other at this width.
+        titles += [f"{b.target}: search reaches random search's<br>final hypervolume at trial {passes_text(b)}"
+                   if "random" in b.histories else f"{b.target}: hypervolume after each trial",
+                   f"{b.target}: hypervolume against compute<br>(dotted: the default search's{reaches})"]
     fig = make_subplots(rows=rows, cols=2, subplot_titles=titles or None, horizontal_spacing=0.08,
                         vertical_spacing=0.16 / rows)
     for i, block in enumerate(blocks, 1):

@@ -500,6 +500,9 @@ def test_the_multi_fidelity_search_is_judged_by_the_goal_at_the_search_s_compute
     assert "- Multi-fidelity search, size: 12.0x recommended (chosen on validation); goal >= 10x: **met**." in text
     assert ("- Best within the bound on validation and test at that compute: multi-fidelity search 12.0x vs the "
             "default search's 8.0x; at least it: **met**.") in text
+    # Without random search the plot's titles do not speak of it.
+    page = write_efficiency(summary, tmp_path / "efficiency.html").read_text()
+    assert "size: hypervolume after each trial" in page and "random search" not in page
 
 
 def test_ratio_axis_ticks_name_every_decade_in_full() -> None:
