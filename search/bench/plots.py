@@ -122,9 +122,10 @@ def write_efficiency(summary: BenchSummary, path: Path) -> Path:
     titles = []
     for b in blocks:
         share, spent = reaches_share(b), b.spent.get("asha", 0)
-        never = f"not in its {spent / b.budget:.0%} of it" if b.budget and spent < b.budget else "never"
+        never = (f"; ASHA, at {spent / b.budget:.0%} of it, has not reached its level" if b.budget and spent < b.budget
+                 else "; ASHA never reaches its level")
         reaches = "" if "asha" not in b.compute_histories or b.search_volume is None else (
-            "; ASHA reaches its level " + (never if share is None else f"at {share:.0%} of it"))
+            never if share is None else f"; ASHA reaches its level at {share:.0%} of it")
         # Two lines each: side by side, one-line titles run into each other at this width.
         titles += [f"{b.target}: search reaches random search's<br>final hypervolume at trial {passes_text(b)}"
                    if "random" in b.histories else f"{b.target}: hypervolume after each trial",
