@@ -214,8 +214,8 @@ def _at_compute(block: TargetResults) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for m in block.at_compute:
-        spent = block.spent.get(m.method, m.samples_seen)
-        short = f" (all it has: {spent / block.budget:.0%} of it)" if m.method not in FIXED_SYMBOLS and spent < block.budget else ""
+        share = None if m.method in FIXED_SYMBOLS else block.short_share(m.method)
+        short = "" if share is None else f" (all it has: {share:.0%} of it)"
         lines.append(
             f"| {METHOD_LABELS[m.method]} | {m.trials} | {samples_text(m.samples_seen)}{short} | "
             f"{f'**{m.ratio:.1f}x**' if m.ratio else 'none'} | {m.best.number if m.best else '-'} | "

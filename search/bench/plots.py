@@ -121,11 +121,14 @@ def write_efficiency(summary: BenchSummary, path: Path) -> Path:
     rows = max(len(blocks), 1)
     titles = []
     for b in blocks:
-        share, spent = reaches_share(b), b.spent.get("asha", 0)
-        never = (f"; ASHA, at {spent / b.budget:.0%} of it, has not reached its level" if b.budget and spent < b.budget
-                 else "; ASHA never reaches its level")
-        reaches = "" if "asha" not in b.compute_histories or b.search_volume is None else (
-            never if share is None else f"; ASHA reaches its level at {share:.0%} of it")
+        reaches, share, short = "", reaches_share(b), b.short_share("asha")
+        if "asha" in b.compute_histories and b.search_volume is not None:
+            if share is not None:
+                reaches = f"; ASHA reaches its level at {share:.0%} of it"
+            elif short is not None:
+                reaches = f"; ASHA, at {short:.0%} of it, has not reached its level"
+            else:
+                reaches = "; ASHA never reaches its level"
         # Two lines each: side by side, one-line titles run into each other at this width.
         titles += [f"{b.target}: search reaches random search's<br>final hypervolume at trial {passes_text(b)}"
                    if "random" in b.histories else f"{b.target}: hypervolume after each trial",

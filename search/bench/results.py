@@ -264,6 +264,12 @@ class TargetResults:
     # method -> (samples seen so far, hypervolume) after each of its trials
     compute_histories: dict[str, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)
 
+    def short_share(self, method: str) -> float | None:
+        """The share of ``budget`` that all of ``method``'s trials saw, when that is less (None:
+        it reached the budget, or there is none)."""
+        spent = self.spent.get(method, 0)
+        return spent / self.budget if self.budget and spent < self.budget else None
+
     @property
     def asha_reaches_search(self) -> int | None:
         """The training samples after which the multi-fidelity search's hypervolume first reaches
